@@ -1,0 +1,882 @@
+//! The [`Cluster`] handle: bootstrap, leader-forwarded operations, reads, membership, status.
+
+use crate::auth::{ClientAuth, Secret, ServerAuth};
+use crate::error::ClusterError;
+use crate::network::{MAX_MESSAGE, Network, Peers};
+use crate::service::{ClusterService, RaftService};
+use gateway_model::{Command, NodeAddr, NodeId, Request, Response, State};
+use gateway_store::{MetaStore, Raft, Storage};
+use gateway_wire::cluster::cluster_server::ClusterServer;
+use gateway_wire::cluster::raft_server::RaftServer;
+use gateway_wire::cluster::{
+    HelloRequest, JoinRequest, ReadIndexRequest, RemoveNodeRequest, WriteRequest,
+};
+use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::service::interceptor::InterceptedService;
+
+const META_CLUSTER_ID: &str = "cluster_id";
+/// Marks a call that one node forwarded to the node it believes leads: the receiver serves it
+/// itself or refuses, never forwards again, so forwarding cannot loop.
+pub(crate) const FORWARDED: &str = "x-gateway-forwarded";
+
+/// Tunables of one node's Raft participation.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    pub id: NodeId,
+    pub addr: NodeAddr,
+    pub secret: Secret,
+    /// Leader heartbeat period.
+    pub heartbeat: Duration,
+    /// Minimum election timeout; the maximum is twice this.
+    pub election_timeout: Duration,
+    /// Build a snapshot (and purge the log behind it) every this many log entries.
+    pub snapshot_every: u64,
+}
+
+/// How a node enters the cluster on start.
+#[derive(Clone, Debug)]
+pub enum Bootstrap {
+    /// Create a new one-node cluster (does nothing if this data dir already holds one).
+    Init,
+    /// Join through any of these members' cluster addresses (resumes if already a member).
+    Join { peers: Vec<String>, learner: bool },
+    /// Come back with the log, vote and state in the data dir.
+    Resume,
+}
+
+/// Read consistency.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Consistency {
+    /// The leader confirms its leadership with a quorum; this node waits until it has applied
+    /// everything committed before the read. Sees every write acknowledged before it started.
+    Linearizable,
+    /// This node's state as it is: may lag the leader by what is in flight.
+    Stale,
+}
+
+/// The current leader as this node knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LeaderInfo {
+    pub id: NodeId,
+    pub term: u64,
+    pub cluster_addr: String,
+    pub admin_addr: String,
+    pub http_addr: String,
+}
+
+/// One member in [`Status`].
+#[derive(Clone, Debug, Serialize)]
+pub struct Member {
+    pub id: NodeId,
+    pub cluster_addr: String,
+    pub admin_addr: String,
+    pub http_addr: String,
+    /// Highest log index known replicated to it (leader only).
+    pub matched_index: Option<u64>,
+    /// Entries it is behind the leader's last log index (leader only).
+    pub lag: Option<u64>,
+}
+
+/// This node's view of the cluster.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    pub id: NodeId,
+    pub cluster_id: String,
+    pub role: &'static str,
+    pub term: u64,
+    pub leader: Option<NodeId>,
+    pub last_log_index: Option<u64>,
+    pub committed_index: Option<u64>,
+    pub applied_index: Option<u64>,
+    pub revision: u64,
+    pub snapshot_index: Option<u64>,
+    pub purged_index: Option<u64>,
+    pub voters: Vec<Member>,
+    pub learners: Vec<Member>,
+}
+
+/// A node's membership in the cluster. Cheap to clone.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+    leader: watch::Receiver<Option<LeaderInfo>>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) id: NodeId,
+    pub(crate) addr: NodeAddr,
+    pub(crate) raft: Raft,
+    pub(crate) cluster_id: Arc<OnceLock<String>>,
+    state: watch::Receiver<Arc<State>>,
+    meta: MetaStore,
+    forward: Arc<Peers>,
+    membership_lock: tokio::sync::Mutex<()>,
+    nonce: u64,
+    counter: AtomicU64,
+    stop: watch::Sender<bool>,
+}
+
+pub(crate) enum Op {
+    Write(Request),
+    Join {
+        id: NodeId,
+        addr: NodeAddr,
+        learner: bool,
+    },
+    Remove(NodeId),
+    ReadIndex,
+}
+
+pub(crate) enum Out {
+    Write(Response),
+    Join(NodeId),
+    Removed,
+    ReadIndex(u64),
+}
+
+impl Cluster {
+    /// Starts Raft on `storage`, serves the cluster port on `listener`, and enters the cluster
+    /// as `bootstrap` says. Returns once this node is a member (after a join: caught up).
+    pub async fn start(
+        opts: ClusterOptions,
+        storage: Storage,
+        listener: TcpListener,
+        bootstrap: Bootstrap,
+    ) -> Result<Cluster, ClusterError> {
+        let cluster_id = Arc::new(OnceLock::new());
+        if let Some(id) = storage.meta.get(META_CLUSTER_ID)? {
+            let _ = cluster_id.set(id);
+        }
+        let client_auth = ClientAuth::new(&opts.secret, cluster_id.clone());
+        // Election timing, measured on this kind of machine (2 cores, loopback): a heartbeat round
+        // trip including the follower's fsync takes 1-5 ms, and a busy debug build under test
+        // stalls up to ~100 ms. A 50 ms heartbeat with a 150-300 ms election timeout keeps
+        // spurious elections rare while a dead leader is replaced in about 0.3 s.
+        let config = openraft::Config {
+            cluster_name: "gateway".into(),
+            heartbeat_interval: opts.heartbeat.as_millis() as u64,
+            election_timeout_min: opts.election_timeout.as_millis() as u64,
+            election_timeout_max: opts.election_timeout.as_millis() as u64 * 2,
+            // Chunks are JSON-encoded byte arrays (about 4x), well under the message limit.
+            snapshot_max_chunk_size: 512 * 1024,
+            install_snapshot_timeout: 5_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_every),
+            max_in_snapshot_log_to_keep: opts.snapshot_every,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| ClusterError::Refused(format!("invalid raft timing: {e}")))?;
+        let state = storage.sm.subscribe();
+        let network = Network {
+            peers: Peers::new(client_auth.clone()),
+        };
+        let raft = Raft::new(opts.id, Arc::new(config), network, storage.log, storage.sm)
+            .await
+            .map_err(|e| ClusterError::Stopped(e.to_string()))?;
+        let (stop, stop_rx) = watch::channel(false);
+        let inner = Arc::new(Inner {
+            id: opts.id,
+            addr: opts.addr.clone(),
+            raft,
+            cluster_id: cluster_id.clone(),
+            state,
+            meta: storage.meta,
+            forward: Peers::new(client_auth),
+            membership_lock: tokio::sync::Mutex::new(()),
+            nonce: rand::random(),
+            counter: AtomicU64::new(0),
+            stop,
+        });
+        spawn_server(
+            inner.clone(),
+            listener,
+            ServerAuth::new(&opts.secret, cluster_id),
+            stop_rx,
+        );
+        let leader = spawn_leader_watch(&inner.raft);
+        let cluster = Cluster { inner, leader };
+        match bootstrap {
+            Bootstrap::Init => cluster.init().await?,
+            Bootstrap::Join { peers, learner } => cluster.join(&peers, learner).await?,
+            Bootstrap::Resume => {
+                if cluster.inner.cluster_id.get().is_none() {
+                    cluster.shutdown().await;
+                    return Err(ClusterError::Refused(
+                        "this data dir holds no cluster yet: start the first node with --init, or add this one with `gateway join --peers ...`".into(),
+                    ));
+                }
+            }
+        }
+        Ok(cluster)
+    }
+
+    async fn init(&self) -> Result<(), ClusterError> {
+        let raft = &self.inner.raft;
+        if raft
+            .is_initialized()
+            .await
+            .map_err(|e| ClusterError::Stopped(e.to_string()))?
+        {
+            tracing::info!("data dir already holds a cluster; --init ignored, resuming");
+            return Ok(());
+        }
+        if self.inner.cluster_id.get().is_some() {
+            return Err(ClusterError::Refused(
+                "this data dir already belongs to a cluster (it joined one): start it without --init".into(),
+            ));
+        }
+        let id = format!("{:016x}", rand::random::<u64>());
+        self.inner.meta.set(META_CLUSTER_ID, &id)?;
+        let _ = self.inner.cluster_id.set(id.clone());
+        let members = BTreeMap::from([(self.inner.id, self.inner.addr.clone())]);
+        raft.initialize(members)
+            .await
+            .map_err(|e| ClusterError::Refused(format!("cannot initialise: {e}")))?;
+        tracing::info!(cluster_id = %id, "initialised a new cluster");
+        Ok(())
+    }
+
+    async fn join(&self, peers: &[String], learner: bool) -> Result<(), ClusterError> {
+        if peers.is_empty() {
+            return Err(ClusterError::Refused(
+                "no peers given: pass --peers with the cluster address of at least one member"
+                    .into(),
+            ));
+        }
+        let inner = &self.inner;
+        if let Some(ours) = inner.cluster_id.get() {
+            // Already a member of some cluster: make sure it is this one, then resume.
+            for peer in peers {
+                let Ok(mut c) = inner.forward.cluster(peer) else {
+                    continue;
+                };
+                match tokio::time::timeout(Duration::from_secs(3), c.hello(HelloRequest {})).await {
+                    Ok(Ok(r)) if &r.get_ref().cluster_id == ours => {
+                        tracing::info!("already a member of cluster {ours}; resuming");
+                        return Ok(());
+                    }
+                    Ok(Ok(r)) => {
+                        return Err(ClusterError::Refused(format!(
+                            "this data dir belongs to cluster {ours}, but peer {peer} is in cluster {}: use a fresh --data-dir to join it",
+                            r.get_ref().cluster_id
+                        )));
+                    }
+                    Ok(Err(s)) if matches!(s.code(), tonic::Code::PermissionDenied) => {
+                        return Err(ClusterError::Refused(format!(
+                            "this data dir belongs to cluster {ours}, but peer {peer} is in another cluster: use a fresh --data-dir to join it"
+                        )));
+                    }
+                    _ => continue,
+                }
+            }
+            tracing::warn!("no peer answered; resuming as a member of cluster {ours}");
+            return Ok(());
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut failures = BTreeMap::new();
+        let mut next: Vec<String> = peers.to_vec();
+        loop {
+            for peer in std::mem::take(&mut next) {
+                let req = JoinRequest {
+                    id: inner.id,
+                    cluster_addr: inner.addr.cluster_addr.clone(),
+                    admin_addr: inner.addr.admin_addr.clone(),
+                    http_addr: inner.addr.http_addr.clone(),
+                    learner,
+                };
+                let mut client = match inner.forward.cluster(&peer) {
+                    Ok(c) => c,
+                    Err(s) => return Err(ClusterError::Refused(s.message().to_string())),
+                };
+                let res = tokio::time::timeout(Duration::from_secs(120), client.join(req)).await;
+                match res {
+                    Ok(Ok(reply)) => {
+                        let id = reply.into_inner().cluster_id;
+                        inner.meta.set(META_CLUSTER_ID, &id)?;
+                        let _ = inner.cluster_id.set(id.clone());
+                        tracing::info!(cluster_id = %id, via = %peer, learner, "joined the cluster");
+                        return Ok(());
+                    }
+                    Ok(Err(status)) => match ClusterError::from(status) {
+                        e @ (ClusterError::Unauthenticated(_)
+                        | ClusterError::Refused(_)
+                        | ClusterError::NotFound(_)) => {
+                            return Err(ClusterError::Refused(format!(
+                                "peer {peer} refused the join: {e}"
+                            )));
+                        }
+                        ClusterError::NotLeader {
+                            leader: Some((_, addr)),
+                        } if !next.contains(&addr) => {
+                            next.push(addr);
+                        }
+                        e => {
+                            failures.insert(peer.clone(), e.to_string());
+                        }
+                    },
+                    Err(_) => {
+                        failures.insert(peer.clone(), "no answer within 120s".into());
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                let why: Vec<String> = failures.iter().map(|(p, e)| format!("{p}: {e}")).collect();
+                return Err(ClusterError::Unreachable(format!(
+                    "could not join through any peer within 20s ({}); check --peers and that those nodes run",
+                    why.join("; ")
+                )));
+            }
+            if next.is_empty() {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                next = peers.to_vec();
+            }
+        }
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    /// The cluster id (known once initialised or joined).
+    pub fn cluster_id(&self) -> String {
+        self.inner.cluster_id.get().cloned().unwrap_or_default()
+    }
+
+    /// The replicated state, updated after every applied change.
+    pub fn state(&self) -> watch::Receiver<Arc<State>> {
+        self.inner.state.clone()
+    }
+
+    /// The leader as this node knows it, updated on every change.
+    pub fn leader_watch(&self) -> watch::Receiver<Option<LeaderInfo>> {
+        self.leader.clone()
+    }
+
+    /// The current leader, if known.
+    pub fn leader(&self) -> Option<LeaderInfo> {
+        self.leader.borrow().clone()
+    }
+
+    /// Proposes a command through the leader (wherever it is) and waits until it is committed
+    /// and applied there. Retries on another leader with the same request id are applied once.
+    pub async fn write(&self, command: Command) -> Result<Response, ClusterError> {
+        let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
+        let req = Request {
+            id: format!("{:x}-{:x}-{n}", self.inner.id, self.inner.nonce),
+            command,
+        };
+        match self
+            .inner
+            .leader_call(Op::Write(req), Duration::from_secs(10), false)
+            .await?
+        {
+            Out::Write(r) => Ok(r),
+            _ => Err(ClusterError::Protocol("unexpected reply to a write".into())),
+        }
+    }
+
+    /// The replicated state, read at the given consistency.
+    pub async fn read(&self, consistency: Consistency) -> Result<Arc<State>, ClusterError> {
+        if consistency == Consistency::Linearizable {
+            let index = match self
+                .inner
+                .leader_call(Op::ReadIndex, Duration::from_secs(5), false)
+                .await?
+            {
+                Out::ReadIndex(i) => i,
+                _ => {
+                    return Err(ClusterError::Protocol(
+                        "unexpected reply to a read index".into(),
+                    ));
+                }
+            };
+            self.inner
+                .raft
+                .wait(Some(Duration::from_secs(5)))
+                .applied_index_at_least(Some(index), "linearizable read")
+                .await
+                .map_err(|e| {
+                    ClusterError::NoLeader(format!(
+                        "this node did not catch up with the leader: {e}"
+                    ))
+                })?;
+        }
+        Ok(self.inner.state.borrow().clone())
+    }
+
+    /// Takes a node out of the cluster (voter or learner) and retires its id for good.
+    pub async fn remove_node(&self, id: NodeId) -> Result<(), ClusterError> {
+        self.inner
+            .leader_call(Op::Remove(id), Duration::from_secs(20), false)
+            .await?;
+        Ok(())
+    }
+
+    /// Whether a leader is known and this node has applied everything it knows committed.
+    pub async fn ready(&self) -> Result<(), String> {
+        let st = self.status().await;
+        if st.leader.is_none() {
+            return Err("no leader known".into());
+        }
+        if st.applied_index < st.committed_index {
+            return Err(format!(
+                "applied index {:?} is behind committed index {:?}",
+                st.applied_index, st.committed_index
+            ));
+        }
+        if !st.voters.iter().chain(&st.learners).any(|m| m.id == st.id) {
+            return Err("this node is not a member of the cluster".into());
+        }
+        Ok(())
+    }
+
+    /// This node's view of the cluster.
+    pub async fn status(&self) -> Status {
+        let raft = &self.inner.raft;
+        let m = raft.metrics().borrow().clone();
+        let committed = raft
+            .with_raft_state(|st| st.committed.map(|l| l.index))
+            .await
+            .ok()
+            .flatten();
+        let membership = m.membership_config.membership();
+        let last = m.last_log_index.unwrap_or(0);
+        let member = |id: NodeId| {
+            let node = membership.get_node(&id).cloned().unwrap_or_default();
+            let matched = m
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&id).map(|l| l.map(|l| l.index)))
+                .map(|x| x.unwrap_or(0));
+            Member {
+                id,
+                cluster_addr: node.cluster_addr,
+                admin_addr: node.admin_addr,
+                http_addr: node.http_addr,
+                matched_index: matched,
+                lag: matched.map(|x| last.saturating_sub(x)),
+            }
+        };
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        Status {
+            id: self.inner.id,
+            cluster_id: self.cluster_id(),
+            role: match m.state {
+                ServerState::Leader => "leader",
+                ServerState::Follower => "follower",
+                ServerState::Candidate => "candidate",
+                ServerState::Learner => "learner",
+                ServerState::Shutdown => "shutdown",
+            },
+            term: m.current_term,
+            leader: m.current_leader,
+            last_log_index: m.last_log_index,
+            committed_index: committed,
+            applied_index: m.last_applied.map(|l| l.index),
+            revision: self.inner.state.borrow().revision,
+            snapshot_index: m.snapshot.map(|l| l.index),
+            purged_index: m.purged.map(|l| l.index),
+            voters: voters.iter().map(|&id| member(id)).collect(),
+            learners: membership
+                .learner_ids()
+                .filter(|id| !voters.contains(id))
+                .map(member)
+                .collect(),
+        }
+    }
+
+    /// Stops serving the cluster port and stops Raft.
+    pub async fn shutdown(&self) {
+        let _ = self.inner.stop.send(true);
+        let _ = self.inner.raft.shutdown().await;
+    }
+}
+
+fn spawn_server(
+    inner: Arc<Inner>,
+    listener: TcpListener,
+    auth: ServerAuth,
+    mut stop: watch::Receiver<bool>,
+) {
+    let raft_svc = RaftServer::new(RaftService(inner.clone()))
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let cluster_svc = ClusterServer::new(ClusterService(inner))
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    tokio::spawn(async move {
+        let res = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(InterceptedService::new(raft_svc, auth.clone()))
+            .add_service(InterceptedService::new(cluster_svc, auth))
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = res {
+            tracing::error!("cluster port stopped: {e}");
+        }
+    });
+}
+
+fn spawn_leader_watch(raft: &Raft) -> watch::Receiver<Option<LeaderInfo>> {
+    let mut metrics = raft.metrics();
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(async move {
+        loop {
+            let info = {
+                let m = metrics.borrow_and_update();
+                m.current_leader.and_then(|id| {
+                    m.membership_config
+                        .membership()
+                        .get_node(&id)
+                        .map(|n| LeaderInfo {
+                            id,
+                            term: m.current_term,
+                            cluster_addr: n.cluster_addr.clone(),
+                            admin_addr: n.admin_addr.clone(),
+                            http_addr: n.http_addr.clone(),
+                        })
+                })
+            };
+            tx.send_if_modified(|cur| {
+                if *cur != info {
+                    *cur = info;
+                    true
+                } else {
+                    false
+                }
+            });
+            if metrics.changed().await.is_err() {
+                tx.send_replace(None);
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Awaits a forwarded call for at most `limit`.
+async fn timed<T>(
+    addr: &str,
+    limit: Duration,
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, ClusterError> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(r) => r
+            .map(tonic::Response::into_inner)
+            .map_err(ClusterError::from),
+        Err(_) => Err(ClusterError::Unreachable(format!(
+            "leader at {addr} did not answer within {limit:?}"
+        ))),
+    }
+}
+
+fn not_leader(leader_id: Option<NodeId>, node: Option<NodeAddr>) -> ClusterError {
+    ClusterError::NotLeader {
+        leader: leader_id.zip(node.map(|n| n.cluster_addr)),
+    }
+}
+
+fn write_err(e: RaftError<NodeId, ClientWriteError<NodeId, NodeAddr>>) -> ClusterError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            not_leader(f.leader_id, f.leader_node)
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+            ClusterError::Refused(c.to_string())
+        }
+        RaftError::Fatal(f) => ClusterError::Stopped(f.to_string()),
+    }
+}
+
+impl Inner {
+    fn leader_target(&self) -> Option<(NodeId, String)> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        let id = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&id)?;
+        Some((id, node.cluster_addr.clone()))
+    }
+
+    /// Runs `op` on the leader: here if this node leads, else forwarded once to the node this
+    /// node believes leads. Retries through elections until `budget` runs out. A call that
+    /// arrived `forwarded` is served here or refused, never forwarded again.
+    pub(crate) async fn leader_call(
+        &self,
+        op: Op,
+        budget: Duration,
+        forwarded: bool,
+    ) -> Result<Out, ClusterError> {
+        let deadline = Instant::now() + budget;
+        let mut hint: Option<(NodeId, String)> = None;
+        let mut last;
+        loop {
+            let target = if forwarded {
+                Some((self.id, String::new()))
+            } else {
+                hint.take().or_else(|| self.leader_target())
+            };
+            let res = match target {
+                None => Err(ClusterError::NoLeader("no leader elected yet".into())),
+                Some((id, _)) if id == self.id => self.local(&op).await,
+                Some((_, addr)) => self.remote(&addr, &op).await,
+            };
+            match res {
+                Ok(out) => return Ok(out),
+                Err(e) if forwarded => return Err(e),
+                Err(ClusterError::NotLeader { leader }) => {
+                    last = ClusterError::NotLeader {
+                        leader: leader.clone(),
+                    };
+                    hint = leader;
+                }
+                Err(e) if e.is_retryable() => last = e,
+                Err(e) => return Err(e),
+            }
+            if Instant::now() >= deadline {
+                return Err(match last {
+                    ClusterError::NotLeader { .. } => {
+                        ClusterError::NoLeader("leadership kept moving".into())
+                    }
+                    e => e,
+                });
+            }
+            if hint.is_none() {
+                let mut m = self.raft.metrics();
+                let _ = tokio::time::timeout(Duration::from_millis(50), m.changed()).await;
+            }
+        }
+    }
+
+    async fn local(&self, op: &Op) -> Result<Out, ClusterError> {
+        match op {
+            Op::Write(req) => self.write_as_leader(req.clone()).await.map(Out::Write),
+            Op::Join { id, addr, learner } => self
+                .join_as_leader(*id, addr.clone(), *learner)
+                .await
+                .map(Out::Join),
+            Op::Remove(id) => self.remove_as_leader(*id).await.map(|_| Out::Removed),
+            Op::ReadIndex => self.read_index_as_leader().await.map(Out::ReadIndex),
+        }
+    }
+
+    async fn remote(&self, addr: &str, op: &Op) -> Result<Out, ClusterError> {
+        let mut client = self.forward.cluster(addr)?;
+        fn fwd<T>(msg: T) -> tonic::Request<T> {
+            let mut r = tonic::Request::new(msg);
+            r.metadata_mut()
+                .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+            r
+        }
+        let t = Duration::from_secs;
+        Ok(match op {
+            Op::Write(req) => {
+                let request_json =
+                    serde_json::to_vec(req).map_err(|e| ClusterError::Protocol(e.to_string()))?;
+                let r = timed(addr, t(3), client.write(fwd(WriteRequest { request_json }))).await?;
+                Out::Write(
+                    serde_json::from_slice(&r.response_json)
+                        .map_err(|e| ClusterError::Protocol(e.to_string()))?,
+                )
+            }
+            Op::Join {
+                id,
+                addr: a,
+                learner,
+            } => {
+                let req = JoinRequest {
+                    id: *id,
+                    cluster_addr: a.cluster_addr.clone(),
+                    admin_addr: a.admin_addr.clone(),
+                    http_addr: a.http_addr.clone(),
+                    learner: *learner,
+                };
+                Out::Join(timed(addr, t(120), client.join(fwd(req))).await?.leader_id)
+            }
+            Op::Remove(id) => {
+                timed(
+                    addr,
+                    t(20),
+                    client.remove_node(fwd(RemoveNodeRequest { id: *id })),
+                )
+                .await?;
+                Out::Removed
+            }
+            Op::ReadIndex => Out::ReadIndex(
+                timed(addr, t(2), client.read_index(fwd(ReadIndexRequest {})))
+                    .await?
+                    .index,
+            ),
+        })
+    }
+
+    async fn write_as_leader(&self, req: Request) -> Result<Response, ClusterError> {
+        self.raft
+            .client_write(req)
+            .await
+            .map(|r| r.data)
+            .map_err(write_err)
+    }
+
+    async fn read_index_as_leader(&self) -> Result<u64, ClusterError> {
+        match self.raft.get_read_log_id().await {
+            Ok((read, _applied)) => Ok(read.map(|l| l.index).unwrap_or(0)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(not_leader(f.leader_id, f.leader_node))
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(q))) => Err(
+                ClusterError::NoLeader(format!("the leader cannot reach a quorum: {q}")),
+            ),
+            Err(RaftError::Fatal(f)) => Err(ClusterError::Stopped(f.to_string())),
+        }
+    }
+
+    fn ensure_leader(&self) -> Result<(), ClusterError> {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        if m.state == ServerState::Leader {
+            return Ok(());
+        }
+        let node = m
+            .current_leader
+            .and_then(|id| m.membership_config.membership().get_node(&id).cloned());
+        Err(not_leader(m.current_leader, node))
+    }
+
+    /// Changes membership, waiting out a change still in progress (one change at a time).
+    async fn change_membership(
+        &self,
+        change: ChangeMembers<NodeId, NodeAddr>,
+    ) -> Result<(), ClusterError> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.raft.change_membership(change.clone(), false).await {
+                Ok(_) => return Ok(()),
+                Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                    ChangeMembershipError::InProgress(_),
+                ))) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(write_err(e)),
+            }
+        }
+    }
+
+    async fn join_as_leader(
+        &self,
+        id: NodeId,
+        addr: NodeAddr,
+        learner: bool,
+    ) -> Result<NodeId, ClusterError> {
+        let _guard = self.membership_lock.lock().await;
+        self.ensure_leader()?;
+        if id == 0 {
+            return Err(ClusterError::Refused(
+                "node id 0 is not allowed: use --id 1 or more".into(),
+            ));
+        }
+        if self.state.borrow().retired.contains(&id) {
+            return Err(ClusterError::Refused(format!(
+                "node id {id} was removed from this cluster and can never be used again: join with a new --id"
+            )));
+        }
+        let membership = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        for (other, node) in membership.nodes() {
+            if *other != id && node.cluster_addr == addr.cluster_addr {
+                return Err(ClusterError::Refused(format!(
+                    "cluster address {} is already used by node {other}: give the new node its own --cluster-addr",
+                    addr.cluster_addr
+                )));
+            }
+        }
+        let is_voter = membership.voter_ids().any(|v| v == id);
+        match membership.get_node(&id) {
+            Some(existing) if existing.cluster_addr != addr.cluster_addr => {
+                return Err(ClusterError::Refused(format!(
+                    "node id {id} is already a member at {}: use another --id",
+                    existing.cluster_addr
+                )));
+            }
+            Some(_) if is_voter || learner => return Ok(self.id), // a retried join: already done
+            _ => {}
+        }
+        tracing::info!(id, %addr, learner, "adding node");
+        let add = self.raft.add_learner(id, addr.clone(), true);
+        match tokio::time::timeout(Duration::from_secs(100), add).await {
+            Ok(r) => {
+                r.map_err(write_err)?;
+            }
+            Err(_) => {
+                return Err(ClusterError::Unreachable(format!(
+                    "node {id} at {} did not catch up within 100s",
+                    addr.cluster_addr
+                )));
+            }
+        }
+        if !learner {
+            self.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])))
+                .await?;
+        }
+        tracing::info!(id, learner, "node joined");
+        Ok(self.id)
+    }
+
+    async fn remove_as_leader(&self, id: NodeId) -> Result<(), ClusterError> {
+        let _guard = self.membership_lock.lock().await;
+        self.ensure_leader()?;
+        let membership = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        let is_voter = membership.voter_ids().any(|v| v == id);
+        let is_member = membership.get_node(&id).is_some();
+        if !is_member {
+            if self.state.borrow().retired.contains(&id) {
+                return Ok(()); // already removed
+            }
+            return Err(ClusterError::NotFound(format!(
+                "node {id} is not a member of this cluster; see the members with GET /v1/nodes"
+            )));
+        }
+        if is_voter && membership.voter_ids().count() == 1 {
+            return Err(ClusterError::Refused(format!(
+                "node {id} is the last voter; a cluster cannot remove its last voter"
+            )));
+        }
+        // Retire the id first: a half-finished removal can then be retried, never reused.
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let retire = Request {
+            id: format!("{:x}-{:x}-{n}", self.id, self.nonce),
+            command: Command::RetireNode { id },
+        };
+        self.write_as_leader(retire).await?;
+        let change = if is_voter {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        self.change_membership(change).await?;
+        tracing::info!(id, "node removed");
+        Ok(())
+    }
+}

@@ -1,0 +1,141 @@
+//! Server side of the cluster port: the Raft service and the cluster (membership, forwarding)
+//! service, both behind the secret check.
+
+use crate::error::ClusterError;
+use crate::handle::{FORWARDED, Inner, Op, Out};
+use gateway_store::TypeConfig;
+use gateway_wire::cluster::{
+    HelloReply, HelloRequest, JoinReply, JoinRequest, RaftPayload, ReadIndexReply,
+    ReadIndexRequest, RemoveNodeReply, RemoveNodeRequest, WriteReply, WriteRequest, cluster_server,
+    raft_server,
+};
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::{Request, Response, Status};
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Status> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| Status::invalid_argument(format!("undecodable message: {e}")))
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
+    serde_json::to_vec(v)
+        .map(|json| Response::new(RaftPayload { json }))
+        .map_err(|e| Status::internal(format!("cannot encode reply: {e}")))
+}
+
+pub(crate) struct RaftService(pub(crate) Arc<Inner>);
+
+#[tonic::async_trait]
+impl raft_server::Raft for RaftService {
+    async fn append_entries(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(&req.into_inner().json)?;
+        encode(&self.0.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let rpc: VoteRequest<u64> = decode(&req.into_inner().json)?;
+        encode(&self.0.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let rpc: InstallSnapshotRequest<TypeConfig> = decode(&req.into_inner().json)?;
+        encode(&self.0.raft.install_snapshot(rpc).await)
+    }
+}
+
+pub(crate) struct ClusterService(pub(crate) Arc<Inner>);
+
+#[tonic::async_trait]
+impl cluster_server::Cluster for ClusterService {
+    async fn hello(&self, _req: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
+        Ok(Response::new(HelloReply {
+            cluster_id: self.0.cluster_id.get().cloned().unwrap_or_default(),
+            node_id: self.0.id,
+        }))
+    }
+
+    async fn join(&self, req: Request<JoinRequest>) -> Result<Response<JoinReply>, Status> {
+        let fwd = forwarded(&req);
+        let (id, addr) = req.get_ref().node();
+        let op = Op::Join {
+            id,
+            addr,
+            learner: req.get_ref().learner,
+        };
+        match self
+            .0
+            .leader_call(op, Duration::from_secs(120), fwd)
+            .await?
+        {
+            Out::Join(leader_id) => Ok(Response::new(JoinReply {
+                cluster_id: self.0.cluster_id.get().cloned().unwrap_or_default(),
+                leader_id,
+            })),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn remove_node(
+        &self,
+        req: Request<RemoveNodeRequest>,
+    ) -> Result<Response<RemoveNodeReply>, Status> {
+        let fwd = forwarded(&req);
+        match self
+            .0
+            .leader_call(Op::Remove(req.get_ref().id), Duration::from_secs(20), fwd)
+            .await?
+        {
+            Out::Removed => Ok(Response::new(RemoveNodeReply {})),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn write(&self, req: Request<WriteRequest>) -> Result<Response<WriteReply>, Status> {
+        let fwd = forwarded(&req);
+        let request = decode(&req.into_inner().request_json)?;
+        match self
+            .0
+            .leader_call(Op::Write(request), Duration::from_secs(10), fwd)
+            .await?
+        {
+            Out::Write(resp) => {
+                let response_json =
+                    serde_json::to_vec(&resp).map_err(|e| Status::internal(e.to_string()))?;
+                Ok(Response::new(WriteReply { response_json }))
+            }
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn read_index(
+        &self,
+        req: Request<ReadIndexRequest>,
+    ) -> Result<Response<ReadIndexReply>, Status> {
+        match self
+            .0
+            .leader_call(Op::ReadIndex, Duration::from_secs(5), forwarded(&req))
+            .await?
+        {
+            Out::ReadIndex(index) => Ok(Response::new(ReadIndexReply { index })),
+            _ => Err(unexpected()),
+        }
+    }
+}
+
+fn forwarded<T>(req: &Request<T>) -> bool {
+    req.metadata().contains_key(FORWARDED)
+}
+
+fn unexpected() -> Status {
+    ClusterError::Protocol("the leader gave a reply of the wrong kind".into()).into()
+}

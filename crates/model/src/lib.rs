@@ -1,0 +1,18 @@
+//! Domain types of the gateway: pools, backends, routes, cluster nodes, the replicated
+//! [`Command`]s that change them, their validation, and the pure [`State::apply`].
+//!
+//! This crate does no I/O and knows nothing of tokio, Raft, sled or HTTP: every other crate
+//! depends on it, it depends on none of ours. `State::apply` is deterministic — no clock,
+//! randomness or I/O — so that every node that applies the same log reaches the same state.
+
+mod command;
+mod config;
+mod error;
+mod state;
+mod validate;
+
+pub use command::{Command, Request, Response};
+pub use config::{Backend, Balance, NodeAddr, NodeId, Pool, Route, WritePolicy};
+pub use error::{ApplyError, Invalid};
+pub use state::{DEDUP_WINDOW, State};
+pub use validate::{validate_name, validate_pool, validate_route};

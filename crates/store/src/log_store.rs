@@ -1,0 +1,368 @@
+//! The Raft log and the Raft metadata (vote, committed id, last purged id) in sled.
+//!
+//! Every write completes a sled flush before openraft is told it is done: `save_vote`,
+//! `truncate`, `purge` and `save_committed` return after the flush, and `append` calls its
+//! [`LogFlushed`] callback only after the flush.
+#![allow(
+    clippy::result_large_err,
+    reason = "openraft's StorageError is the error type its storage traits require"
+)]
+
+use crate::util::{decode_err, flush, index_key, io_err, key_index, sled_err};
+use crate::{Entry, LogId, NodeId, StorageError, StoreError, TypeConfig, Vote};
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{ErrorSubject, ErrorVerb, LogState, OptionalSend, RaftLogReader};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+
+/// Keys of the raft metadata tree.
+const KEY_VOTE: &str = "vote";
+const KEY_COMMITTED: &str = "committed";
+const KEY_LAST_PURGED: &str = "last_purged";
+
+/// `limited_get_log_entries` stops adding entries once their encoded size reaches this many
+/// bytes (it always returns at least one), so an AppendEntries message stays well below
+/// tonic's default 4 MiB message limit unless a single entry is itself that large.
+pub const REPLICATION_BATCH_BYTES: usize = 1024 * 1024;
+
+/// The Raft log store: log entries keyed by index, plus vote, committed and last purged log
+/// ids. Cheap to clone; clones share the same sled trees, and a clone is also the log reader
+/// used by replication tasks.
+#[derive(Clone)]
+pub struct LogStore {
+    db: sled::Db,
+    /// Log entries: key = index as big-endian u64, value = serde_json of [`Entry`].
+    logs: sled::Tree,
+    /// Raft metadata: vote, committed, last_purged (serde_json).
+    raft: sled::Tree,
+}
+
+impl LogStore {
+    pub(crate) fn new(db: sled::Db, logs: sled::Tree, raft: sled::Tree) -> Self {
+        LogStore { db, logs, raft }
+    }
+
+    /// Removes entries at or below the last purged index that a crash between recording the
+    /// purge and deleting the entries may have left behind.
+    pub(crate) fn finish_interrupted_purge(&self) -> Result<(), StoreError> {
+        let Some(purged) = self.read_meta_sync::<LogId>(KEY_LAST_PURGED)? else {
+            return Ok(());
+        };
+        let batch = self
+            .delete_batch(..=purged.index)
+            .map_err(|e| StoreError::sled("scan log entries", e))?;
+        self.logs
+            .apply_batch(batch)
+            .map_err(|e| StoreError::sled("delete purged log entries", e))?;
+        self.db.flush().map_err(|e| StoreError::sled("flush", e))?;
+        Ok(())
+    }
+
+    fn read_meta_sync<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
+        let Some(bytes) = self
+            .raft
+            .get(key)
+            .map_err(|e| StoreError::sled(format!("read raft meta '{key}'"), e))?
+        else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::corrupt(format!("raft meta '{key}'"), e))
+    }
+
+    fn read_meta<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        subject: ErrorSubject<NodeId>,
+    ) -> Result<Option<T>, StorageError> {
+        let bytes = self.raft.get(key).map_err(|e| {
+            sled_err(
+                subject.clone(),
+                ErrorVerb::Read,
+                format_args!("read raft meta '{key}'"),
+                e,
+            )
+        })?;
+        match bytes {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| decode_err(subject, format_args!("decode raft meta '{key}'"), e)),
+        }
+    }
+
+    /// Writes (or with `None` removes) a raft metadata key and flushes before returning.
+    async fn write_meta<T: Serialize>(
+        &self,
+        key: &str,
+        value: Option<&T>,
+        subject: ErrorSubject<NodeId>,
+    ) -> Result<(), StorageError> {
+        let res = match value {
+            Some(v) => {
+                let bytes = serde_json::to_vec(v).map_err(|e| {
+                    io_err(
+                        subject.clone(),
+                        ErrorVerb::Write,
+                        format_args!("encode raft meta '{key}'"),
+                        openraft::AnyError::new(&e),
+                    )
+                })?;
+                self.raft.insert(key, bytes)
+            }
+            None => self.raft.remove(key),
+        };
+        res.map_err(|e| {
+            sled_err(
+                subject.clone(),
+                ErrorVerb::Write,
+                format_args!("write raft meta '{key}'"),
+                e,
+            )
+        })?;
+        flush(&self.db).await.map_err(|e| {
+            io_err(
+                subject,
+                ErrorVerb::Write,
+                format_args!("flush raft meta '{key}'"),
+                e,
+            )
+        })
+    }
+
+    /// A batch removing every log entry whose index is in `range`.
+    fn delete_batch(&self, range: impl RangeBounds<u64>) -> Result<sled::Batch, sled::Error> {
+        let mut batch = sled::Batch::default();
+        let Some((start, end)) = key_range(range) else {
+            return Ok(batch);
+        };
+        let iter = match end {
+            Some(end) => self.logs.range(index_key(start)..index_key(end)),
+            None => self.logs.range(index_key(start)..),
+        };
+        for kv in iter.keys() {
+            batch.remove(kv?);
+        }
+        Ok(batch)
+    }
+
+    /// Decodes one stored entry and checks that it sits under its own index.
+    fn decode_entry(key: &[u8], value: &[u8]) -> Result<Entry, StorageError> {
+        let index =
+            key_index(key).map_err(|e| decode_err(ErrorSubject::Logs, "decode log key", e))?;
+        let entry: Entry = serde_json::from_slice(value)
+            .map_err(|e| decode_err(ErrorSubject::LogIndex(index), "decode log entry", e))?;
+        if entry.log_id.index != index {
+            return Err(decode_err(
+                ErrorSubject::LogIndex(index),
+                "decode log entry",
+                format!("entry {} stored under index {index}", entry.log_id),
+            ));
+        }
+        Ok(entry)
+    }
+
+    /// Reads entries in `range`, stopping once `budget` encoded bytes have been read (always
+    /// returning the first entry found).
+    fn read_entries(
+        &self,
+        range: impl RangeBounds<u64>,
+        budget: Option<usize>,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let Some((start, end)) = key_range(range) else {
+            return Ok(Vec::new());
+        };
+        let iter = match end {
+            Some(end) => self.logs.range(index_key(start)..index_key(end)),
+            None => self.logs.range(index_key(start)..),
+        };
+        let mut entries = Vec::new();
+        let mut bytes = 0usize;
+        for kv in iter {
+            let (k, v) = kv.map_err(|e| {
+                sled_err(ErrorSubject::Logs, ErrorVerb::Read, "read log entries", e)
+            })?;
+            if let Some(budget) = budget
+                && !entries.is_empty()
+                && bytes + v.len() > budget
+            {
+                break;
+            }
+            bytes += v.len();
+            entries.push(Self::decode_entry(&k, &v)?);
+        }
+        Ok(entries)
+    }
+}
+
+/// `range` as `[start, end)` with `end == None` meaning unbounded; `None` when empty.
+fn key_range(range: impl RangeBounds<u64>) -> Option<(u64, Option<u64>)> {
+    let start = match range.start_bound() {
+        Bound::Included(&s) => s,
+        Bound::Excluded(&s) => s.checked_add(1)?,
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        Bound::Included(&e) => e.checked_add(1),
+        Bound::Excluded(&e) => Some(e),
+        Bound::Unbounded => None,
+    };
+    match end {
+        Some(end) if end <= start => None,
+        _ => Some((start, end)),
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.read_entries(range, None)
+    }
+
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        self.read_entries(start..end, Some(REPLICATION_BATCH_BYTES))
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged_log_id: Option<LogId> =
+            self.read_meta(KEY_LAST_PURGED, ErrorSubject::Logs)?;
+        let last = self.logs.last().map_err(|e| {
+            sled_err(
+                ErrorSubject::Logs,
+                ErrorVerb::Read,
+                "read last log entry",
+                e,
+            )
+        })?;
+        let last_entry_id = match last {
+            Some((k, v)) => Some(Self::decode_entry(&k, &v)?.log_id),
+            None => None,
+        };
+        // Entries at or below the purged id are gone, so the purged id bounds the last id.
+        let last_log_id = std::cmp::max(last_entry_id, last_purged_log_id);
+        Ok(LogState {
+            last_purged_log_id,
+            last_log_id,
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        self.write_meta(KEY_VOTE, Some(vote), ErrorSubject::Vote)
+            .await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.read_meta(KEY_VOTE, ErrorSubject::Vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        self.write_meta(KEY_COMMITTED, committed.as_ref(), ErrorSubject::Store)
+            .await
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        self.read_meta(KEY_COMMITTED, ErrorSubject::Store)
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut batch = sled::Batch::default();
+        let mut last = None;
+        for entry in entries {
+            let value = serde_json::to_vec(&entry).map_err(|e| {
+                io_err(
+                    ErrorSubject::Log(entry.log_id),
+                    ErrorVerb::Write,
+                    "encode log entry",
+                    openraft::AnyError::new(&e),
+                )
+            })?;
+            batch.insert(&index_key(entry.log_id.index), value);
+            last = Some(entry.log_id);
+        }
+        let subject = || last.map_or(ErrorSubject::Logs, ErrorSubject::Log);
+        if let Err(e) = self.logs.apply_batch(batch) {
+            let err = sled_err(subject(), ErrorVerb::Write, "append log entries", e);
+            callback.log_io_completed(Err(std::io::Error::other(err.to_string())));
+            return Err(err);
+        }
+        match flush(&self.db).await {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                let err = io_err(subject(), ErrorVerb::Write, "flush appended log entries", e);
+                callback.log_io_completed(Err(std::io::Error::other(err.to_string())));
+                Err(err)
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let subject = ErrorSubject::Log(log_id);
+        let batch = self.delete_batch(log_id.index..).map_err(|e| {
+            sled_err(
+                subject.clone(),
+                ErrorVerb::Delete,
+                "scan log entries to truncate",
+                e,
+            )
+        })?;
+        self.logs
+            .apply_batch(batch)
+            .map_err(|e| sled_err(subject.clone(), ErrorVerb::Delete, "truncate log", e))?;
+        flush(&self.db)
+            .await
+            .map_err(|e| io_err(subject, ErrorVerb::Delete, "flush truncated log", e))
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let subject = ErrorSubject::Log(log_id);
+        // Record the purge durably first: a crash after this point leaves at most some entries
+        // below the purged id, which `open` deletes; never a purged id that is too low.
+        let current: Option<LogId> = self.read_meta(KEY_LAST_PURGED, ErrorSubject::Logs)?;
+        if current < Some(log_id) {
+            self.write_meta(KEY_LAST_PURGED, Some(&log_id), subject.clone())
+                .await?;
+        }
+        let batch = self.delete_batch(..=log_id.index).map_err(|e| {
+            sled_err(
+                subject.clone(),
+                ErrorVerb::Delete,
+                "scan log entries to purge",
+                e,
+            )
+        })?;
+        self.logs
+            .apply_batch(batch)
+            .map_err(|e| sled_err(subject.clone(), ErrorVerb::Delete, "purge log", e))?;
+        flush(&self.db)
+            .await
+            .map_err(|e| io_err(subject, ErrorVerb::Delete, "flush purged log", e))
+    }
+}
