@@ -67,10 +67,10 @@ impl ClientAuth {
 impl tonic::service::Interceptor for ClientAuth {
     fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
         req.metadata_mut().insert(AUTH_HEADER, self.token.clone());
-        if let Some(id) = self.cluster_id.get() {
-            if let Ok(v) = id.parse() {
-                req.metadata_mut().insert(CLUSTER_HEADER, v);
-            }
+        if let Some(id) = self.cluster_id.get()
+            && let Ok(v) = id.parse()
+        {
+            req.metadata_mut().insert(CLUSTER_HEADER, v);
         }
         Ok(req)
     }
@@ -104,17 +104,16 @@ impl tonic::service::Interceptor for ServerAuth {
                 "wrong cluster secret: start this node with the --cluster-secret-file of the cluster it joins",
             ));
         }
-        if let (Some(ours), Some(theirs)) = (
-            self.cluster_id.get(),
-            req.metadata()
-                .get(CLUSTER_HEADER)
-                .and_then(|v| v.to_str().ok()),
-        ) {
-            if ours != theirs {
-                return Err(Status::permission_denied(format!(
-                    "this node belongs to cluster {ours}, the caller to cluster {theirs}"
-                )));
-            }
+        let theirs = req
+            .metadata()
+            .get(CLUSTER_HEADER)
+            .and_then(|v| v.to_str().ok());
+        if let (Some(ours), Some(theirs)) = (self.cluster_id.get(), theirs)
+            && ours != theirs
+        {
+            return Err(Status::permission_denied(format!(
+                "this node belongs to cluster {ours}, the caller to cluster {theirs}"
+            )));
         }
         Ok(req)
     }

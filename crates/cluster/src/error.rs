@@ -55,11 +55,11 @@ impl From<ClusterError> for tonic::Status {
         match e {
             ClusterError::NotLeader { leader } => {
                 let mut s = Status::new(Code::FailedPrecondition, msg);
-                if let Some((id, addr)) = leader {
-                    if let (Ok(i), Ok(a)) = (id.to_string().parse(), addr.parse()) {
-                        s.metadata_mut().insert(LEADER_ID, i);
-                        s.metadata_mut().insert(LEADER_ADDR, a);
-                    }
+                if let Some((id, addr)) = leader
+                    && let (Ok(i), Ok(a)) = (id.to_string().parse(), addr.parse())
+                {
+                    s.metadata_mut().insert(LEADER_ID, i);
+                    s.metadata_mut().insert(LEADER_ADDR, a);
                 }
                 s
             }

@@ -154,23 +154,23 @@ pub fn validate_route(route: &Route) -> Result<(), Invalid> {
             ));
         }
     }
-    if let Some(t) = route.timeout_ms {
-        if !(1..=3_600_000).contains(&t) {
-            return Err(Invalid::new(
-                "timeout_ms",
-                format!("{t} is out of range"),
-                "use 1 to 3600000 milliseconds, or leave it out for the 30000 default",
-            ));
-        }
+    if let Some(t) = route.timeout_ms
+        && !(1..=3_600_000).contains(&t)
+    {
+        return Err(Invalid::new(
+            "timeout_ms",
+            format!("{t} is out of range"),
+            "use 1 to 3600000 milliseconds, or leave it out for the 30000 default",
+        ));
     }
-    if let Some(r) = route.retries {
-        if r > 10 {
-            return Err(Invalid::new(
-                "retries",
-                format!("{r} is out of range"),
-                "use 0 to 10, or leave it out for the default of 2",
-            ));
-        }
+    if let Some(r) = route.retries
+        && r > 10
+    {
+        return Err(Invalid::new(
+            "retries",
+            format!("{r} is out of range"),
+            "use 0 to 10, or leave it out for the default of 2",
+        ));
     }
     if route.pool.is_empty() {
         return Err(Invalid::new(

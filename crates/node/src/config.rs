@@ -1,0 +1,129 @@
+//! Node configuration: plain data with documented defaults. Flags and `GATEWAY_*` variables
+//! (handled by clap) and the TOML file map onto the same fields; identity and addresses a node
+//! was started with are kept in its data dir, so a restart needs only `--data-dir`.
+
+use crate::cli::NodeArgs;
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const DEFAULT_CLUSTER_ADDR: &str = "127.0.0.1:7101";
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:9101";
+pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8101";
+
+/// How the node enters the cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Init,
+    Resume,
+    Join { learner: bool },
+}
+
+/// The `--config` TOML file: every key optional, named as the flags with underscores.
+#[derive(Deserialize, Default, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    id: Option<u64>,
+    data_dir: Option<PathBuf>,
+    cluster_addr: Option<String>,
+    admin_addr: Option<String>,
+    http_addr: Option<String>,
+    cluster_secret_file: Option<PathBuf>,
+    peers: Option<Vec<String>>,
+    heartbeat_ms: Option<u64>,
+    election_timeout_ms: Option<u64>,
+    snapshot_every: Option<u64>,
+    workers: Option<usize>,
+}
+
+/// A node's settings after merging flags, environment and file. Identity fields stay optional
+/// here: the data dir may supply them.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub mode: Mode,
+    pub id: Option<u64>,
+    pub data_dir: PathBuf,
+    pub cluster_addr: Option<String>,
+    pub admin_addr: Option<String>,
+    pub http_addr: Option<String>,
+    pub secret_file: Option<PathBuf>,
+    pub peers: Vec<String>,
+    pub heartbeat: Duration,
+    pub election_timeout: Duration,
+    pub snapshot_every: u64,
+    pub workers: Option<usize>,
+}
+
+pub fn resolve(args: NodeArgs, mode: Mode, peers: Vec<String>) -> anyhow::Result<NodeConfig> {
+    let file = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read --config {}", path.display()))?;
+            toml::from_str::<FileConfig>(&text).map_err(|e| {
+                anyhow::anyhow!(
+                    "--config {}: {}",
+                    path.display(),
+                    e.to_string().replace('\n', " ")
+                )
+            })?
+        }
+        None => FileConfig::default(),
+    };
+    let Some(data_dir) = args.data_dir.or(file.data_dir) else {
+        bail!(
+            "--data-dir is required: name the folder where this node keeps its state (e.g. --data-dir data/1)"
+        );
+    };
+    let peers = if peers.is_empty() {
+        file.peers.unwrap_or_default()
+    } else {
+        peers
+    };
+    let peers: Vec<String> = peers
+        .into_iter()
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .collect();
+    if matches!(mode, Mode::Join { .. }) && peers.is_empty() {
+        bail!(
+            "--peers is required to join: give the cluster address of at least one member (e.g. --peers 127.0.0.1:7101)"
+        );
+    }
+    let heartbeat_ms = args.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(50);
+    let election_ms = args
+        .election_timeout_ms
+        .or(file.election_timeout_ms)
+        .unwrap_or(150);
+    if heartbeat_ms == 0 || election_ms <= heartbeat_ms {
+        bail!(
+            "--election-timeout-ms ({election_ms}) must be larger than --heartbeat-ms ({heartbeat_ms}), and both above 0"
+        );
+    }
+    let snapshot_every = args.snapshot_every.or(file.snapshot_every).unwrap_or(500);
+    if snapshot_every == 0 {
+        bail!("--snapshot-every must be at least 1");
+    }
+    let workers = args.workers.or(file.workers);
+    if workers == Some(0) {
+        bail!("--workers must be at least 1");
+    }
+    let id = args.id.or(file.id);
+    if id == Some(0) {
+        bail!("--id must be 1 or more");
+    }
+    Ok(NodeConfig {
+        mode,
+        id,
+        data_dir,
+        cluster_addr: args.cluster_addr.or(file.cluster_addr),
+        admin_addr: args.admin_addr.or(file.admin_addr),
+        http_addr: args.http_addr.or(file.http_addr),
+        secret_file: args.cluster_secret_file.or(file.cluster_secret_file),
+        peers,
+        heartbeat: Duration::from_millis(heartbeat_ms),
+        election_timeout: Duration::from_millis(election_ms),
+        snapshot_every,
+        workers,
+    })
+}

@@ -1,0 +1,35 @@
+//! The `gateway` binary: command line, configuration, logging, and the wiring of cluster,
+//! admin plane and data plane. The work itself lives in the library crates.
+
+mod cli;
+mod client;
+mod config;
+mod demo;
+mod run;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let action = match cli::prepare(cli::Cli::parse()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match run::runtime(action.workers()) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(cli::dispatch(action)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! Starting and stopping a node: data dir and identity, listeners, cluster, admin, data plane.
+
+use crate::config::{
+    DEFAULT_ADMIN_ADDR, DEFAULT_CLUSTER_ADDR, DEFAULT_HTTP_ADDR, Mode, NodeConfig,
+};
+use anyhow::{Context, bail};
+use gateway_cluster::{Bootstrap, Cluster, ClusterOptions, Secret};
+use gateway_model::NodeAddr;
+use gateway_store::MetaStore;
+use std::path::Path;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+pub fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        b.worker_threads(n);
+    }
+    b.enable_all().build()
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| {
+        EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tower=warn,hyper=warn")
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// Picks a value: the flag (or env/file) first, then what the data dir remembers, then the
+/// default; a flag that contradicts the data dir's identity is an error.
+fn remembered(
+    meta: &MetaStore,
+    key: &str,
+    given: Option<String>,
+    default: &str,
+) -> anyhow::Result<String> {
+    Ok(match (given, meta.get(key)?) {
+        (Some(v), _) => v,
+        (None, Some(v)) => v,
+        (None, None) => default.to_string(),
+    })
+}
+
+async fn bind(addr: &str, flag: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} ({flag}): {e}; pick a free address"))
+}
+
+fn read_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read --cluster-secret-file {}", path.display()))?;
+    if bytes.trim_ascii().len() < 16 {
+        bail!(
+            "--cluster-secret-file {} holds fewer than 16 characters; put a long random secret in it (e.g. head -c 32 /dev/urandom | base64 > {})",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(bytes)
+}
+
+fn write_new_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let secret = hex::encode(rand::random::<[u8; 32]>());
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    writeln!(f, "{secret}")?;
+    f.sync_all()?;
+    Ok(secret.into_bytes())
+}
+
+pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
+    init_logging();
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
+    let storage =
+        gateway_store::open(&cfg.data_dir.join("store")).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let meta = storage.meta.clone();
+
+    // Identity: the id is fixed by the data dir once chosen.
+    let stored_id: Option<u64> = meta.get("node_id")?.and_then(|s| s.parse().ok());
+    let id = match (cfg.id, stored_id) {
+        (Some(a), Some(b)) if a != b => bail!(
+            "data dir {} belongs to node {b}, not --id {a}: use --id {b} or another data dir",
+            cfg.data_dir.display()
+        ),
+        (Some(a), _) => a,
+        (None, Some(b)) => b,
+        (None, None) => bail!(
+            "--id is required for a new node: choose a number not used before in this cluster (e.g. --id 1)"
+        ),
+    };
+    let addr = NodeAddr {
+        cluster_addr: remembered(
+            &meta,
+            "cluster_addr",
+            cfg.cluster_addr.clone(),
+            DEFAULT_CLUSTER_ADDR,
+        )?,
+        admin_addr: remembered(
+            &meta,
+            "admin_addr",
+            cfg.admin_addr.clone(),
+            DEFAULT_ADMIN_ADDR,
+        )?,
+        http_addr: remembered(&meta, "http_addr", cfg.http_addr.clone(), DEFAULT_HTTP_ADDR)?,
+    };
+
+    // The cluster secret: the file given, else the copy in the data dir, else (on --init) a new one.
+    let secret = match (&cfg.secret_file, meta.get("cluster_secret")?) {
+        (Some(path), stored) => {
+            let s = read_secret(path)?;
+            if stored
+                .as_deref()
+                .is_some_and(|old| old.as_bytes() != s.trim_ascii())
+                && stored_id.is_some()
+            {
+                tracing::warn!(
+                    "--cluster-secret-file differs from the secret this node used before; using the file"
+                );
+            }
+            s
+        }
+        (None, Some(stored)) => stored.into_bytes(),
+        (None, None) if cfg.mode == Mode::Init => {
+            let path = cfg.data_dir.join("cluster-secret");
+            // A previous start may have written it before failing (e.g. on a busy port).
+            let s = if path.exists() {
+                read_secret(&path)?
+            } else {
+                write_new_secret(&path)?
+            };
+            tracing::info!(
+                "generated a cluster secret in {}; pass --cluster-secret-file {} to nodes that join",
+                path.display(),
+                path.display()
+            );
+            s
+        }
+        (None, None) => bail!(
+            "--cluster-secret-file is required: give the secret file of the cluster (the first node writes DATA_DIR/cluster-secret)"
+        ),
+    };
+
+    // Listeners first: a busy port is reported before anything joins or changes.
+    let cluster_listener = bind(&addr.cluster_addr, "--cluster-addr").await?;
+    let admin_listener = bind(&addr.admin_addr, "--admin-addr").await?;
+    let http_listener = bind(&addr.http_addr, "--http-addr").await?;
+
+    let bootstrap = match &cfg.mode {
+        Mode::Init => Bootstrap::Init,
+        Mode::Resume => Bootstrap::Resume,
+        Mode::Join { learner } => Bootstrap::Join {
+            peers: cfg.peers.clone(),
+            learner: *learner,
+        },
+    };
+    let secret_obj = Secret::new(&secret);
+    let opts = ClusterOptions {
+        id,
+        addr: addr.clone(),
+        secret: secret_obj.clone(),
+        heartbeat: cfg.heartbeat,
+        election_timeout: cfg.election_timeout,
+        snapshot_every: cfg.snapshot_every,
+    };
+    let cluster = Cluster::start(opts, storage, cluster_listener, bootstrap).await?;
+    // Remember the identity only once the node is in a cluster, so a failed join leaves the
+    // data dir reusable.
+    for (k, v) in [
+        ("node_id", id.to_string()),
+        ("cluster_addr", addr.cluster_addr.clone()),
+        ("admin_addr", addr.admin_addr.clone()),
+        ("http_addr", addr.http_addr.clone()),
+        (
+            "cluster_secret",
+            String::from_utf8_lossy(secret.trim_ascii()).into_owned(),
+        ),
+    ] {
+        meta.set(k, &v)?;
+    }
+    tracing::info!(id, cluster_id = %cluster.cluster_id(), cluster = %addr.cluster_addr, admin = %addr.admin_addr, http = %addr.http_addr, "node running");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let (left_tx, mut left_rx) = mpsc::channel(1);
+    let admin = tokio::spawn(gateway_admin::serve(
+        admin_listener,
+        gateway_admin::AdminOptions {
+            cluster: cluster.clone(),
+            left: left_tx,
+            max_body: 1 << 20,
+        },
+        stopped(stop_rx.clone()),
+    ));
+    let proxy = tokio::spawn(gateway_proxy::serve(
+        http_listener,
+        cluster.state(),
+        leader_http(&cluster),
+        gateway_proxy::ProxyConfig {
+            node_id: id,
+            hop_key: secret_obj.hop_key(),
+            max_replay_body: 1 << 20,
+        },
+        stopped(stop_rx.clone()),
+    ));
+
+    let why = tokio::select! {
+        _ = shutdown_signal() => "signal",
+        _ = left_rx.recv() => "left the cluster",
+    };
+    tracing::info!("shutting down ({why})");
+    let _ = stop_tx.send(true);
+    let _ = admin.await;
+    let _ = proxy.await;
+    cluster.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The leader's data plane address, as the proxy wants it.
+fn leader_http(cluster: &Cluster) -> watch::Receiver<Option<gateway_proxy::Leader>> {
+    let mut src = cluster.leader_watch();
+    let map = |l: &Option<gateway_cluster::LeaderInfo>| {
+        l.as_ref().map(|l| gateway_proxy::Leader {
+            id: l.id,
+            http_addr: l.http_addr.clone(),
+        })
+    };
+    let (tx, rx) = watch::channel(map(&src.borrow_and_update()));
+    tokio::spawn(async move {
+        while src.changed().await.is_ok() {
+            let next = map(&src.borrow_and_update());
+            tx.send_if_modified(|cur| {
+                let changed = *cur != next;
+                if changed {
+                    *cur = next;
+                }
+                changed
+            });
+        }
+    });
+    rx
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! The one body type the proxy sends upstream and answers clients with: streamed bodies pass
+//! through without copying; small bodies are recorded on the way when a replay may need them.
+
+use crate::balance::InFlight;
+use bytes::{Bytes, BytesMut};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+
+/// A request or response body as the proxy carries it.
+pub(crate) enum ProxyBody {
+    Empty,
+    Full(Option<Bytes>),
+    /// A client's request body, streamed upstream.
+    Incoming(Incoming),
+    /// A client's request body, streamed upstream while a copy is kept for a replay.
+    Recorded(Incoming, Arc<Recorder>),
+    /// A backend's response body; the guard counts the request as in flight until it is done.
+    Upstream {
+        body: Incoming,
+        _in_flight: Option<InFlight>,
+    },
+}
+
+impl ProxyBody {
+    pub(crate) fn full(b: impl Into<Bytes>) -> Self {
+        let b = b.into();
+        if b.is_empty() {
+            ProxyBody::Empty
+        } else {
+            ProxyBody::Full(Some(b))
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ProxyBody::Empty => Poll::Ready(None),
+            ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Incoming(inner) | ProxyBody::Upstream { body: inner, .. } => {
+                Pin::new(inner).poll_frame(cx)
+            }
+            ProxyBody::Recorded(inner, rec) => {
+                let frame = ready!(Pin::new(&mut *inner).poll_frame(cx));
+                match &frame {
+                    Some(Ok(f)) => {
+                        if let Some(data) = f.data_ref() {
+                            rec.push(data);
+                        }
+                        if inner.is_end_stream() {
+                            rec.finish();
+                        }
+                    }
+                    Some(Err(_)) => rec.abandon(),
+                    None => rec.finish(),
+                }
+                Poll::Ready(frame)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Empty => true,
+            ProxyBody::Full(b) => b.is_none(),
+            ProxyBody::Incoming(inner)
+            | ProxyBody::Recorded(inner, _)
+            | ProxyBody::Upstream { body: inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Empty => SizeHint::with_exact(0),
+            ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ProxyBody::Incoming(inner)
+            | ProxyBody::Recorded(inner, _)
+            | ProxyBody::Upstream { body: inner, .. } => inner.size_hint(),
+        }
+    }
+}
+
+/// A copy of a request body as it streams upstream, kept while it stays within a limit.
+pub(crate) struct Recorder {
+    limit: usize,
+    state: Mutex<Recording>,
+}
+
+#[derive(Default)]
+struct Recording {
+    chunks: Vec<Bytes>,
+    len: usize,
+    complete: bool,
+    /// Over the limit or broken: the copy is useless.
+    abandoned: bool,
+}
+
+impl Recorder {
+    pub(crate) fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Recorder {
+            limit,
+            state: Mutex::new(Recording::default()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Recording> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, data: &Bytes) {
+        let mut s = self.lock();
+        if s.abandoned {
+            return;
+        }
+        s.len += data.len();
+        if s.len > self.limit {
+            s.abandoned = true;
+            s.chunks = Vec::new();
+        } else {
+            s.chunks.push(data.clone());
+        }
+    }
+
+    fn finish(&self) {
+        self.lock().complete = true;
+    }
+
+    fn abandon(&self) {
+        let mut s = self.lock();
+        s.abandoned = true;
+        s.chunks = Vec::new();
+    }
+
+    /// The whole body, if it was received completely within the limit.
+    pub(crate) fn take(&self) -> Option<Bytes> {
+        let mut s = self.lock();
+        if !s.complete || s.abandoned {
+            return None;
+        }
+        let chunks = std::mem::take(&mut s.chunks);
+        s.abandoned = true; // taken once
+        Some(match chunks.len() {
+            0 => Bytes::new(),
+            1 => chunks.into_iter().next().unwrap_or_default(),
+            _ => {
+                let mut all = BytesMut::with_capacity(s.len);
+                for c in chunks {
+                    all.extend_from_slice(&c);
+                }
+                all.freeze()
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorder_keeps_small_complete_bodies_only() {
+        let r = Recorder::new(8);
+        r.push(&Bytes::from_static(b"abc"));
+        assert_eq!(r.take(), None, "incomplete");
+        r.push(&Bytes::from_static(b"def"));
+        r.finish();
+        assert_eq!(r.take().as_deref(), Some(&b"abcdef"[..]));
+        assert_eq!(r.take(), None, "taken once");
+
+        let r = Recorder::new(4);
+        r.push(&Bytes::from_static(b"abc"));
+        r.push(&Bytes::from_static(b"de"));
+        r.finish();
+        assert_eq!(r.take(), None, "over the limit");
+    }
+}

@@ -1,0 +1,86 @@
+//! Errors a client sees, and the one place that turns them into HTTP responses.
+
+use crate::body::ProxyBody;
+use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderValue, Response, StatusCode};
+use std::time::Duration;
+
+/// Why the gateway answered a request itself.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ProxyError {
+    #[error("no route for {host} {path}")]
+    NoRoute { host: String, path: String },
+    #[error("route {route}: rejected gateway-hop marker: {why}")]
+    BadHop {
+        route: String,
+        why: crate::hop::HopError,
+    },
+    #[error("route {route}: no leader known to serve {method} requests; retry shortly")]
+    NoLeader { route: String, method: String },
+    #[error("route {route}: pool {pool} has no backends")]
+    NoBackends { route: String, pool: String },
+    #[error("route {route}: backend {backend} ({address}) failed: {cause}")]
+    Backend {
+        route: String,
+        backend: String,
+        address: String,
+        cause: String,
+    },
+    #[error("route {route}: backend {backend} ({address}) timed out after {after:?}")]
+    BackendTimeout {
+        route: String,
+        backend: String,
+        address: String,
+        after: Duration,
+    },
+    #[error("route {route}: leader node {leader} ({address}) failed: {cause}")]
+    Leader {
+        route: String,
+        leader: u64,
+        address: String,
+        cause: String,
+    },
+    #[error("route {route}: leader node {leader} ({address}) timed out after {after:?}")]
+    LeaderTimeout {
+        route: String,
+        leader: u64,
+        address: String,
+        after: Duration,
+    },
+}
+
+impl ProxyError {
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::BadHop { .. } => StatusCode::FORBIDDEN,
+            ProxyError::NoLeader { .. } | ProxyError::NoBackends { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::Backend { .. } | ProxyError::Leader { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::BackendTimeout { .. } | ProxyError::LeaderTimeout { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
+        }
+    }
+
+    /// The response: the status, and the message as a one-line text body.
+    pub(crate) fn into_response(self) -> Response<ProxyBody> {
+        let status = self.status();
+        match status {
+            StatusCode::NOT_FOUND => tracing::debug!(status = status.as_u16(), "{self}"),
+            _ => tracing::warn!(status = status.as_u16(), "{self}"),
+        }
+        let mut resp = Response::new(ProxyBody::full(format!("{self}\n")));
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if matches!(self, ProxyError::NoLeader { .. }) {
+            resp.headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}

@@ -1,0 +1,376 @@
+//! The immutable route table compiled from the replicated state, and request matching.
+//!
+//! # Matching
+//!
+//! 1. **Host** (from `:authority` or `Host`, port and a trailing dot removed, lower case):
+//!    routes listing the exact host come first; then routes with a `*.suffix` wildcard that
+//!    matches, longest suffix first (`*.example.com` matches `a.example.com` and
+//!    `a.b.example.com`, never `example.com` itself); then routes without hosts, which match
+//!    any host. If no route of a more specific tier matches the path and method, the next tier
+//!    is tried, so a host-less catch-all route still serves paths the host's routes leave out.
+//! 2. **Path prefix**, longest first, matched on a segment boundary: prefix `/api` matches
+//!    `/api`, `/api/` and `/api/users` but not `/apis`; a prefix ending in `/` (`/api/`) matches
+//!    paths starting with it (`/api/x`, `/api/`) but not `/api`; `/` matches every path. The
+//!    path is compared as received (not percent-decoded or normalised).
+//! 3. **Methods**: a route listing methods only matches those; an empty list matches all.
+//!
+//! Remaining ties (same tier and prefix length) go to the route whose name sorts first.
+
+use crate::balance::{BackendStats, CompiledPool, PoolShared};
+use crate::hop::HopKey;
+use crate::upstream::Endpoints;
+use gateway_model::{State, WritePolicy};
+use http::Method;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Upstream timeout when a route does not set `timeout_ms`.
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Retries on another backend when a route does not set `retries`.
+pub(crate) const DEFAULT_RETRIES: u32 = 2;
+
+/// A route as the request path sees it.
+pub(crate) struct CompiledRoute {
+    pub(crate) name: Box<str>,
+    prefix: Box<str>,
+    methods: Box<[Method]>,
+    /// Index into [`RouteTable::pools`].
+    pub(crate) pool: usize,
+    pub(crate) writes: WritePolicy,
+    pub(crate) timeout: Duration,
+    pub(crate) retries: u32,
+}
+
+impl CompiledRoute {
+    fn matches(&self, path: &str, method: &Method) -> bool {
+        prefix_matches(&self.prefix, path)
+            && (self.methods.is_empty() || self.methods.contains(method))
+    }
+}
+
+/// Whether `path` is under `prefix` on a path segment boundary.
+pub(crate) fn prefix_matches(prefix: &str, path: &str) -> bool {
+    path.starts_with(prefix)
+        && (path.len() == prefix.len()
+            || prefix.ends_with('/')
+            || path.as_bytes()[prefix.len()] == b'/')
+}
+
+/// Everything a request needs to be routed, compiled once per state change.
+pub(crate) struct RouteTable {
+    routes: Box<[CompiledRoute]>,
+    pub(crate) pools: Box<[CompiledPool]>,
+    /// Route indices by exact host, in match order.
+    exact: HashMap<Box<str>, Box<[u32]>>,
+    /// Route indices by wildcard suffix (`*.example.com` → `example.com`), in match order.
+    wildcard: HashMap<Box<str>, Box<[u32]>>,
+    /// Routes without hosts, in match order.
+    any: Box<[u32]>,
+}
+
+impl RouteTable {
+    /// Compiles `state` for node `node_id`, taking counters and connections from `reg` so they
+    /// carry over from the previous table.
+    pub(crate) fn compile(
+        state: &State,
+        node_id: u64,
+        key: &HopKey,
+        reg: &mut Registry,
+    ) -> RouteTable {
+        reg.generation += 1;
+        let mut pool_index = HashMap::new();
+        let mut pools = Vec::with_capacity(state.pools.len());
+        for (name, pool) in &state.pools {
+            pool_index.insert(name.as_str(), pools.len());
+            pools.push(CompiledPool::compile(pool, node_id, key, reg));
+        }
+        let mut routes = Vec::with_capacity(state.routes.len());
+        let mut hosts_of = Vec::with_capacity(state.routes.len());
+        for route in state.routes.values() {
+            let Some(&pool) = pool_index.get(route.pool.as_str()) else {
+                tracing::warn!(route = %route.name, pool = %route.pool, "route names a missing pool; skipped");
+                continue;
+            };
+            let methods = route
+                .methods
+                .iter()
+                .filter_map(|m| Method::from_bytes(m.as_bytes()).ok())
+                .collect();
+            routes.push(CompiledRoute {
+                name: route.name.as_str().into(),
+                prefix: route.path_prefix.as_str().into(),
+                methods,
+                pool,
+                writes: route.writes,
+                timeout: route
+                    .timeout_ms
+                    .map_or(DEFAULT_TIMEOUT, Duration::from_millis),
+                retries: route.retries.unwrap_or(DEFAULT_RETRIES).min(10),
+            });
+            hosts_of.push(&route.hosts);
+        }
+        // Match order within a tier: longest prefix first, then name (routes are in name order).
+        let mut order: Vec<u32> = (0..routes.len() as u32).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(routes[i as usize].prefix.len()));
+        let mut exact: HashMap<Box<str>, Vec<u32>> = HashMap::new();
+        let mut wildcard: HashMap<Box<str>, Vec<u32>> = HashMap::new();
+        let mut any = Vec::new();
+        for &i in &order {
+            let hosts = hosts_of[i as usize];
+            if hosts.is_empty() {
+                any.push(i);
+            }
+            for h in hosts {
+                let h = h.trim_end_matches('.').to_ascii_lowercase();
+                let (map, key) = match h.strip_prefix("*.") {
+                    Some(suffix) => (&mut wildcard, suffix),
+                    None => (&mut exact, h.as_str()),
+                };
+                let list = map.entry(key.into()).or_default();
+                if list.last() != Some(&i) {
+                    list.push(i);
+                }
+            }
+        }
+        reg.sweep();
+        let freeze = |m: HashMap<Box<str>, Vec<u32>>| {
+            m.into_iter()
+                .map(|(k, v)| (k, v.into_boxed_slice()))
+                .collect()
+        };
+        RouteTable {
+            routes: routes.into_boxed_slice(),
+            pools: pools.into_boxed_slice(),
+            exact: freeze(exact),
+            wildcard: freeze(wildcard),
+            any: any.into_boxed_slice(),
+        }
+    }
+
+    fn first(&self, ids: &[u32], path: &str, method: &Method) -> Option<&CompiledRoute> {
+        ids.iter()
+            .map(|&i| &self.routes[i as usize])
+            .find(|r| r.matches(path, method))
+    }
+
+    /// The route serving a request. `host` must already be lower case without port.
+    pub(crate) fn find(&self, host: &str, path: &str, method: &Method) -> Option<&CompiledRoute> {
+        if let Some(ids) = self.exact.get(host)
+            && let Some(r) = self.first(ids, path, method)
+        {
+            return Some(r);
+        }
+        if !self.wildcard.is_empty() {
+            let mut rest = host;
+            while let Some(dot) = rest.find('.') {
+                rest = &rest[dot + 1..];
+                if let Some(ids) = self.wildcard.get(rest)
+                    && let Some(r) = self.first(ids, path, method)
+                {
+                    return Some(r);
+                }
+            }
+        }
+        self.first(&self.any, path, method)
+    }
+}
+
+/// State that outlives route tables: per-pool and per-backend counters, and upstream
+/// connection pools. Owned by the task that compiles tables; entries no longer named by the
+/// latest table are dropped when it is compiled (tables still in use keep their own `Arc`s).
+#[derive(Default)]
+pub(crate) struct Registry {
+    generation: u64,
+    pools: HashMap<String, (Arc<PoolShared>, u64)>,
+    backends: HashMap<(String, String), (Arc<BackendStats>, u64)>,
+    pub(crate) endpoints: Endpoints,
+}
+
+impl Registry {
+    pub(crate) fn pool(&mut self, name: &str) -> Arc<PoolShared> {
+        let generation = self.generation;
+        let entry = self.pools.entry(name.to_string()).or_default();
+        entry.1 = generation;
+        entry.0.clone()
+    }
+
+    pub(crate) fn backend(&mut self, pool: &str, id: &str) -> Arc<BackendStats> {
+        let generation = self.generation;
+        let entry = self
+            .backends
+            .entry((pool.to_string(), id.to_string()))
+            .or_default();
+        entry.1 = generation;
+        entry.0.clone()
+    }
+
+    fn sweep(&mut self) {
+        let generation = self.generation;
+        self.pools.retain(|_, e| e.1 == generation);
+        self.backends.retain(|_, e| e.1 == generation);
+        self.endpoints.purge();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gateway_model::{Backend, Pool, Route};
+
+    fn state(routes: &[(&str, &[&str], &str, &[&str])]) -> State {
+        let mut s = State::default();
+        s.pools.insert(
+            "p".into(),
+            Pool {
+                name: "p".into(),
+                backends: vec![Backend {
+                    id: "a".into(),
+                    address: "127.0.0.1:1".into(),
+                    weight: 1,
+                    node: None,
+                }],
+                ..Default::default()
+            },
+        );
+        for (name, hosts, prefix, methods) in routes {
+            s.routes.insert(
+                name.to_string(),
+                Route {
+                    name: name.to_string(),
+                    hosts: hosts.iter().map(|h| h.to_string()).collect(),
+                    path_prefix: prefix.to_string(),
+                    methods: methods.iter().map(|m| m.to_string()).collect(),
+                    pool: "p".into(),
+                    ..Default::default()
+                },
+            );
+        }
+        s
+    }
+
+    fn compile(s: &State) -> RouteTable {
+        RouteTable::compile(s, 1, &HopKey::new(b"k"), &mut Registry::default())
+    }
+
+    #[test]
+    fn prefix_on_segment_boundary() {
+        assert!(prefix_matches("/", "/anything"));
+        assert!(prefix_matches("/api", "/api"));
+        assert!(prefix_matches("/api", "/api/"));
+        assert!(prefix_matches("/api", "/api/users"));
+        assert!(!prefix_matches("/api", "/apis"));
+        assert!(!prefix_matches("/api", "/ap"));
+        assert!(prefix_matches("/api/", "/api/x"));
+        assert!(!prefix_matches("/api/", "/api"));
+    }
+
+    #[test]
+    fn matching_precedence() {
+        let s = state(&[
+            ("any-root", &[], "/", &[]),
+            ("any-api", &[], "/api", &[]),
+            ("exact-root", &["example.com"], "/", &[]),
+            ("exact-api-get", &["example.com"], "/api", &["GET", "HEAD"]),
+            ("wild-root", &["*.example.com"], "/", &[]),
+            ("wild-deep", &["*.eu.example.com"], "/", &[]),
+            ("wild-static", &["*.example.com"], "/static", &[]),
+            ("b-tie", &["tie.test"], "/x", &[]),
+            ("a-tie", &["tie.test"], "/x", &[]),
+            ("only-x", &["only.test"], "/x", &[]),
+        ]);
+        let t = compile(&s);
+        let get = Method::GET;
+        let cases: &[(&str, &str, &Method, Option<&str>)] = &[
+            // exact beats wildcard and host-less
+            ("example.com", "/", &get, Some("exact-root")),
+            // longest prefix within the exact host
+            ("example.com", "/api/v1", &get, Some("exact-api-get")),
+            // method filter skips to the next-longest prefix of the same host
+            ("example.com", "/api/v1", &Method::POST, Some("exact-root")),
+            // segment boundary: /apix is not under /api
+            ("example.com", "/apix", &get, Some("exact-root")),
+            // wildcard
+            ("www.example.com", "/", &get, Some("wild-root")),
+            (
+                "www.example.com",
+                "/static/app.js",
+                &get,
+                Some("wild-static"),
+            ),
+            ("a.b.example.com", "/", &get, Some("wild-root")),
+            // longer wildcard suffix beats shorter
+            ("x.eu.example.com", "/", &get, Some("wild-deep")),
+            ("x.eu.example.com", "/static", &get, Some("wild-deep")),
+            // host-less routes match any other host, longest prefix first
+            ("other.org", "/", &get, Some("any-root")),
+            ("other.org", "/api/x", &get, Some("any-api")),
+            // *.eu.example.com does not cover eu.example.com itself; *.example.com does
+            ("eu.example.com", "/", &get, Some("wild-root")),
+            // a tie goes to the name that sorts first
+            ("tie.test", "/x/1", &get, Some("a-tie")),
+            // a host whose routes miss the path falls through to host-less routes
+            ("only.test", "/y", &get, Some("any-root")),
+            ("only.test", "/x", &get, Some("only-x")),
+        ];
+        for (host, path, method, want) in cases {
+            let got = t.find(host, path, method).map(|r| &*r.name);
+            assert_eq!(got, *want, "{method} {host}{path}");
+        }
+        // Without a catch-all, unmatched requests find nothing.
+        let t = compile(&state(&[
+            ("only-x", &["only.test"], "/x", &[]),
+            ("w", &["*.test"], "/w", &[]),
+        ]));
+        assert!(t.find("only.test", "/y", &get).is_none());
+        assert!(t.find("test", "/w", &get).is_none());
+        assert_eq!(
+            t.find("only.test", "/w/1", &get).map(|r| &*r.name),
+            Some("w")
+        );
+    }
+
+    #[test]
+    fn route_settings_and_missing_pools() {
+        let mut s = state(&[("r", &[], "/", &[])]);
+        s.routes.get_mut("r").unwrap().timeout_ms = Some(250);
+        s.routes.get_mut("r").unwrap().retries = Some(0);
+        s.routes.insert(
+            "orphan".into(),
+            Route {
+                name: "orphan".into(),
+                path_prefix: "/o".into(),
+                pool: "gone".into(),
+                ..Default::default()
+            },
+        );
+        let t = compile(&s);
+        let r = t.find("h", "/o", &Method::GET).unwrap();
+        assert_eq!(&*r.name, "r", "a route whose pool is missing is left out");
+        assert_eq!(r.timeout, Duration::from_millis(250));
+        assert_eq!(r.retries, 0);
+        assert_eq!(&*t.pools[r.pool].name, "p");
+        let t = compile(&state(&[("d", &[], "/", &[])]));
+        let r = t.find("h", "/", &Method::GET).unwrap();
+        assert_eq!((r.timeout, r.retries), (DEFAULT_TIMEOUT, DEFAULT_RETRIES));
+    }
+
+    #[test]
+    fn registry_drops_counters_of_removed_backends() {
+        let mut reg = Registry::default();
+        let key = HopKey::new(b"k");
+        let s = state(&[("r", &[], "/", &[])]);
+        let t1 = RouteTable::compile(&s, 1, &key, &mut reg);
+        let a1 = t1.pools[0].backends[0].stats.clone();
+        let t2 = RouteTable::compile(&s, 1, &key, &mut reg);
+        assert!(Arc::ptr_eq(&a1, &t2.pools[0].backends[0].stats));
+        let mut s2 = s.clone();
+        s2.pools.get_mut("p").unwrap().backends[0].id = "z".into();
+        let _t3 = RouteTable::compile(&s2, 1, &key, &mut reg);
+        assert_eq!(reg.backends.len(), 1);
+        assert!(
+            reg.backends
+                .contains_key(&("p".to_string(), "z".to_string()))
+        );
+    }
+}
