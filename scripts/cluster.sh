@@ -32,8 +32,8 @@ trap 'exit 130' INT TERM
 req() {
   local method=$1 port=$2 path=$3 body=${4:-} line status
   exec 3<>"/dev/tcp/127.0.0.1/$port" || return 1
-  printf '%s %s HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s' \
-    "$method" "$path" "${#body}" "$body" >&3
+  printf '%s %s HTTP/1.0\r\nHost: 127.0.0.1\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s' \
+    "$method" "$path" "$TOKEN" "${#body}" "$body" >&3
   IFS= read -r line <&3 || { exec 3<&-; return 1; }
   status=$(echo "$line" | cut -d' ' -f2)
   while IFS= read -r line <&3 && [ "${line%$'\r'}" != "" ]; do :; done
@@ -54,6 +54,13 @@ for p in 7101 7102 7103 9101 9102 9103 8101 8102 8103 8201 8202 8203; do
 done
 
 mkdir -p "$DATA"
+# Admin API tokens: generated once per data folder, never a default.
+if [ ! -f "$DATA/admin-tokens" ]; then
+  ( umask 077
+    echo "write $(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" > "$DATA/admin-tokens"
+    echo "read $(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" >> "$DATA/admin-tokens" )
+fi
+TOKEN=$(sed -n 's/^write //p' "$DATA/admin-tokens")
 for n in 1 2 3; do
   "$BIN" demo-backend --listen "127.0.0.1:820$n" --name "node$n" >"$DATA/backend$n.log" 2>&1 &
   pids+=($!)
@@ -71,12 +78,12 @@ if [ -d "$DATA/1/store" ]; then
 else
   echo "forming a new cluster in $DATA..."
   # shellcheck disable=SC2046
-  "$BIN" serve --id 1 $(node_flags 1) --init >"$DATA/node1.log" 2>&1 &
+  "$BIN" serve --id 1 $(node_flags 1) --admin-token-file "$DATA/admin-tokens" --init >"$DATA/node1.log" 2>&1 &
   pids+=($!)
   wait_ready 9101 node1
   for n in 2 3; do
     # shellcheck disable=SC2046
-    "$BIN" join --id "$n" $(node_flags "$n") --peers 127.0.0.1:7101 --cluster-secret-file "$DATA/1/cluster-secret" \
+    "$BIN" join --id "$n" $(node_flags "$n") --admin-token-file "$DATA/admin-tokens" --peers 127.0.0.1:7101 --cluster-secret-file "$DATA/1/cluster-secret" \
       >"$DATA/node$n.log" 2>&1 &
     pids+=($!)
     wait_ready "910$n" "node$n"
@@ -100,13 +107,16 @@ Gateway cluster running: 3 nodes, leader is node $leader. Logs and data in $DATA
   2     127.0.0.1:9102    127.0.0.1:8102     127.0.0.1:7102       127.0.0.1:8202 (node2)
   3     127.0.0.1:9103    127.0.0.1:8103     127.0.0.1:7103       127.0.0.1:8203 (node3)
 
+The admin API wants a token (generated into $DATA/admin-tokens; /leader, /healthz, /readyz are open):
+  export TOKEN=$TOKEN
+
 Try:
   curl 127.0.0.1:9102/leader                      # every node names the same leader
-  curl 127.0.0.1:9103/status                      # role, term, indexes, members and lag
+  curl -H "Authorization: Bearer \$TOKEN" 127.0.0.1:9103/status          # role, term, indexes, members, lag
   curl 127.0.0.1:8102/                            # GET is served by the local backend: "get from node2"
   curl -XPOST 127.0.0.1:8103/                     # writes go to the leader's backend: "post from node$leader"
-  curl 127.0.0.1:9101/v1/config                   # the replicated configuration and its revision
-  curl -XPUT 127.0.0.1:9103/v1/routes/api -d '{"pool":"app","path_prefix":"/api"}'   # change it from any node
+  curl -H "Authorization: Bearer \$TOKEN" 127.0.0.1:9101/v1/config       # the replicated config and its revision
+  curl -H "Authorization: Bearer \$TOKEN" -XPUT 127.0.0.1:9103/v1/routes/api -d '{"pool":"app","path_prefix":"/api"}'   # change it from any node
   kill -9 \$(pgrep -f "data-dir $DATA/$leader")    # kill the leader: another takes over within a second
 
 Press Ctrl-C to stop the cluster.

@@ -53,6 +53,9 @@ impl From<ApplyError> for ApiError {
             ApplyError::Invalid(v) => v.into(),
             e @ ApplyError::NotFound { .. } => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
             e @ ApplyError::Conflict { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+            e @ ApplyError::Stale { .. } => {
+                ApiError::new(StatusCode::PRECONDITION_FAILED, e.to_string())
+            }
         }
     }
 }

@@ -1,16 +1,20 @@
 //! REST routes of the admin port.
 
+use crate::auth::{Denied, Role, Tokens};
 use crate::error::{ApiError, REVISION};
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State as AxState};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use gateway_cluster::{Cluster, Consistency};
-use gateway_model::{Command, Pool, Route, validate_name, validate_pool, validate_route};
+use gateway_model::{
+    Command, MAX_BATCH, Pool, Route, validate_name, validate_pool, validate_route,
+};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -26,12 +30,15 @@ pub struct AdminOptions {
     pub left: mpsc::Sender<()>,
     /// Largest request body accepted.
     pub max_body: usize,
+    /// Who may read and write; `Tokens::open()` lets everyone.
+    pub tokens: Tokens,
 }
 
 #[derive(Clone)]
 struct App {
     cluster: Cluster,
     left: mpsc::Sender<()>,
+    tokens: Tokens,
 }
 
 type Result<T> = std::result::Result<T, ApiError>;
@@ -45,6 +52,7 @@ pub async fn serve(
     let app = App {
         cluster: opts.cluster,
         left: opts.left,
+        tokens: opts.tokens,
     };
     let router = Router::new()
         .route("/leader", get(leader))
@@ -59,14 +67,99 @@ pub async fn serve(
         .route("/v1/nodes", get(nodes))
         .route("/v1/nodes/{id}", axum::routing::delete(remove_node))
         .route("/v1/leave", post(leave))
+        .route("/v1/transaction", post(transaction))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see /v1/config, /v1/pools, /v1/routes, /v1/nodes, /status, /leader")
         })
         .layer(DefaultBodyLimit::max(opts.max_body))
+        .layer(middleware::from_fn_with_state(app.clone(), authorize))
+        .layer(middleware::from_fn_with_state(app.clone(), stamp_revision))
         .with_state(app);
     axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// Lets a request through if its token may do what it asks: GET/HEAD need a read token, anything
+/// else a write token. `/leader`, `/healthz` and `/readyz` are open to all.
+async fn authorize(
+    AxState(app): AxState<App>,
+    req: axum::extract::Request,
+    next: Next,
+) -> Response {
+    let path = req.uri().path();
+    if matches!(path, "/leader" | "/healthz" | "/readyz") || !app.tokens.enabled() {
+        return next.run(req).await;
+    }
+    let need = if matches!(*req.method(), Method::GET | Method::HEAD) {
+        Role::Read
+    } else {
+        Role::Write
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    match app.tokens.check(given, need) {
+        Ok(()) => next.run(req).await,
+        Err(e @ Denied::Unauthenticated) => {
+            let mut r = ApiError::new(StatusCode::UNAUTHORIZED, e.to_string()).into_response();
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            r
+        }
+        Err(e @ Denied::Forbidden) => {
+            ApiError::new(StatusCode::FORBIDDEN, e.to_string()).into_response()
+        }
+    }
+}
+
+/// Every answer says which revision it reflects: the one the handler chose (a write's own, a
+/// linearizable read's), else this node's applied revision at the time of the answer.
+async fn stamp_revision(
+    AxState(app): AxState<App>,
+    req: axum::extract::Request,
+    next: Next,
+) -> Response {
+    let mut resp = next.run(req).await;
+    if !resp.headers().contains_key(REVISION) {
+        let rev = app.cluster.state().borrow().revision;
+        resp.headers_mut().insert(REVISION, HeaderValue::from(rev));
+    }
+    resp
+}
+
+/// The revision a conditional request expects: `If-Match: "N"` (the object must be at
+/// revision N) or `If-None-Match: *` (it must not exist yet).
+fn expected(headers: &HeaderMap) -> Result<Option<u64>> {
+    if let Some(v) = headers.get(header::IF_NONE_MATCH) {
+        return match v.to_str().map(str::trim) {
+            Ok("*") => Ok(Some(0)),
+            _ => Err(ApiError::bad(
+                "If-None-Match",
+                "If-None-Match: only '*' is understood (create only if absent)",
+            )),
+        };
+    }
+    let Some(v) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = v.to_str().unwrap_or("").trim();
+    let bare = text.strip_prefix("W/").unwrap_or(text).trim_matches('"');
+    match bare.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(Some(n)),
+        _ => Err(ApiError::bad(
+            "If-Match",
+            format!("If-Match: '{text}' is not a revision; send the ETag you read, like \"12\""),
+        )),
+    }
+}
+
+fn with_etag(mut r: Response, revision: u64) -> Response {
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{revision}\"")) {
+        r.headers_mut().insert(header::ETAG, v);
+    }
+    r
 }
 
 fn ok(revision: u64, body: Value) -> Response {
@@ -87,17 +180,18 @@ fn consistency(q: std::result::Result<Query<ReadParams>, QueryRejection>) -> Res
         ApiError::bad(
             "query",
             format!(
-                "{}; the only parameter is consistency=linearizable|stale",
+                "{}; the only parameter is consistency=linearizable|leader|stale",
                 e.body_text()
             ),
         )
     })?;
     match q.consistency.as_deref() {
         None | Some("linearizable") => Ok(Consistency::Linearizable),
+        Some("leader") => Ok(Consistency::Leader),
         Some("stale") => Ok(Consistency::Stale),
         Some(other) => Err(ApiError::bad(
             "consistency",
-            format!("'{other}' is not a consistency; use linearizable (default) or stale"),
+            format!("'{other}' is not a consistency; use linearizable (default), leader or stale"),
         )),
     }
 }
@@ -113,7 +207,7 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T> {
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." {
+        let field = if path == "." || path == "?" {
             "body".to_string()
         } else {
             path
@@ -202,7 +296,10 @@ async fn get_pool(
     checked_name(&name)?;
     let st = app.cluster.read(consistency(q)?).await?;
     match st.pools.get(&name) {
-        Some(p) => Ok(ok(st.revision, json!({"revision": st.revision, "pool": p}))),
+        Some(p) => Ok(with_etag(
+            ok(st.revision, json!({"revision": st.revision, "pool": p})),
+            p.revision,
+        )),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("pool '{name}' does not exist; list them with GET /v1/pools"),
@@ -262,51 +359,128 @@ async fn propose(
 async fn put_pool(
     AxState(app): AxState<App>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response> {
+    let expect = expected(&headers)?;
     let mut pool: Pool = parse(&body)?;
     named(&name, &mut pool.name)?;
     validate_pool(&pool)?;
     let mut shown = pool.clone();
-    propose(&app, Command::PutPool { pool }, |rev| {
+    let resp = propose(&app, Command::PutPool { pool, expect }, |rev| {
         shown.revision = rev;
         json!({"revision": rev, "pool": shown})
     })
-    .await
+    .await?;
+    let rev = revision_of(&resp);
+    Ok(with_etag(resp, rev))
 }
 
 async fn put_route(
     AxState(app): AxState<App>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response> {
+    let expect = expected(&headers)?;
     let mut route: Route = parse(&body)?;
     named(&name, &mut route.name)?;
     validate_route(&route)?;
     let mut shown = route.clone();
-    propose(&app, Command::PutRoute { route }, |rev| {
+    let resp = propose(&app, Command::PutRoute { route, expect }, |rev| {
         shown.revision = rev;
         json!({"revision": rev, "route": shown})
     })
-    .await
+    .await?;
+    let rev = revision_of(&resp);
+    Ok(with_etag(resp, rev))
 }
 
-async fn delete_pool(AxState(app): AxState<App>, Path(name): Path<String>) -> Result<Response> {
+/// The revision a successful write answered with (its `X-Gateway-Revision`).
+fn revision_of(r: &Response) -> u64 {
+    r.headers()
+        .get(REVISION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn delete_pool(
+    AxState(app): AxState<App>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let expect = expected(&headers)?;
     checked_name(&name)?;
     propose(
         &app,
-        Command::DeletePool { name },
+        Command::DeletePool { name, expect },
         |rev| json!({"revision": rev}),
     )
     .await
 }
 
-async fn delete_route(AxState(app): AxState<App>, Path(name): Path<String>) -> Result<Response> {
+async fn delete_route(
+    AxState(app): AxState<App>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let expect = expected(&headers)?;
     checked_name(&name)?;
     propose(
         &app,
-        Command::DeleteRoute { name },
+        Command::DeleteRoute { name, expect },
         |rev| json!({"revision": rev}),
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Transaction {
+    commands: Vec<Command>,
+}
+
+/// Applies several changes as one command: all of them under one new revision, or none.
+async fn transaction(AxState(app): AxState<App>, body: Bytes) -> Result<Response> {
+    let tx: Transaction = parse(&body)?;
+    if tx.commands.is_empty() || tx.commands.len() > MAX_BATCH {
+        return Err(ApiError::bad(
+            "commands",
+            format!(
+                "commands: {} given; send 1 to {MAX_BATCH}",
+                tx.commands.len()
+            ),
+        ));
+    }
+    for (i, c) in tx.commands.iter().enumerate() {
+        let checked = match c {
+            Command::PutPool { pool, .. } => validate_pool(pool),
+            Command::PutRoute { route, .. } => validate_route(route),
+            Command::DeletePool { name, .. } | Command::DeleteRoute { name, .. } => {
+                validate_name("name", name)
+            }
+            Command::RetireNode { .. } | Command::Batch { .. } => {
+                return Err(ApiError::bad(
+                    &format!("commands[{i}].op"),
+                    format!(
+                        "commands[{i}].op: only put_pool, delete_pool, put_route and delete_route go in a transaction"
+                    ),
+                ));
+            }
+        };
+        checked.map_err(|mut v| {
+            v.field = format!("commands[{i}].{}", v.field);
+            ApiError::from(v)
+        })?;
+    }
+    let n = tx.commands.len();
+    propose(
+        &app,
+        Command::Batch {
+            commands: tx.commands,
+        },
+        |rev| json!({"revision": rev, "applied": n}),
     )
     .await
 }

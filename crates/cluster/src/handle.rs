@@ -58,6 +58,10 @@ pub enum Consistency {
     /// The leader confirms its leadership with a quorum; this node waits until it has applied
     /// everything committed before the read. Sees every write acknowledged before it started.
     Linearizable,
+    /// The leader's commit index without a quorum round: this node waits until it has applied
+    /// what the leader has committed. Cheaper than linearizable; only a leader deposed without
+    /// knowing it yet (a partition, for at most an election timeout) can make it stale.
+    Leader,
     /// This node's state as it is: may lag the leader by what is in flight.
     Stale,
 }
@@ -124,6 +128,8 @@ pub(crate) struct Inner {
     stop: watch::Sender<bool>,
 }
 
+// One per forwarded call, never on the request path; boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Op {
     Write(Request),
     Join {
@@ -132,7 +138,9 @@ pub(crate) enum Op {
         learner: bool,
     },
     Remove(NodeId),
-    ReadIndex,
+    ReadIndex {
+        quorum: bool,
+    },
 }
 
 pub(crate) enum Out {
@@ -145,11 +153,14 @@ pub(crate) enum Out {
 impl Cluster {
     /// Starts Raft on `storage`, serves the cluster port on `listener`, and enters the cluster
     /// as `bootstrap` says. Returns once this node is a member (after a join: caught up).
+    /// `extra` gRPC services (the admin API) are served on the same port, outside the cluster
+    /// secret check: they authenticate their own callers.
     pub async fn start(
         opts: ClusterOptions,
         storage: Storage,
         listener: TcpListener,
         bootstrap: Bootstrap,
+        extra: tonic::service::Routes,
     ) -> Result<Cluster, ClusterError> {
         let cluster_id = Arc::new(OnceLock::new());
         if let Some(id) = storage.meta.get(META_CLUSTER_ID)? {
@@ -202,6 +213,7 @@ impl Cluster {
             inner.clone(),
             listener,
             ServerAuth::new(&opts.secret, cluster_id),
+            extra,
             stop_rx,
         );
         let leader = spawn_leader_watch(&inner.raft);
@@ -389,10 +401,13 @@ impl Cluster {
 
     /// The replicated state, read at the given consistency.
     pub async fn read(&self, consistency: Consistency) -> Result<Arc<State>, ClusterError> {
-        if consistency == Consistency::Linearizable {
+        if consistency != Consistency::Stale {
+            let op = Op::ReadIndex {
+                quorum: consistency == Consistency::Linearizable,
+            };
             let index = match self
                 .inner
-                .leader_call(Op::ReadIndex, Duration::from_secs(5), false)
+                .leader_call(op, Duration::from_secs(5), false)
                 .await?
             {
                 Out::ReadIndex(i) => i,
@@ -508,6 +523,7 @@ fn spawn_server(
     inner: Arc<Inner>,
     listener: TcpListener,
     auth: ServerAuth,
+    extra: tonic::service::Routes,
     mut stop: watch::Receiver<bool>,
 ) {
     let raft_svc = RaftServer::new(RaftService(inner.clone()))
@@ -520,6 +536,7 @@ fn spawn_server(
     tokio::spawn(async move {
         let res = tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .add_routes(extra)
             .add_service(InterceptedService::new(raft_svc, auth.clone()))
             .add_service(InterceptedService::new(cluster_svc, auth))
             .serve_with_incoming_shutdown(incoming, async move {
@@ -670,7 +687,9 @@ impl Inner {
                 .await
                 .map(Out::Join),
             Op::Remove(id) => self.remove_as_leader(*id).await.map(|_| Out::Removed),
-            Op::ReadIndex => self.read_index_as_leader().await.map(Out::ReadIndex),
+            Op::ReadIndex { quorum } => {
+                self.read_index_as_leader(*quorum).await.map(Out::ReadIndex)
+            }
         }
     }
 
@@ -716,11 +735,12 @@ impl Inner {
                 .await?;
                 Out::Removed
             }
-            Op::ReadIndex => Out::ReadIndex(
-                timed(addr, t(2), client.read_index(fwd(ReadIndexRequest {})))
-                    .await?
-                    .index,
-            ),
+            Op::ReadIndex { quorum } => {
+                let req = ReadIndexRequest {
+                    skip_quorum: !quorum,
+                };
+                Out::ReadIndex(timed(addr, t(2), client.read_index(fwd(req))).await?.index)
+            }
         })
     }
 
@@ -732,7 +752,17 @@ impl Inner {
             .map_err(write_err)
     }
 
-    async fn read_index_as_leader(&self) -> Result<u64, ClusterError> {
+    async fn read_index_as_leader(&self, quorum: bool) -> Result<u64, ClusterError> {
+        if !quorum {
+            self.ensure_leader()?;
+            let committed = self
+                .raft
+                .with_raft_state(|st| st.committed.map(|l| l.index))
+                .await;
+            return committed
+                .map(|c| c.unwrap_or(0))
+                .map_err(|e| ClusterError::Stopped(e.to_string()));
+        }
         match self.raft.get_read_log_id().await {
             Ok((read, _applied)) => Ok(read.map(|l| l.index).unwrap_or(0)),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {

@@ -121,9 +121,12 @@ impl cluster_server::Cluster for ClusterService {
         &self,
         req: Request<ReadIndexRequest>,
     ) -> Result<Response<ReadIndexReply>, Status> {
+        let op = Op::ReadIndex {
+            quorum: !req.get_ref().skip_quorum,
+        };
         match self
             .0
-            .leader_call(Op::ReadIndex, Duration::from_secs(5), forwarded(&req))
+            .leader_call(op, Duration::from_secs(5), forwarded(&req))
             .await?
         {
             Out::ReadIndex(index) => Ok(Response::new(ReadIndexReply { index })),

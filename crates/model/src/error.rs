@@ -38,6 +38,14 @@ pub enum ApplyError {
     /// The object named does not exist.
     #[error("{what} '{name}' does not exist; list them with GET /v1/{what}s")]
     NotFound { what: String, name: String },
+    /// A conditional change found the object at another revision than expected.
+    #[error("{}", stale_message(.what, .name, *.expected, .actual))]
+    Stale {
+        what: String,
+        name: String,
+        expected: u64,
+        actual: Option<u64>,
+    },
     /// The change conflicts with other configuration (e.g. deleting a pool a route uses).
     #[error("{message}")]
     Conflict { message: String },
@@ -47,4 +55,13 @@ impl From<Invalid> for ApplyError {
     fn from(v: Invalid) -> Self {
         ApplyError::Invalid(v)
     }
+}
+
+fn stale_message(what: &str, name: &str, expected: u64, actual: &Option<u64>) -> String {
+    let state = match actual {
+        None => "does not exist".to_string(),
+        Some(a) if expected == 0 => format!("already exists (revision {a})"),
+        Some(a) => format!("is at revision {a}, not {expected}"),
+    };
+    format!("{what} '{name}' {state}; read it again and retry with its current revision")
 }

@@ -11,8 +11,11 @@ mod error;
 mod state;
 mod validate;
 
-pub use command::{Command, Request, Response};
-pub use config::{Backend, Balance, NodeAddr, NodeId, Pool, Route, WritePolicy};
+pub use command::{Command, MAX_BATCH, Request, Response};
+pub use config::{
+    Backend, Balance, ErrorPage, HeaderMatch, HeaderRules, NodeAddr, NodeId, Pool, Protocol, Route,
+    WritePolicy,
+};
 pub use error::{ApplyError, Invalid};
-pub use state::{DEDUP_WINDOW, State};
+pub use state::{Change, ChangeSet, Compacted, DEDUP_WINDOW, HISTORY, State};
 pub use validate::{validate_name, validate_pool, validate_route};

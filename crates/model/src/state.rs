@@ -1,6 +1,6 @@
 //! The replicated state and its pure, deterministic transition function.
 
-use crate::command::{Command, Request, Response};
+use crate::command::{Command, MAX_BATCH, Request, Response};
 use crate::config::{NodeId, Pool, Route};
 use crate::error::{ApplyError, Invalid};
 use crate::validate::{validate_name, validate_pool, validate_route};
@@ -12,6 +12,39 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 /// seconds, so the window is ample while keeping snapshots small.
 pub const DEDUP_WINDOW: usize = 10_000;
 
+/// How many recent revisions keep their changes, for watchers that resume from a revision.
+pub const HISTORY: usize = 1_000;
+
+/// One change within a revision, as a watcher sees it.
+// Changes are recorded once per write, never on the request path; boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Change {
+    PutPool { pool: Pool },
+    DeletePool { name: String },
+    PutRoute { route: Route },
+    DeleteRoute { name: String },
+    RetireNode { id: NodeId },
+}
+
+/// Everything one revision changed, in order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeSet {
+    pub revision: u64,
+    pub changes: Vec<Change>,
+}
+
+/// A watcher asked for changes older than the history keeps.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "revision {asked} is compacted (history starts after revision {oldest}); read the whole config and watch from its revision"
+)]
+pub struct Compacted {
+    pub asked: u64,
+    pub oldest: u64,
+}
+
 /// Everything the cluster replicates (besides Raft membership, which openraft keeps).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
@@ -21,12 +54,133 @@ pub struct State {
     pub routes: BTreeMap<String, Route>,
     /// Node ids that have left the cluster and may never be used again.
     pub retired: BTreeSet<NodeId>,
+    /// The changes of the last [`HISTORY`] revisions, oldest first.
+    history: VecDeque<ChangeSet>,
     /// Responses to the most recent requests, oldest first, for deduplication.
     recent: VecDeque<(String, Response)>,
     #[serde(skip)]
     recent_index: HashMap<String, usize>,
     /// Total requests ever recorded in `recent`; positions in `recent_index` are offsets of it.
     recorded: usize,
+}
+
+/// The configuration maps a command works on: the live ones, or scratch copies for a batch.
+struct Maps<'a> {
+    pools: &'a mut BTreeMap<String, Pool>,
+    routes: &'a mut BTreeMap<String, Route>,
+}
+
+fn expect_rev(
+    what: &str,
+    name: &str,
+    expect: Option<u64>,
+    actual: Option<u64>,
+) -> Result<(), ApplyError> {
+    let ok = match (expect, actual) {
+        (None, _) => true,
+        (Some(0), None) => true,
+        (Some(e), Some(a)) => e == a,
+        (Some(_), None) => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(ApplyError::Stale {
+            what: what.into(),
+            name: name.into(),
+            expected: expect.unwrap_or(0),
+            actual,
+        })
+    }
+}
+
+impl Maps<'_> {
+    /// Checks one configuration command and, if it is valid here, applies it at `rev`.
+    fn apply(&mut self, cmd: &Command, rev: u64, out: &mut Vec<Change>) -> Result<(), ApplyError> {
+        match cmd {
+            Command::PutPool { pool, expect } => {
+                validate_pool(pool)?;
+                expect_rev(
+                    "pool",
+                    &pool.name,
+                    *expect,
+                    self.pools.get(&pool.name).map(|p| p.revision),
+                )?;
+                let mut pool = pool.clone();
+                pool.revision = rev;
+                self.pools.insert(pool.name.clone(), pool.clone());
+                out.push(Change::PutPool { pool });
+            }
+            Command::DeletePool { name, expect } => {
+                validate_name("name", name)?;
+                let Some(current) = self.pools.get(name) else {
+                    return Err(ApplyError::NotFound {
+                        what: "pool".into(),
+                        name: name.clone(),
+                    });
+                };
+                expect_rev("pool", name, *expect, Some(current.revision))?;
+                let users: Vec<&str> = self
+                    .routes
+                    .values()
+                    .filter(|r| &r.pool == name)
+                    .map(|r| r.name.as_str())
+                    .collect();
+                if !users.is_empty() {
+                    return Err(ApplyError::Conflict {
+                        message: format!(
+                            "pool '{name}' is used by route(s) {}; delete those routes or point them at another pool first",
+                            users.join(", ")
+                        ),
+                    });
+                }
+                self.pools.remove(name);
+                out.push(Change::DeletePool { name: name.clone() });
+            }
+            Command::PutRoute { route, expect } => {
+                validate_route(route)?;
+                if !self.pools.contains_key(&route.pool) {
+                    return Err(Invalid::new(
+                        "pool",
+                        format!("pool '{}' does not exist", route.pool),
+                        "create the pool first (PUT /v1/pools/NAME) or name an existing one",
+                    )
+                    .into());
+                }
+                expect_rev(
+                    "route",
+                    &route.name,
+                    *expect,
+                    self.routes.get(&route.name).map(|r| r.revision),
+                )?;
+                let mut route = route.clone();
+                route.revision = rev;
+                self.routes.insert(route.name.clone(), route.clone());
+                out.push(Change::PutRoute { route });
+            }
+            Command::DeleteRoute { name, expect } => {
+                validate_name("name", name)?;
+                let Some(current) = self.routes.get(name) else {
+                    return Err(ApplyError::NotFound {
+                        what: "route".into(),
+                        name: name.clone(),
+                    });
+                };
+                expect_rev("route", name, *expect, Some(current.revision))?;
+                self.routes.remove(name);
+                out.push(Change::DeleteRoute { name: name.clone() });
+            }
+            Command::RetireNode { .. } | Command::Batch { .. } => {
+                return Err(Invalid::new(
+                    "commands",
+                    "a batch may only hold pool and route changes",
+                    "send node changes and nested batches on their own",
+                )
+                .into());
+            }
+        }
+        Ok(())
+    }
 }
 
 impl State {
@@ -74,53 +228,50 @@ impl State {
             .collect();
     }
 
+    /// The change sets after revision `since`, oldest first; empty when `since` is current.
+    pub fn changes_since(&self, since: u64) -> Result<Vec<ChangeSet>, Compacted> {
+        if since >= self.revision {
+            return Ok(Vec::new());
+        }
+        let oldest = self
+            .history
+            .front()
+            .map(|c| c.revision - 1)
+            .unwrap_or(self.revision);
+        if since < oldest {
+            return Err(Compacted {
+                asked: since,
+                oldest,
+            });
+        }
+        Ok(self
+            .history
+            .iter()
+            .filter(|c| c.revision > since)
+            .cloned()
+            .collect())
+    }
+
     /// Checks a command against the current state without changing anything.
     pub fn check(&self, cmd: &Command) -> Result<(), ApplyError> {
+        let mut copy = self.clone_config();
+        copy.apply_command(cmd)
+    }
+
+    fn clone_config(&self) -> State {
+        State {
+            revision: self.revision,
+            pools: self.pools.clone(),
+            routes: self.routes.clone(),
+            retired: self.retired.clone(),
+            ..State::default()
+        }
+    }
+
+    fn apply_command(&mut self, cmd: &Command) -> Result<(), ApplyError> {
+        let rev = self.revision + 1;
+        let mut changes = Vec::new();
         match cmd {
-            Command::PutPool { pool } => validate_pool(pool)?,
-            Command::DeletePool { name } => {
-                validate_name("name", name)?;
-                if !self.pools.contains_key(name) {
-                    return Err(ApplyError::NotFound {
-                        what: "pool".into(),
-                        name: name.clone(),
-                    });
-                }
-                let users: Vec<&str> = self
-                    .routes
-                    .values()
-                    .filter(|r| &r.pool == name)
-                    .map(|r| r.name.as_str())
-                    .collect();
-                if !users.is_empty() {
-                    return Err(ApplyError::Conflict {
-                        message: format!(
-                            "pool '{name}' is used by route(s) {}; delete those routes or point them at another pool first",
-                            users.join(", ")
-                        ),
-                    });
-                }
-            }
-            Command::PutRoute { route } => {
-                validate_route(route)?;
-                if !self.pools.contains_key(&route.pool) {
-                    return Err(Invalid::new(
-                        "pool",
-                        format!("pool '{}' does not exist", route.pool),
-                        "create the pool first (PUT /v1/pools/NAME) or name an existing one",
-                    )
-                    .into());
-                }
-            }
-            Command::DeleteRoute { name } => {
-                validate_name("name", name)?;
-                if !self.routes.contains_key(name) {
-                    return Err(ApplyError::NotFound {
-                        what: "route".into(),
-                        name: name.clone(),
-                    });
-                }
-            }
             Command::RetireNode { id } => {
                 if *id == 0 {
                     return Err(Invalid::new(
@@ -130,39 +281,64 @@ impl State {
                     )
                     .into());
                 }
-            }
-        }
-        Ok(())
-    }
-
-    fn apply_command(&mut self, cmd: &Command) -> Result<(), ApplyError> {
-        self.check(cmd)?;
-        let rev = self.revision + 1;
-        match cmd {
-            Command::PutPool { pool } => {
-                let mut pool = pool.clone();
-                pool.revision = rev;
-                self.pools.insert(pool.name.clone(), pool);
-            }
-            Command::DeletePool { name } => {
-                self.pools.remove(name);
-            }
-            Command::PutRoute { route } => {
-                let mut route = route.clone();
-                route.revision = rev;
-                self.routes.insert(route.name.clone(), route);
-            }
-            Command::DeleteRoute { name } => {
-                self.routes.remove(name);
-            }
-            Command::RetireNode { id } => {
                 if !self.retired.insert(*id) {
                     return Ok(()); // already retired: nothing changes, no new revision
                 }
+                changes.push(Change::RetireNode { id: *id });
+            }
+            Command::Batch { commands } => {
+                if commands.is_empty() || commands.len() > MAX_BATCH {
+                    return Err(Invalid::new(
+                        "commands",
+                        format!("a batch holds {} commands", commands.len()),
+                        format!("send 1 to {MAX_BATCH} commands"),
+                    )
+                    .into());
+                }
+                // All or nothing: work on copies, keep them only if every command applies.
+                let (mut pools, mut routes) = (self.pools.clone(), self.routes.clone());
+                let mut maps = Maps {
+                    pools: &mut pools,
+                    routes: &mut routes,
+                };
+                for (i, c) in commands.iter().enumerate() {
+                    maps.apply(c, rev, &mut changes)
+                        .map_err(|e| in_batch(i, e))?;
+                }
+                self.pools = pools;
+                self.routes = routes;
+            }
+            single => {
+                let mut maps = Maps {
+                    pools: &mut self.pools,
+                    routes: &mut self.routes,
+                };
+                maps.apply(single, rev, &mut changes)?;
             }
         }
         self.revision = rev;
+        if self.history.len() == HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back(ChangeSet {
+            revision: rev,
+            changes,
+        });
         Ok(())
+    }
+}
+
+/// Says which command of a batch failed.
+fn in_batch(i: usize, e: ApplyError) -> ApplyError {
+    match e {
+        ApplyError::Invalid(mut v) => {
+            v.field = format!("commands[{i}].{}", v.field);
+            ApplyError::Invalid(v)
+        }
+        ApplyError::Conflict { message } => ApplyError::Conflict {
+            message: format!("commands[{i}]: {message}"),
+        },
+        other => other,
     }
 }
 
@@ -181,12 +357,10 @@ mod tests {
     fn pool(name: &str) -> Pool {
         Pool {
             name: name.into(),
-            backends: vec![Backend {
-                id: "a".into(),
-                address: "127.0.0.1:9000".into(),
-                weight: 1,
-                node: None,
-            }],
+            backends: vec![
+                serde_json::from_str::<Backend>(r#"{"id":"a","address":"127.0.0.1:9000"}"#)
+                    .unwrap(),
+            ],
             ..Default::default()
         }
     }
@@ -200,39 +374,59 @@ mod tests {
         }
     }
 
+    fn put_pool(p: Pool) -> Command {
+        Command::PutPool {
+            pool: p,
+            expect: None,
+        }
+    }
+
+    fn put_route(r: Route) -> Command {
+        Command::PutRoute {
+            route: r,
+            expect: None,
+        }
+    }
+
     #[test]
     fn route_needs_pool_and_pool_in_use_cannot_go() {
         let mut s = State::default();
-        let r = s.apply(&req(
-            "1",
-            Command::PutRoute {
-                route: route("r", "p"),
-            },
-        ));
+        let r = s.apply(&req("1", put_route(route("r", "p"))));
         assert!(matches!(r.outcome, Err(ApplyError::Invalid(ref i)) if i.field == "pool"));
         assert_eq!(s.revision, 0);
-        s.apply(&req("2", Command::PutPool { pool: pool("p") }))
+        s.apply(&req("2", put_pool(pool("p")))).outcome.unwrap();
+        s.apply(&req("3", put_route(route("r", "p"))))
             .outcome
             .unwrap();
+        assert_eq!(s.revision, 2);
+        assert_eq!(s.routes["r"].revision, 2);
+        let r = s.apply(&req(
+            "4",
+            Command::DeletePool {
+                name: "p".into(),
+                expect: None,
+            },
+        ));
+        assert!(matches!(r.outcome, Err(ApplyError::Conflict { .. })));
+        assert!(s.pools.contains_key("p"));
         s.apply(&req(
-            "3",
-            Command::PutRoute {
-                route: route("r", "p"),
+            "5",
+            Command::DeleteRoute {
+                name: "r".into(),
+                expect: None,
             },
         ))
         .outcome
         .unwrap();
-        assert_eq!(s.revision, 2);
-        assert_eq!(s.routes["r"].revision, 2);
-        let r = s.apply(&req("4", Command::DeletePool { name: "p".into() }));
-        assert!(matches!(r.outcome, Err(ApplyError::Conflict { .. })));
-        assert!(s.pools.contains_key("p"));
-        s.apply(&req("5", Command::DeleteRoute { name: "r".into() }))
-            .outcome
-            .unwrap();
-        s.apply(&req("6", Command::DeletePool { name: "p".into() }))
-            .outcome
-            .unwrap();
+        s.apply(&req(
+            "6",
+            Command::DeletePool {
+                name: "p".into(),
+                expect: None,
+            },
+        ))
+        .outcome
+        .unwrap();
         assert!(s.pools.is_empty() && s.routes.is_empty());
         assert_eq!(s.revision, 4);
     }
@@ -240,29 +434,31 @@ mod tests {
     #[test]
     fn every_refusal_survives_a_snapshot() {
         let mut s = State::default();
-        s.apply(&req("1", Command::PutPool { pool: pool("p") }))
+        s.apply(&req("1", put_pool(pool("p")))).outcome.unwrap();
+        s.apply(&req("2", put_route(route("r", "p"))))
             .outcome
             .unwrap();
-        s.apply(&req(
-            "2",
-            Command::PutRoute {
-                route: route("r", "p"),
-            },
-        ))
-        .outcome
-        .unwrap();
         let refusals = [
-            s.apply(&req("3", Command::DeletePool { name: "p".into() })),
+            s.apply(&req(
+                "3",
+                Command::DeletePool {
+                    name: "p".into(),
+                    expect: None,
+                },
+            )),
             s.apply(&req(
                 "4",
                 Command::DeleteRoute {
                     name: "nope".into(),
+                    expect: None,
                 },
             )),
+            s.apply(&req("5", put_route(route("r2", "nope")))),
             s.apply(&req(
-                "5",
-                Command::PutRoute {
-                    route: route("r2", "nope"),
+                "6",
+                Command::PutPool {
+                    pool: pool("p"),
+                    expect: Some(9),
                 },
             )),
         ];
@@ -275,13 +471,156 @@ mod tests {
     }
 
     #[test]
+    fn compare_and_set_on_revisions() {
+        let mut s = State::default();
+        let create_only = |p| Command::PutPool {
+            pool: p,
+            expect: Some(0),
+        };
+        s.apply(&req("1", create_only(pool("p")))).outcome.unwrap();
+        let again = s.apply(&req("2", create_only(pool("p"))));
+        assert!(
+            matches!(
+                again.outcome,
+                Err(ApplyError::Stale {
+                    actual: Some(1),
+                    ..
+                })
+            ),
+            "{again:?}"
+        );
+        let stale = s.apply(&req(
+            "3",
+            Command::PutPool {
+                pool: pool("p"),
+                expect: Some(7),
+            },
+        ));
+        assert!(matches!(
+            stale.outcome,
+            Err(ApplyError::Stale {
+                expected: 7,
+                actual: Some(1),
+                ..
+            })
+        ));
+        assert_eq!(s.revision, 1, "refused changes make no revision");
+        s.apply(&req(
+            "4",
+            Command::PutPool {
+                pool: pool("p"),
+                expect: Some(1),
+            },
+        ))
+        .outcome
+        .unwrap();
+        let del = s.apply(&req(
+            "5",
+            Command::DeletePool {
+                name: "p".into(),
+                expect: Some(1),
+            },
+        ));
+        assert!(matches!(del.outcome, Err(ApplyError::Stale { .. })));
+        s.apply(&req(
+            "6",
+            Command::DeletePool {
+                name: "p".into(),
+                expect: Some(2),
+            },
+        ))
+        .outcome
+        .unwrap();
+        assert!(s.pools.is_empty());
+    }
+
+    #[test]
+    fn batch_is_all_or_nothing_under_one_revision() {
+        let mut s = State::default();
+        let ok = Command::Batch {
+            commands: vec![
+                put_pool(pool("p")),
+                put_route(route("r", "p")),
+                put_route(route("r2", "p")),
+            ],
+        };
+        s.apply(&req("1", ok)).outcome.unwrap();
+        assert_eq!(s.revision, 1);
+        assert!(s.routes.values().all(|r| r.revision == 1));
+        let bad = Command::Batch {
+            commands: vec![
+                put_pool(pool("q")),
+                Command::DeleteRoute {
+                    name: "r".into(),
+                    expect: None,
+                },
+                put_route(route("x", "missing")),
+            ],
+        };
+        let r = s.apply(&req("2", bad));
+        assert!(
+            matches!(r.outcome, Err(ApplyError::Invalid(ref i)) if i.field == "commands[2].pool"),
+            "{r:?}"
+        );
+        assert_eq!(s.revision, 1);
+        assert!(
+            !s.pools.contains_key("q") && s.routes.contains_key("r"),
+            "nothing of a failed batch stays"
+        );
+        let nested = Command::Batch {
+            commands: vec![Command::Batch { commands: vec![] }],
+        };
+        assert!(s.apply(&req("3", nested)).outcome.is_err());
+        assert!(
+            s.apply(&req("4", Command::Batch { commands: vec![] }))
+                .outcome
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn history_lists_changes_in_order_and_compacts() {
+        let mut s = State::default();
+        s.apply(&req("1", put_pool(pool("p")))).outcome.unwrap();
+        s.apply(&req(
+            "2",
+            Command::Batch {
+                commands: vec![put_route(route("a", "p")), put_route(route("b", "p"))],
+            },
+        ))
+        .outcome
+        .unwrap();
+        let all = s.changes_since(0).unwrap();
+        assert_eq!(
+            all.iter().map(|c| c.revision).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        assert_eq!(all[1].changes.len(), 2);
+        assert!(s.changes_since(2).unwrap().is_empty());
+        for i in 0..(HISTORY as u64 + 5) {
+            s.apply(&req(&format!("n{i}"), Command::RetireNode { id: 100 + i }))
+                .outcome
+                .unwrap();
+        }
+        assert!(s.changes_since(0).is_err());
+        let tail = s.changes_since(s.revision - 3).unwrap();
+        assert_eq!(tail.len(), 3);
+    }
+
+    #[test]
     fn retried_request_applies_once() {
         let mut s = State::default();
-        let first = s.apply(&req("x", Command::PutPool { pool: pool("p") }));
-        s.apply(&req("y", Command::DeletePool { name: "p".into() }))
-            .outcome
-            .unwrap();
-        let again = s.apply(&req("x", Command::PutPool { pool: pool("p") }));
+        let first = s.apply(&req("x", put_pool(pool("p"))));
+        s.apply(&req(
+            "y",
+            Command::DeletePool {
+                name: "p".into(),
+                expect: None,
+            },
+        ))
+        .outcome
+        .unwrap();
+        let again = s.apply(&req("x", put_pool(pool("p"))));
         assert_eq!(first, again);
         assert!(s.pools.is_empty(), "the retry must not recreate the pool");
     }

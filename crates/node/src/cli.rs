@@ -114,6 +114,11 @@ pub struct NodeArgs {
     /// Runtime worker threads [default: all cores].
     #[arg(long, env = "GATEWAY_WORKERS")]
     pub workers: Option<usize>,
+    /// Admin bearer tokens, one `read TOKEN` or `write TOKEN` per line. Kept in the data dir's
+    /// settings for restarts. Without it the admin API is open, which is allowed only on a
+    /// loopback --admin-addr.
+    #[arg(long, env = "GATEWAY_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
 }
 
 /// What to run, with the configuration resolved.

@@ -35,6 +35,7 @@ struct FileConfig {
     election_timeout_ms: Option<u64>,
     snapshot_every: Option<u64>,
     workers: Option<usize>,
+    admin_token_file: Option<PathBuf>,
 }
 
 /// A node's settings after merging flags, environment and file. Identity fields stay optional
@@ -53,6 +54,7 @@ pub struct NodeConfig {
     pub election_timeout: Duration,
     pub snapshot_every: u64,
     pub workers: Option<usize>,
+    pub admin_token_file: Option<PathBuf>,
 }
 
 pub fn resolve(args: NodeArgs, mode: Mode, peers: Vec<String>) -> anyhow::Result<NodeConfig> {
@@ -125,5 +127,6 @@ pub fn resolve(args: NodeArgs, mode: Mode, peers: Vec<String>) -> anyhow::Result
         election_timeout: Duration::from_millis(election_ms),
         snapshot_every,
         workers,
+        admin_token_file: args.admin_token_file.or(file.admin_token_file),
     })
 }

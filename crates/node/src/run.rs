@@ -153,6 +153,34 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         ),
     };
 
+    // Admin tokens: the file given (remembered for restarts), else the one used before.
+    let token_file = match &cfg.admin_token_file {
+        Some(p) => Some(p.clone()),
+        None => meta.get("admin_token_file")?.map(std::path::PathBuf::from),
+    };
+    let tokens = match &token_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read --admin-token-file {}", path.display()))?;
+            gateway_admin::Tokens::parse(&text)
+                .map_err(|e| anyhow::anyhow!("--admin-token-file {}: {e}", path.display()))?
+        }
+        None => {
+            let loopback = addr
+                .admin_addr
+                .parse::<std::net::SocketAddr>()
+                .map(|a| a.ip().is_loopback())
+                .unwrap_or(false);
+            if !loopback {
+                bail!(
+                    "--admin-addr {} is not a loopback address and no --admin-token-file was given: the admin API would be open to the network; give a token file (lines 'write TOKEN' / 'read TOKEN')",
+                    addr.admin_addr
+                );
+            }
+            gateway_admin::Tokens::open()
+        }
+    };
+
     // Listeners first: a busy port is reported before anything joins or changes.
     let cluster_listener = bind(&addr.cluster_addr, "--cluster-addr").await?;
     let admin_listener = bind(&addr.admin_addr, "--admin-addr").await?;
@@ -175,7 +203,14 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         election_timeout: cfg.election_timeout,
         snapshot_every: cfg.snapshot_every,
     };
-    let cluster = Cluster::start(opts, storage, cluster_listener, bootstrap).await?;
+    let cluster = Cluster::start(
+        opts,
+        storage,
+        cluster_listener,
+        bootstrap,
+        tonic::service::Routes::default(),
+    )
+    .await?;
     // Remember the identity only once the node is in a cluster, so a failed join leaves the
     // data dir reusable.
     for (k, v) in [
@@ -190,6 +225,10 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     ] {
         meta.set(k, &v)?;
     }
+    if let Some(path) = &token_file {
+        let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+        meta.set("admin_token_file", &abs.to_string_lossy())?;
+    }
     tracing::info!(id, cluster_id = %cluster.cluster_id(), cluster = %addr.cluster_addr, admin = %addr.admin_addr, http = %addr.http_addr, "node running");
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -203,6 +242,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             cluster: cluster.clone(),
             left: left_tx,
             max_body: 1 << 20,
+            tokens,
         },
         stopped(stop_rx.clone()),
     ));

@@ -32,6 +32,7 @@ async fn subscriber_sees_state_after_apply_and_after_install() -> anyhow::Result
                     id: "r2".into(),
                     command: Command::DeletePool {
                         name: "nope".into(),
+                        expect: None,
                     },
                 },
             ),
@@ -104,7 +105,10 @@ async fn subscriber_sees_state_after_apply_and_after_install() -> anyhow::Result
                 4,
                 Request {
                     id: "x3".into(),
-                    command: Command::DeletePool { name: "c".into() },
+                    command: Command::DeletePool {
+                        name: "c".into(),
+                        expect: None,
+                    },
                 },
             ),
             blank(3, 10),

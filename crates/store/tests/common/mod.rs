@@ -43,12 +43,11 @@ pub fn membership_entry(term: u64, index: u64, voters: &[u64]) -> Entry {
 pub fn pool(name: &str) -> Pool {
     Pool {
         name: name.into(),
-        backends: vec![Backend {
-            id: "a".into(),
-            address: "127.0.0.1:9000".into(),
-            weight: 1,
-            node: None,
-        }],
+        // From JSON, so fields added to backends later keep their defaults here.
+        backends: vec![
+            serde_json::from_str::<Backend>(r#"{"id":"a","address":"127.0.0.1:9000"}"#)
+                .expect("a valid backend"),
+        ],
         ..Default::default()
     }
 }
@@ -56,7 +55,10 @@ pub fn pool(name: &str) -> Pool {
 pub fn put_pool(req_id: &str, name: &str) -> Request {
     Request {
         id: req_id.into(),
-        command: Command::PutPool { pool: pool(name) },
+        command: Command::PutPool {
+            pool: pool(name),
+            expect: None,
+        },
     }
 }
 
