@@ -108,15 +108,18 @@ Gateway cluster running: 3 nodes, leader is node $leader. Logs and data in $DATA
   3     127.0.0.1:9103    127.0.0.1:8103     127.0.0.1:7103       127.0.0.1:8203 (node3)
 
 The admin API wants a token (generated into $DATA/admin-tokens; /leader, /healthz, /readyz are open):
-  export TOKEN=$TOKEN
+  export GATEWAY_TOKEN=$TOKEN
 
 Try:
   curl 127.0.0.1:9102/leader                      # every node names the same leader
-  curl -H "Authorization: Bearer \$TOKEN" 127.0.0.1:9103/status          # role, term, indexes, members, lag
+  curl -H "Authorization: Bearer \$GATEWAY_TOKEN" 127.0.0.1:9103/status  # role, term, indexes, members, lag
   curl 127.0.0.1:8102/                            # GET is served by the local backend: "get from node2"
   curl -XPOST 127.0.0.1:8103/                     # writes go to the leader's backend: "post from node$leader"
-  curl -H "Authorization: Bearer \$TOKEN" 127.0.0.1:9101/v1/config       # the replicated config and its revision
-  curl -H "Authorization: Bearer \$TOKEN" -XPUT 127.0.0.1:9103/v1/routes/api -d '{"pool":"app","path_prefix":"/api"}'   # change it from any node
+  curl -H "Authorization: Bearer \$GATEWAY_TOKEN" 127.0.0.1:9101/v1/config   # the replicated config, its revision
+  curl -H "Authorization: Bearer \$GATEWAY_TOKEN" -XPUT 127.0.0.1:9103/v1/routes/api -d '{"pool":"app","path_prefix":"/api"}'   # change it from any node
+  $BIN route list --server 127.0.0.1:7102                 # the CLI (gRPC, any node)
+  $BIN cluster status --server 127.0.0.1:7103
+  $BIN watch --server 127.0.0.1:7101                      # every change, live
   kill -9 \$(pgrep -f "data-dir $DATA/$leader")    # kill the leader: another takes over within a second
 
 Press Ctrl-C to stop the cluster.

@@ -659,7 +659,7 @@ async fn removed_node_stays_out_and_learner_joins() -> TestResult {
     let (keep, victim) = (others[0], others[1]);
     put_ok(c.node(l.id), "/v1/pools/kept", "pool", &pool(9001)).await?;
 
-    let server = c.node(keep).admin_addr.to_string();
+    let server = c.node(keep).cluster_addr.to_string();
     let out = run_gateway(
         &["node", "remove", &victim.to_string(), "--server", &server],
         Duration::from_secs(60),

@@ -1,13 +1,20 @@
 //! The admin plane: the REST API on the admin port (configuration, membership, status,
-//! `/leader`, health and readiness).
+//! `/leader`, health and readiness), and the same API over gRPC on the cluster port (with a
+//! stream of configuration changes and server reflection).
 //!
 //! Input is validated here, at the boundary, before anything is proposed; the state machine
-//! checks again when it applies. The HTTP status of every error is decided in [`error`].
+//! checks again when it applies. The HTTP status of every error is decided in [`error`], its
+//! gRPC code in `grpc` ([`Failure`]).
 //! Depends on the model and the cluster handle; it must not depend on the proxy or on sled.
 
 mod auth;
 mod error;
+mod grpc;
 mod rest;
 
 pub use auth::{Denied, Role, Tokens};
+pub use grpc::{
+    AdminService, FIELD_METADATA, Failure, MAX_REQUEST, REASON_METADATA, RETRY_AFTER_METADATA,
+    REVISION_METADATA, grpc_routes,
+};
 pub use rest::{AdminOptions, serve};

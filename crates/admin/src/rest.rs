@@ -60,6 +60,7 @@ pub async fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/v1/config", get(config))
+        .route("/v1/openapi.json", get(openapi))
         .route("/v1/pools", get(list_pools))
         .route("/v1/pools/{name}", get(get_pool).put(put_pool).delete(delete_pool))
         .route("/v1/routes", get(list_routes))
@@ -68,6 +69,7 @@ pub async fn serve(
         .route("/v1/nodes/{id}", axum::routing::delete(remove_node))
         .route("/v1/leave", post(leave))
         .route("/v1/transaction", post(transaction))
+        .route("/v1/cluster/transfer-leader", post(transfer_leader))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see /v1/config, /v1/pools, /v1/routes, /v1/nodes, /status, /leader")
         })
@@ -121,7 +123,35 @@ async fn stamp_revision(
     req: axum::extract::Request,
     next: Next,
 ) -> Response {
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
     let mut resp = next.run(req).await;
+    let json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if resp.status().is_client_error() && !json {
+        // Errors raised by the framework itself (wrong method, body too large) get the same
+        // JSON shape as ours, with what to do about them.
+        let status = resp.status();
+        let message = match status {
+            StatusCode::METHOD_NOT_ALLOWED => format!(
+                "{method} is not allowed on {path}; see GET /v1/openapi.json for the methods of each endpoint"
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                "the request body is too large; send at most 1 MiB".to_string()
+            }
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "send the body as JSON".to_string(),
+            _ => format!(
+                "{method} {path}: {}",
+                status.canonical_reason().unwrap_or("refused")
+            ),
+        };
+        let allow = resp.headers().get(header::ALLOW).cloned();
+        resp = ApiError::new(status, message).into_response();
+        if let Some(a) = allow {
+            resp.headers_mut().insert(header::ALLOW, a);
+        }
+    }
     if !resp.headers().contains_key(REVISION) {
         let rev = app.cluster.state().borrow().revision;
         resp.headers_mut().insert(REVISION, HeaderValue::from(rev));
@@ -224,6 +254,18 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T> {
 
 fn checked_name(name: &str) -> Result<()> {
     validate_name("name", name).map_err(ApiError::from)
+}
+
+/// The OpenAPI 3 description of this API, compiled into the binary.
+async fn openapi() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        include_str!("openapi.json"),
+    )
+        .into_response()
 }
 
 async fn leader(AxState(app): AxState<App>) -> Result<Response> {
@@ -433,6 +475,24 @@ async fn delete_route(
         |rev| json!({"revision": rev}),
     )
     .await
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct TransferLeader {
+    to: Option<u64>,
+}
+
+/// Hands leadership to node `to` (or the most up-to-date voter when absent).
+async fn transfer_leader(AxState(app): AxState<App>, body: Bytes) -> Result<Response> {
+    let req: TransferLeader = if body.is_empty() {
+        TransferLeader::default()
+    } else {
+        parse(&body)?
+    };
+    let leader = app.cluster.transfer_leader(req.to).await?;
+    let rev = app.cluster.state().borrow().revision;
+    Ok(ok(rev, json!({"leader": leader})))
 }
 
 #[derive(Deserialize)]

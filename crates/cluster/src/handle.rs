@@ -9,7 +9,8 @@ use gateway_store::{MetaStore, Raft, Storage};
 use gateway_wire::cluster::cluster_server::ClusterServer;
 use gateway_wire::cluster::raft_server::RaftServer;
 use gateway_wire::cluster::{
-    HelloRequest, JoinRequest, ReadIndexRequest, RemoveNodeRequest, WriteRequest,
+    CampaignRequest, HelloRequest, HoldElectionsRequest, JoinRequest, ReadIndexRequest,
+    RemoveNodeRequest, TransferLeaderRequest, WriteRequest,
 };
 use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
@@ -39,6 +40,11 @@ pub struct ClusterOptions {
     pub election_timeout: Duration,
     /// Build a snapshot (and purge the log behind it) every this many log entries.
     pub snapshot_every: u64,
+    /// Source address of connections to peers (the address this node listens on), if specific.
+    pub source_ip: Option<std::net::IpAddr>,
+    /// FOR TESTING THE CHECKERS ONLY: answer every read from local state, without asking the
+    /// leader, which breaks linearizability on followers. A fault-injection run with it must fail.
+    pub debug_stale_reads: bool,
 }
 
 /// How a node enters the cluster on start.
@@ -126,6 +132,12 @@ pub(crate) struct Inner {
     nonce: u64,
     counter: AtomicU64,
     stop: watch::Sender<bool>,
+    debug_stale_reads: bool,
+    /// Set while this leader hands over: new writes wait for the next leader.
+    transferring: std::sync::atomic::AtomicBool,
+    /// Generation of the latest election hold, so an older hold's timer cannot lift a newer one.
+    hold_generation: AtomicU64,
+    election_timeout_max: Duration,
 }
 
 // One per forwarded call, never on the request path; boxing would buy nothing.
@@ -141,6 +153,9 @@ pub(crate) enum Op {
     ReadIndex {
         quorum: bool,
     },
+    Transfer {
+        to: Option<NodeId>,
+    },
 }
 
 pub(crate) enum Out {
@@ -148,6 +163,7 @@ pub(crate) enum Out {
     Join(NodeId),
     Removed,
     ReadIndex(u64),
+    Transferred(NodeId),
 }
 
 impl Cluster {
@@ -169,11 +185,13 @@ impl Cluster {
         let client_auth = ClientAuth::new(&opts.secret, cluster_id.clone());
         // Election timing. Measured on this kind of machine (2 cores, loopback, sled on the local
         // disk): fsync of a small write takes 3.6 ms at the median, 20 ms at p99 and 51 ms at
-        // worst (200 samples), so one replication round, which waits for the follower's flush, is
-        // mostly under 25 ms and never seen above ~60 ms. With a 50 ms heartbeat and a 150-300 ms
-        // election timeout (the defaults), even the worst observed stall leaves followers
-        // two heartbeats of margin before they call an election, while a dead leader is replaced
-        // within about 0.3 s. Both are flags for slower machines.
+        // worst (200 samples), so one replication round, which waits for the follower's flush,
+        // stays well under 60 ms. openraft 0.9 makes a follower wait the leader lease (the
+        // maximum election timeout) plus its own random election timeout after the last
+        // heartbeat before it campaigns. With a 50 ms heartbeat and the default 100-200 ms
+        // election timeout, that is 300-400 ms of silence: six heartbeats, far beyond the worst
+        // stall seen, so spurious elections stay rare, while a dead leader is replaced in about
+        // 0.35 s. Both are flags for slower machines.
         let config = openraft::Config {
             cluster_name: "gateway".into(),
             heartbeat_interval: opts.heartbeat.as_millis() as u64,
@@ -190,7 +208,7 @@ impl Cluster {
         .map_err(|e| ClusterError::Refused(format!("invalid raft timing: {e}")))?;
         let state = storage.sm.subscribe();
         let network = Network {
-            peers: Peers::new(client_auth.clone()),
+            peers: Peers::new(client_auth.clone(), opts.source_ip),
         };
         let raft = Raft::new(opts.id, Arc::new(config), network, storage.log, storage.sm)
             .await
@@ -203,10 +221,14 @@ impl Cluster {
             cluster_id: cluster_id.clone(),
             state,
             meta: storage.meta,
-            forward: Peers::new(client_auth),
+            forward: Peers::new(client_auth, opts.source_ip),
             membership_lock: tokio::sync::Mutex::new(()),
             nonce: rand::random(),
             counter: AtomicU64::new(0),
+            debug_stale_reads: opts.debug_stale_reads,
+            transferring: std::sync::atomic::AtomicBool::new(false),
+            hold_generation: AtomicU64::new(0),
+            election_timeout_max: opts.election_timeout * 2,
             stop,
         });
         spawn_server(
@@ -401,7 +423,7 @@ impl Cluster {
 
     /// The replicated state, read at the given consistency.
     pub async fn read(&self, consistency: Consistency) -> Result<Arc<State>, ClusterError> {
-        if consistency != Consistency::Stale {
+        if consistency != Consistency::Stale && !self.inner.debug_stale_reads {
             let op = Op::ReadIndex {
                 quorum: consistency == Consistency::Linearizable,
             };
@@ -437,6 +459,26 @@ impl Cluster {
             .leader_call(Op::Remove(id), Duration::from_secs(20), false)
             .await?;
         Ok(())
+    }
+
+    /// Hands leadership to voter `to`, or to the most up-to-date other voter. Returns the new
+    /// leader's id. Writes arriving meanwhile wait for the new leader.
+    pub async fn transfer_leader(&self, to: Option<NodeId>) -> Result<NodeId, ClusterError> {
+        match self
+            .inner
+            .leader_call(Op::Transfer { to }, Duration::from_secs(10), false)
+            .await?
+        {
+            Out::Transferred(id) => Ok(id),
+            _ => Err(ClusterError::Protocol(
+                "unexpected reply to a leader transfer".into(),
+            )),
+        }
+    }
+
+    /// Whether this node is the leader now.
+    pub fn is_leader(&self) -> bool {
+        self.inner.raft.metrics().borrow().state == ServerState::Leader
     }
 
     /// Whether a leader is known and this node has applied everything it knows committed.
@@ -690,6 +732,7 @@ impl Inner {
             Op::ReadIndex { quorum } => {
                 self.read_index_as_leader(*quorum).await.map(Out::ReadIndex)
             }
+            Op::Transfer { to } => self.transfer_as_leader(*to).await.map(Out::Transferred),
         }
     }
 
@@ -741,10 +784,25 @@ impl Inner {
                 };
                 Out::ReadIndex(timed(addr, t(2), client.read_index(fwd(req))).await?.index)
             }
+            Op::Transfer { to } => {
+                let req = TransferLeaderRequest {
+                    to: to.unwrap_or(0),
+                };
+                Out::Transferred(
+                    timed(addr, t(10), client.transfer_leader(fwd(req)))
+                        .await?
+                        .leader_id,
+                )
+            }
         })
     }
 
     async fn write_as_leader(&self, req: Request) -> Result<Response, ClusterError> {
+        if self.transferring.load(Ordering::Acquire) {
+            return Err(ClusterError::NoLeader(
+                "leadership is being handed over".into(),
+            ));
+        }
         self.raft
             .client_write(req)
             .await
@@ -869,6 +927,154 @@ impl Inner {
         }
         tracing::info!(id, learner, "node joined");
         Ok(self.id)
+    }
+
+    async fn transfer_as_leader(&self, to: Option<NodeId>) -> Result<NodeId, ClusterError> {
+        let _guard = self.membership_lock.lock().await;
+        self.ensure_leader()?;
+        let m = self.raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership().clone();
+        let others: Vec<NodeId> = membership.voter_ids().filter(|v| *v != self.id).collect();
+        let matched = |id: NodeId| {
+            m.replication
+                .as_ref()
+                .and_then(|r| r.get(&id).cloned().flatten())
+                .map(|l| l.index)
+                .unwrap_or(0)
+        };
+        let target = match to {
+            Some(t) if t == self.id => return Ok(self.id),
+            Some(t) if !others.contains(&t) => {
+                return Err(ClusterError::Refused(format!(
+                    "node {t} is not a voter of this cluster; hand leadership to one of {others:?}"
+                )));
+            }
+            Some(t) => t,
+            None => *others
+                .iter()
+                .max_by_key(|v| (matched(**v), std::cmp::Reverse(**v)))
+                .ok_or_else(|| {
+                    ClusterError::Refused(
+                        "this node is the only voter: there is nobody to hand leadership to".into(),
+                    )
+                })?,
+        };
+        let addr = membership
+            .get_node(&target)
+            .map(|n| n.cluster_addr.clone())
+            .ok_or_else(|| ClusterError::NotFound(format!("node {target} has no address")))?;
+        // Stop taking writes, so nothing new keeps the voters' leader lease alive.
+        self.transferring.store(true, Ordering::Release);
+        let result = self.hand_over(target, &addr, &others).await;
+        self.raft.runtime_config().heartbeat(true);
+        self.transferring.store(false, Ordering::Release);
+        result
+    }
+
+    /// The handover proper: the target catches up, the other voters hold their elections, this
+    /// leader stops its heartbeats so the voters' leader lease runs out, and the target
+    /// campaigns until elected. (openraft 0.9 has no transfer of its own, and a voter refuses
+    /// votes while the lease of the leader it last heard from is running.)
+    async fn hand_over(
+        &self,
+        target: NodeId,
+        addr: &str,
+        others: &[NodeId],
+    ) -> Result<NodeId, ClusterError> {
+        let last = self.raft.metrics().borrow().last_log_index;
+        let caught_up = self
+            .raft
+            .wait(Some(Duration::from_secs(3)))
+            .metrics(
+                |m| {
+                    m.replication
+                        .as_ref()
+                        .and_then(|r| r.get(&target).cloned().flatten())
+                        .map(|l| Some(l.index) >= last)
+                        .unwrap_or(false)
+                },
+                "transfer target caught up",
+            )
+            .await;
+        if caught_up.is_err() {
+            return Err(ClusterError::Refused(format!(
+                "node {target} did not catch up with the leader's log within 3s; leadership stays here"
+            )));
+        }
+        let hold = self.election_timeout_max * 8;
+        let membership = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        for v in others.iter().filter(|v| **v != target) {
+            if let Some(node) = membership.get_node(v)
+                && let Ok(mut c) = self.forward.cluster(&node.cluster_addr)
+            {
+                let req = HoldElectionsRequest {
+                    millis: hold.as_millis() as u64,
+                };
+                let _ =
+                    tokio::time::timeout(Duration::from_millis(500), c.hold_elections(req)).await;
+            }
+        }
+        self.raft.runtime_config().heartbeat(false);
+        let mut client = self.forward.cluster(addr)?;
+        let req = CampaignRequest {
+            millis: hold.as_millis() as u64,
+        };
+        let elected = timed(addr, hold + Duration::from_secs(1), client.campaign(req))
+            .await
+            .map(|r| r.elected)
+            .unwrap_or(false);
+        if !elected {
+            return Err(ClusterError::Refused(format!(
+                "node {target} did not win the election within {hold:?}; leadership stays with node {}",
+                self.id
+            )));
+        }
+        tracing::info!(to = target, "leadership handed over");
+        Ok(target)
+    }
+
+    /// Stops starting elections for `millis` (lifted by itself afterwards).
+    pub(crate) fn hold_elections(self: &Arc<Self>, millis: u64) {
+        let generation = self.hold_generation.fetch_add(1, Ordering::AcqRel) + 1;
+        self.raft.runtime_config().elect(false);
+        let me = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(millis)).await;
+            if me.hold_generation.load(Ordering::Acquire) == generation {
+                me.raft.runtime_config().elect(true);
+            }
+        });
+    }
+
+    /// Campaigns until this node leads or `millis` pass.
+    pub(crate) async fn campaign(&self, millis: u64) -> bool {
+        let deadline = Instant::now() + Duration::from_millis(millis);
+        let mut metrics = self.raft.metrics();
+        loop {
+            if metrics.borrow().state == ServerState::Leader {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            if self.raft.trigger().elect().await.is_err() {
+                return false;
+            }
+            // Give this election time to finish (votes come back within a few ms on a LAN): a
+            // new trigger would start a newer term and discard the votes of this one. Early
+            // attempts are refused while the voters' leader lease runs; then one wins.
+            let _ = tokio::time::timeout(
+                Duration::from_millis(100),
+                metrics.wait_for(|m| m.state == ServerState::Leader),
+            )
+            .await;
+        }
     }
 
     async fn remove_as_leader(&self, id: NodeId) -> Result<(), ClusterError> {

@@ -25,19 +25,24 @@ use tonic::transport::{Channel, Endpoint};
 /// Raft messages can carry a batch of entries or a snapshot chunk; allow well above both.
 pub(crate) const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 
+/// The shortest time an append or snapshot chunk is given to be answered.
+const MIN_REPLICATION_TIMEOUT: Duration = Duration::from_secs(1);
+
 pub(crate) type AuthedChannel = InterceptedService<Channel, ClientAuth>;
 
 /// A cache of lazily connected channels by address. Each channel reconnects by itself after a
 /// failure, so one per peer is enough. The lock is never held across an await.
 pub(crate) struct Peers {
     auth: ClientAuth,
+    source_ip: Option<std::net::IpAddr>,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
 impl Peers {
-    pub(crate) fn new(auth: ClientAuth) -> Arc<Self> {
+    pub(crate) fn new(auth: ClientAuth, source_ip: Option<std::net::IpAddr>) -> Arc<Self> {
         Arc::new(Peers {
             auth,
+            source_ip,
             channels: Mutex::new(HashMap::new()),
         })
     }
@@ -50,6 +55,7 @@ impl Peers {
         let ch = Endpoint::from_shared(format!("http://{addr}"))?
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
+            .local_address(self.source_ip)
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(5))
             .connect_lazy();
@@ -134,6 +140,14 @@ impl Connection {
             .raft(&self.addr)
             .map_err(|s| RPCError::Unreachable(Unreachable::new(&Msg(s.message().to_string()))))?;
         let req = tonic::Request::new(RaftPayload { json });
+        // openraft 0.9 gives appends the heartbeat interval (50 ms) to finish. A follower that
+        // flushes to disk under load can take longer; timing out then only makes the leader send
+        // the same entries again. Appends and snapshots get at least a second; votes keep
+        // openraft's deadline so elections stay quick.
+        let ttl = match kind {
+            Kind::Vote => option.hard_ttl(),
+            Kind::Append | Kind::Snapshot => option.hard_ttl().max(MIN_REPLICATION_TIMEOUT),
+        };
         let fut = async {
             match kind {
                 Kind::Append => client.append_entries(req).await,
@@ -141,12 +155,11 @@ impl Connection {
                 Kind::Snapshot => client.install_snapshot(req).await,
             }
         };
-        let reply = match tokio::time::timeout(option.hard_ttl(), fut).await {
+        let reply = match tokio::time::timeout(ttl, fut).await {
             Err(_) => {
                 return Err(net(format!(
-                    "no answer from node {} within {:?}",
-                    self.target,
-                    option.hard_ttl()
+                    "no answer from node {} within {ttl:?}",
+                    self.target
                 )));
             }
             Ok(Err(status)) => {

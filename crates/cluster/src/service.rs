@@ -5,9 +5,10 @@ use crate::error::ClusterError;
 use crate::handle::{FORWARDED, Inner, Op, Out};
 use gateway_store::TypeConfig;
 use gateway_wire::cluster::{
-    HelloReply, HelloRequest, JoinReply, JoinRequest, RaftPayload, ReadIndexReply,
-    ReadIndexRequest, RemoveNodeReply, RemoveNodeRequest, WriteReply, WriteRequest, cluster_server,
-    raft_server,
+    CampaignReply, CampaignRequest, HelloReply, HelloRequest, HoldElectionsReply,
+    HoldElectionsRequest, JoinReply, JoinRequest, RaftPayload, ReadIndexReply, ReadIndexRequest,
+    RemoveNodeReply, RemoveNodeRequest, TransferLeaderReply, TransferLeaderRequest, WriteReply,
+    WriteRequest, cluster_server, raft_server,
 };
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 use serde::Serialize;
@@ -132,6 +133,41 @@ impl cluster_server::Cluster for ClusterService {
             Out::ReadIndex(index) => Ok(Response::new(ReadIndexReply { index })),
             _ => Err(unexpected()),
         }
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<TransferLeaderRequest>,
+    ) -> Result<Response<TransferLeaderReply>, Status> {
+        let fwd = forwarded(&req);
+        let to = Some(req.get_ref().to).filter(|t| *t != 0);
+        match self
+            .0
+            .leader_call(Op::Transfer { to }, Duration::from_secs(10), fwd)
+            .await?
+        {
+            Out::Transferred(leader_id) => Ok(Response::new(TransferLeaderReply { leader_id })),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn hold_elections(
+        &self,
+        req: Request<HoldElectionsRequest>,
+    ) -> Result<Response<HoldElectionsReply>, Status> {
+        let millis = req.get_ref().millis.min(10_000);
+        self.0.hold_elections(millis);
+        Ok(Response::new(HoldElectionsReply {}))
+    }
+
+    async fn campaign(
+        &self,
+        req: Request<CampaignRequest>,
+    ) -> Result<Response<CampaignReply>, Status> {
+        let millis = req.get_ref().millis.min(10_000);
+        Ok(Response::new(CampaignReply {
+            elected: self.0.campaign(millis).await,
+        }))
     }
 }
 

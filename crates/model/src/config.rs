@@ -1,6 +1,7 @@
 //! The replicated configuration objects.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 
 /// A Raft node id. Ids are chosen by the operator and never reused once removed.
@@ -70,6 +71,39 @@ pub struct Backend {
     /// backends owned by the leader, and `prefer_local` pools favour the receiving node's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<NodeId>,
+    /// Most requests this backend serves at once through this pool (1 to 100,000); unlimited
+    /// when omitted. Requests beyond it wait up to the pool's `queue_timeout_ms` for a free
+    /// slot (on another backend, unless the pool is sticky), then get 503 with `Retry-After`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+}
+
+impl Default for Backend {
+    fn default() -> Self {
+        Backend {
+            id: String::new(),
+            address: String::new(),
+            weight: default_weight(),
+            node: None,
+            max_connections: None,
+        }
+    }
+}
+
+/// How the gateway talks to a pool's backends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// HTTP/1.1 over pooled keep-alive connections.
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge over cleartext (for gRPC services); requests are
+    /// multiplexed over one connection per backend and trailers pass both ways.
+    H2c,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 /// A named set of backends and the policy that balances over them.
@@ -89,6 +123,21 @@ pub struct Pool {
     /// owns any, balancing over all backends otherwise. `false` when omitted.
     #[serde(default, skip_serializing_if = "is_false")]
     pub prefer_local: bool,
+    /// `http1` (default) or `h2c` (HTTP/2 prior knowledge, e.g. for gRPC backends).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub protocol: Protocol,
+    /// How long a request may wait for a backend below its `max_connections`, in milliseconds
+    /// (0 to 60,000; 0 answers 503 at once); 1,000 when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_timeout_ms: Option<u64>,
+    /// Retry budget: retries may add at most this percentage on top of the pool's requests
+    /// over a sliding 10-second window (0 to 1,000); 20 when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_budget_percent: Option<u32>,
+    /// Retry budget floor: this many retries per second are always allowed (0 to 10,000);
+    /// 10 when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_budget_min_per_second: Option<u32>,
     /// The configuration revision that last changed this pool; set by the cluster, ignored on input.
     #[serde(default)]
     pub revision: u64,
@@ -143,7 +192,92 @@ pub struct Route {
     /// (0 to 10); 2 when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<u32>,
+    /// Wait before each retry, in milliseconds (0 to 60,000); 0 when omitted. When it is above
+    /// 0, a request whose pool has no backend at all waits this long (or until the
+    /// configuration changes) and looks again, up to `retries` times, before the 503; and a
+    /// request that failed to connect to every backend tries them again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_delay_ms: Option<u64>,
+    /// Header conditions: every one must hold (exact value, case-insensitive name). Among
+    /// routes of the same host tier and prefix length, routes with more conditions go first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderMatch>,
+    /// Changes to the request before it is sent to the backend.
+    #[serde(default, skip_serializing_if = "HeaderRules::is_empty")]
+    pub request_headers: HeaderRules,
+    /// Changes to the response before it is sent to the client (also on the gateway's own
+    /// 502/503/504 answers of this route).
+    #[serde(default, skip_serializing_if = "HeaderRules::is_empty")]
+    pub response_headers: HeaderRules,
+    /// Remove `path_prefix` from the path sent to the backend (`/api/users` → `/users`,
+    /// `/api` → `/`). `false` when omitted.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub strip_prefix: bool,
+    /// Send this `Host` to the backend (`host` or `host:port`) instead of the client's;
+    /// `X-Forwarded-Host` keeps the client's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_rewrite: Option<String>,
+    /// Custom bodies for the gateway's own errors on this route, keyed by `"502"`, `"503"`
+    /// or `"504"`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub error_pages: BTreeMap<String, ErrorPage>,
     /// The configuration revision that last changed this route; set by the cluster, ignored on input.
     #[serde(default)]
     pub revision: u64,
+}
+
+/// A header condition of a route: the request must carry header `name` (any case) with
+/// exactly `value`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderMatch {
+    pub name: String,
+    pub value: String,
+}
+
+/// Header changes, applied in this order: `remove`, then `set` (replaces every value), then
+/// `add` (appends a value).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderRules {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub set: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub add: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+impl HeaderRules {
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
+fn default_error_content_type() -> String {
+    "text/html; charset=utf-8".to_string()
+}
+
+/// A custom answer for one of the gateway's own errors.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorPage {
+    /// The status sent instead of the error's own (200 to 599); the error's when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// `text/html; charset=utf-8` when omitted.
+    #[serde(default = "default_error_content_type")]
+    pub content_type: String,
+    #[serde(default)]
+    pub body: String,
+}
+
+impl Default for ErrorPage {
+    fn default() -> Self {
+        ErrorPage {
+            status: None,
+            content_type: default_error_content_type(),
+            body: String::new(),
+        }
+    }
 }

@@ -4,8 +4,9 @@ use crate::command::{Command, MAX_BATCH, Request, Response};
 use crate::config::{NodeId, Pool, Route};
 use crate::error::{ApplyError, Invalid};
 use crate::validate::{validate_name, validate_pool, validate_route};
+use imbl::{HashMap, OrdMap, Vector};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::BTreeSet;
 
 /// How many recent request ids the state machine remembers to deduplicate retried writes.
 /// A retry arriving after this many newer writes would apply again; retries happen within
@@ -46,18 +47,21 @@ pub struct Compacted {
 }
 
 /// Everything the cluster replicates (besides Raft membership, which openraft keeps).
+///
+/// Its collections are persistent (structure-sharing) ones, so a copy costs O(1): the state
+/// machine publishes a new version after every write while readers still hold older ones.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     /// Bumped by every applied change; the version every read reports.
     pub revision: u64,
-    pub pools: BTreeMap<String, Pool>,
-    pub routes: BTreeMap<String, Route>,
+    pub pools: OrdMap<String, Pool>,
+    pub routes: OrdMap<String, Route>,
     /// Node ids that have left the cluster and may never be used again.
     pub retired: BTreeSet<NodeId>,
     /// The changes of the last [`HISTORY`] revisions, oldest first.
-    history: VecDeque<ChangeSet>,
+    history: Vector<ChangeSet>,
     /// Responses to the most recent requests, oldest first, for deduplication.
-    recent: VecDeque<(String, Response)>,
+    recent: Vector<(String, Response)>,
     #[serde(skip)]
     recent_index: HashMap<String, usize>,
     /// Total requests ever recorded in `recent`; positions in `recent_index` are offsets of it.
@@ -66,8 +70,8 @@ pub struct State {
 
 /// The configuration maps a command works on: the live ones, or scratch copies for a batch.
 struct Maps<'a> {
-    pools: &'a mut BTreeMap<String, Pool>,
-    routes: &'a mut BTreeMap<String, Route>,
+    pools: &'a mut OrdMap<String, Pool>,
+    routes: &'a mut OrdMap<String, Route>,
 }
 
 fn expect_rev(

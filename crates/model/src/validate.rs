@@ -1,6 +1,6 @@
 //! Validation of configuration objects, shared by every interface and by `State::apply`.
 
-use crate::config::{Pool, Route};
+use crate::config::{HeaderRules, Pool, Route};
 use crate::error::Invalid;
 use std::collections::HashSet;
 
@@ -127,8 +127,176 @@ pub fn validate_pool(pool: &Pool) -> Result<(), Invalid> {
                 "use the owning node's id (1 or more) or leave it out",
             ));
         }
+        if let Some(m) = b.max_connections
+            && !(1..=100_000).contains(&m)
+        {
+            return Err(Invalid::new(
+                format!("backends[{i}].max_connections"),
+                format!("{m} is out of range"),
+                "use 1 to 100000, or leave it out for no limit",
+            ));
+        }
+    }
+    if let Some(t) = pool.queue_timeout_ms
+        && t > 60_000
+    {
+        return Err(Invalid::new(
+            "queue_timeout_ms",
+            format!("{t} is out of range"),
+            "use 0 to 60000 milliseconds, or leave it out for the 1000 default",
+        ));
+    }
+    if let Some(p) = pool.retry_budget_percent
+        && p > 1000
+    {
+        return Err(Invalid::new(
+            "retry_budget_percent",
+            format!("{p} is out of range"),
+            "use 0 to 1000 (percent of requests), or leave it out for the default of 20",
+        ));
+    }
+    if let Some(m) = pool.retry_budget_min_per_second
+        && m > 10_000
+    {
+        return Err(Invalid::new(
+            "retry_budget_min_per_second",
+            format!("{m} is out of range"),
+            "use 0 to 10000, or leave it out for the default of 10",
+        ));
     }
     Ok(())
+}
+
+/// Whether `name` is a valid HTTP header name (an RFC 9110 token).
+fn valid_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 256
+        && name.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'!' | b'#'
+                        | b'$'
+                        | b'%'
+                        | b'&'
+                        | b'\''
+                        | b'*'
+                        | b'+'
+                        | b'-'
+                        | b'.'
+                        | b'^'
+                        | b'_'
+                        | b'`'
+                        | b'|'
+                        | b'~'
+                )
+        })
+}
+
+/// Whether `value` is a valid header value: visible ASCII, spaces and tabs, no surrounding
+/// whitespace, at most 8 KiB.
+fn valid_header_value(value: &str) -> bool {
+    value.len() <= 8192
+        && value
+            .bytes()
+            .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+        && value.trim() == value
+}
+
+fn check_header_name(field: &str, name: &str) -> Result<(), Invalid> {
+    if !valid_header_name(name) {
+        return Err(Invalid::new(
+            field,
+            format!("'{name}' is not a valid header name"),
+            "use letters, digits and -, e.g. x-request-source",
+        ));
+    }
+    Ok(())
+}
+
+fn check_header_value(field: &str, value: &str) -> Result<(), Invalid> {
+    if !valid_header_value(value) {
+        return Err(Invalid::new(
+            field,
+            "is not a valid header value",
+            "use printable ASCII without line breaks or surrounding spaces, at most 8192 bytes",
+        ));
+    }
+    Ok(())
+}
+
+/// Headers that frame the message or belong to one connection: rules may not touch them.
+const RESERVED_HEADERS: &[&str] = &[
+    "connection",
+    "content-length",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "gateway-hop",
+];
+
+fn check_rules(field: &str, rules: &HeaderRules, request: bool) -> Result<(), Invalid> {
+    let names = rules
+        .remove
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (format!("{field}.remove[{i}]"), n))
+        .chain(rules.set.keys().map(|n| (format!("{field}.set.{n}"), n)))
+        .chain(rules.add.keys().map(|n| (format!("{field}.add.{n}"), n)));
+    for (f, name) in names {
+        check_header_name(&f, name)?;
+        let lower = name.to_ascii_lowercase();
+        if RESERVED_HEADERS.contains(&lower.as_str()) {
+            return Err(Invalid::new(
+                f,
+                format!(
+                    "'{name}' frames the message or belongs to one connection and cannot be changed"
+                ),
+                "leave it out; the gateway manages it",
+            ));
+        }
+        if request && lower == "host" {
+            return Err(Invalid::new(
+                f,
+                "the Host header cannot be changed by header rules",
+                "use host_rewrite to send another Host to the backend",
+            ));
+        }
+    }
+    for (name, value) in &rules.set {
+        check_header_value(&format!("{field}.set.{name}"), value)?;
+    }
+    for (name, value) in &rules.add {
+        check_header_value(&format!("{field}.add.{name}"), value)?;
+    }
+    if rules.set.len() + rules.add.len() + rules.remove.len() > 64 {
+        return Err(Invalid::new(
+            field,
+            "has more than 64 rules",
+            "keep to 64 header rules per direction",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks `host`, `host:port`, `[v6]` or `[v6]:port` (a Host header value).
+fn valid_host_header(h: &str) -> bool {
+    let port_ok = |p: &str| matches!(p.parse::<u16>(), Ok(p) if p > 0);
+    if let Some(rest) = h.strip_prefix('[') {
+        let Some((v6, after)) = rest.split_once(']') else {
+            return false;
+        };
+        return v6.parse::<std::net::Ipv6Addr>().is_ok()
+            && (after.is_empty() || after.strip_prefix(':').is_some_and(port_ok));
+    }
+    let (host, port) = match h.split_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (h, None),
+    };
+    port.is_none_or(port_ok) && (host.parse::<std::net::Ipv4Addr>().is_ok() || valid_hostname(host))
 }
 
 /// Checks a route on its own (that its pool exists is checked against the state).
@@ -171,6 +339,70 @@ pub fn validate_route(route: &Route) -> Result<(), Invalid> {
             format!("{r} is out of range"),
             "use 0 to 10, or leave it out for the default of 2",
         ));
+    }
+    if let Some(d) = route.retry_delay_ms
+        && d > 60_000
+    {
+        return Err(Invalid::new(
+            "retry_delay_ms",
+            format!("{d} is out of range"),
+            "use 0 to 60000 milliseconds, or leave it out for no delay",
+        ));
+    }
+    if route.headers.len() > 16 {
+        return Err(Invalid::new(
+            "headers",
+            format!("has {} conditions", route.headers.len()),
+            "use at most 16 header conditions per route",
+        ));
+    }
+    for (i, m) in route.headers.iter().enumerate() {
+        check_header_name(&format!("headers[{i}].name"), &m.name)?;
+        check_header_value(&format!("headers[{i}].value"), &m.value)?;
+    }
+    check_rules("request_headers", &route.request_headers, true)?;
+    check_rules("response_headers", &route.response_headers, false)?;
+    if let Some(h) = &route.host_rewrite
+        && !valid_host_header(h)
+    {
+        return Err(Invalid::new(
+            "host_rewrite",
+            format!("'{h}' is not a valid host"),
+            "use a host name or host:port, e.g. app.internal or app.internal:8080",
+        ));
+    }
+    for (key, page) in &route.error_pages {
+        let field = format!("error_pages.{key}");
+        if !matches!(key.as_str(), "502" | "503" | "504") {
+            return Err(Invalid::new(
+                field,
+                format!("'{key}' is not an error the gateway answers with"),
+                "use \"502\", \"503\" or \"504\" as keys",
+            ));
+        }
+        if let Some(st) = page.status
+            && !(200..=599).contains(&st)
+        {
+            return Err(Invalid::new(
+                format!("{field}.status"),
+                format!("{st} is out of range"),
+                "use a status from 200 to 599, or leave it out to keep the error's",
+            ));
+        }
+        if page.content_type.is_empty() || !valid_header_value(&page.content_type) {
+            return Err(Invalid::new(
+                format!("{field}.content_type"),
+                "is not a valid content type",
+                "use a media type such as text/html; charset=utf-8",
+            ));
+        }
+        if page.body.len() > 65_536 {
+            return Err(Invalid::new(
+                format!("{field}.body"),
+                format!("is {} bytes", page.body.len()),
+                "keep error pages to 64 KiB",
+            ));
+        }
     }
     if route.pool.is_empty() {
         return Err(Invalid::new(
@@ -246,6 +478,194 @@ mod tests {
         let p: crate::config::Pool =
             serde_json::from_str(r#"{"name":"p","prefer_local":true}"#).unwrap();
         assert!(p.prefer_local);
+    }
+
+    fn route() -> Route {
+        Route {
+            name: "r".into(),
+            pool: "p".into(),
+            path_prefix: "/".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn data_plane_fields_parse_validate_and_default() {
+        let r: Route = serde_json::from_str(
+            r#"{"name":"r","pool":"p","retry_delay_ms":50,
+                "headers":[{"name":"X-Canary","value":"1"}],
+                "request_headers":{"set":{"x-a":"1"},"add":{"x-b":"2"},"remove":["x-c"]},
+                "response_headers":{"set":{"cache-control":"no-store"}},
+                "strip_prefix":true,"host_rewrite":"app.internal:8080",
+                "error_pages":{"503":{"body":"<h1>later</h1>"},"502":{"status":500,"content_type":"text/plain","body":"x"}}}"#,
+        )
+        .unwrap();
+        validate_route(&r).unwrap();
+        assert_eq!(
+            r.error_pages["503"].content_type,
+            "text/html; charset=utf-8"
+        );
+        assert_eq!(r.request_headers.remove, ["x-c"]);
+        let p: Pool = serde_json::from_str(
+            r#"{"name":"p","protocol":"h2c","queue_timeout_ms":0,"retry_budget_percent":0,
+                "retry_budget_min_per_second":0,
+                "backends":[{"id":"a","address":"127.0.0.1:1","max_connections":2}]}"#,
+        )
+        .unwrap();
+        validate_pool(&p).unwrap();
+        assert_eq!(p.protocol, crate::config::Protocol::H2c);
+        assert_eq!(p.backends[0].max_connections, Some(2));
+        // Defaults are not written, so old readers and old JSON keep working.
+        let plain = serde_json::to_string(&route()).unwrap();
+        for key in [
+            "headers",
+            "request_headers",
+            "strip_prefix",
+            "error_pages",
+            "host_rewrite",
+        ] {
+            assert!(!plain.contains(key), "{plain}");
+        }
+        let plain = serde_json::to_string(&Pool {
+            name: "p".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(
+            !plain.contains("protocol") && !plain.contains("queue"),
+            "{plain}"
+        );
+        assert!(serde_json::from_str::<Pool>(r#"{"protocol":"h3"}"#).is_err());
+
+        let bad_routes: Vec<(Route, &str)> = vec![
+            (
+                Route {
+                    retry_delay_ms: Some(60_001),
+                    ..route()
+                },
+                "retry_delay_ms",
+            ),
+            (
+                Route {
+                    headers: vec![crate::config::HeaderMatch {
+                        name: "bad name".into(),
+                        value: "1".into(),
+                    }],
+                    ..route()
+                },
+                "headers[0].name",
+            ),
+            (
+                Route {
+                    headers: vec![crate::config::HeaderMatch {
+                        name: "x".into(),
+                        value: "a\r\nb".into(),
+                    }],
+                    ..route()
+                },
+                "headers[0].value",
+            ),
+            (
+                Route {
+                    request_headers: HeaderRules {
+                        set: [("Content-Length".to_string(), "1".to_string())].into(),
+                        ..Default::default()
+                    },
+                    ..route()
+                },
+                "request_headers.set.Content-Length",
+            ),
+            (
+                Route {
+                    request_headers: HeaderRules {
+                        remove: vec!["host".into()],
+                        ..Default::default()
+                    },
+                    ..route()
+                },
+                "request_headers.remove[0]",
+            ),
+            (
+                Route {
+                    response_headers: HeaderRules {
+                        add: [("x-a".to_string(), "\u{7f}".to_string())].into(),
+                        ..Default::default()
+                    },
+                    ..route()
+                },
+                "response_headers.add.x-a",
+            ),
+            (
+                Route {
+                    host_rewrite: Some("a b".into()),
+                    ..route()
+                },
+                "host_rewrite",
+            ),
+            (
+                Route {
+                    host_rewrite: Some("a:0".into()),
+                    ..route()
+                },
+                "host_rewrite",
+            ),
+            (
+                Route {
+                    error_pages: [("404".to_string(), Default::default())].into(),
+                    ..route()
+                },
+                "error_pages.404",
+            ),
+            (
+                Route {
+                    error_pages: [(
+                        "502".to_string(),
+                        crate::config::ErrorPage {
+                            status: Some(99),
+                            ..Default::default()
+                        },
+                    )]
+                    .into(),
+                    ..route()
+                },
+                "error_pages.502.status",
+            ),
+        ];
+        for (r, field) in bad_routes {
+            let e = validate_route(&r).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+        }
+        for ok in ["h", "h:1", "10.0.0.1:80", "[::1]", "[::1]:8080"] {
+            assert!(valid_host_header(ok), "{ok}");
+        }
+        for bad in ["", "[::1", "h:", "h:x", "[zz]:1", "h:1:2"] {
+            assert!(!valid_host_header(bad), "{bad}");
+        }
+
+        let pool = |f: &dyn Fn(&mut Pool)| {
+            let mut p: Pool =
+                serde_json::from_str(r#"{"name":"p","backends":[{"id":"a","address":"h:1"}]}"#)
+                    .unwrap();
+            f(&mut p);
+            validate_pool(&p).map_err(|e| e.field)
+        };
+        assert_eq!(
+            pool(&|p| p.backends[0].max_connections = Some(0)),
+            Err("backends[0].max_connections".to_string())
+        );
+        assert_eq!(
+            pool(&|p| p.queue_timeout_ms = Some(60_001)),
+            Err("queue_timeout_ms".to_string())
+        );
+        assert_eq!(
+            pool(&|p| p.retry_budget_percent = Some(1001)),
+            Err("retry_budget_percent".to_string())
+        );
+        assert_eq!(
+            pool(&|p| p.retry_budget_min_per_second = Some(10_001)),
+            Err("retry_budget_min_per_second".to_string())
+        );
+        assert_eq!(pool(&|_| {}), Ok(()));
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Command-line interface. Every node flag also reads a `GATEWAY_*` environment variable and a
 //! key of the `--config` TOML file (flag > env > file > data dir > default).
 
-use crate::{client, config, demo, run};
-use clap::{Args, Parser, Subcommand};
+use crate::ctl::{BackendCmd, ClientArgs, ClusterCmd, ConfigCmd, Ctl, NodeCmd, PoolCmd, RouteCmd};
+use crate::{client, config, ctl, demo, run};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -10,7 +11,7 @@ use std::path::PathBuf;
     name = "gateway",
     version,
     about = "A clustered reverse proxy and load balancer whose nodes form their own Raft group",
-    after_help = "Examples:\n  gateway serve --id 1 --data-dir data/1 --init\n  gateway join --id 2 --data-dir data/2 --peers 127.0.0.1:7101 --cluster-addr 127.0.0.1:7102 \\\n      --admin-addr 127.0.0.1:9102 --http-addr 127.0.0.1:8102 --cluster-secret-file data/1/cluster-secret\n  gateway serve --data-dir data/2            # restart a node: identity is kept in its data dir\n  gateway node remove 3 --server 127.0.0.1:9101"
+    after_help = "Examples:\n  gateway serve --id 1 --data-dir data/1 --init\n  gateway join --id 2 --data-dir data/2 --peers 127.0.0.1:7101 --cluster-addr 127.0.0.1:7102 \\\n      --admin-addr 127.0.0.1:9102 --http-addr 127.0.0.1:8102 --cluster-secret-file data/1/cluster-secret\n  gateway serve --data-dir data/2            # restart a node: identity is kept in its data dir\n  gateway pool add web --backend a=127.0.0.1:8201 --backend b=127.0.0.1:8202\n  gateway route add app --pool web --host example.com\n  gateway route list --server 127.0.0.1:7102 --output json\n  gateway config export > cluster.toml && gateway config apply -f cluster.toml\n  gateway watch --from 1\n  gateway node remove 3 --server 127.0.0.1:7101,127.0.0.1:7102\n\nClient commands (route, pool, backend, cluster, node, config, watch) talk to the admin gRPC API\non any node's cluster port (--server, default 127.0.0.1:7101; env GATEWAY_SERVER), with\n--token / --token-file (env GATEWAY_TOKEN) when the nodes run with --admin-token-file."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -38,16 +39,79 @@ pub enum Command {
         #[arg(long, env = "GATEWAY_LEARNER")]
         learner: bool,
     },
+    /// Routes: match requests by host, path and method, and send them to a pool.
+    Route {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: RouteCmd,
+    },
+    /// Pools: named sets of backends and how to balance over them.
+    Pool {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: PoolCmd,
+    },
+    /// Add or remove one backend of a pool.
+    Backend {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: BackendCmd,
+    },
+    /// The cluster: status, members, leader.
+    Cluster {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: ClusterCmd,
+    },
     /// Cluster membership operations.
     Node {
+        #[command(flatten)]
+        client: ClientArgs,
         #[command(subcommand)]
-        command: NodeCommand,
+        command: NodeCmd,
+    },
+    /// The whole configuration as a file: export it, apply it.
+    Config {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: ConfigCmd,
+    },
+    /// Print every configuration change as it is committed, in order (until interrupted).
+    #[command(
+        after_help = "Examples:\n  gateway watch                       # changes from now on\n  gateway watch --from 1 --output json  # every change the history keeps (the last 1000 revisions), one JSON line each\n\nIf the node it watches goes away, it resumes on the next --server after the last revision it printed."
+    )]
+    Watch {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// First revision to print (default: changes from now on).
+        #[arg(long, value_name = "REV")]
+        from: Option<u64>,
+    },
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Examples:\n  gateway completions bash > /etc/bash_completion.d/gateway\n  gateway completions zsh > ~/.zfunc/_gateway\n  gateway completions fish > ~/.config/fish/completions/gateway.fish"
+    )]
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
     },
     /// Take the node at --server out of the cluster; it then shuts down.
     Leave {
-        /// Admin address of the node that leaves.
-        #[arg(long, env = "GATEWAY_SERVER")]
+        /// Admin address (REST, e.g. 127.0.0.1:9102) of the node that leaves. Not read from
+        /// GATEWAY_SERVER, which names cluster addresses for the client commands.
+        #[arg(long)]
         server: String,
+        /// Admin bearer token (a write token) when the node runs with --admin-token-file.
+        #[arg(long, env = "GATEWAY_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// File holding the token (its first line, or the token of a `write TOKEN` line).
+        #[arg(long, env = "GATEWAY_TOKEN_FILE")]
+        token_file: Option<std::path::PathBuf>,
     },
     /// A small HTTP backend for demos and tests: answers "<method> from NAME".
     DemoBackend {
@@ -57,23 +121,6 @@ pub enum Command {
         /// Name put in every answer.
         #[arg(long)]
         name: String,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-pub enum NodeCommand {
-    /// Remove node ID from the cluster; its id is never reused.
-    Remove {
-        /// The node id to remove.
-        id: u64,
-        /// Admin addresses of any members, comma separated; tried in turn.
-        #[arg(
-            long,
-            env = "GATEWAY_SERVER",
-            value_delimiter = ',',
-            default_value = "127.0.0.1:9101"
-        )]
-        server: Vec<String>,
     },
 }
 
@@ -89,6 +136,16 @@ pub struct NodeArgs {
     /// Raft and cluster gRPC address [default: 127.0.0.1:7101].
     #[arg(long, env = "GATEWAY_CLUSTER_ADDR")]
     pub cluster_addr: Option<String>,
+    /// On SIGTERM, how long in-flight requests may take to finish, in milliseconds [default: 10000].
+    #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE_MS")]
+    pub shutdown_grace_ms: Option<u64>,
+    /// Testing the fault checkers only: serve linearizable reads from local state (unsafe).
+    #[arg(long, hide = true, env = "GATEWAY_DEBUG_STALE_READS")]
+    pub debug_stale_reads: bool,
+    /// Address peers dial to reach this node's cluster port, when it differs from
+    /// --cluster-addr (NAT, containers, a relay) [default: --cluster-addr].
+    #[arg(long, env = "GATEWAY_CLUSTER_ADVERTISE_ADDR")]
+    pub cluster_advertise_addr: Option<String>,
     /// REST admin API address [default: 127.0.0.1:9101].
     #[arg(long, env = "GATEWAY_ADMIN_ADDR")]
     pub admin_addr: Option<String>,
@@ -105,7 +162,7 @@ pub struct NodeArgs {
     /// Raft leader heartbeat in milliseconds [default: 50].
     #[arg(long, env = "GATEWAY_HEARTBEAT_MS")]
     pub heartbeat_ms: Option<u64>,
-    /// Minimum Raft election timeout in milliseconds; the maximum is twice it [default: 150].
+    /// Minimum Raft election timeout in milliseconds; the maximum is twice it [default: 100].
     #[arg(long, env = "GATEWAY_ELECTION_TIMEOUT_MS")]
     pub election_timeout_ms: Option<u64>,
     /// Snapshot (and purge the log) every this many entries [default: 500].
@@ -119,14 +176,27 @@ pub struct NodeArgs {
     /// loopback --admin-addr.
     #[arg(long, env = "GATEWAY_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// Networks (CIDR, comma separated) of proxies in front of the data plane whose
+    /// X-Forwarded-* and Forwarded headers are kept; from anyone else they are replaced
+    /// [default: none].
+    #[arg(long, env = "GATEWAY_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
 }
 
 /// What to run, with the configuration resolved.
 pub enum Action {
-    Node(config::NodeConfig),
-    RemoveNode { servers: Vec<String>, id: u64 },
-    Leave { server: String },
-    DemoBackend { listen: String, name: String },
+    Node(Box<config::NodeConfig>),
+    /// A client command (boxed: the flags of a client command are large beside the others).
+    Ctl(Box<(ClientArgs, Ctl)>),
+    Completions(clap_complete::Shell),
+    Leave {
+        server: String,
+        token: Option<String>,
+    },
+    DemoBackend {
+        listen: String,
+        name: String,
+    },
 }
 
 impl Action {
@@ -134,6 +204,8 @@ impl Action {
     pub fn workers(&self) -> Option<usize> {
         match self {
             Action::Node(cfg) => cfg.workers,
+            // A client command makes a few calls: one worker is plenty.
+            Action::Ctl(_) | Action::Completions(_) => Some(1),
             _ => None,
         }
     }
@@ -148,33 +220,57 @@ pub fn prepare(cli: Cli) -> anyhow::Result<Action> {
             } else {
                 config::Mode::Resume
             };
-            Action::Node(config::resolve(node, mode, Vec::new())?)
+            Action::Node(Box::new(config::resolve(node, mode, Vec::new())?))
         }
         Command::Join {
             node,
             peers,
             learner,
-        } => Action::Node(config::resolve(
+        } => Action::Node(Box::new(config::resolve(
             node,
             config::Mode::Join { learner },
             peers,
-        )?),
-        Command::Node {
-            command: NodeCommand::Remove { id, server },
-        } => Action::RemoveNode {
-            servers: server,
-            id,
+        )?)),
+        Command::Route { client, command } => Action::Ctl(Box::new((client, Ctl::Route(command)))),
+        Command::Pool { client, command } => Action::Ctl(Box::new((client, Ctl::Pool(command)))),
+        Command::Backend { client, command } => {
+            Action::Ctl(Box::new((client, Ctl::Backend(command))))
+        }
+        Command::Cluster { client, command } => {
+            Action::Ctl(Box::new((client, Ctl::Cluster(command))))
+        }
+        Command::Node { client, command } => Action::Ctl(Box::new((client, Ctl::Node(command)))),
+        Command::Config { client, command } => {
+            Action::Ctl(Box::new((client, Ctl::Config(command))))
+        }
+        Command::Watch { client, from } => Action::Ctl(Box::new((client, Ctl::Watch { from }))),
+        Command::Completions { shell } => Action::Completions(shell),
+        Command::Leave {
+            server,
+            token,
+            token_file,
+        } => Action::Leave {
+            server,
+            token: client::token(token, token_file.as_deref())?,
         },
-        Command::Leave { server } => Action::Leave { server },
         Command::DemoBackend { listen, name } => Action::DemoBackend { listen, name },
     })
 }
 
 pub async fn dispatch(action: Action) -> anyhow::Result<()> {
     match action {
-        Action::Node(cfg) => run::run(cfg).await,
-        Action::RemoveNode { servers, id } => client::remove_node(&servers, id).await,
-        Action::Leave { server } => client::leave(&server).await,
+        Action::Node(cfg) => run::run(*cfg).await,
+        Action::Ctl(c) => {
+            let (client, command) = *c;
+            ctl::run(client, command).await
+        }
+        Action::Completions(shell) => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "gateway", &mut script);
+            ctl::emit_raw(&String::from_utf8_lossy(&script));
+            Ok(())
+        }
+        Action::Leave { server, token } => client::leave(&server, token.as_deref()).await,
         Action::DemoBackend { listen, name } => demo::run(&listen, &name).await,
     }
 }

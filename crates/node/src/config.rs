@@ -27,6 +27,7 @@ struct FileConfig {
     id: Option<u64>,
     data_dir: Option<PathBuf>,
     cluster_addr: Option<String>,
+    cluster_advertise_addr: Option<String>,
     admin_addr: Option<String>,
     http_addr: Option<String>,
     cluster_secret_file: Option<PathBuf>,
@@ -36,6 +37,8 @@ struct FileConfig {
     snapshot_every: Option<u64>,
     workers: Option<usize>,
     admin_token_file: Option<PathBuf>,
+    trusted_proxies: Option<Vec<String>>,
+    shutdown_grace_ms: Option<u64>,
 }
 
 /// A node's settings after merging flags, environment and file. Identity fields stay optional
@@ -46,6 +49,8 @@ pub struct NodeConfig {
     pub id: Option<u64>,
     pub data_dir: PathBuf,
     pub cluster_addr: Option<String>,
+    pub cluster_advertise_addr: Option<String>,
+    pub debug_stale_reads: bool,
     pub admin_addr: Option<String>,
     pub http_addr: Option<String>,
     pub secret_file: Option<PathBuf>,
@@ -55,6 +60,9 @@ pub struct NodeConfig {
     pub snapshot_every: u64,
     pub workers: Option<usize>,
     pub admin_token_file: Option<PathBuf>,
+    /// Proxies whose forwarding headers the data plane keeps.
+    pub trusted_proxies: Vec<gateway_proxy::Cidr>,
+    pub shutdown_grace: Duration,
 }
 
 pub fn resolve(args: NodeArgs, mode: Mode, peers: Vec<String>) -> anyhow::Result<NodeConfig> {
@@ -96,7 +104,7 @@ pub fn resolve(args: NodeArgs, mode: Mode, peers: Vec<String>) -> anyhow::Result
     let election_ms = args
         .election_timeout_ms
         .or(file.election_timeout_ms)
-        .unwrap_or(150);
+        .unwrap_or(100);
     if heartbeat_ms == 0 || election_ms <= heartbeat_ms {
         bail!(
             "--election-timeout-ms ({election_ms}) must be larger than --heartbeat-ms ({heartbeat_ms}), and both above 0"
@@ -114,11 +122,27 @@ pub fn resolve(args: NodeArgs, mode: Mode, peers: Vec<String>) -> anyhow::Result
     if id == Some(0) {
         bail!("--id must be 1 or more");
     }
+    let trusted_proxies = if args.trusted_proxies.is_empty() {
+        file.trusted_proxies.unwrap_or_default()
+    } else {
+        args.trusted_proxies
+    };
+    let trusted_proxies = trusted_proxies
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse()
+                .map_err(|e| anyhow::anyhow!("--trusted-proxies: {e}"))
+        })
+        .collect::<anyhow::Result<Vec<gateway_proxy::Cidr>>>()?;
     Ok(NodeConfig {
         mode,
         id,
         data_dir,
         cluster_addr: args.cluster_addr.or(file.cluster_addr),
+        cluster_advertise_addr: args.cluster_advertise_addr.or(file.cluster_advertise_addr),
+        debug_stale_reads: args.debug_stale_reads,
         admin_addr: args.admin_addr.or(file.admin_addr),
         http_addr: args.http_addr.or(file.http_addr),
         secret_file: args.cluster_secret_file.or(file.cluster_secret_file),
@@ -128,5 +152,11 @@ pub fn resolve(args: NodeArgs, mode: Mode, peers: Vec<String>) -> anyhow::Result
         snapshot_every,
         workers,
         admin_token_file: args.admin_token_file.or(file.admin_token_file),
+        trusted_proxies,
+        shutdown_grace: Duration::from_millis(
+            args.shutdown_grace_ms
+                .or(file.shutdown_grace_ms)
+                .unwrap_or(10_000),
+        ),
     })
 }

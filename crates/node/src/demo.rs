@@ -1,43 +1,153 @@
 //! `gateway demo-backend`: a small HTTP server to put behind the gateway in demos and tests.
-//! It answers `<method> from NAME` so a caller sees which backend served it.
+//!
+//! * any path: `<method> from NAME` (e.g. `get from web1`), with `x-backend: NAME`;
+//! * `/ws`: a WebSocket echo (the `101` answer carries `x-backend: NAME`);
+//! * `/slow?ms=N`: the same answer after N milliseconds (at most 60 000);
+//! * `/status/N`: answers status N (100 to 599, else 400) with `status N from NAME`;
+//! * `/headers`: the request headers it received, one `name: value` a line, sorted.
 
 use anyhow::Context;
 use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use http::{Request, Response, StatusCode, header};
 use http_body_util::Full;
+use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
 
 pub async fn run(listen: &str, name: &str) -> anyhow::Result<()> {
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} (--listen)"))?;
-    let name: std::sync::Arc<str> = name.into();
+    let name: Arc<str> = name.into();
     loop {
         let (stream, _) = listener.accept().await?;
         let name = name.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let body = format!(
-                    "{} from {}\n",
-                    req.method().as_str().to_ascii_lowercase(),
-                    name
-                );
-                let name = name.clone();
-                async move {
-                    Ok::<_, std::convert::Infallible>(
-                        http::Response::builder()
-                            .header("content-type", "text/plain")
-                            .header("x-backend", name.as_ref())
-                            .body(Full::new(Bytes::from(body)))
-                            .expect("static response parts are valid"),
-                    )
-                }
-            });
+            let svc = service_fn(move |req| answer(name.clone(), req));
             let _ = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades()
                 .await;
         });
     }
+}
+
+fn text(name: &str, status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain")
+        .header("x-backend", name)
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts are valid")
+}
+
+async fn answer(
+    name: Arc<str>,
+    mut req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let method = req.method().as_str().to_ascii_lowercase();
+    let path = req.uri().path().to_string();
+    if path == "/ws" {
+        return Ok(websocket(name, &mut req));
+    }
+    if path == "/headers" {
+        let mut lines: Vec<String> = req
+            .headers()
+            .iter()
+            .map(|(k, v)| format!("{k}: {}\n", String::from_utf8_lossy(v.as_bytes())))
+            .collect();
+        lines.sort();
+        return Ok(text(&name, StatusCode::OK, lines.concat()));
+    }
+    if let Some(code) = path.strip_prefix("/status/") {
+        let status = code
+            .parse::<u16>()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .filter(|s| !s.is_informational());
+        return Ok(match status {
+            Some(s) => text(&name, s, format!("status {} from {name}\n", s.as_u16())),
+            None => text(
+                &name,
+                StatusCode::BAD_REQUEST,
+                format!("'{code}' is not a status; use /status/100..599\n"),
+            ),
+        });
+    }
+    if path == "/slow" {
+        let ms = req
+            .uri()
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("ms="))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(1000)
+            .min(60_000);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    Ok(text(
+        &name,
+        StatusCode::OK,
+        format!("{method} from {name}\n"),
+    ))
+}
+
+/// Accepts a WebSocket upgrade and echoes every text and binary message.
+fn websocket(name: Arc<str>, req: &mut Request<Incoming>) -> Response<Full<Bytes>> {
+    let upgrade = req
+        .headers()
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let Some(key) = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned() else {
+        return text(
+            &name,
+            StatusCode::BAD_REQUEST,
+            "/ws expects a WebSocket upgrade\n".into(),
+        );
+    };
+    if !upgrade {
+        return text(
+            &name,
+            StatusCode::BAD_REQUEST,
+            "/ws expects Upgrade: websocket\n".into(),
+        );
+    }
+    let on_upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let mut ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+        while let Some(Ok(msg)) = ws.next().await {
+            if msg.is_text() || msg.is_binary() {
+                if ws.send(msg).await.is_err() {
+                    return;
+                }
+            } else if msg.is_close() {
+                let _ = ws.close(None).await;
+                return;
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(
+            header::SEC_WEBSOCKET_ACCEPT,
+            derive_accept_key(key.as_bytes()),
+        )
+        .header("x-backend", name.as_ref())
+        .body(Full::new(Bytes::new()))
+        .expect("static response parts are valid")
 }

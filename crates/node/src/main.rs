@@ -4,6 +4,7 @@
 mod cli;
 mod client;
 mod config;
+mod ctl;
 mod demo;
 mod run;
 

@@ -8,6 +8,7 @@ use gateway_cluster::{Bootstrap, Cluster, ClusterOptions, Secret};
 use gateway_model::NodeAddr;
 use gateway_store::MetaStore;
 use std::path::Path;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
@@ -101,13 +102,26 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             "--id is required for a new node: choose a number not used before in this cluster (e.g. --id 1)"
         ),
     };
+    // The cluster port is bound on one address and advertised (dialled by peers) on another
+    // when --cluster-advertise-addr says so (NAT, containers, a relay in front of the node).
+    let cluster_bind = match (
+        &cfg.cluster_addr,
+        meta.get("cluster_bind")?,
+        meta.get("cluster_addr")?,
+    ) {
+        (Some(flag), _, _) => flag.clone(),
+        (None, Some(bind), _) => bind,
+        (None, None, Some(adv)) => adv,
+        (None, None, None) => DEFAULT_CLUSTER_ADDR.to_string(),
+    };
+    let advertised = cfg
+        .cluster_advertise_addr
+        .clone()
+        .or_else(|| cfg.cluster_addr.clone())
+        .or(meta.get("cluster_addr")?)
+        .unwrap_or_else(|| cluster_bind.clone());
     let addr = NodeAddr {
-        cluster_addr: remembered(
-            &meta,
-            "cluster_addr",
-            cfg.cluster_addr.clone(),
-            DEFAULT_CLUSTER_ADDR,
-        )?,
+        cluster_addr: advertised,
         admin_addr: remembered(
             &meta,
             "admin_addr",
@@ -182,7 +196,14 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     };
 
     // Listeners first: a busy port is reported before anything joins or changes.
-    let cluster_listener = bind(&addr.cluster_addr, "--cluster-addr").await?;
+    let cluster_listener = bind(&cluster_bind, "--cluster-addr").await?;
+    // Dial peers from the address this node listens on, so a peer (or a relay) sees which node
+    // a connection comes from even when every node shares one host.
+    let source_ip = cluster_listener
+        .local_addr()
+        .ok()
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_unspecified());
     let admin_listener = bind(&addr.admin_addr, "--admin-addr").await?;
     let http_listener = bind(&addr.http_addr, "--http-addr").await?;
 
@@ -202,20 +223,27 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         heartbeat: cfg.heartbeat,
         election_timeout: cfg.election_timeout,
         snapshot_every: cfg.snapshot_every,
+        source_ip,
+        debug_stale_reads: cfg.debug_stale_reads,
     };
+    // The admin gRPC API shares the cluster port; it answers "node is starting" until the
+    // handle exists (Cluster::start returns once this node is a member).
+    let admin_grpc = std::sync::Arc::new(std::sync::OnceLock::new());
     let cluster = Cluster::start(
         opts,
         storage,
         cluster_listener,
         bootstrap,
-        tonic::service::Routes::default(),
+        gateway_admin::grpc_routes(admin_grpc.clone(), tokens.clone()),
     )
     .await?;
+    let _ = admin_grpc.set(cluster.clone());
     // Remember the identity only once the node is in a cluster, so a failed join leaves the
     // data dir reusable.
     for (k, v) in [
         ("node_id", id.to_string()),
         ("cluster_addr", addr.cluster_addr.clone()),
+        ("cluster_bind", cluster_bind.clone()),
         ("admin_addr", addr.admin_addr.clone()),
         ("http_addr", addr.http_addr.clone()),
         (
@@ -228,6 +256,11 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     if let Some(path) = &token_file {
         let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
         meta.set("admin_token_file", &abs.to_string_lossy())?;
+    }
+    if cfg.debug_stale_reads {
+        tracing::warn!(
+            "--debug-stale-reads: reads are NOT linearizable on this node (for testing checkers only)"
+        );
     }
     tracing::info!(id, cluster_id = %cluster.cluster_id(), cluster = %addr.cluster_addr, admin = %addr.admin_addr, http = %addr.http_addr, "node running");
 
@@ -251,9 +284,8 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         cluster.state(),
         leader_http(&cluster),
         gateway_proxy::ProxyConfig {
-            node_id: id,
-            hop_key: secret_obj.hop_key(),
-            max_replay_body: 1 << 20,
+            trusted_proxies: cfg.trusted_proxies.clone(),
+            ..gateway_proxy::ProxyConfig::new(id, secret_obj.hop_key())
         },
         stopped(stop_rx.clone()),
     ));
@@ -263,9 +295,28 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         _ = left_rx.recv() => "left the cluster",
     };
     tracing::info!("shutting down ({why})");
+    // Stop taking new connections; in-flight requests go on meanwhile.
     let _ = stop_tx.send(true);
-    let _ = admin.await;
-    let _ = proxy.await;
+    // A leader hands over first, so the cluster does not wait an election timeout for the next.
+    if cluster.is_leader() {
+        match tokio::time::timeout(Duration::from_secs(5), cluster.transfer_leader(None)).await {
+            Ok(Ok(to)) => tracing::info!(to, "handed leadership over"),
+            Ok(Err(e)) => tracing::warn!("could not hand leadership over: {e}"),
+            Err(_) => tracing::warn!("could not hand leadership over within 5s"),
+        }
+    }
+    // In-flight requests get a bounded time to finish.
+    let drained = tokio::time::timeout(cfg.shutdown_grace, async {
+        let _ = admin.await;
+        let _ = proxy.await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            "requests still in flight after {:?}; closing them",
+            cfg.shutdown_grace
+        );
+    }
     cluster.shutdown().await;
     tracing::info!("stopped");
     Ok(())

@@ -16,22 +16,38 @@
 //! * `random_two_choices`: two distinct backends at random, the less loaded of them.
 //! * `ip_hash`: weighted rendezvous (highest random weight) hashing of the client IP with each
 //!   backend id. Every node computes the same choice without coordination, and removing a
-//!   backend moves only the clients that were on it. The client IP is the TCP peer's, or, on a
-//!   request forwarded by another gateway node (authenticated hop marker), the last
-//!   `X-Forwarded-For` entry that node added.
+//!   backend moves only the clients that were on it. The client IP is the TCP peer's; behind a
+//!   trusted proxy (`ProxyConfig::trusted_proxies`) it is the last `X-Forwarded-For` entry
+//!   that is not a trusted proxy; on a request forwarded by another gateway node
+//!   (authenticated hop marker) it is the client as that node saw it.
 //! * `cookie`: a `gw_sticky=<backend id>.<signature>` cookie, HMAC-signed with the cluster key
 //!   over pool name and backend id, pins the client on every node. A client without a valid
 //!   cookie, or whose backend is gone or failed, is assigned one round robin and gets a new
 //!   cookie.
+//!
+//! # Connection limits
+//!
+//! A backend with `max_connections` takes at most that many requests at once (counted from
+//! sending the request until its response body is done, or its upgraded connection closed).
+//! [`CompiledPool::try_enter`] reserves a slot; a request whose backend is full tries another
+//! backend with room (except on sticky pools: `ip_hash`, or a valid `cookie`), and when none
+//! has room it waits for a slot to free, up to the pool's `queue_timeout_ms`.
 
+use crate::budget::{BudgetPolicy, RetryBudget};
 use crate::hop::{COOKIE_NAME, COOKIE_SIG_LEN, HopKey, sig_matches};
 use crate::table::Registry;
 use gateway_model::{Balance, Pool};
 use http::HeaderValue;
 use rand::Rng;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// How long a request waits for a backend below its `max_connections` when the pool does
+/// not say.
+pub(crate) const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Counters of one backend that survive table swaps.
 #[derive(Default, Debug)]
@@ -48,22 +64,52 @@ pub(crate) struct PoolShared {
     cursor: [AtomicUsize; 2],
     /// Serialises smooth weighted round robin, whose step reads and writes every weight.
     swrr: Mutex<()>,
+    /// Requests and retries of the pool over the last seconds.
+    pub(crate) budget: RetryBudget,
+    /// Requests waiting for a slot on a backend at its `max_connections`.
+    queued: AtomicUsize,
+    /// Woken when a slot frees on a limited backend while requests wait.
+    freed: Notify,
 }
 
 /// Counts a request as in flight on a backend until dropped.
 #[derive(Debug)]
-pub(crate) struct InFlight(Arc<BackendStats>);
+pub(crate) struct InFlight {
+    stats: Arc<BackendStats>,
+    /// The pool to wake when the backend is limited.
+    limited: Option<Arc<PoolShared>>,
+}
 
 impl InFlight {
+    /// Counts a request on a backend without a limit.
     pub(crate) fn new(stats: &Arc<BackendStats>) -> Self {
-        stats.in_flight.fetch_add(1, Relaxed);
-        InFlight(stats.clone())
+        stats.in_flight.fetch_add(1, SeqCst);
+        InFlight {
+            stats: stats.clone(),
+            limited: None,
+        }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Relaxed);
+        self.stats.in_flight.fetch_sub(1, SeqCst);
+        // Paired with the SeqCst increment of `queued` before a waiter re-checks the counts:
+        // either it sees this slot free, or this sees it waiting.
+        if let Some(pool) = &self.limited
+            && pool.queued.load(SeqCst) > 0
+        {
+            pool.freed.notify_waiters();
+        }
+    }
+}
+
+/// Registers a request as waiting for a slot in a pool until dropped.
+pub(crate) struct Queued<'a>(&'a PoolShared);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.queued.fetch_sub(1, SeqCst);
     }
 }
 
@@ -75,6 +121,8 @@ pub(crate) struct CompiledBackend {
     pub(crate) node: Option<u64>,
     pub(crate) stats: Arc<BackendStats>,
     pub(crate) endpoint: Arc<crate::upstream::Endpoint>,
+    /// Most requests at once (`max_connections`); 0: no limit.
+    pub(crate) max_conns: usize,
     /// FNV-1a state after hashing the backend id, for rendezvous hashing.
     hash_seed: u64,
     /// Expected `gw_sticky` signature for this backend (hex).
@@ -98,9 +146,11 @@ pub(crate) struct CompiledPool {
     pub(crate) balance: Balance,
     pub(crate) backends: Box<[CompiledBackend]>,
     pub(crate) prefer_local: bool,
+    pub(crate) queue_timeout: Duration,
+    pub(crate) budget: BudgetPolicy,
     all: Box<[u32]>,
     local: Box<[u32]>,
-    shared: Arc<PoolShared>,
+    pub(crate) shared: Arc<PoolShared>,
 }
 
 /// What a balancer knows about the request.
@@ -118,22 +168,26 @@ pub(crate) struct Picked {
     pub(crate) set_cookie: bool,
 }
 
-/// Backends already tried for one request (at most 1 + the largest `retries`, 10).
-#[derive(Default)]
+/// Backends a request must not be sent to (already tried, or full). The first few are kept
+/// inline, so the common cases do not allocate.
+#[derive(Default, Clone)]
 pub(crate) struct Tried {
     idx: [u32; 12],
     len: usize,
+    more: Vec<u32>,
 }
 
 impl Tried {
     pub(crate) fn contains(&self, i: u32) -> bool {
-        self.idx[..self.len].contains(&i)
+        self.idx[..self.len.min(12)].contains(&i) || self.more.contains(&i)
     }
     pub(crate) fn push(&mut self, i: usize) {
         if self.len < self.idx.len() {
             self.idx[self.len] = i as u32;
-            self.len += 1;
+        } else {
+            self.more.push(i as u32);
         }
+        self.len += 1;
     }
     pub(crate) fn len(&self) -> usize {
         self.len
@@ -159,7 +213,8 @@ impl CompiledPool {
                     weight: b.weight.max(1),
                     node: b.node,
                     stats: reg.backend(&pool.name, &b.id),
-                    endpoint: reg.endpoints.get(&b.address),
+                    endpoint: reg.endpoints.get(&b.address, pool.protocol),
+                    max_conns: b.max_connections.map_or(0, |m| m.max(1) as usize),
                     hash_seed: fnv1a(FNV_OFFSET, b.id.as_bytes()),
                     cookie_sig,
                     set_cookie,
@@ -178,9 +233,78 @@ impl CompiledPool {
             balance: pool.balance,
             backends,
             prefer_local: pool.prefer_local,
+            queue_timeout: pool
+                .queue_timeout_ms
+                .map_or(DEFAULT_QUEUE_TIMEOUT, Duration::from_millis),
+            budget: BudgetPolicy {
+                percent: pool
+                    .retry_budget_percent
+                    .unwrap_or(crate::budget::DEFAULT_PERCENT),
+                min_per_second: pool
+                    .retry_budget_min_per_second
+                    .unwrap_or(crate::budget::DEFAULT_MIN_PER_SECOND),
+            },
             all,
             local,
             shared: reg.pool(&pool.name),
+        }
+    }
+
+    /// Counts a request in the retry budget.
+    pub(crate) fn record_request(&self) {
+        self.shared.budget.record_request();
+    }
+
+    /// Takes a retry from the budget; `false` when retries would exceed it.
+    pub(crate) fn try_retry(&self) -> bool {
+        self.shared.budget.try_retry(self.budget)
+    }
+
+    /// Reserves a slot on backend `idx` if it is below its `max_connections`.
+    pub(crate) fn try_enter(&self, idx: usize) -> Option<InFlight> {
+        let b = &self.backends[idx];
+        if b.max_conns == 0 {
+            return Some(InFlight::new(&b.stats));
+        }
+        let mut cur = b.stats.in_flight.load(SeqCst);
+        loop {
+            if cur >= b.max_conns {
+                return None;
+            }
+            match b
+                .stats
+                .in_flight
+                .compare_exchange_weak(cur, cur + 1, SeqCst, SeqCst)
+            {
+                Ok(_) => {
+                    return Some(InFlight {
+                        stats: b.stats.clone(),
+                        limited: Some(self.shared.clone()),
+                    });
+                }
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Registers a waiter for a free slot; drop it when done waiting.
+    pub(crate) fn queue(&self) -> Queued<'_> {
+        self.shared.queued.fetch_add(1, SeqCst);
+        Queued(&self.shared)
+    }
+
+    /// A future that completes when a slot frees after it was created and enabled.
+    pub(crate) fn slot_freed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.shared.freed.notified()
+    }
+
+    /// Whether a request pinned by this balancer must stay on its backend (no spill-over to
+    /// another backend when it is full).
+    pub(crate) fn is_sticky(&self, ctx: &PickCtx) -> bool {
+        match self.balance {
+            Balance::IpHash => true,
+            Balance::Cookie => ctx.pinned.is_some(),
+            _ => false,
         }
     }
 
@@ -395,6 +519,7 @@ mod tests {
                     address: format!("127.0.0.1:{}", 9000 + i),
                     weight: *weight,
                     node: *node,
+                    ..Default::default()
                 })
                 .collect(),
             ..Default::default()

@@ -1,13 +1,16 @@
 //! Errors a client sees, and the one place that turns them into HTTP responses.
 
 use crate::body::ProxyBody;
-use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use crate::table::CompiledRoute;
+use http::header::{CONNECTION, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode};
 use std::time::Duration;
 
 /// Why the gateway answered a request itself.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ProxyError {
+    #[error("bad request: {why}")]
+    BadRequest { why: &'static str },
     #[error("no route for {host} {path}")]
     NoRoute { host: String, path: String },
     #[error("route {route}: rejected gateway-hop marker: {why}")]
@@ -19,6 +22,14 @@ pub(crate) enum ProxyError {
     NoLeader { route: String, method: String },
     #[error("route {route}: pool {pool} has no backends")]
     NoBackends { route: String, pool: String },
+    #[error(
+        "route {route}: every backend of pool {pool} is at its max_connections; waited {waited:?}"
+    )]
+    Saturated {
+        route: String,
+        pool: String,
+        waited: Duration,
+    },
     #[error("route {route}: backend {backend} ({address}) failed: {cause}")]
     Backend {
         route: String,
@@ -52,11 +63,12 @@ pub(crate) enum ProxyError {
 impl ProxyError {
     pub(crate) fn status(&self) -> StatusCode {
         match self {
+            ProxyError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::BadHop { .. } => StatusCode::FORBIDDEN,
-            ProxyError::NoLeader { .. } | ProxyError::NoBackends { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::NoLeader { .. }
+            | ProxyError::NoBackends { .. }
+            | ProxyError::Saturated { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Backend { .. } | ProxyError::Leader { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::BackendTimeout { .. } | ProxyError::LeaderTimeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
@@ -64,22 +76,46 @@ impl ProxyError {
         }
     }
 
-    /// The response: the status, and the message as a one-line text body.
-    pub(crate) fn into_response(self) -> Response<ProxyBody> {
+    /// The response: the status, and the message as a one-line text body, or the route's
+    /// custom error page for this status; the route's response header rules apply.
+    pub(crate) fn into_response(self, route: Option<&CompiledRoute>) -> Response<ProxyBody> {
         let status = self.status();
         match status {
             StatusCode::NOT_FOUND => tracing::debug!(status = status.as_u16(), "{self}"),
             _ => tracing::warn!(status = status.as_u16(), "{self}"),
         }
-        let mut resp = Response::new(ProxyBody::full(format!("{self}\n")));
-        *resp.status_mut() = status;
-        resp.headers_mut().insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        if matches!(self, ProxyError::NoLeader { .. }) {
-            resp.headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        let page = route.and_then(|r| r.error_pages.get(status));
+        let mut resp = match page {
+            Some(page) => {
+                let mut resp = Response::new(ProxyBody::full(page.body.clone()));
+                *resp.status_mut() = page.status.unwrap_or(status);
+                resp.headers_mut()
+                    .insert(CONTENT_TYPE, page.content_type.clone());
+                resp
+            }
+            None => {
+                let mut resp = Response::new(ProxyBody::full(format!("{self}\n")));
+                *resp.status_mut() = status;
+                resp.headers_mut().insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
+                resp
+            }
+        };
+        match self {
+            ProxyError::NoLeader { .. } | ProxyError::Saturated { .. } => {
+                resp.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ProxyError::BadRequest { .. } => {
+                resp.headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
+        }
+        if let Some(route) = route {
+            route.response_ops.apply(resp.headers_mut());
         }
         resp
     }

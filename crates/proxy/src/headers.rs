@@ -1,14 +1,26 @@
 //! Header hygiene for forwarded requests and responses.
 //!
 //! Hop-by-hop headers are removed in both directions: `Connection` and every header it names,
-//! `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding` (hyper frames the
-//! body itself), `Upgrade` (kept, with `Connection: upgrade`, on an upgrade request and its
-//! `101` answer) and every `Proxy-*` header. Requests gain `X-Forwarded-For` (the client IP
-//! appended), `X-Forwarded-Proto` and `X-Forwarded-Host` (both overwritten); a request relayed
-//! by another gateway node keeps what that node set.
+//! `Keep-Alive`, `Proxy-Connection`, `TE` (except that a request's `TE: trailers` is passed on,
+//! since trailers are forwarded), `Transfer-Encoding` (hyper frames the body itself),
+//! `Upgrade` (kept, with `Connection: upgrade`, on an upgrade request and its `101` answer) and
+//! every `Proxy-*` header. `Trailer` is kept: it declares the trailers that follow.
+//!
+//! # Forwarding headers
+//!
+//! A request from a client that is not a trusted proxy (`ProxyConfig::trusted_proxies`, none
+//! by default) loses whatever `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host` and
+//! `Forwarded` it sent, and gets `X-Forwarded-For: <client ip>`, `X-Forwarded-Proto: http`,
+//! `X-Forwarded-Host: <its Host>` and `Forwarded: for=<client ip>;host=<Host>;proto=http`.
+//! A request from a trusted proxy keeps them: the peer is appended to `X-Forwarded-For` and
+//! `Forwarded` gains an element, while `X-Forwarded-Proto`/`-Host` are only set when absent.
+//! A request relayed by another gateway node (authenticated hop marker) keeps what that node
+//! set.
 
-use http::header::{CONNECTION, HOST, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+use crate::cidr::{Cidr, any_contains};
+use http::header::{CONNECTION, FORWARDED, HOST, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Uri, Version};
+use std::fmt::Write;
 use std::net::IpAddr;
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -62,7 +74,6 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     headers.remove(&KEEP_ALIVE);
     headers.remove(&PROXY_CONNECTION);
     headers.remove(TE);
-    headers.remove(TRAILER);
     headers.remove(TRANSFER_ENCODING);
     if headers.keys().any(|k| k.as_str().starts_with("proxy-")) {
         let proxy: Vec<HeaderName> = headers
@@ -94,31 +105,144 @@ pub(crate) fn append_forwarded_for(headers: &mut HeaderMap, ip: IpAddr) {
             }
         }
     }
-    use std::fmt::Write;
     let _ = write!(value, "{ip}");
     if let Ok(v) = HeaderValue::try_from(value) {
         headers.insert(&X_FORWARDED_FOR, v);
     }
 }
 
-/// The last `X-Forwarded-For` entry, i.e. the client as seen by the previous gateway node.
-pub(crate) fn last_forwarded_for(headers: &HeaderMap) -> Option<IpAddr> {
-    let last = headers.get_all(&X_FORWARDED_FOR).iter().next_back()?;
-    last.to_str().ok()?.rsplit(',').next()?.trim().parse().ok()
+/// The client's address for balancing: the peer, or behind trusted proxies the last
+/// `X-Forwarded-For` entry that is not itself a trusted proxy.
+pub(crate) fn client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[Cidr]) -> IpAddr {
+    if trusted.is_empty() || !any_contains(trusted, peer) {
+        return peer;
+    }
+    forwarded_client(headers, trusted).unwrap_or(peer)
+}
+
+/// The client of a request relayed by another gateway node, as that node saw it: the last
+/// `X-Forwarded-For` entry (the peer that node appended) unless it is a trusted proxy, in
+/// which case the entries before it are looked at the same way.
+pub(crate) fn relayed_client_ip(headers: &HeaderMap, peer: IpAddr, trusted: &[Cidr]) -> IpAddr {
+    forwarded_client(headers, trusted).unwrap_or(peer)
+}
+
+/// Walks `X-Forwarded-For` from the right to the first entry that is not a trusted proxy
+/// (or the leftmost readable one).
+fn forwarded_client(headers: &HeaderMap, trusted: &[Cidr]) -> Option<IpAddr> {
+    let mut client = None;
+    for v in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
+        let Ok(v) = v.to_str() else { return client };
+        for entry in v.rsplit(',') {
+            let Ok(ip) = entry.trim().parse::<IpAddr>() else {
+                return client;
+            };
+            client = Some(ip);
+            if !any_contains(trusted, ip) {
+                return client;
+            }
+        }
+    }
+    client
+}
+
+/// A `Forwarded` element (RFC 7239) for a request from `ip` with `host`.
+fn forwarded_element(ip: IpAddr, host: Option<&HeaderValue>) -> String {
+    let mut e = String::with_capacity(64);
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            let _ = write!(e, "for={v4}");
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(e, "for=\"[{v6}]\"");
+        }
+    }
+    if let Some(host) = host.and_then(|h| h.to_str().ok()) {
+        let token = !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if token {
+            let _ = write!(e, ";host={host}");
+        } else {
+            e.push_str(";host=\"");
+            for c in host.chars() {
+                if c == '"' || c == '\\' {
+                    e.push('\\');
+                }
+                e.push(c);
+            }
+            e.push('"');
+        }
+    }
+    e.push_str(";proto=http");
+    e
+}
+
+/// Sets the forwarding headers of a request from `peer` (see the module docs).
+fn set_forwarding(headers: &mut HeaderMap, peer: IpAddr, trusted_peer: bool) {
+    let host = headers.get(HOST).cloned();
+    let element = forwarded_element(peer, host.as_ref());
+    if trusted_peer {
+        append_forwarded_for(headers, peer);
+        if !headers.contains_key(&X_FORWARDED_PROTO) {
+            headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        }
+        if !headers.contains_key(&X_FORWARDED_HOST)
+            && let Some(host) = host
+        {
+            headers.insert(&X_FORWARDED_HOST, host);
+        }
+        let mut value = String::with_capacity(128);
+        for v in headers.get_all(FORWARDED) {
+            if let Ok(s) = v.to_str() {
+                let s = s.trim();
+                if !s.is_empty() {
+                    value.push_str(s);
+                    value.push_str(", ");
+                }
+            }
+        }
+        value.push_str(&element);
+        if let Ok(v) = HeaderValue::try_from(value) {
+            headers.insert(FORWARDED, v);
+        }
+    } else {
+        headers.remove(&X_FORWARDED_FOR);
+        append_forwarded_for(headers, peer);
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        match host {
+            Some(host) => headers.insert(&X_FORWARDED_HOST, host),
+            None => headers.remove(&X_FORWARDED_HOST),
+        };
+        if let Ok(v) = HeaderValue::try_from(element) {
+            headers.insert(FORWARDED, v);
+        }
+    }
 }
 
 /// Rewrites a client request into the request sent upstream: hop-by-hop headers removed,
-/// forwarding headers added (unless `relayed` from another gateway node, which added them),
+/// forwarding headers set (unless `relayed` from another gateway node, which set them),
 /// `Host` set from `:authority` when missing (HTTP/2), origin-form target, HTTP/1.1.
 pub(crate) fn prepare_request<B>(
     req: &mut Request<B>,
-    client_ip: IpAddr,
+    peer: IpAddr,
+    trusted_peer: bool,
     relayed: bool,
     upgrade: bool,
 ) {
     let authority = req.uri().authority().cloned();
     let headers = req.headers_mut();
+    let trailers = headers
+        .get_all(TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
     strip_hop_by_hop(headers, upgrade);
+    if trailers {
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+    }
     headers.remove(&crate::hop::HOP_HEADER);
     if !headers.contains_key(HOST)
         && let Some(a) = &authority
@@ -127,11 +251,7 @@ pub(crate) fn prepare_request<B>(
         headers.insert(HOST, v);
     }
     if !relayed {
-        append_forwarded_for(headers, client_ip);
-        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-        if let Some(host) = headers.get(HOST).cloned() {
-            headers.insert(&X_FORWARDED_HOST, host);
-        }
+        set_forwarding(headers, peer, trusted_peer);
     }
     if req.uri().scheme().is_some() || req.uri().authority().is_some() {
         let pq = req.uri().path_and_query().cloned();
@@ -226,7 +346,10 @@ mod tests {
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(TE, HeaderValue::from_static("trailers"));
-        h.insert(TRAILER, HeaderValue::from_static("x"));
+        h.insert(
+            http::header::TRAILER,
+            HeaderValue::from_static("x-checksum"),
+        );
         h.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
         h.insert(UPGRADE, HeaderValue::from_static("websocket"));
         h.insert("proxy-authorization", HeaderValue::from_static("Basic x"));
@@ -234,7 +357,9 @@ mod tests {
         h.insert("x-kept", HeaderValue::from_static("1"));
         let mut up = h.clone();
         strip_hop_by_hop(&mut h, false);
-        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["trailer", "x-kept"]);
         strip_hop_by_hop(&mut up, true);
         assert_eq!(up.get(UPGRADE).unwrap(), "websocket");
         assert_eq!(up.get(CONNECTION).unwrap(), "upgrade");
@@ -242,7 +367,7 @@ mod tests {
     }
 
     #[test]
-    fn forwarding_headers() {
+    fn forwarding_headers_from_an_untrusted_client_are_replaced() {
         let mut r = req("http://example.com/a?b", None);
         r.headers_mut()
             .append(&X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
@@ -251,25 +376,101 @@ mod tests {
         r.headers_mut()
             .insert(&X_FORWARDED_PROTO, HeaderValue::from_static("spoofed"));
         r.headers_mut()
+            .insert(&X_FORWARDED_HOST, HeaderValue::from_static("spoofed"));
+        r.headers_mut()
+            .insert(FORWARDED, HeaderValue::from_static("for=6.6.6.6"));
+        r.headers_mut()
+            .insert(TE, HeaderValue::from_static("gzip, trailers"));
+        r.headers_mut()
             .insert(&crate::hop::HOP_HEADER, HeaderValue::from_static("1.2.3"));
-        prepare_request(&mut r, "10.0.0.9".parse().unwrap(), false, false);
-        assert_eq!(r.headers()[&X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 10.0.0.9");
+        prepare_request(&mut r, "10.0.0.9".parse().unwrap(), false, false, false);
+        assert_eq!(r.headers()[&X_FORWARDED_FOR], "10.0.0.9");
         assert_eq!(r.headers()[&X_FORWARDED_PROTO], "http");
         assert_eq!(r.headers()[&X_FORWARDED_HOST], "example.com");
+        assert_eq!(
+            r.headers()[FORWARDED],
+            "for=10.0.0.9;host=example.com;proto=http"
+        );
+        assert_eq!(
+            r.headers()[TE],
+            "trailers",
+            "only the trailers token passes"
+        );
         assert_eq!(r.headers()[HOST], "example.com");
         assert!(r.headers().get(&crate::hop::HOP_HEADER).is_none());
         assert_eq!(r.uri(), "/a?b");
         assert_eq!(r.version(), Version::HTTP_11);
         assert_eq!(
-            last_forwarded_for(r.headers()),
-            Some("10.0.0.9".parse().unwrap())
+            relayed_client_ip(r.headers(), "192.0.2.1".parse().unwrap(), &[]),
+            "10.0.0.9".parse::<IpAddr>().unwrap()
+        );
+        // IPv6 clients and hosts with a port are quoted in Forwarded.
+        let mut r = req("/", Some("h.test:8080"));
+        prepare_request(&mut r, "::1".parse().unwrap(), false, false, false);
+        assert_eq!(
+            r.headers()[FORWARDED],
+            "for=\"[::1]\";host=\"h.test:8080\";proto=http"
+        );
+        assert!(r.headers().get(TE).is_none());
+    }
+
+    #[test]
+    fn forwarding_headers_from_a_trusted_proxy_are_kept_and_extended() {
+        let trusted: Vec<Cidr> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut r = req("/", Some("site.test"));
+        r.headers_mut().insert(
+            &X_FORWARDED_FOR,
+            HeaderValue::from_static("203.0.113.7, 10.1.1.1"),
+        );
+        r.headers_mut()
+            .insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        r.headers_mut().insert(
+            FORWARDED,
+            HeaderValue::from_static("for=203.0.113.7;proto=https"),
+        );
+        let peer: IpAddr = "10.0.0.2".parse().unwrap();
+        assert_eq!(
+            client_ip(r.headers(), peer, &trusted),
+            "203.0.113.7".parse::<IpAddr>().unwrap(),
+            "the first untrusted hop from the right"
+        );
+        assert_eq!(client_ip(r.headers(), peer, &[]), peer);
+        prepare_request(&mut r, peer, true, false, false);
+        assert_eq!(
+            r.headers()[&X_FORWARDED_FOR],
+            "203.0.113.7, 10.1.1.1, 10.0.0.2"
+        );
+        assert_eq!(r.headers()[&X_FORWARDED_PROTO], "https");
+        assert_eq!(r.headers()[&X_FORWARDED_HOST], "site.test");
+        assert_eq!(
+            r.headers()[FORWARDED],
+            "for=203.0.113.7;proto=https, for=10.0.0.2;host=site.test;proto=http"
+        );
+        // An untrusted peer claiming to forward is ignored for balancing too.
+        let outsider: IpAddr = "198.51.100.1".parse().unwrap();
+        assert_eq!(client_ip(r.headers(), outsider, &trusted), outsider);
+        // The leader sees a relayed request's client as the first node did.
+        let node: IpAddr = "192.0.2.50".parse().unwrap();
+        assert_eq!(
+            relayed_client_ip(r.headers(), node, &trusted),
+            "203.0.113.7".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            relayed_client_ip(r.headers(), node, &[]),
+            "10.0.0.2".parse::<IpAddr>().unwrap()
         );
         // A relayed request keeps what the first node set.
         let mut relayed = req("/", Some("h"));
         relayed
             .headers_mut()
             .insert(&X_FORWARDED_FOR, HeaderValue::from_static("3.3.3.3"));
-        prepare_request(&mut relayed, "10.0.0.1".parse().unwrap(), true, false);
+        prepare_request(
+            &mut relayed,
+            "10.0.0.1".parse().unwrap(),
+            false,
+            true,
+            false,
+        );
         assert_eq!(relayed.headers()[&X_FORWARDED_FOR], "3.3.3.3");
         assert!(relayed.headers().get(&X_FORWARDED_PROTO).is_none());
     }

@@ -31,46 +31,88 @@
 //! * **Replay**: on a `writes = "leader"` route, a backend answer carrying `gateway-replay: leader`
 //!   makes the gateway replay the request on the leader's own backends, if the request body was
 //!   received completely and is at most [`ProxyConfig::max_replay_body`] bytes.
-//! * **Errors** name the route and cause: 502 (backend failed), 503 (no backends, no leader),
-//!   504 (no response head within the route's timeout, 30 s by default).
+//! * **Errors** name the route and cause: 400 (ambiguous framing), 502 (backend failed), 503
+//!   (no backends, no leader, every backend at its `max_connections`), 504 (no response head
+//!   within the route's timeout, 30 s by default). A route's `error_pages` replace the body
+//!   (and optionally the status) of its 502/503/504 answers.
 //! * **Retries**: a request that provably never reached a backend (connect refused or timed out,
-//!   pooled connection closed before the request was written) is retried on another backend, up
-//!   to the route's `retries` (2 by default). The request is handed back by the connection
-//!   layer untouched, so this needs no buffering and is safe for every method; a request that
-//!   failed after it was written is not retried.
+//!   pooled connection closed before the request was written) is retried, after the route's
+//!   `retry_delay_ms` (0 by default), on another backend — or, with a delay, on the same ones
+//!   again — up to the route's `retries` (2 by default). The request is handed back by the
+//!   connection layer untouched, so this needs no buffering and is safe for every method; a
+//!   request that failed after it was written is never retried. Retries draw on a per-pool
+//!   **budget**: at most `retry_budget_percent` (20) % of the pool's requests over the last
+//!   10 s, plus `retry_budget_min_per_second` (10) per second, so retries cannot multiply the
+//!   load on a failing pool. When a pool has **no backend at all** and the route has a
+//!   `retry_delay_ms`, the request waits for one to be registered (re-reading the table after
+//!   each delay, and at once on every config change) up to `retries` delays before the 503.
+//! * **Connection limits**: a backend's `max_connections` caps the requests it serves at once;
+//!   a request finding it full goes to another backend with room (not on sticky pools), or
+//!   waits up to the pool's `queue_timeout_ms` (1 s) for a slot, then gets 503 with
+//!   `Retry-After: 1`.
+//! * **Protocols**: pools speak HTTP/1.1 to their backends, or with `protocol = "h2c"` HTTP/2
+//!   with prior knowledge over one multiplexed connection per backend, so gRPC services can be
+//!   proxied: `te: trailers` is passed on, and trailers flow both ways.
+//! * **Rewrites** per route: `strip_prefix`, `host_rewrite`, `request_headers` and
+//!   `response_headers` rules (`remove`, then `set`, then `add`), header conditions in
+//!   matching (module `table`).
+//! * **Hygiene**: forwarding headers (`X-Forwarded-*`, `Forwarded`) from clients other than
+//!   [`ProxyConfig::trusted_proxies`] are replaced, not trusted (module `headers`); request
+//!   heads are limited to [`ProxyConfig::max_header_bytes`] (431 beyond) and must arrive within
+//!   [`ProxyConfig::header_read_timeout`]; HTTP/1 requests with ambiguous framing (both
+//!   `Content-Length` and `Transfer-Encoding`, either one twice, a coding other than
+//!   `chunked`) get 400 and the connection is closed (module `guard`).
 //!
 //! # Model fields this crate reads beyond the basics
 //!
-//! * `Route::timeout_ms` (default 30 000): time allowed for a backend's response head → 504.
-//! * `Route::retries` (default 2): other backends tried after a connection failure.
-//! * `Pool::prefer_local` (default false): serve from the receiving node's own backends
-//!   (`Backend::node`) when it has any — "reads go to the local instance".
+//! * `Route`: `timeout_ms` (30 000), `retries` (2), `retry_delay_ms` (0), `headers`,
+//!   `request_headers`, `response_headers`, `strip_prefix`, `host_rewrite`, `error_pages`.
+//! * `Pool`: `prefer_local` (false: serve from the receiving node's own backends when it has
+//!   any — "reads go to the local instance"), `protocol` (`http1`), `queue_timeout_ms` (1000),
+//!   `retry_budget_percent` (20), `retry_budget_min_per_second` (10).
+//! * `Backend::max_connections` (unlimited).
 //!
 //! # Costs and limits
 //!
+//! * The request path does one `ArcSwap` load per request; only a request waiting for a pool
+//!   without backends loads the table again.
 //! * On `writes = "leader"` routes, requests served locally keep a copy of their head (and of
 //!   their body up to `max_replay_body`) in case the backend asks for a replay.
-//! * Upstream connections are HTTP/1.1 (TCP or unix socket); HTTP/2 clients are served and
-//!   their requests forwarded over HTTP/1.1. WebSockets over HTTP/2 (extended CONNECT) are not
-//!   supported; HTTP/1.1 upgrades are.
+//! * HTTP/1 client connections are followed byte by byte by the smuggling guard: heads are
+//!   copied once more, bodies are skipped by counting.
+//! * HTTP/2 clients are served; their requests go upstream over HTTP/1.1 or h2c as the pool
+//!   says. WebSockets over HTTP/2 (extended CONNECT) are not supported; HTTP/1.1 upgrades are,
+//!   and go over a dedicated HTTP/1.1 connection even in `h2c` pools.
+//! * `max_connections` counts requests per pool entry: two pools naming the same address
+//!   count separately.
 //! * The hop marker binds node, time, method and path but not the body: nodes should talk over
 //!   a private network (or, later, TLS).
 //! * `X-Forwarded-Proto` is `http`: this listener is plain HTTP.
 
 mod balance;
 mod body;
+mod budget;
+mod cidr;
 mod error;
+mod guard;
 mod headers;
 mod hop;
 mod proxy;
+mod rules;
 mod server;
 mod table;
 mod upstream;
 
+pub use cidr::{Cidr, CidrError};
 pub use server::serve;
+use std::time::Duration;
 
 /// Default for [`ProxyConfig::max_replay_body`]: 1 MiB.
 pub const DEFAULT_MAX_REPLAY_BODY: usize = 1 << 20;
+/// Default for [`ProxyConfig::max_header_bytes`]: 64 KiB.
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 << 10;
+/// Default for [`ProxyConfig::header_read_timeout`]: 10 s.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the data plane needs to know about the node it runs on.
 #[derive(Clone)]
@@ -82,15 +124,28 @@ pub struct ProxyConfig {
     pub hop_key: Vec<u8>,
     /// Largest request body buffered for a replay on the leader (default 1 MiB).
     pub max_replay_body: usize,
+    /// Clients whose `X-Forwarded-*` and `Forwarded` headers are kept (and extended) rather
+    /// than replaced; behind them the balancing client IP is the last untrusted
+    /// `X-Forwarded-For` entry. Default: none.
+    pub trusted_proxies: Vec<Cidr>,
+    /// Largest request head (request line and headers) accepted; larger ones get 431.
+    /// Default 64 KiB (at least 8 KiB is used).
+    pub max_header_bytes: usize,
+    /// Time a client has to send a complete request head before the connection is closed.
+    /// Default 10 s.
+    pub header_read_timeout: Duration,
 }
 
 impl ProxyConfig {
-    /// A config with the default [`max_replay_body`](Self::max_replay_body).
+    /// A config with the defaults for everything but the node and the key.
     pub fn new(node_id: u64, hop_key: impl Into<Vec<u8>>) -> Self {
         ProxyConfig {
             node_id,
             hop_key: hop_key.into(),
             max_replay_body: DEFAULT_MAX_REPLAY_BODY,
+            trusted_proxies: Vec::new(),
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
         }
     }
 }
@@ -101,6 +156,9 @@ impl std::fmt::Debug for ProxyConfig {
             .field("node_id", &self.node_id)
             .field("hop_key", &"<redacted>")
             .field("max_replay_body", &self.max_replay_body)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("max_header_bytes", &self.max_header_bytes)
+            .field("header_read_timeout", &self.header_read_timeout)
             .finish()
     }
 }

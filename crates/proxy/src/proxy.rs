@@ -1,35 +1,53 @@
-//! The request path: route, decide where the request is served (here or on the leader), pick a
-//! backend, forward, retry, replay, tunnel upgrades.
+//! The request path: check framing, route, decide where the request is served (here or on the
+//! leader), wait for backends, pick one within its connection limit, forward, retry within the
+//! pool's budget, replay, tunnel upgrades.
 
 use crate::balance::{CompiledPool, InFlight, PickCtx, Picked, Scope, Tried};
 use crate::body::{ProxyBody, Recorder};
+use crate::cidr::{Cidr, any_contains};
 use crate::error::ProxyError;
+use crate::guard::ConnGuard;
 use crate::headers::{
-    REPLAY_HEADER, is_upgrade_request, last_forwarded_for, prepare_request, prepare_response,
-    request_host,
+    REPLAY_HEADER, client_ip, is_upgrade_request, prepare_request, prepare_response,
+    relayed_client_ip, request_host,
 };
 use crate::hop::{COOKIE_NAME, HOP_HEADER, HopKey, unix_now};
+use crate::rules::strip_prefix;
 use crate::table::{CompiledRoute, RouteTable};
 use crate::upstream::{Endpoint, SendError};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use gateway_model::{Balance, WritePolicy};
-use http::header::{COOKIE, SET_COOKIE};
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use http::header::{CONTENT_LENGTH, COOKIE, HOST, SET_COOKIE, TRANSFER_ENCODING};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Incoming};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
 /// What every connection of a node shares.
 pub(crate) struct Shared {
     pub(crate) node_id: u64,
     pub(crate) key: HopKey,
     pub(crate) max_replay_body: usize,
+    /// Peers whose forwarding headers are kept.
+    pub(crate) trusted: Box<[Cidr]>,
     /// The current route table and leader; replaced whole on every change.
     pub(crate) live: ArcSwap<Live>,
+    /// Woken after every swap of `live`.
+    pub(crate) swapped: Notify,
+}
+
+impl Shared {
+    /// Replaces the live table and leader, waking requests that wait for a change.
+    pub(crate) fn swap(&self, live: Live) {
+        self.live.store(Arc::new(live));
+        self.swapped.notify_waiters();
+    }
 }
 
 /// One consistent view for a request: the route table and the leader.
@@ -45,15 +63,75 @@ pub(crate) struct LeaderTarget {
     pub(crate) endpoint: Arc<Endpoint>,
 }
 
-/// Serves one request; every failure becomes a response naming the route and the cause.
+/// Refuses HTTP/1 requests whose framing is ambiguous (see `guard`): both `Content-Length`
+/// and `Transfer-Encoding`, several of either, or a transfer coding other than `chunked`
+/// (which the gateway could not pass on faithfully).
+fn check_framing<B>(guard: &ConnGuard, req: &Request<B>) -> Result<(), ProxyError> {
+    if let Some(why) = guard.check_next() {
+        return Err(ProxyError::BadRequest { why });
+    }
+    if req.version() >= Version::HTTP_2 {
+        return Ok(());
+    }
+    let h = req.headers();
+    let mut te = h.get_all(TRANSFER_ENCODING).iter();
+    if let Some(v) = te.next() {
+        if te.next().is_some() {
+            return Err(ProxyError::BadRequest {
+                why: "more than one Transfer-Encoding header",
+            });
+        }
+        if !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") {
+            return Err(ProxyError::BadRequest {
+                why: "Transfer-Encoding other than chunked",
+            });
+        }
+        if h.contains_key(CONTENT_LENGTH) {
+            return Err(ProxyError::BadRequest {
+                why: "both Content-Length and Transfer-Encoding",
+            });
+        }
+    }
+    if h.get_all(CONTENT_LENGTH).iter().nth(1).is_some() {
+        return Err(ProxyError::BadRequest {
+            why: "more than one Content-Length header",
+        });
+    }
+    Ok(())
+}
+
+/// Serves one request; every failure becomes a response naming the route and the cause (or
+/// the route's custom error page).
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     peer: SocketAddr,
+    guard: Arc<ConnGuard>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    Ok(match proxy(&shared, peer, req).await {
+    if let Err(e) = check_framing(&guard, &req) {
+        return Ok(e.into_response(None));
+    }
+    let live = shared.live.load_full();
+    let route = {
+        let mut buf = [0u8; 256];
+        let host = request_host(&req, &mut buf);
+        match live
+            .table
+            .find(host, req.uri().path(), req.method(), req.headers())
+        {
+            Some(route) => route,
+            None => {
+                let e = ProxyError::NoRoute {
+                    host: host.to_string(),
+                    path: req.uri().path().to_string(),
+                };
+                return Ok(e.into_response(None));
+            }
+        }
+    };
+    Ok(match proxy(&shared, &live, route, peer, req).await {
         Ok(resp) => resp,
-        Err(e) => e.into_response(),
+        Err(e) => e.into_response(Some(route)),
     })
 }
 
@@ -72,6 +150,55 @@ fn sticky_cookie(headers: &HeaderMap) -> Option<&str> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .find_map(|c| c.trim().strip_prefix(COOKIE_NAME)?.strip_prefix('='))
+}
+
+/// Applies a route's rewrites to a prepared upstream request: prefix stripping, `Host`
+/// rewrite, header rules.
+fn apply_route<B>(route: &CompiledRoute, req: &mut Request<B>) {
+    if route.strip_prefix {
+        *req.uri_mut() = strip_prefix(req.uri(), route.prefix());
+    }
+    if let Some(host) = &route.host_rewrite {
+        req.headers_mut().insert(HOST, host.clone());
+    }
+    if !route.request_ops.is_empty() {
+        route.request_ops.apply(req.headers_mut());
+    }
+}
+
+/// Waits, while a route's pool has no backend at all, for one to be registered: re-reads the
+/// table after each `retry_delay` (and on every configuration change), up to `retries`
+/// delays. Returns the first table whose pool `name` has backends.
+async fn wait_for_backends(
+    shared: &Shared,
+    name: &str,
+    route: &CompiledRoute,
+) -> Option<Arc<Live>> {
+    let mut waited = 0;
+    let mut next = Instant::now() + route.retry_delay;
+    loop {
+        let swapped = shared.swapped.notified();
+        tokio::pin!(swapped);
+        swapped.as_mut().enable();
+        let now = shared.live.load_full();
+        if now
+            .table
+            .pool_named(name)
+            .is_some_and(|p| !p.backends.is_empty())
+        {
+            return Some(now);
+        }
+        if waited >= route.retries {
+            return None;
+        }
+        tokio::select! {
+            () = tokio::time::sleep_until(next) => {
+                waited += 1;
+                next += route.retry_delay;
+            }
+            () = &mut swapped => {}
+        }
+    }
 }
 
 /// The parts of a request kept to replay it.
@@ -126,24 +253,11 @@ impl Replay {
 
 async fn proxy(
     shared: &Shared,
+    live: &Arc<Live>,
+    route: &CompiledRoute,
     peer: SocketAddr,
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let live = shared.live.load_full();
-    let route = {
-        let mut buf = [0u8; 256];
-        let host = request_host(&req, &mut buf);
-        match live.table.find(host, req.uri().path(), req.method()) {
-            Some(route) => route,
-            None => {
-                return Err(ProxyError::NoRoute {
-                    host: host.to_string(),
-                    path: req.uri().path().to_string(),
-                });
-            }
-        }
-    };
-
     // A request relayed by another node carries a marker; a bad one is refused, not ignored,
     // so that a forged marker can neither bypass the leader rule nor pass silently.
     let relayed = match req.headers().get(&HOP_HEADER) {
@@ -160,6 +274,7 @@ async fn proxy(
             true
         }
     };
+    let trusted_peer = !shared.trusted.is_empty() && any_contains(&shared.trusted, peer.ip());
 
     let leader_route = route.writes == WritePolicy::Leader;
     let write = is_write(req.method());
@@ -172,7 +287,8 @@ async fn proxy(
                 });
             }
             Some(leader) if leader.id != shared.node_id => {
-                prepare_request(&mut req, peer.ip(), false, false);
+                // The leader applies the route's own rewrites when it serves the request.
+                prepare_request(&mut req, peer.ip(), trusted_peer, false, false);
                 return forward_to_leader(shared, route, leader, req.map(ProxyBody::Incoming))
                     .await;
             }
@@ -180,16 +296,27 @@ async fn proxy(
         }
     }
 
-    let pool = &live.table.pools[route.pool];
+    // A pool with no backend at all may get one soon (a deploy, a restart): wait for it.
+    let home = &live.table.pools[route.pool];
+    let fresh = if home.backends.is_empty() && route.retries > 0 && !route.retry_delay.is_zero() {
+        wait_for_backends(shared, &home.name, route).await
+    } else {
+        None
+    };
+    let pool = fresh
+        .as_ref()
+        .and_then(|l| l.table.pool_named(&home.name))
+        .unwrap_or(home);
+
     let scope = if relayed || (leader_route && write) || pool.prefer_local {
         Scope::Local
     } else {
         Scope::All
     };
     let client_ip: IpAddr = if relayed {
-        last_forwarded_for(req.headers()).unwrap_or(peer.ip())
+        relayed_client_ip(req.headers(), peer.ip(), &shared.trusted)
     } else {
-        peer.ip()
+        client_ip(req.headers(), peer.ip(), &shared.trusted)
     };
     let pinned = match pool.balance {
         Balance::Cookie => sticky_cookie(req.headers()).and_then(|v| pool.resolve_cookie(v)),
@@ -197,14 +324,16 @@ async fn proxy(
     };
     let upgrade = is_upgrade_request(&req);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    prepare_request(&mut req, peer.ip(), relayed, upgrade);
+    prepare_request(&mut req, peer.ip(), trusted_peer, relayed, upgrade);
 
-    // On a leader route, keep what is needed to replay the request if the backend asks.
+    // On a leader route, keep what is needed to replay the request if the backend asks
+    // (before the route's rewrites, which the leader applies itself).
     let replay = if leader_route && !relayed && !upgrade {
         Replay::of(&req, shared.max_replay_body)
     } else {
         None
     };
+    apply_route(route, &mut req);
     let req = req.map(|b| match replay.as_ref().and_then(|r| r.body.clone()) {
         Some(rec) => ProxyBody::Recorded(b, rec),
         None => ProxyBody::Incoming(b),
@@ -244,10 +373,11 @@ async fn proxy(
                 }
                 Some(_) if !served_by_own && pool.has_local() => {
                     drop((resp, in_flight));
-                    let req = replay.head.into_request(body);
+                    let mut req = replay.head.into_request(body);
+                    apply_route(route, &mut req);
                     let (resp, picked, in_flight) =
                         dispatch(route, pool, Scope::Local, &ctx, req, false).await?;
-                    return Ok(finish(resp, pool, picked, in_flight));
+                    return Ok(finish(resp, route, pool, picked, in_flight));
                 }
                 Some(_) => {} // already answered by the leader's own backend: pass it on
             }
@@ -262,13 +392,67 @@ async fn proxy(
         let backend = hyper::upgrade::on(&mut resp);
         tokio::spawn(tunnel(client, backend, in_flight));
         prepare_response(resp.headers_mut(), true);
+        route.response_ops.apply(resp.headers_mut());
         return Ok(resp.map(|_| ProxyBody::Empty));
     }
-    Ok(finish(resp, pool, picked, in_flight))
+    Ok(finish(resp, route, pool, picked, in_flight))
 }
 
-/// Picks a backend and sends the request, retrying on another backend while the request has
-/// provably not been delivered (connection failures), up to the route's `retries`.
+/// Picks a backend with a free slot: the balancer's choice, or when that one is at its
+/// `max_connections` another one with room (unless the pool is sticky); when every candidate
+/// is full, waits for a slot up to the pool's `queue_timeout`. `None` when every backend of
+/// the scope is in `tried`.
+async fn acquire(
+    route: &CompiledRoute,
+    pool: &CompiledPool,
+    scope: Scope,
+    ctx: &PickCtx,
+    tried: &Tried,
+) -> Result<Option<(Picked, InFlight)>, ProxyError> {
+    let Some(first) = pool.pick(scope, ctx, tried) else {
+        return Ok(None);
+    };
+    if let Some(slot) = pool.try_enter(first.idx) {
+        return Ok(Some((first, slot)));
+    }
+    let start = Instant::now();
+    let deadline = start + pool.queue_timeout;
+    let sticky = pool.is_sticky(ctx);
+    let _queued = pool.queue();
+    loop {
+        // Registered before looking, so a slot freed after the look wakes this waiter.
+        let freed = pool.slot_freed();
+        tokio::pin!(freed);
+        freed.as_mut().enable();
+        if let Some(slot) = pool.try_enter(first.idx) {
+            return Ok(Some((first, slot)));
+        }
+        if !sticky {
+            let mut full = tried.clone();
+            full.push(first.idx);
+            while let Some(other) = pool.pick(scope, ctx, &full) {
+                if let Some(slot) = pool.try_enter(other.idx) {
+                    return Ok(Some((other, slot)));
+                }
+                full.push(other.idx);
+            }
+        }
+        tokio::select! {
+            () = &mut freed => {}
+            () = tokio::time::sleep_until(deadline) => {
+                return Err(ProxyError::Saturated {
+                    route: route.name.to_string(),
+                    pool: pool.name.to_string(),
+                    waited: start.elapsed(),
+                });
+            }
+        }
+    }
+}
+
+/// Picks a backend and sends the request, retrying while the request has provably not been
+/// delivered (connection failures): on another backend, or after `retry_delay` on the same
+/// ones again, up to the route's `retries` and within the pool's retry budget.
 async fn dispatch(
     route: &CompiledRoute,
     pool: &CompiledPool,
@@ -277,18 +461,29 @@ async fn dispatch(
     mut req: Request<ProxyBody>,
     upgrade: bool,
 ) -> Result<(Response<Incoming>, Picked, InFlight), ProxyError> {
+    pool.record_request();
     let mut tried = Tried::default();
+    let mut retries_left = route.retries;
     let mut last_error = None;
     loop {
-        let Some(picked) = pool.pick(scope, ctx, &tried) else {
-            return Err(last_error.unwrap_or_else(|| ProxyError::NoBackends {
-                route: route.name.to_string(),
-                pool: pool.name.to_string(),
-            }));
+        let Some((picked, in_flight)) = acquire(route, pool, scope, ctx, &tried).await? else {
+            match last_error {
+                // Every backend failed to connect once: with a delay, try them again.
+                Some(_) if !route.retry_delay.is_zero() && tried.len() > 0 => {
+                    tried = Tried::default();
+                    continue;
+                }
+                Some(e) => return Err(e),
+                None => {
+                    return Err(ProxyError::NoBackends {
+                        route: route.name.to_string(),
+                        pool: pool.name.to_string(),
+                    });
+                }
+            }
         };
         tried.push(picked.idx);
         let backend = &pool.backends[picked.idx];
-        let in_flight = InFlight::new(&backend.stats);
         let failed = |cause: String| ProxyError::Backend {
             route: route.name.to_string(),
             backend: backend.id.to_string(),
@@ -299,13 +494,24 @@ async fn dispatch(
             Ok(Ok(resp)) => return Ok((resp, picked, in_flight)),
             Ok(Err(SendError::Failed(cause))) => return Err(failed(cause)),
             Ok(Err(SendError::NotSent { req: back, cause })) => {
-                let error = failed(cause);
-                if tried.len() > route.retries as usize {
-                    return Err(error);
+                drop(in_flight);
+                if retries_left == 0 {
+                    return Err(failed(cause));
                 }
-                tracing::debug!("{error}; trying another backend");
+                if !pool.try_retry() {
+                    return Err(failed(format!(
+                        "{cause} (not retried: the retry budget of pool {} is spent)",
+                        pool.name
+                    )));
+                }
+                retries_left -= 1;
+                let error = failed(cause);
+                tracing::debug!("{error}; retrying");
                 last_error = Some(error);
                 req = *back;
+                if !route.retry_delay.is_zero() {
+                    tokio::time::sleep(route.retry_delay).await;
+                }
             }
             Err(_) => {
                 return Err(ProxyError::BackendTimeout {
@@ -322,6 +528,7 @@ async fn dispatch(
 /// The client's response from a backend's.
 fn finish(
     mut resp: Response<Incoming>,
+    route: &CompiledRoute,
     pool: &CompiledPool,
     picked: Picked,
     in_flight: InFlight,
@@ -330,6 +537,9 @@ fn finish(
     if picked.set_cookie {
         resp.headers_mut()
             .append(SET_COOKIE, pool.backends[picked.idx].set_cookie.clone());
+    }
+    if !route.response_ops.is_empty() {
+        route.response_ops.apply(resp.headers_mut());
     }
     resp.map(|body| ProxyBody::Upstream {
         body,

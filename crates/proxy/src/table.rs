@@ -13,14 +13,21 @@
 //!    paths starting with it (`/api/x`, `/api/`) but not `/api`; `/` matches every path. The
 //!    path is compared as received (not percent-decoded or normalised).
 //! 3. **Methods**: a route listing methods only matches those; an empty list matches all.
+//! 4. **Headers**: a route listing header conditions only matches requests carrying every one
+//!    (name in any case, exact value; one of several values of a repeated header suffices).
+//!    Within a tier and prefix length, routes with more conditions are tried first, so
+//!    `{"headers":[{"name":"x-canary","value":"1"}]}` beside an otherwise identical route
+//!    takes the canary requests and leaves the rest.
 //!
-//! Remaining ties (same tier and prefix length) go to the route whose name sorts first.
+//! Remaining ties (same tier, prefix length and number of header conditions) go to the route
+//! whose name sorts first.
 
 use crate::balance::{BackendStats, CompiledPool, PoolShared};
 use crate::hop::HopKey;
+use crate::rules::{ErrorPages, HeaderOps};
 use crate::upstream::Endpoints;
 use gateway_model::{State, WritePolicy};
-use http::Method;
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,12 +47,30 @@ pub(crate) struct CompiledRoute {
     pub(crate) writes: WritePolicy,
     pub(crate) timeout: Duration,
     pub(crate) retries: u32,
+    /// Wait before a retry (and, when above 0, the wait for a pool without backends).
+    pub(crate) retry_delay: Duration,
+    header_matches: Box<[(HeaderName, HeaderValue)]>,
+    pub(crate) request_ops: HeaderOps,
+    pub(crate) response_ops: HeaderOps,
+    /// Remove `prefix` from the path sent upstream.
+    pub(crate) strip_prefix: bool,
+    pub(crate) host_rewrite: Option<HeaderValue>,
+    pub(crate) error_pages: ErrorPages,
 }
 
 impl CompiledRoute {
-    fn matches(&self, path: &str, method: &Method) -> bool {
+    fn matches(&self, path: &str, method: &Method, headers: &HeaderMap) -> bool {
         prefix_matches(&self.prefix, path)
             && (self.methods.is_empty() || self.methods.contains(method))
+            && self
+                .header_matches
+                .iter()
+                .all(|(name, value)| headers.get_all(name).iter().any(|v| v == value))
+    }
+
+    /// The route's path prefix.
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
     }
 }
 
@@ -61,12 +86,25 @@ pub(crate) fn prefix_matches(prefix: &str, path: &str) -> bool {
 pub(crate) struct RouteTable {
     routes: Box<[CompiledRoute]>,
     pub(crate) pools: Box<[CompiledPool]>,
+    pool_index: HashMap<Box<str>, usize>,
     /// Route indices by exact host, in match order.
     exact: HashMap<Box<str>, Box<[u32]>>,
     /// Route indices by wildcard suffix (`*.example.com` → `example.com`), in match order.
     wildcard: HashMap<Box<str>, Box<[u32]>>,
     /// Routes without hosts, in match order.
     any: Box<[u32]>,
+}
+
+/// Whether two states route every request the same way: same routes, and the pools those
+/// routes use at the same revisions. Cheap when routes did not change (persistent maps share
+/// their structure), so a write that touches only unused pools costs no recompilation.
+pub(crate) fn same_routing(a: &State, b: &State) -> bool {
+    if !a.routes.ptr_eq(&b.routes) && a.routes != b.routes {
+        return false;
+    }
+    b.routes.values().all(|r| {
+        a.pools.get(&r.pool).map(|p| p.revision) == b.pools.get(&r.pool).map(|p| p.revision)
+    })
 }
 
 impl RouteTable {
@@ -79,18 +117,23 @@ impl RouteTable {
         reg: &mut Registry,
     ) -> RouteTable {
         reg.generation += 1;
-        let mut pool_index = HashMap::new();
-        let mut pools = Vec::with_capacity(state.pools.len());
-        for (name, pool) in &state.pools {
-            pool_index.insert(name.as_str(), pools.len());
-            pools.push(CompiledPool::compile(pool, node_id, key, reg));
-        }
+        // Only pools some route uses can serve a request: compile those alone.
+        let mut pool_index: HashMap<Box<str>, usize> = HashMap::new();
+        let mut pools = Vec::new();
         let mut routes = Vec::with_capacity(state.routes.len());
         let mut hosts_of = Vec::with_capacity(state.routes.len());
         for route in state.routes.values() {
-            let Some(&pool) = pool_index.get(route.pool.as_str()) else {
-                tracing::warn!(route = %route.name, pool = %route.pool, "route names a missing pool; skipped");
-                continue;
+            let pool = match pool_index.get(route.pool.as_str()) {
+                Some(&i) => i,
+                None => {
+                    let Some(spec) = state.pools.get(&route.pool) else {
+                        tracing::warn!(route = %route.name, pool = %route.pool, "route names a missing pool; skipped");
+                        continue;
+                    };
+                    pool_index.insert(route.pool.as_str().into(), pools.len());
+                    pools.push(CompiledPool::compile(spec, node_id, key, reg));
+                    pools.len() - 1
+                }
             };
             let methods = route
                 .methods
@@ -107,12 +150,38 @@ impl RouteTable {
                     .timeout_ms
                     .map_or(DEFAULT_TIMEOUT, Duration::from_millis),
                 retries: route.retries.unwrap_or(DEFAULT_RETRIES).min(10),
+                retry_delay: Duration::from_millis(route.retry_delay_ms.unwrap_or(0)),
+                header_matches: route
+                    .headers
+                    .iter()
+                    .filter_map(|m| {
+                        Some((
+                            HeaderName::from_bytes(m.name.as_bytes()).ok()?,
+                            HeaderValue::from_str(&m.value).ok()?,
+                        ))
+                    })
+                    .collect(),
+                request_ops: HeaderOps::compile(&route.request_headers),
+                response_ops: HeaderOps::compile(&route.response_headers),
+                strip_prefix: route.strip_prefix,
+                host_rewrite: route
+                    .host_rewrite
+                    .as_deref()
+                    .and_then(|h| HeaderValue::from_str(h).ok()),
+                error_pages: ErrorPages::compile(&route.error_pages),
             });
             hosts_of.push(&route.hosts);
         }
-        // Match order within a tier: longest prefix first, then name (routes are in name order).
+        // Match order within a tier: longest prefix first, then the most header conditions,
+        // then name (routes are in name order and the sort is stable).
         let mut order: Vec<u32> = (0..routes.len() as u32).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(routes[i as usize].prefix.len()));
+        order.sort_by_key(|&i| {
+            let r = &routes[i as usize];
+            (
+                std::cmp::Reverse(r.prefix.len()),
+                std::cmp::Reverse(r.header_matches.len()),
+            )
+        });
         let mut exact: HashMap<Box<str>, Vec<u32>> = HashMap::new();
         let mut wildcard: HashMap<Box<str>, Vec<u32>> = HashMap::new();
         let mut any = Vec::new();
@@ -142,22 +211,40 @@ impl RouteTable {
         RouteTable {
             routes: routes.into_boxed_slice(),
             pools: pools.into_boxed_slice(),
+            pool_index,
             exact: freeze(exact),
             wildcard: freeze(wildcard),
             any: any.into_boxed_slice(),
         }
     }
 
-    fn first(&self, ids: &[u32], path: &str, method: &Method) -> Option<&CompiledRoute> {
+    fn first(
+        &self,
+        ids: &[u32],
+        path: &str,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Option<&CompiledRoute> {
         ids.iter()
             .map(|&i| &self.routes[i as usize])
-            .find(|r| r.matches(path, method))
+            .find(|r| r.matches(path, method, headers))
+    }
+
+    /// The pool named `name`, if this table has it.
+    pub(crate) fn pool_named(&self, name: &str) -> Option<&CompiledPool> {
+        self.pool_index.get(name).map(|&i| &self.pools[i])
     }
 
     /// The route serving a request. `host` must already be lower case without port.
-    pub(crate) fn find(&self, host: &str, path: &str, method: &Method) -> Option<&CompiledRoute> {
+    pub(crate) fn find(
+        &self,
+        host: &str,
+        path: &str,
+        method: &Method,
+        headers: &HeaderMap,
+    ) -> Option<&CompiledRoute> {
         if let Some(ids) = self.exact.get(host)
-            && let Some(r) = self.first(ids, path, method)
+            && let Some(r) = self.first(ids, path, method, headers)
         {
             return Some(r);
         }
@@ -166,13 +253,13 @@ impl RouteTable {
             while let Some(dot) = rest.find('.') {
                 rest = &rest[dot + 1..];
                 if let Some(ids) = self.wildcard.get(rest)
-                    && let Some(r) = self.first(ids, path, method)
+                    && let Some(r) = self.first(ids, path, method, headers)
                 {
                     return Some(r);
                 }
             }
         }
-        self.first(&self.any, path, method)
+        self.first(&self.any, path, method, headers)
     }
 }
 
@@ -227,8 +314,7 @@ mod tests {
                 backends: vec![Backend {
                     id: "a".into(),
                     address: "127.0.0.1:1".into(),
-                    weight: 1,
-                    node: None,
+                    ..Default::default()
                 }],
                 ..Default::default()
             },
@@ -314,7 +400,9 @@ mod tests {
             ("only.test", "/x", &get, Some("only-x")),
         ];
         for (host, path, method, want) in cases {
-            let got = t.find(host, path, method).map(|r| &*r.name);
+            let got = t
+                .find(host, path, method, &HeaderMap::new())
+                .map(|r| &*r.name);
             assert_eq!(got, *want, "{method} {host}{path}");
         }
         // Without a catch-all, unmatched requests find nothing.
@@ -322,11 +410,64 @@ mod tests {
             ("only-x", &["only.test"], "/x", &[]),
             ("w", &["*.test"], "/w", &[]),
         ]));
-        assert!(t.find("only.test", "/y", &get).is_none());
-        assert!(t.find("test", "/w", &get).is_none());
+        let none = HeaderMap::new();
+        assert!(t.find("only.test", "/y", &get, &none).is_none());
+        assert!(t.find("test", "/w", &get, &none).is_none());
         assert_eq!(
-            t.find("only.test", "/w/1", &get).map(|r| &*r.name),
+            t.find("only.test", "/w/1", &get, &none).map(|r| &*r.name),
             Some("w")
+        );
+    }
+
+    #[test]
+    fn header_conditions_take_precedence_within_a_prefix() {
+        let mut s = state(&[
+            ("a-plain", &["h.test"], "/api", &[]),
+            ("canary", &["h.test"], "/api", &[]),
+            ("canary-eu", &["h.test"], "/api", &[]),
+            ("longer", &["h.test"], "/api/v2", &[]),
+        ]);
+        let cond = |n: &str, v: &str| gateway_model::HeaderMatch {
+            name: n.into(),
+            value: v.into(),
+        };
+        s.routes.get_mut("canary").unwrap().headers = vec![cond("X-Canary", "1")];
+        s.routes.get_mut("canary-eu").unwrap().headers =
+            vec![cond("x-canary", "1"), cond("x-region", "eu")];
+        let t = compile(&s);
+        let find = |path: &str, hs: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in hs {
+                h.append(
+                    HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            t.find("h.test", path, &Method::GET, &h)
+                .map(|r| r.name.to_string())
+        };
+        assert_eq!(find("/api", &[]).as_deref(), Some("a-plain"));
+        assert_eq!(
+            find("/api", &[("x-canary", "1")]).as_deref(),
+            Some("canary")
+        );
+        assert_eq!(
+            find("/api", &[("X-CANARY", "1"), ("x-region", "eu")]).as_deref(),
+            Some("canary-eu")
+        );
+        // Exact values only; one of several values of a header suffices.
+        assert_eq!(
+            find("/api", &[("x-canary", "10")]).as_deref(),
+            Some("a-plain")
+        );
+        assert_eq!(
+            find("/api", &[("x-canary", "0"), ("x-canary", "1")]).as_deref(),
+            Some("canary")
+        );
+        // A longer prefix still beats header conditions.
+        assert_eq!(
+            find("/api/v2/x", &[("x-canary", "1")]).as_deref(),
+            Some("longer")
         );
     }
 
@@ -345,13 +486,13 @@ mod tests {
             },
         );
         let t = compile(&s);
-        let r = t.find("h", "/o", &Method::GET).unwrap();
+        let r = t.find("h", "/o", &Method::GET, &HeaderMap::new()).unwrap();
         assert_eq!(&*r.name, "r", "a route whose pool is missing is left out");
         assert_eq!(r.timeout, Duration::from_millis(250));
         assert_eq!(r.retries, 0);
         assert_eq!(&*t.pools[r.pool].name, "p");
         let t = compile(&state(&[("d", &[], "/", &[])]));
-        let r = t.find("h", "/", &Method::GET).unwrap();
+        let r = t.find("h", "/", &Method::GET, &HeaderMap::new()).unwrap();
         assert_eq!((r.timeout, r.retries), (DEFAULT_TIMEOUT, DEFAULT_RETRIES));
     }
 

@@ -1,6 +1,7 @@
-//! Connections to backends and to the leader node: one [`Endpoint`] per address, holding its
-//! idle HTTP/1.1 keep-alive connections. Endpoints are shared by every route table that names
-//! the same address, so a config swap keeps the warm connections.
+//! Connections to backends and to the leader node: one [`Endpoint`] per address and protocol,
+//! holding its idle HTTP/1.1 keep-alive connections, or its one multiplexed HTTP/2 (h2c,
+//! prior knowledge) connection. Endpoints are shared by every route table that names the same
+//! address, so a config swap keeps the warm connections.
 //!
 //! A request is first tried on an idle connection; if that connection turns out to be closed
 //! before the request was written, hyper hands the request back and it goes on a fresh
@@ -9,10 +10,14 @@
 //! without having been buffered.
 
 use crate::body::ProxyBody;
-use http::{Request, Response};
+use gateway_model::Protocol;
+use http::header::HOST;
+use http::uri::{Authority, Scheme};
+use http::{Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
@@ -25,8 +30,11 @@ use tokio::net::{TcpStream, UnixStream};
 
 /// How long establishing a connection to a backend may take before it counts as failed.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// An idle pooled connection older than this is closed instead of reused.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// An idle pooled connection older than this is closed instead of reused. Kept below the
+/// idle timeouts servers commonly use (Node.js 5 s, a gateway node's own
+/// `header_read_timeout` of 10 s), so that a request is rarely written on a connection the
+/// server is closing at that moment (such a request fails and cannot be retried).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 /// Most idle connections kept per endpoint.
 const MAX_IDLE: usize = 256;
 
@@ -68,14 +76,19 @@ struct Idle {
 /// One upstream address and its idle connections.
 pub(crate) struct Endpoint {
     target: Target,
+    protocol: Protocol,
     idle: Mutex<Vec<Idle>>,
+    /// The shared HTTP/2 connection of an `h2c` endpoint.
+    h2: Mutex<Option<http2::SendRequest<ProxyBody>>>,
 }
 
 impl Endpoint {
-    pub(crate) fn new(target: Target) -> Self {
+    pub(crate) fn new(target: Target, protocol: Protocol) -> Self {
         Endpoint {
             target,
+            protocol,
             idle: Mutex::new(Vec::new()),
+            h2: Mutex::new(None),
         }
     }
 
@@ -114,8 +127,8 @@ impl Endpoint {
         }
     }
 
-    async fn connect(&self) -> io::Result<SendRequest<ProxyBody>> {
-        let io = match &self.target {
+    async fn connect_io(&self) -> io::Result<Stream> {
+        Ok(match &self.target {
             Target::Tcp(addr) => {
                 let s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr.as_str()))
                     .await
@@ -128,7 +141,11 @@ impl Endpoint {
                     .await
                     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??,
             ),
-        };
+        })
+    }
+
+    async fn connect(&self) -> io::Result<SendRequest<ProxyBody>> {
+        let io = self.connect_io().await?;
         let (tx, conn) = http1::Builder::new()
             .handshake(TokioIo::new(io))
             .await
@@ -141,13 +158,112 @@ impl Endpoint {
         Ok(tx)
     }
 
-    /// Sends `req` and waits for the response head. With `dedicated`, a fresh connection is
-    /// used and not pooled afterwards (for upgrades).
+    async fn connect_h2(&self) -> io::Result<http2::SendRequest<ProxyBody>> {
+        let io = self.connect_io().await?;
+        let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(io::Error::other)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream h2 connection ended with an error");
+            }
+        });
+        Ok(tx)
+    }
+
+    /// The shared HTTP/2 connection, if it is still open.
+    fn h2_conn(&self) -> Option<http2::SendRequest<ProxyBody>> {
+        let mut h2 = self.h2.lock().unwrap_or_else(|e| e.into_inner());
+        match &*h2 {
+            Some(tx) if !tx.is_closed() => Some(tx.clone()),
+            Some(_) => {
+                *h2 = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// The target as an authority, for requests that have no `Host`.
+    fn authority(&self) -> Option<Authority> {
+        match &self.target {
+            Target::Tcp(addr) => addr.parse().ok(),
+            Target::Unix(_) => Some(Authority::from_static("localhost")),
+        }
+    }
+
+    /// Rewrites an (HTTP/1.1-shaped) upstream request for HTTP/2: absolute URI carrying the
+    /// `Host` as `:authority`, version 2.
+    fn to_h2(&self, req: &mut Request<ProxyBody>) {
+        let authority = req
+            .headers_mut()
+            .remove(HOST)
+            .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+            .or_else(|| self.authority());
+        let mut parts = std::mem::take(req.uri_mut()).into_parts();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = authority;
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        }
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+        *req.version_mut() = Version::HTTP_2;
+    }
+
+    /// Sends over the endpoint's HTTP/2 connection, opening it when there is none (or when
+    /// the pooled one turns out to be closed before the request went out).
+    async fn send_h2(&self, mut req: Request<ProxyBody>) -> Result<Response<Incoming>, SendError> {
+        self.to_h2(&mut req);
+        let mut pooled = self.h2_conn();
+        loop {
+            let reused = pooled.is_some();
+            let mut tx = match pooled.take() {
+                Some(tx) => tx,
+                None => match self.connect_h2().await {
+                    Ok(tx) => {
+                        *self.h2.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx.clone());
+                        tx
+                    }
+                    Err(e) => {
+                        return Err(SendError::NotSent {
+                            req: Box::new(req),
+                            cause: format!("connect: {e}"),
+                        });
+                    }
+                },
+            };
+            match tx.try_send_request(req).await {
+                Ok(resp) => return Ok(resp),
+                Err(mut e) => match e.take_message() {
+                    Some(back) if reused => req = back, // stale connection: open a new one
+                    Some(back) => {
+                        return Err(SendError::NotSent {
+                            req: Box::new(back),
+                            cause: format!(
+                                "connection closed before the request was sent: {}",
+                                e.error()
+                            ),
+                        });
+                    }
+                    None => return Err(SendError::Failed(e.into_error().to_string())),
+                },
+            }
+        }
+    }
+
+    /// Sends `req` and waits for the response head. With `dedicated`, a fresh HTTP/1.1
+    /// connection is used and not pooled afterwards (for upgrades, also on `h2c` endpoints).
     pub(crate) async fn send(
         &self,
         mut req: Request<ProxyBody>,
         dedicated: bool,
     ) -> Result<Response<Incoming>, SendError> {
+        if self.protocol == Protocol::H2c && !dedicated {
+            return self.send_h2(req).await;
+        }
         if !dedicated {
             while let Some(mut tx) = self.checkout() {
                 match tx.try_send_request(req).await {
@@ -193,19 +309,21 @@ impl Endpoint {
     }
 }
 
-/// Endpoints by address, so that route tables compiled at different times share them.
+/// Endpoints by address and protocol, so that route tables compiled at different times share
+/// them.
 #[derive(Default)]
 pub(crate) struct Endpoints {
-    by_addr: HashMap<String, Weak<Endpoint>>,
+    by_addr: HashMap<(String, Protocol), Weak<Endpoint>>,
 }
 
 impl Endpoints {
-    pub(crate) fn get(&mut self, address: &str) -> Arc<Endpoint> {
-        if let Some(e) = self.by_addr.get(address).and_then(Weak::upgrade) {
+    pub(crate) fn get(&mut self, address: &str, protocol: Protocol) -> Arc<Endpoint> {
+        let key = (address.to_string(), protocol);
+        if let Some(e) = self.by_addr.get(&key).and_then(Weak::upgrade) {
             return e;
         }
-        let e = Arc::new(Endpoint::new(Target::parse(address)));
-        self.by_addr.insert(address.to_string(), Arc::downgrade(&e));
+        let e = Arc::new(Endpoint::new(Target::parse(address), protocol));
+        self.by_addr.insert(key, Arc::downgrade(&e));
         e
     }
 

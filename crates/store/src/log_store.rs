@@ -37,11 +37,47 @@ pub struct LogStore {
     logs: sled::Tree,
     /// Raft metadata: vote, committed, last_purged (serde_json).
     raft: sled::Tree,
+    /// Appends waiting for their flush (group commit, see [`group_commit`]).
+    flusher: std::sync::mpsc::Sender<(sled::Db, LogFlushed<TypeConfig>)>,
+}
+
+/// Group commit: appends hand their durability callback to this thread and return at once, so
+/// openraft keeps accepting and replicating while the disk works. The thread takes every
+/// callback waiting, makes one flush that covers all their entries, and only then tells
+/// openraft, in order, that they are durable. It holds a database handle only while it has
+/// work, so dropping the store closes the database as before.
+fn group_commit(rx: std::sync::mpsc::Receiver<(sled::Db, LogFlushed<TypeConfig>)>) {
+    while let Ok(first) = rx.recv() {
+        let mut waiting = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            waiting.push(more);
+        }
+        let result = waiting[0].0.flush().map(|_| ());
+        for (db, callback) in waiting {
+            drop(db);
+            callback.log_io_completed(
+                result
+                    .as_ref()
+                    .map(|_| ())
+                    .map_err(|e| std::io::Error::other(format!("flush appended log entries: {e}"))),
+            );
+        }
+    }
 }
 
 impl LogStore {
     pub(crate) fn new(db: sled::Db, logs: sled::Tree, raft: sled::Tree) -> Self {
-        LogStore { db, logs, raft }
+        let (flusher, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("raft-log-flush".into())
+            .spawn(move || group_commit(rx))
+            .expect("the OS can start a thread");
+        LogStore {
+            db,
+            logs,
+            raft,
+            flusher,
+        }
     }
 
     /// Removes entries at or below the last purged index that a crash between recording the
@@ -310,17 +346,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             callback.log_io_completed(Err(std::io::Error::other(err.to_string())));
             return Err(err);
         }
-        match flush(&self.db).await {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                let err = io_err(subject(), ErrorVerb::Write, "flush appended log entries", e);
-                callback.log_io_completed(Err(std::io::Error::other(err.to_string())));
-                Err(err)
-            }
+        // Durable later, in a group flush; openraft waits for the callback, not for this call.
+        if let Err(std::sync::mpsc::SendError((_, callback))) =
+            self.flusher.send((self.db.clone(), callback))
+        {
+            // The flush thread is gone (it never exits while a store lives): flush here.
+            return match flush(&self.db).await {
+                Ok(()) => {
+                    callback.log_io_completed(Ok(()));
+                    Ok(())
+                }
+                Err(e) => {
+                    let err = io_err(subject(), ErrorVerb::Write, "flush appended log entries", e);
+                    callback.log_io_completed(Err(std::io::Error::other(err.to_string())));
+                    Err(err)
+                }
+            };
         }
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {

@@ -1,12 +1,22 @@
-//! Code generated from `proto/*.proto` (tonic and prost), and the small conversions between
-//! those messages and model types. Input from the wire is validated here once, before it
-//! becomes a model type.
+//! Code generated from `proto/*.proto` (tonic and prost), and the conversions between those
+//! messages and model types. Input from the wire is validated here once, before it becomes a
+//! model type ([`convert`]).
 //!
 //! Depends on the model only; it must not depend on Raft, sled or the proxy.
+
+pub mod convert;
 
 /// Node-to-node protocol: Raft messages, membership, leader forwarding.
 pub mod cluster {
     tonic::include_proto!("gateway.cluster.v1");
+}
+
+/// The admin API (`proto/admin.proto`): configuration, membership, status, watch.
+pub mod admin {
+    tonic::include_proto!("gateway.admin.v1");
+
+    /// The encoded file descriptor set of `admin.proto`, for gRPC server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("admin_descriptor");
 }
 
 use gateway_model::{NodeAddr, NodeId};

@@ -13,7 +13,6 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -234,8 +233,8 @@ pub fn be(id: &str, address: &str, node: Option<u64>) -> Backend {
     Backend {
         id: id.into(),
         address: address.into(),
-        weight: 1,
         node,
+        ..Default::default()
     }
 }
 
@@ -268,14 +267,8 @@ pub fn leader_route(name: &str, prefix: &str, pool: &str) -> Route {
 pub fn state(pools: Vec<Pool>, routes: Vec<Route>) -> State {
     let mut s = State::default();
     s.revision = 1;
-    s.pools = pools
-        .into_iter()
-        .map(|p| (p.name.clone(), p))
-        .collect::<BTreeMap<_, _>>();
-    s.routes = routes
-        .into_iter()
-        .map(|r| (r.name.clone(), r))
-        .collect::<BTreeMap<_, _>>();
+    s.pools = pools.into_iter().map(|p| (p.name.clone(), p)).collect();
+    s.routes = routes.into_iter().map(|r| (r.name.clone(), r)).collect();
     for (pool, route) in s.routes.values().map(|r| (&r.pool, &r.name)) {
         assert!(
             s.pools.contains_key(pool),
@@ -346,4 +339,55 @@ where
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// Writes `bytes` on a fresh connection to `addr` and reads until the server closes it (or
+/// 10 s pass); returns what was read, lossily as text.
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "the server neither answered nor closed: {}",
+        String::from_utf8_lossy(&out)
+    );
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status codes of the responses in a raw exchange, in order.
+pub fn statuses(raw: &str) -> Vec<u16> {
+    raw.split("HTTP/1.1 ")
+        .skip(1)
+        .filter_map(|r| r.get(..3)?.parse().ok())
+        .collect()
+}
+
+/// A handler that answers "/headers" and other paths like `answer`, plus `x-uri` and
+/// `x-host` headers telling what the backend received.
+pub fn echo_handler() -> Handler {
+    Arc::new(|name, parts, body| {
+        Box::pin(async move {
+            let mut r = answer(&name, &parts, &body);
+            r.headers_mut().insert(
+                "x-uri",
+                HeaderValue::from_str(&parts.uri.to_string()).unwrap(),
+            );
+            if let Some(h) = parts.headers.get("host") {
+                r.headers_mut().insert("x-host", h.clone());
+            }
+            r
+        })
+    })
 }

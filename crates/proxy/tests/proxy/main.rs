@@ -2,6 +2,11 @@
 //! watches the tests hold.
 
 mod common;
+mod h2c;
+mod hygiene;
 mod leader;
+mod limits;
+mod retries;
+mod rewrites;
 mod routing;
 mod websocket;

@@ -1,0 +1,386 @@
+//! The client commands of the `gateway` binary (`route`, `pool`, `backend`, `cluster`,
+//! `node`, `config`, `watch`): they talk to the admin gRPC API on any node's cluster port.
+//!
+//! Every command tries the `--server` addresses in turn (skipping nodes that are down, or
+//! have no leader right now) until its `--timeout`; prints a table, or JSON with
+//! `--output json`; and fails with one line that says what to do.
+
+mod cluster;
+mod config;
+mod conn;
+mod objects;
+mod output;
+mod watch;
+
+use clap::{Args, Subcommand, ValueEnum};
+use conn::Conn;
+use gateway_model::{Balance, Protocol, WritePolicy};
+pub use output::{Output, emit_raw};
+use serde::de::DeserializeOwned;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How to reach the cluster, and how to print. Given to every client command.
+#[derive(Args, Debug, Clone)]
+pub struct ClientArgs {
+    /// Cluster address (host:port) of any node, or several comma separated, tried in turn.
+    #[arg(
+        long,
+        global = true,
+        env = "GATEWAY_SERVER",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:7101",
+        value_name = "ADDR[,ADDR..]"
+    )]
+    pub server: Vec<String>,
+    /// Admin token, when the nodes run with --admin-token-file.
+    #[arg(long, global = true, env = "GATEWAY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// File holding the admin token (its first line; a `write TOKEN` line works too).
+    #[arg(long, global = true, env = "GATEWAY_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Output format: a table for people, JSON for scripts.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// Seconds a command keeps trying (other servers, a new leader) before it gives up
+    /// [default: 30, but 5 when no server can be connected to at all].
+    #[arg(long, global = true, value_name = "SECS")]
+    pub timeout: Option<u64>,
+}
+
+impl ClientArgs {
+    fn connect(&self) -> anyhow::Result<Conn> {
+        let token = match (&self.token, &self.token_file) {
+            (Some(t), _) => Some(t.clone()),
+            (None, Some(f)) => Some(conn::read_token_file(f)?),
+            (None, None) => None,
+        };
+        let timeout = Duration::from_secs(self.timeout.unwrap_or(30).max(1));
+        // Told how long to wait, a command waits that long even for servers that are down (a
+        // script waiting for a cluster to come up); by default it says so after a few seconds.
+        let unreachable = match self.timeout {
+            Some(_) => timeout,
+            None => conn::UNREACHABLE,
+        };
+        Conn::new(&self.server, token, timeout, unreachable)
+    }
+}
+
+/// How fresh a read must be.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum ConsistencyArg {
+    /// Sees every change acknowledged before the command started.
+    #[default]
+    Linearizable,
+    /// The leader's commit index, without a quorum round.
+    Leader,
+    /// The answering node's state as it is (may lag).
+    Stale,
+}
+
+impl ConsistencyArg {
+    fn wire(self) -> i32 {
+        use gateway_wire::admin::Consistency as C;
+        (match self {
+            ConsistencyArg::Linearizable => C::Linearizable,
+            ConsistencyArg::Leader => C::Leader,
+            ConsistencyArg::Stale => C::Stale,
+        }) as i32
+    }
+}
+
+/// Compare-and-set on a write.
+#[derive(Args, Debug, Clone, Default)]
+pub struct IfRevision {
+    /// Change only if the object is still at revision REV (as `get` showed it); 0: only if it
+    /// does not exist yet.
+    #[arg(long, value_name = "REV")]
+    pub if_revision: Option<u64>,
+}
+
+/// How `add` treats an object that exists.
+#[derive(Args, Debug, Clone, Default)]
+pub struct AddMode {
+    /// Overwrite the object if it exists (without, `add` only creates).
+    #[arg(long, conflicts_with = "if_revision")]
+    pub replace: bool,
+    #[command(flatten)]
+    pub cond: IfRevision,
+}
+
+fn serde_value<T: DeserializeOwned>(what: &str, names: &str, s: &str) -> Result<T, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
+        .map_err(|_| format!("'{s}' is not a {what}; use one of {names}"))
+}
+
+fn parse_balance(s: &str) -> Result<Balance, String> {
+    serde_value(
+        "balance",
+        "round_robin, weighted_round_robin, least_connections, random_two_choices, ip_hash, cookie",
+        s,
+    )
+}
+
+fn parse_protocol(s: &str) -> Result<Protocol, String> {
+    serde_value("protocol", "http1, h2c", s)
+}
+
+fn parse_writes(s: &str) -> Result<WritePolicy, String> {
+    serde_value("write policy", "any, leader", s)
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RouteAdd {
+    /// Route name (letters, digits, '.', '_', '-').
+    pub name: String,
+    /// The pool that serves it (must exist).
+    #[arg(long)]
+    pub pool: String,
+    /// Host pattern (example.com or *.example.com); repeat or comma separate. None: any host.
+    #[arg(long = "host", value_name = "HOST", value_delimiter = ',')]
+    pub hosts: Vec<String>,
+    /// Path prefix; the longest matching prefix wins.
+    #[arg(long = "path", default_value = "/", value_name = "PREFIX")]
+    pub path: String,
+    /// HTTP method; repeat or comma separate. None: any method.
+    #[arg(long = "method", value_name = "METHOD", value_delimiter = ',')]
+    pub methods: Vec<String>,
+    /// Who serves POST/PUT/PATCH/DELETE: any node, or the backends of the Raft leader.
+    #[arg(long, default_value = "any", value_parser = parse_writes, value_name = "any|leader")]
+    pub writes: WritePolicy,
+    /// How long to wait for a backend's response head, in milliseconds.
+    #[arg(long, value_name = "MS")]
+    pub timeout_ms: Option<u64>,
+    /// Retries on other backends when connecting fails (0 to 10).
+    #[arg(long)]
+    pub retries: Option<u32>,
+    /// Wait before each retry, in milliseconds.
+    #[arg(long, value_name = "MS")]
+    pub retry_delay_ms: Option<u64>,
+    /// Remove the prefix from the path sent to the backend.
+    #[arg(long)]
+    pub strip_prefix: bool,
+    /// Send this Host header to the backend.
+    #[arg(long, value_name = "HOST")]
+    pub host_rewrite: Option<String>,
+    #[command(flatten)]
+    pub mode: AddMode,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum RouteCmd {
+    /// Create a route; with --replace or --if-revision, replace it.
+    #[command(
+        after_help = "Examples:\n  gateway route add app --pool web --host example.com,www.example.com\n  gateway route add api --pool api --path /api --method GET,POST --writes leader\n  gateway route add app --pool web2 --if-revision 12     # only if nobody changed it since"
+    )]
+    Add(RouteAdd),
+    /// Show one route.
+    #[command(after_help = "Example:\n  gateway route get app --output json")]
+    Get {
+        name: String,
+        #[arg(long, value_enum, default_value_t)]
+        consistency: ConsistencyArg,
+    },
+    /// List the routes.
+    #[command(
+        visible_alias = "ls",
+        after_help = "Example:\n  gateway route list --server 127.0.0.1:7102"
+    )]
+    List {
+        #[arg(long, value_enum, default_value_t)]
+        consistency: ConsistencyArg,
+    },
+    /// Delete a route.
+    #[command(
+        visible_alias = "remove",
+        after_help = "Example:\n  gateway route rm app"
+    )]
+    Rm {
+        name: String,
+        #[command(flatten)]
+        cond: IfRevision,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PoolAdd {
+    /// Pool name (letters, digits, '.', '_', '-').
+    pub name: String,
+    /// Balancing: round_robin, weighted_round_robin, least_connections, random_two_choices,
+    /// ip_hash or cookie.
+    #[arg(long, default_value = "round_robin", value_parser = parse_balance)]
+    pub balance: Balance,
+    /// A backend: ID=ADDRESS[,weight=N][,node=N][,max_connections=N]; repeat for more.
+    #[arg(long = "backend", value_name = "ID=ADDRESS[,weight=N][,node=N]")]
+    pub backends: Vec<String>,
+    /// Prefer the backends owned by the receiving node.
+    #[arg(long)]
+    pub prefer_local: bool,
+    /// http1 or h2c (HTTP/2 without TLS, for gRPC backends).
+    #[arg(long, default_value = "http1", value_parser = parse_protocol)]
+    pub protocol: Protocol,
+    /// How long a request may wait for a backend below its max_connections, in milliseconds.
+    #[arg(long, value_name = "MS")]
+    pub queue_timeout_ms: Option<u64>,
+    #[command(flatten)]
+    pub mode: AddMode,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum PoolCmd {
+    /// Create a pool; with --replace or --if-revision, replace it.
+    #[command(
+        after_help = "Examples:\n  gateway pool add web --backend a=127.0.0.1:8201 --backend b=127.0.0.1:8202\n  gateway pool add api --balance least_connections --backend a=10.0.0.5:80,weight=3,node=1"
+    )]
+    Add(PoolAdd),
+    /// Show one pool and its backends.
+    #[command(after_help = "Example:\n  gateway pool get web")]
+    Get {
+        name: String,
+        #[arg(long, value_enum, default_value_t)]
+        consistency: ConsistencyArg,
+    },
+    /// List the pools.
+    #[command(
+        visible_alias = "ls",
+        after_help = "Example:\n  gateway pool list --output json"
+    )]
+    List {
+        #[arg(long, value_enum, default_value_t)]
+        consistency: ConsistencyArg,
+    },
+    /// Delete a pool that no route uses.
+    #[command(
+        visible_alias = "remove",
+        after_help = "Example:\n  gateway pool rm web"
+    )]
+    Rm {
+        name: String,
+        #[command(flatten)]
+        cond: IfRevision,
+    },
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum BackendCmd {
+    /// Add a backend to a pool (read, change, write back with compare-and-set; retried when
+    /// someone else changed the pool meanwhile).
+    #[command(
+        after_help = "Examples:\n  gateway backend add web c 127.0.0.1:8203\n  gateway backend add web c 127.0.0.1:8213 --weight 5 --replace"
+    )]
+    Add {
+        /// The pool.
+        pool: String,
+        /// Backend id, unique within the pool.
+        id: String,
+        /// host:port or unix:/absolute/path.
+        address: String,
+        /// Relative share for weighted balancing (1 to 1000).
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+        /// The node that owns (runs) this backend.
+        #[arg(long)]
+        node: Option<u64>,
+        /// Most requests at once to this backend.
+        #[arg(long)]
+        max_connections: Option<u32>,
+        #[command(flatten)]
+        mode: AddMode,
+    },
+    /// Remove a backend from a pool.
+    #[command(
+        visible_alias = "remove",
+        after_help = "Example:\n  gateway backend rm web c"
+    )]
+    Rm {
+        pool: String,
+        id: String,
+        #[command(flatten)]
+        cond: IfRevision,
+    },
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum ClusterCmd {
+    /// The answering node's view: role, term, log indexes, members.
+    #[command(after_help = "Example:\n  gateway cluster status --server 127.0.0.1:7102")]
+    Status,
+    /// Voters and learners.
+    #[command(after_help = "Example:\n  gateway cluster members")]
+    Members,
+    /// The current leader.
+    #[command(after_help = "Example:\n  gateway cluster leader --output json")]
+    Leader,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum NodeCmd {
+    /// Remove node ID (voter or learner) from the cluster; its id is never accepted again.
+    #[command(
+        after_help = "Example:\n  gateway node remove 3 --server 127.0.0.1:7101,127.0.0.1:7102"
+    )]
+    Remove {
+        /// The node id to remove.
+        id: u64,
+    },
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum ConfigCmd {
+    /// Print every pool and route as a TOML file (JSON with --output json).
+    #[command(after_help = "Example:\n  gateway config export > cluster.toml")]
+    Export {
+        #[arg(long, value_enum, default_value_t)]
+        consistency: ConsistencyArg,
+    },
+    /// Make the cluster's configuration the file's: show the difference, then apply it as one
+    /// transaction that fails whole if anything changed since it was read.
+    #[command(
+        after_help = "Examples:\n  gateway config apply -f cluster.toml\n  gateway config apply -f cluster.toml --dry-run     # only show the difference"
+    )]
+    Apply {
+        /// The file (TOML, or JSON when named *.json), as `config export` writes it.
+        #[arg(long, short = 'f', value_name = "FILE")]
+        file: PathBuf,
+        /// Show the difference without applying it.
+        #[arg(long)]
+        dry_run: bool,
+        /// Keep pools and routes the file does not list (without it they are deleted).
+        #[arg(long)]
+        keep_others: bool,
+    },
+}
+
+/// A client command.
+#[derive(Debug, Clone)]
+pub enum Ctl {
+    Route(RouteCmd),
+    Pool(PoolCmd),
+    Backend(BackendCmd),
+    Cluster(ClusterCmd),
+    Node(NodeCmd),
+    Config(ConfigCmd),
+    Watch { from: Option<u64> },
+}
+
+/// Runs a client command.
+pub async fn run(args: ClientArgs, cmd: Ctl) -> anyhow::Result<()> {
+    let mut conn = args.connect()?;
+    let out = args.output;
+    match cmd {
+        Ctl::Route(c) => objects::route(&mut conn, out, c).await,
+        Ctl::Pool(c) => objects::pool(&mut conn, out, c).await,
+        Ctl::Backend(c) => objects::backend(&mut conn, out, c).await,
+        Ctl::Cluster(c) => cluster::cluster(&mut conn, out, c).await,
+        Ctl::Node(NodeCmd::Remove { id }) => cluster::remove_node(&mut conn, out, id).await,
+        Ctl::Config(ConfigCmd::Export { consistency }) => {
+            config::export(&mut conn, out, consistency).await
+        }
+        Ctl::Config(ConfigCmd::Apply {
+            file,
+            dry_run,
+            keep_others,
+        }) => config::apply(&mut conn, out, &file, dry_run, !keep_others).await,
+        Ctl::Watch { from } => watch::watch(&mut conn, out, from).await,
+    }
+}

@@ -1,0 +1,490 @@
+//! `gateway route|pool|backend ...`.
+
+use super::conn::{Conn, Failed, has_code};
+use super::output::outln;
+use super::output::{self, Output, print_json};
+use super::{AddMode, BackendCmd, ConsistencyArg, PoolCmd, RouteCmd};
+use anyhow::{Context, bail};
+use gateway_model::{Backend, Pool, Route};
+use gateway_wire::admin;
+use gateway_wire::convert::{pool_from_wire, pool_to_wire, route_from_wire, route_to_wire};
+use serde_json::json;
+use tonic::Code;
+
+/// The expected revision a write carries: `add` creates (0) unless told to replace.
+fn expect_of(mode: &AddMode) -> Option<u64> {
+    match (mode.replace, mode.cond.if_revision) {
+        (true, _) => None,
+        (false, Some(r)) => Some(r),
+        (false, None) => Some(0),
+    }
+}
+
+/// Says how to overwrite an object `add` found existing.
+fn exists_hint(e: anyhow::Error) -> anyhow::Error {
+    match e.downcast::<Failed>() {
+        Ok(f) if f.code == Code::AlreadyExists => {
+            let head = f.message.split(';').next().unwrap_or_default().to_string();
+            anyhow::anyhow!(
+                "{head}: pass --replace to overwrite it, or --if-revision with the revision it has"
+            )
+        }
+        Ok(f) => f.into(),
+        Err(e) => e,
+    }
+}
+
+/// Whether two objects are the same but for their revision.
+fn same<T: serde::Serialize>(a: &T, b: &T) -> bool {
+    let strip = |v: &T| {
+        let mut v = serde_json::to_value(v).unwrap_or_default();
+        if let Some(m) = v.as_object_mut() {
+            m.remove("revision");
+        }
+        v
+    };
+    strip(a) == strip(b)
+}
+
+/// The current revision, after a delete that an earlier attempt already made.
+async fn gone_at(c: &mut Conn) -> anyhow::Result<u64> {
+    let msg = admin::ReadRequest::default();
+    Ok(
+        c.call(msg, |mut cl, r| async move { cl.list_pools(r).await })
+            .await?
+            .into_inner()
+            .revision,
+    )
+}
+
+fn saved(kind: &str, name: &str, expect: Option<u64>, revision: u64) -> String {
+    let how = if expect == Some(0) {
+        "created"
+    } else {
+        "saved"
+    };
+    format!("{kind} {name} {how} (revision {revision})")
+}
+
+async fn get_route(
+    c: &mut Conn,
+    name: &str,
+    consistency: ConsistencyArg,
+) -> anyhow::Result<(u64, Route)> {
+    let msg = admin::GetRequest {
+        name: name.to_string(),
+        consistency: consistency.wire(),
+    };
+    let r = c
+        .call(msg, |mut cl, r| async move { cl.get_route(r).await })
+        .await?
+        .into_inner();
+    let route = route_from_wire(r.route.unwrap_or_default())?;
+    Ok((r.revision, route))
+}
+
+async fn get_pool(
+    c: &mut Conn,
+    name: &str,
+    consistency: ConsistencyArg,
+) -> anyhow::Result<(u64, Pool)> {
+    let msg = admin::GetRequest {
+        name: name.to_string(),
+        consistency: consistency.wire(),
+    };
+    let r = c
+        .call(msg, |mut cl, r| async move { cl.get_pool(r).await })
+        .await?
+        .into_inner();
+    let pool = pool_from_wire(r.pool.unwrap_or_default())?;
+    Ok((r.revision, pool))
+}
+
+async fn put_pool(c: &mut Conn, pool: &Pool, expect: Option<u64>) -> anyhow::Result<(u64, Pool)> {
+    let msg = admin::PutPoolRequest {
+        pool: Some(pool_to_wire(pool)),
+        if_revision: expect,
+    };
+    let r = c
+        .call(msg, |mut cl, r| async move { cl.put_pool(r).await })
+        .await?
+        .into_inner();
+    Ok((r.revision, pool_from_wire(r.pool.unwrap_or_default())?))
+}
+
+pub async fn route(c: &mut Conn, out: Output, cmd: RouteCmd) -> anyhow::Result<()> {
+    match cmd {
+        RouteCmd::Add(a) => {
+            let expect = expect_of(&a.mode);
+            let route = Route {
+                name: a.name.clone(),
+                hosts: a.hosts,
+                path_prefix: a.path,
+                methods: a.methods.iter().map(|m| m.to_ascii_uppercase()).collect(),
+                pool: a.pool,
+                writes: a.writes,
+                timeout_ms: a.timeout_ms,
+                retries: a.retries,
+                retry_delay_ms: a.retry_delay_ms,
+                strip_prefix: a.strip_prefix,
+                host_rewrite: a.host_rewrite,
+                ..Route::default()
+            };
+            let msg = admin::PutRouteRequest {
+                route: Some(route_to_wire(&route)),
+                if_revision: expect,
+            };
+            let (revision, route) = match c
+                .call(msg, |mut cl, r| async move { cl.put_route(r).await })
+                .await
+            {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    (r.revision, route_from_wire(r.route.unwrap_or_default())?)
+                }
+                // An earlier attempt that broke off may have created it: if what is there is
+                // what was sent, that attempt succeeded.
+                Err(e) if c.retried() && has_code(&e, Code::AlreadyExists) => {
+                    match get_route(c, &a.name, ConsistencyArg::Linearizable).await {
+                        Ok((_, now)) if same(&now, &route) => (now.revision, now),
+                        _ => return Err(exists_hint(e)),
+                    }
+                }
+                Err(e) => return Err(exists_hint(e)),
+            };
+            match out {
+                Output::Table => outln!("{}", saved("route", &a.name, expect, revision)),
+                Output::Json => print_json(&json!({"revision": revision, "route": route}))?,
+            }
+        }
+        RouteCmd::Get { name, consistency } => {
+            let (revision, route) = get_route(c, &name, consistency).await?;
+            match out {
+                Output::Table => outln!("{}", output::route_detail(&route)),
+                Output::Json => print_json(&json!({"revision": revision, "route": route}))?,
+            }
+        }
+        RouteCmd::List { consistency } => {
+            let msg = admin::ReadRequest {
+                consistency: consistency.wire(),
+            };
+            let r = c
+                .call(msg, |mut cl, r| async move { cl.list_routes(r).await })
+                .await?
+                .into_inner();
+            let routes = r
+                .routes
+                .into_iter()
+                .map(route_from_wire)
+                .collect::<Result<Vec<_>, _>>()?;
+            match out {
+                Output::Table if routes.is_empty() => outln!(
+                    "no routes (revision {}); add one with `gateway route add`",
+                    r.revision
+                ),
+                Output::Table => {
+                    let rows: Vec<_> = routes.iter().map(output::route_row).collect();
+                    outln!("{}", output::table(output::ROUTE_HEADERS, &rows));
+                }
+                Output::Json => print_json(&json!({"revision": r.revision, "routes": routes}))?,
+            }
+        }
+        RouteCmd::Rm { name, cond } => {
+            let msg = admin::DeleteRequest {
+                name: name.clone(),
+                if_revision: cond.if_revision,
+            };
+            let revision = match c
+                .call(msg, |mut cl, r| async move { cl.delete_route(r).await })
+                .await
+            {
+                Ok(r) => r.into_inner().revision,
+                // An earlier attempt that broke off deleted it.
+                Err(e) if c.retried() && has_code(&e, Code::NotFound) => gone_at(c).await?,
+                Err(e) => return Err(e),
+            };
+            match out {
+                Output::Table => outln!("route {name} removed (revision {revision})"),
+                Output::Json => print_json(&json!({"revision": revision}))?,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Parses `ID=ADDRESS[,weight=N][,node=N][,max_connections=N]`.
+pub fn parse_backend(spec: &str) -> anyhow::Result<Backend> {
+    let bad = |why: &str| {
+        anyhow::anyhow!(
+            "--backend '{spec}': {why}; write ID=ADDRESS[,weight=N][,node=N][,max_connections=N], e.g. a=127.0.0.1:8201,weight=2"
+        )
+    };
+    let mut parts = spec.split(',');
+    let head = parts.next().unwrap_or_default();
+    let (id, address) = head
+        .split_once('=')
+        .ok_or_else(|| bad("the backend needs an id and an address"))?;
+    let mut b = Backend {
+        id: id.trim().to_string(),
+        address: address.trim().to_string(),
+        ..Backend::default()
+    };
+    for part in parts {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| bad(&format!("'{part}' is not KEY=VALUE")))?;
+        let num = |v: &str| -> anyhow::Result<u64> {
+            v.trim()
+                .parse()
+                .map_err(|_| bad(&format!("{k}: '{v}' is not a number")))
+        };
+        match k.trim() {
+            "weight" => {
+                b.weight = u32::try_from(num(v)?).map_err(|_| bad("weight is out of range"))?
+            }
+            "node" => b.node = Some(num(v)?),
+            "max_connections" => {
+                b.max_connections = Some(
+                    u32::try_from(num(v)?).map_err(|_| bad("max_connections is out of range"))?,
+                )
+            }
+            other => {
+                return Err(bad(&format!(
+                    "'{other}' is not weight, node or max_connections"
+                )));
+            }
+        }
+    }
+    Ok(b)
+}
+
+pub async fn pool(c: &mut Conn, out: Output, cmd: PoolCmd) -> anyhow::Result<()> {
+    match cmd {
+        PoolCmd::Add(a) => {
+            let expect = expect_of(&a.mode);
+            let pool = Pool {
+                name: a.name.clone(),
+                balance: a.balance,
+                backends: a
+                    .backends
+                    .iter()
+                    .map(|s| parse_backend(s))
+                    .collect::<anyhow::Result<_>>()?,
+                prefer_local: a.prefer_local,
+                protocol: a.protocol,
+                queue_timeout_ms: a.queue_timeout_ms,
+                ..Pool::default()
+            };
+            let (revision, pool) = match put_pool(c, &pool, expect).await {
+                Ok(saved) => saved,
+                Err(e) if c.retried() && has_code(&e, Code::AlreadyExists) => {
+                    match get_pool(c, &a.name, ConsistencyArg::Linearizable).await {
+                        Ok((_, now)) if same(&now, &pool) => (now.revision, now),
+                        _ => return Err(exists_hint(e)),
+                    }
+                }
+                Err(e) => return Err(exists_hint(e)),
+            };
+            match out {
+                Output::Table => outln!("{}", saved("pool", &a.name, expect, revision)),
+                Output::Json => print_json(&json!({"revision": revision, "pool": pool}))?,
+            }
+        }
+        PoolCmd::Get { name, consistency } => {
+            let (revision, pool) = get_pool(c, &name, consistency).await?;
+            match out {
+                Output::Table => outln!("{}", output::pool_detail(&pool)),
+                Output::Json => print_json(&json!({"revision": revision, "pool": pool}))?,
+            }
+        }
+        PoolCmd::List { consistency } => {
+            let msg = admin::ReadRequest {
+                consistency: consistency.wire(),
+            };
+            let r = c
+                .call(msg, |mut cl, r| async move { cl.list_pools(r).await })
+                .await?
+                .into_inner();
+            let pools = r
+                .pools
+                .into_iter()
+                .map(pool_from_wire)
+                .collect::<Result<Vec<_>, _>>()?;
+            match out {
+                Output::Table if pools.is_empty() => outln!(
+                    "no pools (revision {}); add one with `gateway pool add`",
+                    r.revision
+                ),
+                Output::Table => {
+                    let rows: Vec<_> = pools.iter().map(output::pool_row).collect();
+                    outln!("{}", output::table(output::POOL_HEADERS, &rows));
+                }
+                Output::Json => print_json(&json!({"revision": r.revision, "pools": pools}))?,
+            }
+        }
+        PoolCmd::Rm { name, cond } => {
+            let msg = admin::DeleteRequest {
+                name: name.clone(),
+                if_revision: cond.if_revision,
+            };
+            let revision = match c
+                .call(msg, |mut cl, r| async move { cl.delete_pool(r).await })
+                .await
+            {
+                Ok(r) => r.into_inner().revision,
+                // An earlier attempt that broke off deleted it.
+                Err(e) if c.retried() && has_code(&e, Code::NotFound) => gone_at(c).await?,
+                Err(e) => return Err(e),
+            };
+            match out {
+                Output::Table => outln!("pool {name} removed (revision {revision})"),
+                Output::Json => print_json(&json!({"revision": revision}))?,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How many times a read-modify-write is tried when the pool keeps changing under it.
+const RMW_ATTEMPTS: usize = 20;
+
+/// The pool, for a read-modify-write; says how to create it when missing.
+async fn pool_for_change(c: &mut Conn, name: &str) -> anyhow::Result<Pool> {
+    match get_pool(c, name, ConsistencyArg::Linearizable).await {
+        Ok((_, p)) => Ok(p),
+        Err(e) if has_code(&e, Code::NotFound) => bail!(
+            "pool '{name}' does not exist; create it with `gateway pool add {name} --backend ID=ADDRESS`"
+        ),
+        Err(e) => Err(e),
+    }
+}
+
+pub async fn backend(c: &mut Conn, out: Output, cmd: BackendCmd) -> anyhow::Result<()> {
+    // Read the pool, change it, write it back expecting the revision read; if someone changed
+    // the pool meanwhile, start over (unless the caller fixed the revision with --if-revision).
+    // A write retried after a broken connection may have been applied already: a later
+    // attempt that finds the change made reports success.
+    let (pool_name, id) = match &cmd {
+        BackendCmd::Add { pool, id, .. } | BackendCmd::Rm { pool, id, .. } => {
+            (pool.clone(), id.clone())
+        }
+    };
+    for attempt in 0..RMW_ATTEMPTS {
+        let mut pool = pool_for_change(c, &pool_name).await?;
+        let read_at = pool.revision;
+        let (explicit, verb) = match &cmd {
+            BackendCmd::Add {
+                address,
+                weight,
+                node,
+                max_connections,
+                mode,
+                ..
+            } => {
+                let want = Backend {
+                    id: id.clone(),
+                    address: address.clone(),
+                    weight: *weight,
+                    node: *node,
+                    max_connections: *max_connections,
+                };
+                match pool.backends.iter().position(|b| b.id == id) {
+                    Some(i) if pool.backends[i] == want => {
+                        return done(
+                            out,
+                            &format!("backend {id} is already in pool {pool_name} as given"),
+                            &pool,
+                        );
+                    }
+                    Some(i) if mode.replace || mode.cond.if_revision.is_some() => {
+                        pool.backends[i] = want;
+                    }
+                    Some(i) => bail!(
+                        "backend '{id}' is already in pool '{pool_name}' (at {}): pass --replace to change it",
+                        pool.backends[i].address
+                    ),
+                    None => pool.backends.push(want),
+                }
+                (mode.cond.if_revision, "added to")
+            }
+            BackendCmd::Rm { cond, .. } => {
+                let before = pool.backends.len();
+                pool.backends.retain(|b| b.id != id);
+                if pool.backends.len() == before {
+                    if attempt > 0 {
+                        return done(
+                            out,
+                            &format!("backend {id} removed from pool {pool_name}"),
+                            &pool,
+                        );
+                    }
+                    let ids: Vec<&str> = pool.backends.iter().map(|b| b.id.as_str()).collect();
+                    bail!(
+                        "backend '{id}' is not in pool '{pool_name}' (its backends: {}); see them with `gateway pool get {pool_name}`",
+                        if ids.is_empty() {
+                            "none".to_string()
+                        } else {
+                            ids.join(", ")
+                        }
+                    );
+                }
+                (cond.if_revision, "removed from")
+            }
+        };
+        match put_pool(c, &pool, Some(explicit.unwrap_or(read_at))).await {
+            Ok((_, saved)) => {
+                return done(
+                    out,
+                    &format!("backend {id} {verb} pool {pool_name}"),
+                    &saved,
+                );
+            }
+            Err(e)
+                if explicit.is_none()
+                    && e.downcast_ref::<Failed>().is_some_and(Failed::is_stale) =>
+            {
+                continue;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    bail!(
+        "pool '{pool_name}' kept changing while backend {id} was being changed ({RMW_ATTEMPTS} attempts); try again"
+    )
+}
+
+fn done(out: Output, what: &str, pool: &Pool) -> anyhow::Result<()> {
+    match out {
+        Output::Table => outln!("{what} (revision {})", pool.revision),
+        Output::Json => print_json(&json!({"revision": pool.revision, "pool": pool}))
+            .context("printing the pool")?,
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_specs() {
+        let b = parse_backend("a=127.0.0.1:8201").unwrap();
+        assert_eq!(
+            (b.id.as_str(), b.address.as_str(), b.weight),
+            ("a", "127.0.0.1:8201", 1)
+        );
+        let b = parse_backend("b=unix:/run/x.sock,weight=3,node=2,max_connections=10").unwrap();
+        assert_eq!(b.weight, 3);
+        assert_eq!(b.node, Some(2));
+        assert_eq!(b.max_connections, Some(10));
+        for bad in [
+            "nope",
+            "a=1.2.3.4:5,weight=x",
+            "a=1.2.3.4:5,colour=red",
+            "a=1:1,weight",
+        ] {
+            let e = parse_backend(bad).unwrap_err().to_string();
+            assert!(e.starts_with("--backend '"), "{e}");
+        }
+    }
+}

@@ -1,0 +1,807 @@
+//! Conversions between the admin API's messages and model types.
+//!
+//! `*_to_wire` never fail. `*_from_wire` only translate (enum numbers, values the model's types
+//! cannot hold): a client reads replies with them. `checked_*` also enforce the wire's list
+//! limits and the model's validation: a server takes input through them, so that what reaches
+//! the cluster is valid, and an error names the field at fault and how to fix it.
+//!
+//! Every conversion destructures the model type without `..`: a field added to the model does
+//! not compile here until the wire carries it, so no field is silently dropped on the way.
+
+use crate::admin;
+use gateway_model::{
+    Backend, Balance, Change, ChangeSet, Command, ErrorPage, HeaderMatch, HeaderRules, Invalid,
+    MAX_BATCH, Pool, Protocol, Route, WritePolicy, validate_name, validate_pool, validate_route,
+};
+use std::collections::BTreeMap;
+
+/// Most backends in one pool.
+pub const MAX_BACKENDS: usize = 1000;
+/// Most host patterns on one route.
+pub const MAX_HOSTS: usize = 256;
+/// Most methods on one route.
+pub const MAX_METHODS: usize = 32;
+/// Most entries in each list of a route's header rules (`set`, `add`, `remove`).
+pub const MAX_HEADER_RULES: usize = 64;
+
+/// Puts `prefix` in front of the field an error names.
+pub fn under(prefix: &str, mut v: Invalid) -> Invalid {
+    v.field = if v.field.is_empty() {
+        prefix.to_string()
+    } else {
+        format!("{prefix}.{}", v.field)
+    };
+    v
+}
+
+fn too_many(field: &str, n: usize, max: usize) -> Invalid {
+    Invalid::new(
+        field,
+        format!("has {n} entries"),
+        format!("send at most {max}"),
+    )
+}
+
+fn unknown_enum(field: &str, value: i32, names: &str) -> Invalid {
+    Invalid::new(
+        field,
+        format!("{value} is not a known value"),
+        format!("use one of {names}"),
+    )
+}
+
+// ---- enums -------------------------------------------------------------------------------
+
+fn balance_from(v: i32) -> Result<Balance, Invalid> {
+    use admin::Balance as B;
+    Ok(match B::try_from(v) {
+        Ok(B::Unspecified | B::RoundRobin) => Balance::RoundRobin,
+        Ok(B::WeightedRoundRobin) => Balance::WeightedRoundRobin,
+        Ok(B::LeastConnections) => Balance::LeastConnections,
+        Ok(B::RandomTwoChoices) => Balance::RandomTwoChoices,
+        Ok(B::IpHash) => Balance::IpHash,
+        Ok(B::Cookie) => Balance::Cookie,
+        Err(_) => {
+            return Err(unknown_enum(
+                "balance",
+                v,
+                "BALANCE_ROUND_ROBIN, BALANCE_WEIGHTED_ROUND_ROBIN, BALANCE_LEAST_CONNECTIONS, BALANCE_RANDOM_TWO_CHOICES, BALANCE_IP_HASH, BALANCE_COOKIE",
+            ));
+        }
+    })
+}
+
+fn balance_to(b: Balance) -> admin::Balance {
+    use admin::Balance as B;
+    match b {
+        Balance::RoundRobin => B::RoundRobin,
+        Balance::WeightedRoundRobin => B::WeightedRoundRobin,
+        Balance::LeastConnections => B::LeastConnections,
+        Balance::RandomTwoChoices => B::RandomTwoChoices,
+        Balance::IpHash => B::IpHash,
+        Balance::Cookie => B::Cookie,
+    }
+}
+
+fn protocol_from(v: i32) -> Result<Protocol, Invalid> {
+    use admin::Protocol as P;
+    match P::try_from(v) {
+        Ok(P::Unspecified | P::Http1) => Ok(Protocol::Http1),
+        Ok(P::H2c) => Ok(Protocol::H2c),
+        Err(_) => Err(unknown_enum("protocol", v, "PROTOCOL_HTTP1, PROTOCOL_H2C")),
+    }
+}
+
+fn protocol_to(p: Protocol) -> admin::Protocol {
+    match p {
+        Protocol::Http1 => admin::Protocol::Http1,
+        Protocol::H2c => admin::Protocol::H2c,
+    }
+}
+
+fn writes_from(v: i32) -> Result<WritePolicy, Invalid> {
+    use admin::WritePolicy as W;
+    match W::try_from(v) {
+        Ok(W::Unspecified | W::Any) => Ok(WritePolicy::Any),
+        Ok(W::Leader) => Ok(WritePolicy::Leader),
+        Err(_) => Err(unknown_enum(
+            "writes",
+            v,
+            "WRITE_POLICY_ANY, WRITE_POLICY_LEADER",
+        )),
+    }
+}
+
+fn writes_to(w: WritePolicy) -> admin::WritePolicy {
+    match w {
+        WritePolicy::Any => admin::WritePolicy::Any,
+        WritePolicy::Leader => admin::WritePolicy::Leader,
+    }
+}
+
+/// The read consistency asked for; unspecified is linearizable.
+pub fn consistency_from_wire(v: i32) -> Result<admin::Consistency, Invalid> {
+    use admin::Consistency as C;
+    match C::try_from(v) {
+        Ok(C::Unspecified | C::Linearizable) => Ok(C::Linearizable),
+        Ok(c) => Ok(c),
+        Err(_) => Err(unknown_enum(
+            "consistency",
+            v,
+            "CONSISTENCY_LINEARIZABLE (the default), CONSISTENCY_LEADER, CONSISTENCY_STALE",
+        )),
+    }
+}
+
+// ---- pools -------------------------------------------------------------------------------
+
+fn backend_from(b: admin::Backend) -> Backend {
+    let admin::Backend {
+        id,
+        address,
+        weight,
+        node,
+        max_connections,
+    } = b;
+    Backend {
+        id,
+        address,
+        weight: weight.unwrap_or(1),
+        node,
+        max_connections,
+    }
+}
+
+fn backend_to(b: &Backend) -> admin::Backend {
+    let Backend {
+        id,
+        address,
+        weight,
+        node,
+        max_connections,
+    } = b;
+    admin::Backend {
+        id: id.clone(),
+        address: address.clone(),
+        weight: Some(*weight),
+        node: *node,
+        max_connections: *max_connections,
+    }
+}
+
+/// A pool as the wire carries it.
+pub fn pool_to_wire(p: &Pool) -> admin::Pool {
+    let Pool {
+        name,
+        balance,
+        backends,
+        prefer_local,
+        protocol,
+        queue_timeout_ms,
+        retry_budget_percent,
+        retry_budget_min_per_second,
+        revision,
+    } = p;
+    admin::Pool {
+        name: name.clone(),
+        balance: balance_to(*balance) as i32,
+        backends: backends.iter().map(backend_to).collect(),
+        prefer_local: *prefer_local,
+        protocol: protocol_to(*protocol) as i32,
+        queue_timeout_ms: *queue_timeout_ms,
+        retry_budget_percent: *retry_budget_percent,
+        retry_budget_min_per_second: *retry_budget_min_per_second,
+        revision: *revision,
+    }
+}
+
+/// A pool from the wire, translated but not validated (for replies).
+pub fn pool_from_wire(p: admin::Pool) -> Result<Pool, Invalid> {
+    let admin::Pool {
+        name,
+        balance,
+        backends,
+        prefer_local,
+        protocol,
+        queue_timeout_ms,
+        retry_budget_percent,
+        retry_budget_min_per_second,
+        revision,
+    } = p;
+    Ok(Pool {
+        name,
+        balance: balance_from(balance)?,
+        backends: backends.into_iter().map(backend_from).collect(),
+        prefer_local,
+        protocol: protocol_from(protocol)?,
+        queue_timeout_ms,
+        retry_budget_percent,
+        retry_budget_min_per_second,
+        revision,
+    })
+}
+
+/// A pool sent as input: within the wire's limits and valid; its revision is cleared (the
+/// cluster sets it).
+pub fn checked_pool(p: admin::Pool) -> Result<Pool, Invalid> {
+    if p.backends.len() > MAX_BACKENDS {
+        return Err(too_many("backends", p.backends.len(), MAX_BACKENDS));
+    }
+    let mut pool = pool_from_wire(p)?;
+    pool.revision = 0;
+    validate_pool(&pool)?;
+    Ok(pool)
+}
+
+// ---- routes ------------------------------------------------------------------------------
+
+fn rules_from(r: Option<admin::HeaderRules>) -> HeaderRules {
+    let admin::HeaderRules { set, add, remove } = r.unwrap_or_default();
+    HeaderRules { set, add, remove }
+}
+
+fn rules_to(r: &HeaderRules) -> Option<admin::HeaderRules> {
+    let HeaderRules { set, add, remove } = r;
+    (!r.is_empty()).then(|| admin::HeaderRules {
+        set: set.clone(),
+        add: add.clone(),
+        remove: remove.clone(),
+    })
+}
+
+fn check_rules(field: &str, r: &Option<admin::HeaderRules>) -> Result<(), Invalid> {
+    if let Some(r) = r {
+        for (name, n) in [
+            ("set", r.set.len()),
+            ("add", r.add.len()),
+            ("remove", r.remove.len()),
+        ] {
+            if n > MAX_HEADER_RULES {
+                return Err(too_many(&format!("{field}.{name}"), n, MAX_HEADER_RULES));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn error_page_from(key: &str, p: admin::ErrorPage) -> Result<ErrorPage, Invalid> {
+    let admin::ErrorPage {
+        status,
+        content_type,
+        body,
+    } = p;
+    let status = match status {
+        None => None,
+        Some(s) => Some(u16::try_from(s).map_err(|_| {
+            Invalid::new(
+                format!("error_pages.{key}.status"),
+                format!("{s} is out of range"),
+                "use a status from 200 to 599, or leave it out to keep the error's",
+            )
+        })?),
+    };
+    let mut page = ErrorPage {
+        status,
+        body,
+        ..ErrorPage::default()
+    };
+    if let Some(ct) = content_type {
+        page.content_type = ct;
+    }
+    Ok(page)
+}
+
+fn error_page_to(p: &ErrorPage) -> admin::ErrorPage {
+    let ErrorPage {
+        status,
+        content_type,
+        body,
+    } = p;
+    admin::ErrorPage {
+        status: status.map(u32::from),
+        content_type: Some(content_type.clone()),
+        body: body.clone(),
+    }
+}
+
+/// A route as the wire carries it.
+pub fn route_to_wire(r: &Route) -> admin::Route {
+    let Route {
+        name,
+        hosts,
+        path_prefix,
+        methods,
+        pool,
+        writes,
+        timeout_ms,
+        retries,
+        retry_delay_ms,
+        headers,
+        request_headers,
+        response_headers,
+        strip_prefix,
+        host_rewrite,
+        error_pages,
+        revision,
+    } = r;
+    admin::Route {
+        name: name.clone(),
+        hosts: hosts.clone(),
+        path_prefix: path_prefix.clone(),
+        methods: methods.clone(),
+        pool: pool.clone(),
+        writes: writes_to(*writes) as i32,
+        timeout_ms: *timeout_ms,
+        retries: *retries,
+        retry_delay_ms: *retry_delay_ms,
+        headers: headers
+            .iter()
+            .map(|h| admin::HeaderMatch {
+                name: h.name.clone(),
+                value: h.value.clone(),
+            })
+            .collect(),
+        request_headers: rules_to(request_headers),
+        response_headers: rules_to(response_headers),
+        strip_prefix: *strip_prefix,
+        host_rewrite: host_rewrite.clone(),
+        error_pages: error_pages
+            .iter()
+            .map(|(k, p)| (k.clone(), error_page_to(p)))
+            .collect(),
+        revision: *revision,
+    }
+}
+
+/// A route from the wire, translated but not validated (for replies). An empty path prefix
+/// is `/`.
+pub fn route_from_wire(r: admin::Route) -> Result<Route, Invalid> {
+    let admin::Route {
+        name,
+        hosts,
+        path_prefix,
+        methods,
+        pool,
+        writes,
+        timeout_ms,
+        retries,
+        retry_delay_ms,
+        headers,
+        request_headers,
+        response_headers,
+        strip_prefix,
+        host_rewrite,
+        error_pages,
+        revision,
+    } = r;
+    let mut pages = BTreeMap::new();
+    for (key, page) in error_pages {
+        let page = error_page_from(&key, page)?;
+        pages.insert(key, page);
+    }
+    Ok(Route {
+        name,
+        hosts,
+        path_prefix: if path_prefix.is_empty() {
+            "/".to_string()
+        } else {
+            path_prefix
+        },
+        methods,
+        pool,
+        writes: writes_from(writes)?,
+        timeout_ms,
+        retries,
+        retry_delay_ms,
+        headers: headers
+            .into_iter()
+            .map(|h| HeaderMatch {
+                name: h.name,
+                value: h.value,
+            })
+            .collect(),
+        request_headers: rules_from(request_headers),
+        response_headers: rules_from(response_headers),
+        strip_prefix,
+        host_rewrite,
+        error_pages: pages,
+        revision,
+    })
+}
+
+/// A route sent as input: within the wire's limits and valid; its revision is cleared.
+pub fn checked_route(r: admin::Route) -> Result<Route, Invalid> {
+    if r.hosts.len() > MAX_HOSTS {
+        return Err(too_many("hosts", r.hosts.len(), MAX_HOSTS));
+    }
+    if r.methods.len() > MAX_METHODS {
+        return Err(too_many("methods", r.methods.len(), MAX_METHODS));
+    }
+    check_rules("request_headers", &r.request_headers)?;
+    check_rules("response_headers", &r.response_headers)?;
+    let mut route = route_from_wire(r)?;
+    route.revision = 0;
+    validate_route(&route)?;
+    Ok(route)
+}
+
+// ---- commands ----------------------------------------------------------------------------
+
+fn missing(field: &str, fix: &str) -> Invalid {
+    Invalid::new(field, "is missing", fix)
+}
+
+/// One operation of a transaction as a checked command; fields are named relative to the
+/// object (`backends[0].address`), as the model names them.
+pub fn checked_command(op: admin::Operation) -> Result<Command, Invalid> {
+    use admin::operation::Op;
+    Ok(match op.op {
+        None => {
+            return Err(missing(
+                "op",
+                "set one of put_pool, delete_pool, put_route, delete_route",
+            ));
+        }
+        Some(Op::PutPool(r)) => Command::PutPool {
+            pool: checked_pool(r.pool.ok_or_else(|| missing("pool", "send the pool"))?)?,
+            expect: r.if_revision,
+        },
+        Some(Op::PutRoute(r)) => Command::PutRoute {
+            route: checked_route(r.route.ok_or_else(|| missing("route", "send the route"))?)?,
+            expect: r.if_revision,
+        },
+        Some(Op::DeletePool(r)) => {
+            validate_name("name", &r.name)?;
+            Command::DeletePool {
+                name: r.name,
+                expect: r.if_revision,
+            }
+        }
+        Some(Op::DeleteRoute(r)) => {
+            validate_name("name", &r.name)?;
+            Command::DeleteRoute {
+                name: r.name,
+                expect: r.if_revision,
+            }
+        }
+    })
+}
+
+/// The operations of a transaction as checked commands: 1 to [`MAX_BATCH`] of them; an error
+/// names the one at fault as `commands[i].<field>`.
+pub fn checked_commands(ops: Vec<admin::Operation>) -> Result<Vec<Command>, Invalid> {
+    if ops.is_empty() || ops.len() > MAX_BATCH {
+        return Err(Invalid::new(
+            "commands",
+            format!("{} given", ops.len()),
+            format!("send 1 to {MAX_BATCH} commands"),
+        ));
+    }
+    ops.into_iter()
+        .enumerate()
+        .map(|(i, op)| checked_command(op).map_err(|v| under(&format!("commands[{i}]"), v)))
+        .collect()
+}
+
+/// A configuration command as a transaction operation; `None` for node and batch commands,
+/// which a transaction does not carry.
+pub fn command_to_wire(c: &Command) -> Option<admin::Operation> {
+    use admin::operation::Op;
+    let op = match c {
+        Command::PutPool { pool, expect } => Op::PutPool(admin::PutPoolRequest {
+            pool: Some(pool_to_wire(pool)),
+            if_revision: *expect,
+        }),
+        Command::PutRoute { route, expect } => Op::PutRoute(admin::PutRouteRequest {
+            route: Some(route_to_wire(route)),
+            if_revision: *expect,
+        }),
+        Command::DeletePool { name, expect } => Op::DeletePool(admin::DeleteRequest {
+            name: name.clone(),
+            if_revision: *expect,
+        }),
+        Command::DeleteRoute { name, expect } => Op::DeleteRoute(admin::DeleteRequest {
+            name: name.clone(),
+            if_revision: *expect,
+        }),
+        Command::RetireNode { .. } | Command::Batch { .. } => return None,
+    };
+    Some(admin::Operation { op: Some(op) })
+}
+
+// ---- changes -----------------------------------------------------------------------------
+
+/// A revision's changes as the wire carries them.
+pub fn change_set_to_wire(c: &ChangeSet) -> admin::ChangeSet {
+    use admin::change::Change as W;
+    admin::ChangeSet {
+        revision: c.revision,
+        changes: c
+            .changes
+            .iter()
+            .map(|ch| admin::Change {
+                change: Some(match ch {
+                    Change::PutPool { pool } => W::PutPool(pool_to_wire(pool)),
+                    Change::DeletePool { name } => W::DeletePool(name.clone()),
+                    Change::PutRoute { route } => W::PutRoute(route_to_wire(route)),
+                    Change::DeleteRoute { name } => W::DeleteRoute(name.clone()),
+                    Change::RetireNode { id } => W::RetireNode(*id),
+                }),
+            })
+            .collect(),
+    }
+}
+
+/// A revision's changes from the wire (for clients).
+pub fn change_set_from_wire(c: admin::ChangeSet) -> Result<ChangeSet, Invalid> {
+    use admin::change::Change as W;
+    let mut changes = Vec::with_capacity(c.changes.len());
+    for (i, ch) in c.changes.into_iter().enumerate() {
+        let field = |v| under(&format!("changes[{i}]"), v);
+        changes.push(match ch.change {
+            Some(W::PutPool(p)) => Change::PutPool {
+                pool: pool_from_wire(p).map_err(field)?,
+            },
+            Some(W::DeletePool(name)) => Change::DeletePool { name },
+            Some(W::PutRoute(r)) => Change::PutRoute {
+                route: route_from_wire(r).map_err(field)?,
+            },
+            Some(W::DeleteRoute(name)) => Change::DeleteRoute { name },
+            Some(W::RetireNode(id)) => Change::RetireNode { id },
+            None => {
+                return Err(field(missing(
+                    "change",
+                    "this change is of a kind this client does not know: upgrade it",
+                )));
+            }
+        });
+    }
+    Ok(ChangeSet {
+        revision: c.revision,
+        changes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full_pool() -> Pool {
+        Pool {
+            name: "web".into(),
+            balance: Balance::WeightedRoundRobin,
+            backends: vec![
+                Backend {
+                    id: "a".into(),
+                    address: "127.0.0.1:9001".into(),
+                    weight: 5,
+                    node: Some(2),
+                    max_connections: Some(100),
+                },
+                Backend {
+                    id: "b".into(),
+                    address: "unix:/run/app.sock".into(),
+                    ..Backend::default()
+                },
+            ],
+            prefer_local: true,
+            protocol: Protocol::H2c,
+            queue_timeout_ms: Some(250),
+            retry_budget_percent: Some(30),
+            retry_budget_min_per_second: Some(3),
+            revision: 7,
+        }
+    }
+
+    fn full_route() -> Route {
+        Route {
+            name: "app".into(),
+            hosts: vec!["example.com".into(), "*.example.com".into()],
+            path_prefix: "/api".into(),
+            methods: vec!["GET".into(), "POST".into()],
+            pool: "web".into(),
+            writes: WritePolicy::Leader,
+            timeout_ms: Some(5000),
+            retries: Some(3),
+            retry_delay_ms: Some(10),
+            headers: vec![HeaderMatch {
+                name: "x-tenant".into(),
+                value: "blue".into(),
+            }],
+            request_headers: HeaderRules {
+                set: BTreeMap::from([("x-a".into(), "1".into())]),
+                add: BTreeMap::from([("x-b".into(), "2".into())]),
+                remove: vec!["x-c".into()],
+            },
+            response_headers: HeaderRules {
+                set: BTreeMap::from([("x-served-by".into(), "gw".into())]),
+                ..HeaderRules::default()
+            },
+            strip_prefix: true,
+            host_rewrite: Some("app.internal:8080".into()),
+            error_pages: BTreeMap::from([(
+                "503".into(),
+                ErrorPage {
+                    status: Some(503),
+                    content_type: "text/plain".into(),
+                    body: "down".into(),
+                },
+            )]),
+            revision: 9,
+        }
+    }
+
+    #[test]
+    fn pools_and_routes_round_trip_with_every_field() {
+        let p = full_pool();
+        assert_eq!(pool_from_wire(pool_to_wire(&p)).unwrap(), p);
+        let r = full_route();
+        assert_eq!(route_from_wire(route_to_wire(&r)).unwrap(), r);
+        let d = Route {
+            name: "d".into(),
+            pool: "web".into(),
+            path_prefix: "/".into(),
+            ..Route::default()
+        };
+        assert_eq!(route_from_wire(route_to_wire(&d)).unwrap(), d);
+    }
+
+    #[test]
+    fn checked_input_clears_the_revision_and_fills_defaults() {
+        let p = checked_pool(pool_to_wire(&full_pool())).unwrap();
+        assert_eq!(p.revision, 0);
+        let wire = admin::Route {
+            name: "r".into(),
+            pool: "web".into(),
+            ..Default::default()
+        };
+        let r = checked_route(wire).unwrap();
+        assert_eq!(r.path_prefix, "/", "an empty prefix is /");
+        assert_eq!(r.writes, WritePolicy::Any);
+        let wire = admin::Pool {
+            name: "p".into(),
+            backends: vec![admin::Backend {
+                id: "a".into(),
+                address: "10.0.0.1:80".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let p = checked_pool(wire).unwrap();
+        assert_eq!(p.backends[0].weight, 1, "an absent weight is 1");
+        assert_eq!(p.balance, Balance::RoundRobin);
+        let page = admin::ErrorPage {
+            body: "x".into(),
+            ..Default::default()
+        };
+        let r = route_from_wire(admin::Route {
+            error_pages: BTreeMap::from([("502".into(), page)]),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            r.error_pages["502"],
+            ErrorPage {
+                body: "x".into(),
+                ..ErrorPage::default()
+            }
+        );
+    }
+
+    #[test]
+    fn bad_input_names_the_field() {
+        let mut p = pool_to_wire(&full_pool());
+        p.balance = 42;
+        let e = checked_pool(p).unwrap_err();
+        assert_eq!(e.field, "balance");
+        assert!(e.to_string().contains("BALANCE_ROUND_ROBIN"), "{e}");
+
+        let mut p = pool_to_wire(&full_pool());
+        p.backends[1].address = "nohost".into();
+        assert_eq!(checked_pool(p).unwrap_err().field, "backends[1].address");
+
+        let mut p = pool_to_wire(&full_pool());
+        p.backends = (0..=MAX_BACKENDS)
+            .map(|i| admin::Backend {
+                id: format!("b{i}"),
+                address: "127.0.0.1:1".into(),
+                ..Default::default()
+            })
+            .collect();
+        let e = checked_pool(p).unwrap_err();
+        assert_eq!(e.field, "backends");
+        assert!(e.to_string().contains("at most 1000"), "{e}");
+
+        let mut r = route_to_wire(&full_route());
+        r.hosts = vec!["a.example".into(); MAX_HOSTS + 1];
+        assert_eq!(checked_route(r).unwrap_err().field, "hosts");
+        let mut r = route_to_wire(&full_route());
+        r.methods = vec!["GET".into(); MAX_METHODS + 1];
+        assert_eq!(checked_route(r).unwrap_err().field, "methods");
+        let mut r = route_to_wire(&full_route());
+        r.writes = -1;
+        assert_eq!(checked_route(r).unwrap_err().field, "writes");
+        let mut r = route_to_wire(&full_route());
+        r.name = "no spaces".into();
+        assert_eq!(checked_route(r).unwrap_err().field, "name");
+        let mut r = route_to_wire(&full_route());
+        r.error_pages.get_mut("503").unwrap().status = Some(70_000);
+        assert_eq!(
+            checked_route(r).unwrap_err().field,
+            "error_pages.503.status"
+        );
+        let mut r = route_to_wire(&full_route());
+        r.request_headers.as_mut().unwrap().remove = vec!["x-y".into(); MAX_HEADER_RULES + 1];
+        assert_eq!(
+            checked_route(r).unwrap_err().field,
+            "request_headers.remove"
+        );
+        assert!(consistency_from_wire(9).is_err());
+        assert_eq!(
+            consistency_from_wire(0).unwrap(),
+            admin::Consistency::Linearizable
+        );
+    }
+
+    #[test]
+    fn transactions_check_every_command_and_name_it() {
+        assert_eq!(checked_commands(vec![]).unwrap_err().field, "commands");
+        let cmds = vec![
+            Command::PutPool {
+                pool: full_pool(),
+                expect: Some(0),
+            },
+            Command::PutRoute {
+                route: full_route(),
+                expect: Some(4),
+            },
+            Command::DeleteRoute {
+                name: "old".into(),
+                expect: None,
+            },
+            Command::DeletePool {
+                name: "older".into(),
+                expect: Some(2),
+            },
+        ];
+        let ops: Vec<_> = cmds.iter().map(|c| command_to_wire(c).unwrap()).collect();
+        let back = checked_commands(ops.clone()).unwrap();
+        let mut want = cmds.clone();
+        if let Command::PutPool { pool, .. } = &mut want[0] {
+            pool.revision = 0;
+        }
+        if let Command::PutRoute { route, .. } = &mut want[1] {
+            route.revision = 0;
+        }
+        assert_eq!(back, want);
+
+        let mut bad = ops;
+        if let Some(admin::operation::Op::PutPool(p)) = &mut bad[0].op {
+            p.pool.as_mut().unwrap().backends[0].weight = Some(0);
+        }
+        assert_eq!(
+            checked_commands(bad.clone()).unwrap_err().field,
+            "commands[0].backends[0].weight"
+        );
+        bad[0] = admin::Operation { op: None };
+        assert_eq!(checked_commands(bad).unwrap_err().field, "commands[0].op");
+        assert!(command_to_wire(&Command::RetireNode { id: 3 }).is_none());
+    }
+
+    #[test]
+    fn change_sets_round_trip() {
+        let c = ChangeSet {
+            revision: 12,
+            changes: vec![
+                Change::PutPool { pool: full_pool() },
+                Change::PutRoute {
+                    route: full_route(),
+                },
+                Change::DeleteRoute { name: "r".into() },
+                Change::DeletePool { name: "p".into() },
+                Change::RetireNode { id: 4 },
+            ],
+        };
+        assert_eq!(change_set_from_wire(change_set_to_wire(&c)).unwrap(), c);
+    }
+}
