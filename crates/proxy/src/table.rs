@@ -95,16 +95,17 @@ pub(crate) struct RouteTable {
     any: Box<[u32]>,
 }
 
-/// Whether two states route every request the same way: same routes, and the pools those
-/// routes use at the same revisions. Cheap when routes did not change (persistent maps share
-/// their structure), so a write that touches only unused pools costs no recompilation.
+/// Whether two states route every request the same way: the same routes, and the same pools
+/// behind them. Cheap when routes did not change (persistent maps share their structure, so the
+/// check is a pointer comparison and one small pool comparison per route): a write that touches
+/// only pools no route uses costs no recompilation.
 pub(crate) fn same_routing(a: &State, b: &State) -> bool {
     if !a.routes.ptr_eq(&b.routes) && a.routes != b.routes {
         return false;
     }
-    b.routes.values().all(|r| {
-        a.pools.get(&r.pool).map(|p| p.revision) == b.pools.get(&r.pool).map(|p| p.revision)
-    })
+    b.routes
+        .values()
+        .all(|r| a.pools.get(&r.pool) == b.pools.get(&r.pool))
 }
 
 impl RouteTable {
@@ -513,5 +514,29 @@ mod tests {
             reg.backends
                 .contains_key(&("p".to_string(), "z".to_string()))
         );
+    }
+
+    #[test]
+    fn routing_is_the_same_unless_routes_or_their_pools_change() {
+        let a = state(&[("r", &[], "/", &[])]);
+        let mut b = a.clone();
+        b.pools.insert(
+            "unused".into(),
+            Pool {
+                name: "unused".into(),
+                ..Default::default()
+            },
+        );
+        b.revision += 1;
+        assert!(
+            same_routing(&a, &b),
+            "a pool no route uses does not change routing"
+        );
+        let mut c = b.clone();
+        c.pools.get_mut("p").unwrap().backends[0].address = "127.0.0.1:2".into();
+        assert!(!same_routing(&b, &c), "a used pool changed");
+        let mut d = b.clone();
+        d.routes.get_mut("r").unwrap().path_prefix = "/x".into();
+        assert!(!same_routing(&b, &d), "a route changed");
     }
 }
