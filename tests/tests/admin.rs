@@ -42,6 +42,30 @@ async fn call(
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
+/// One request with extra headers; answers status and body.
+async fn call_with(
+    method: &str,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+) -> Result<(u16, String)> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::new(Bytes::from(body.unwrap_or_default())))?;
+    let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req))
+        .await
+        .map_err(|_| anyhow!("{method} {path}: no answer within 30s"))??;
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await?.to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
 /// A one-node cluster whose admin API wants tokens.
 async fn secured_node(c: &TestCluster) -> Result<Node> {
     let spec = c.spec(1)?;
@@ -366,6 +390,42 @@ async fn leadership_moves_on_request() -> TestResult {
         })
         .await?;
     }
+    // The same through the CLI (gRPC), sent to a follower.
+    let from = leader_id(&c).await?;
+    let to = c
+        .ids()
+        .into_iter()
+        .find(|i| *i != from)
+        .context("another node")?;
+    let server = c.node(to).cluster_addr.to_string();
+    let out = gateway_tests::run_gateway(
+        &[
+            "cluster",
+            "transfer-leader",
+            "--to",
+            &to.to_string(),
+            "--server",
+            &server,
+        ],
+        Duration::from_secs(60),
+    )
+    .await?;
+    ensure!(
+        out.status.success(),
+        "gateway cluster transfer-leader: {out:?}"
+    );
+    ensure!(
+        out.stdout.contains(&format!("node {to} now leads")),
+        "{out:?}"
+    );
+    wait_for("every node to name the CLI's choice", ELECTION, || async {
+        for n in c.live() {
+            let l = n.leader().await?;
+            ensure!(l.id == to, "node {} names {}", n.id, l.id);
+        }
+        Ok(())
+    })
+    .await?;
     let (s, b) = call(
         "POST",
         c.node(1).admin_addr,
@@ -447,4 +507,86 @@ async fn sigterm_finishes_in_flight_refuses_new_and_hands_over() -> TestResult {
         "the leader did not hand over; log:\n{log}"
     );
     Ok(())
+}
+
+/// A client that retries a write with the same X-Request-Id (say, after a timeout, through
+/// another node) has it applied once, even when the state changed in between.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_write_with_the_same_request_id_applies_once() -> TestResult {
+    let c = TestCluster::start(3).await?;
+    let leader = leader_id(&c).await?;
+    let follower = c
+        .ids()
+        .into_iter()
+        .find(|i| *i != leader)
+        .context("a follower")?;
+    let body = br#"{"backends":[{"id":"a","address":"127.0.0.1:9"}]}"#.to_vec();
+    let id = [("x-request-id", "retry-test-1")];
+    let (s, first) = call_with(
+        "PUT",
+        c.node(follower).admin_addr,
+        "/v1/pools/once",
+        &id,
+        Some(body.clone()),
+    )
+    .await?;
+    ensure!(s == 200, "first write: {s} {first}");
+    let (s, b) = call_with(
+        "DELETE",
+        c.node(leader).admin_addr,
+        "/v1/pools/once",
+        &[],
+        None,
+    )
+    .await?;
+    ensure!(s == 200, "delete: {s} {b}");
+    let before = revision_of(c.node(leader)).await?;
+    // The "retry" arrives through the other node, after the delete.
+    let (s, again) = call_with(
+        "PUT",
+        c.node(leader).admin_addr,
+        "/v1/pools/once",
+        &id,
+        Some(body),
+    )
+    .await?;
+    ensure!(s == 200, "retry: {s} {again}");
+    let (a, b): (Value, Value) = (serde_json::from_str(&first)?, serde_json::from_str(&again)?);
+    ensure!(
+        a["revision"] == b["revision"],
+        "the retry answered {again}, the first write {first}"
+    );
+    ensure!(
+        revision_of(c.node(leader)).await? == before,
+        "the retry changed the config"
+    );
+    let (s, _) = call_with(
+        "GET",
+        c.node(leader).admin_addr,
+        "/v1/pools/once",
+        &[],
+        None,
+    )
+    .await?;
+    ensure!(s == 404, "the retry recreated the deleted pool");
+    let (s, b) = call_with(
+        "PUT",
+        c.node(leader).admin_addr,
+        "/v1/pools/x",
+        &[("x-request-id", "bad id!")],
+        Some(b"{}".to_vec()),
+    )
+    .await?;
+    ensure!(
+        s == 400 && b.contains("X-Request-Id"),
+        "a malformed id: {s} {b}"
+    );
+    Ok(())
+}
+
+async fn revision_of(node: &Node) -> Result<u64> {
+    let (s, b) = call("GET", node.admin_addr, "/v1/config", None, None).await?;
+    ensure!(s == 200, "{s} {b}");
+    let v: Value = serde_json::from_str(&b)?;
+    v["revision"].as_u64().context("revision")
 }

@@ -3,6 +3,14 @@
 
 use subtle::ConstantTimeEq;
 
+/// Checks a client-chosen request id (`X-Request-Id`): 1 to 128 of `A-Za-z0-9._:-`.
+pub fn valid_request_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
 /// What a token may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {

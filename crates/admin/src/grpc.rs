@@ -225,11 +225,34 @@ impl AdminService {
         self.cluster()
     }
 
-    /// Proposes a command; the new revision, or why it was refused.
-    async fn propose(&self, cluster: &Cluster, command: Command) -> Result<u64> {
-        let resp = cluster.write(command).await?;
+    /// Proposes a command under the client's request id, if it sent one (`x-request-id`), so a
+    /// retry of the same call applies once; the new revision, or why it was refused.
+    async fn propose(
+        &self,
+        cluster: &Cluster,
+        request_id: Option<String>,
+        command: Command,
+    ) -> Result<u64> {
+        let resp = cluster
+            .write_with_id(request_id.as_deref(), command)
+            .await?;
         resp.outcome.map_err(Failure::Apply)?;
         Ok(resp.revision)
+    }
+}
+
+/// The request id a client chose for this call (`x-request-id` metadata), checked.
+fn request_id<T>(req: &Request<T>) -> Result<Option<String>> {
+    let Some(v) = req.metadata().get("x-request-id") else {
+        return Ok(None);
+    };
+    match v.to_str() {
+        Ok(id) if crate::auth::valid_request_id(id) => Ok(Some(id.to_string())),
+        _ => Err(Failure::Invalid(Invalid::new(
+            "x-request-id",
+            "is not a request id",
+            "send 1 to 128 letters, digits, '.', '_', ':' or '-', the same on every retry",
+        ))),
     }
 }
 
@@ -354,6 +377,7 @@ impl Admin for AdminService {
         req: Request<admin::PutPoolRequest>,
     ) -> std::result::Result<Response<admin::PoolReply>, Status> {
         let cluster = self.allow(&req, Role::Write)?;
+        let request_id = request_id(&req)?;
         let req = req.into_inner();
         let wire = req
             .pool
@@ -364,6 +388,7 @@ impl Admin for AdminService {
         let rev = self
             .propose(
                 cluster,
+                request_id,
                 Command::PutPool {
                     pool,
                     expect: req.if_revision,
@@ -385,11 +410,13 @@ impl Admin for AdminService {
         req: Request<admin::DeleteRequest>,
     ) -> std::result::Result<Response<admin::DeleteReply>, Status> {
         let cluster = self.allow(&req, Role::Write)?;
+        let request_id = request_id(&req)?;
         let req = req.into_inner();
         validate_name("name", &req.name).map_err(Failure::from)?;
         let rev = self
             .propose(
                 cluster,
+                request_id,
                 Command::DeletePool {
                     name: req.name,
                     expect: req.if_revision,
@@ -447,6 +474,7 @@ impl Admin for AdminService {
         req: Request<admin::PutRouteRequest>,
     ) -> std::result::Result<Response<admin::RouteReply>, Status> {
         let cluster = self.allow(&req, Role::Write)?;
+        let request_id = request_id(&req)?;
         let req = req.into_inner();
         let wire = req
             .route
@@ -457,6 +485,7 @@ impl Admin for AdminService {
         let rev = self
             .propose(
                 cluster,
+                request_id,
                 Command::PutRoute {
                     route,
                     expect: req.if_revision,
@@ -478,11 +507,13 @@ impl Admin for AdminService {
         req: Request<admin::DeleteRequest>,
     ) -> std::result::Result<Response<admin::DeleteReply>, Status> {
         let cluster = self.allow(&req, Role::Write)?;
+        let request_id = request_id(&req)?;
         let req = req.into_inner();
         validate_name("name", &req.name).map_err(Failure::from)?;
         let rev = self
             .propose(
                 cluster,
+                request_id,
                 Command::DeleteRoute {
                     name: req.name,
                     expect: req.if_revision,
@@ -497,10 +528,13 @@ impl Admin for AdminService {
         req: Request<admin::TransactionRequest>,
     ) -> std::result::Result<Response<admin::TransactionReply>, Status> {
         let cluster = self.allow(&req, Role::Write)?;
+        let request_id = request_id(&req)?;
         let commands =
             convert::checked_commands(req.into_inner().commands).map_err(Failure::from)?;
         let applied = commands.len() as u32;
-        let rev = self.propose(cluster, Command::Batch { commands }).await?;
+        let rev = self
+            .propose(cluster, request_id, Command::Batch { commands })
+            .await?;
         Ok(with_revision(
             admin::TransactionReply {
                 revision: rev,
@@ -543,6 +577,17 @@ impl Admin for AdminService {
         cluster.remove_node(id).await.map_err(Failure::from)?;
         let rev = cluster.state().borrow().revision;
         Ok(with_revision(admin::RemoveNodeReply { removed: id }, rev))
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<admin::TransferLeaderRequest>,
+    ) -> std::result::Result<Response<admin::TransferLeaderReply>, Status> {
+        let cluster = self.allow(&req, Role::Write)?;
+        let to = Some(req.get_ref().to).filter(|t| *t != 0);
+        let leader = cluster.transfer_leader(to).await.map_err(Failure::from)?;
+        let rev = cluster.state().borrow().revision;
+        Ok(with_revision(admin::TransferLeaderReply { leader }, rev))
     }
 
     type WatchStream = WatchStream;

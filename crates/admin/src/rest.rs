@@ -116,6 +116,21 @@ async fn authorize(
     }
 }
 
+/// The request id the client chose (`X-Request-Id`), so that its retry of the same write,
+/// through any node, applies once.
+fn request_id(headers: &HeaderMap) -> Result<Option<String>> {
+    let Some(v) = headers.get("x-request-id") else {
+        return Ok(None);
+    };
+    match v.to_str() {
+        Ok(id) if crate::auth::valid_request_id(id) => Ok(Some(id.to_string())),
+        _ => Err(ApiError::bad(
+            "X-Request-Id",
+            "X-Request-Id: send 1 to 128 letters, digits, '.', '_', ':' or '-', the same on every retry of a write",
+        )),
+    }
+}
+
 /// Every answer says which revision it reflects: the one the handler chose (a write's own, a
 /// linearizable read's), else this node's applied revision at the time of the answer.
 async fn stamp_revision(
@@ -388,10 +403,14 @@ fn named(path_name: &str, body_name: &mut String) -> Result<()> {
 /// Proposes a command and turns its outcome into a response.
 async fn propose(
     app: &App,
+    request_id: Option<String>,
     command: Command,
     ok_body: impl FnOnce(u64) -> Value,
 ) -> Result<Response> {
-    let resp = app.cluster.write(command).await?;
+    let resp = app
+        .cluster
+        .write_with_id(request_id.as_deref(), command)
+        .await?;
     match resp.outcome {
         Ok(()) => Ok(ok(resp.revision, ok_body(resp.revision))),
         Err(e) => Err(ApiError::from(e).at(resp.revision)),
@@ -409,10 +428,15 @@ async fn put_pool(
     named(&name, &mut pool.name)?;
     validate_pool(&pool)?;
     let mut shown = pool.clone();
-    let resp = propose(&app, Command::PutPool { pool, expect }, |rev| {
-        shown.revision = rev;
-        json!({"revision": rev, "pool": shown})
-    })
+    let resp = propose(
+        &app,
+        request_id(&headers)?,
+        Command::PutPool { pool, expect },
+        |rev| {
+            shown.revision = rev;
+            json!({"revision": rev, "pool": shown})
+        },
+    )
     .await?;
     let rev = revision_of(&resp);
     Ok(with_etag(resp, rev))
@@ -429,10 +453,15 @@ async fn put_route(
     named(&name, &mut route.name)?;
     validate_route(&route)?;
     let mut shown = route.clone();
-    let resp = propose(&app, Command::PutRoute { route, expect }, |rev| {
-        shown.revision = rev;
-        json!({"revision": rev, "route": shown})
-    })
+    let resp = propose(
+        &app,
+        request_id(&headers)?,
+        Command::PutRoute { route, expect },
+        |rev| {
+            shown.revision = rev;
+            json!({"revision": rev, "route": shown})
+        },
+    )
     .await?;
     let rev = revision_of(&resp);
     Ok(with_etag(resp, rev))
@@ -456,6 +485,7 @@ async fn delete_pool(
     checked_name(&name)?;
     propose(
         &app,
+        request_id(&headers)?,
         Command::DeletePool { name, expect },
         |rev| json!({"revision": rev}),
     )
@@ -471,6 +501,7 @@ async fn delete_route(
     checked_name(&name)?;
     propose(
         &app,
+        request_id(&headers)?,
         Command::DeleteRoute { name, expect },
         |rev| json!({"revision": rev}),
     )
@@ -502,7 +533,11 @@ struct Transaction {
 }
 
 /// Applies several changes as one command: all of them under one new revision, or none.
-async fn transaction(AxState(app): AxState<App>, body: Bytes) -> Result<Response> {
+async fn transaction(
+    AxState(app): AxState<App>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
     let tx: Transaction = parse(&body)?;
     if tx.commands.is_empty() || tx.commands.len() > MAX_BATCH {
         return Err(ApiError::bad(
@@ -537,6 +572,7 @@ async fn transaction(AxState(app): AxState<App>, body: Bytes) -> Result<Response
     let n = tx.commands.len();
     propose(
         &app,
+        request_id(&headers)?,
         Command::Batch {
             commands: tx.commands,
         },

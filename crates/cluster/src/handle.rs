@@ -406,11 +406,25 @@ impl Cluster {
     /// Proposes a command through the leader (wherever it is) and waits until it is committed
     /// and applied there. Retries on another leader with the same request id are applied once.
     pub async fn write(&self, command: Command) -> Result<Response, ClusterError> {
-        let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
-        let req = Request {
-            id: format!("{:x}-{:x}-{n}", self.inner.id, self.inner.nonce),
-            command,
+        self.write_with_id(None, command).await
+    }
+
+    /// Like [`Cluster::write`], with the request id a client chose (and keeps when it retries
+    /// through another node), so a retried write still applies once. Client ids live in their
+    /// own namespace: they cannot collide with the ids nodes choose.
+    pub async fn write_with_id(
+        &self,
+        client_id: Option<&str>,
+        command: Command,
+    ) -> Result<Response, ClusterError> {
+        let id = match client_id {
+            Some(c) => format!("client:{c}"),
+            None => {
+                let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
+                format!("{:x}-{:x}-{n}", self.inner.id, self.inner.nonce)
+            }
         };
+        let req = Request { id, command };
         match self
             .inner
             .leader_call(Op::Write(req), Duration::from_secs(10), false)

@@ -63,6 +63,19 @@ async fn status(c: &mut Conn) -> anyhow::Result<admin::StatusReply> {
 
 pub async fn cluster(c: &mut Conn, out: Output, cmd: ClusterCmd) -> anyhow::Result<()> {
     match cmd {
+        ClusterCmd::TransferLeader { to } => {
+            let req = admin::TransferLeaderRequest {
+                to: to.unwrap_or(0),
+            };
+            let r = c
+                .call(req, |mut cl, r| async move { cl.transfer_leader(r).await })
+                .await?
+                .into_inner();
+            match out {
+                Output::Json => print_json(&json!({"leader": r.leader}))?,
+                Output::Table => outln!("node {} now leads", r.leader),
+            }
+        }
         ClusterCmd::Status => {
             let s = status(c).await?;
             match out {

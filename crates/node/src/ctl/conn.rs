@@ -297,6 +297,12 @@ impl Conn {
         Fut: Future<Output = Result<Response<R>, Status>>,
     {
         let deadline = Instant::now() + self.timeout;
+        // One id per logical call, sent again with every retry (to any server): the cluster
+        // applies a write once however many times it arrives. Harmless on reads.
+        let request_id: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+            format!("cli-{:032x}", rand::random::<u128>())
+                .parse()
+                .expect("hex is valid metadata");
         let n = self.servers.len();
         let mut pause = Duration::from_millis(100);
         self.retried = false;
@@ -323,6 +329,8 @@ impl Conn {
                     .max(Duration::from_secs(1));
                 let mut req = self.request(msg.clone());
                 req.set_timeout(left);
+                req.metadata_mut()
+                    .insert("x-request-id", request_id.clone());
                 self.retried |= sent;
                 sent = true;
                 match f(client, req).await {

@@ -311,6 +311,15 @@ pub enum ClusterCmd {
     /// The current leader.
     #[command(after_help = "Example:\n  gateway cluster leader --output json")]
     Leader,
+    /// Hand leadership to another voter (the most up-to-date one unless --to says which).
+    #[command(
+        after_help = "Examples:\n  gateway cluster transfer-leader\n  gateway cluster transfer-leader --to 3"
+    )]
+    TransferLeader {
+        /// The voter to lead next.
+        #[arg(long)]
+        to: Option<u64>,
+    },
 }
 
 #[derive(Subcommand, Debug, Clone)]
