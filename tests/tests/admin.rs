@@ -320,41 +320,6 @@ fn random_body(rng: &mut StdRng, kind: &str, transaction: bool) -> Vec<u8> {
     serde_json::to_vec(&v).expect("json")
 }
 
-/// A backend in the test: answers at once, except `/hold`, which it announces on `arrived`
-/// and answers only when `release` fires, so a test knows a request is in flight.
-async fn holding_backend(
-    arrived: tokio::sync::mpsc::Sender<()>,
-    release: tokio::sync::watch::Receiver<bool>,
-) -> Result<SocketAddr> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((mut sock, _)) = listener.accept().await {
-            let arrived = arrived.clone();
-            let mut release = release.clone();
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match sock.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                if head.starts_with(b"GET /hold") {
-                    let _ = arrived.send(()).await;
-                    let _ = release.wait_for(|r| *r).await;
-                }
-                let _ = sock
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\nconnection: close\r\n\r\nslowpoke\n")
-                    .await;
-            });
-        }
-    });
-    Ok(addr)
-}
-
 async fn leader_id(c: &TestCluster) -> Result<u64> {
     Ok(c.leader().await?.id)
 }
@@ -446,7 +411,7 @@ async fn sigterm_finishes_in_flight_refuses_new_and_hands_over() -> TestResult {
     let c = TestCluster::start(3).await?;
     let (arrived_tx, mut arrived) = tokio::sync::mpsc::channel(1);
     let (release, release_rx) = tokio::sync::watch::channel(false);
-    let backend_addr = holding_backend(arrived_tx, release_rx).await?;
+    let backend_addr = gateway_tests::holding_backend(arrived_tx, release_rx).await?;
     let leader = c.node(leader_id(&c).await?);
     let pool = json!({"backends": [{"id": "s", "address": backend_addr.to_string()}]});
     leader.put("/v1/pools/slow", &pool).await?.expect(200)?;

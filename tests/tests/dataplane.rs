@@ -764,3 +764,100 @@ async fn a_route_changed_ten_times_a_second_under_load_fails_no_request() -> Tes
     }
     Ok(())
 }
+
+/// `gateway backend drain`: the drained backend gets no new request on any node while the one
+/// it is serving finishes; `--undo` brings it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_backend_finishes_its_request_and_gets_no_new_one() -> TestResult {
+    let c = TestCluster::start(3).await?;
+    let leader = c.wait_leader(ELECTION).await?;
+    let (arrived_tx, mut arrived) = tokio::sync::mpsc::channel(1);
+    let (release, release_rx) = tokio::sync::watch::channel(false);
+    let hold = gateway_tests::holding_backend(arrived_tx, release_rx).await?;
+    let other = Demo::start("other").await?;
+    let node = c.node(leader.id);
+    put(
+        node,
+        "/v1/pools/d",
+        &json!({"backends": [{"id": "held", "address": hold.to_string()}]}),
+    )
+    .await?;
+    let rev = put(
+        node,
+        "/v1/routes/d",
+        &json!({"hosts": ["drain.test"], "pool": "d", "timeout_ms": 30000}),
+    )
+    .await?;
+    converge(&c, rev).await?;
+    // A request is under way on the backend about to be drained.
+    let http = c.node(leader.id).http_addr;
+    let in_flight = tokio::spawn(async move {
+        call(&client(), Method::GET, http, "drain.test", "/hold", &[], "").await
+    });
+    tokio::time::timeout(Duration::from_secs(30), arrived.recv())
+        .await
+        .map_err(|_| anyhow!("the held request never reached its backend"))?;
+    let pool = json!({"backends": [
+        {"id": "held", "address": hold.to_string()},
+        {"id": "other", "address": other.address()},
+    ]});
+    put(node, "/v1/pools/d", &pool).await?;
+    let server = c.node(leader.id).cluster_addr.to_string();
+    let out = gateway_tests::run_gateway(
+        &["backend", "drain", "d", "held", "--server", &server],
+        Duration::from_secs(60),
+    )
+    .await?;
+    ensure!(out.status.success(), "backend drain: {out:?}");
+    let rev = node.status().await?.revision;
+    converge(&c, rev).await?;
+    for n in c.nodes() {
+        for i in 0..6 {
+            let r = call(
+                &client(),
+                Method::GET,
+                n.http_addr,
+                "drain.test",
+                "/",
+                &[],
+                "",
+            )
+            .await?;
+            ensure!(
+                r.status == 200 && String::from_utf8_lossy(&r.body).contains("from other"),
+                "request {i} through node {} went to {r}",
+                n.id
+            );
+        }
+    }
+    release.send_replace(true);
+    let r = in_flight.await??;
+    ensure!(
+        r.status == 200 && r.body.as_ref() == b"slowpoke\n",
+        "the in-flight request got {r}"
+    );
+    let out = gateway_tests::run_gateway(
+        &[
+            "backend", "drain", "d", "held", "--undo", "--server", &server,
+        ],
+        Duration::from_secs(60),
+    )
+    .await?;
+    ensure!(out.status.success(), "backend drain --undo: {out:?}");
+    let rev = node.status().await?.revision;
+    converge(&c, rev).await?;
+    wait_for(
+        "the undrained backend to serve again",
+        Duration::from_secs(30),
+        || async {
+            let r = call(&client(), Method::GET, http, "drain.test", "/", &[], "").await?;
+            ensure!(
+                String::from_utf8_lossy(&r.body).contains("slowpoke"),
+                "answered by {r}"
+            );
+            Ok(())
+        },
+    )
+    .await?;
+    Ok(())
+}

@@ -76,6 +76,10 @@ pub struct Backend {
     /// slot (on another backend, unless the pool is sticky), then get 503 with `Retry-After`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,
+    /// Draining: no new requests (sticky clients are re-pinned elsewhere); requests and
+    /// WebSockets already under way finish.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drain: bool,
 }
 
 impl Default for Backend {
@@ -86,6 +90,7 @@ impl Default for Backend {
             weight: default_weight(),
             node: None,
             max_connections: None,
+            drain: false,
         }
     }
 }

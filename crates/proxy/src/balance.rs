@@ -196,9 +196,12 @@ impl Tried {
 
 impl CompiledPool {
     pub(crate) fn compile(pool: &Pool, node_id: u64, key: &HopKey, reg: &mut Registry) -> Self {
+        // A draining backend takes no new requests; those it serves keep their connection and
+        // counters (kept in the registry), so they finish.
         let backends: Box<[CompiledBackend]> = pool
             .backends
             .iter()
+            .filter(|b| !b.drain)
             .map(|b| {
                 let cookie_sig = key.cookie_sig(&pool.name, &b.id);
                 let sig = std::str::from_utf8(&cookie_sig).expect("hex");

@@ -142,6 +142,7 @@ fn backend_from(b: admin::Backend) -> Backend {
         weight,
         node,
         max_connections,
+        drain,
     } = b;
     Backend {
         id,
@@ -149,6 +150,7 @@ fn backend_from(b: admin::Backend) -> Backend {
         weight: weight.unwrap_or(1),
         node,
         max_connections,
+        drain,
     }
 }
 
@@ -159,6 +161,7 @@ fn backend_to(b: &Backend) -> admin::Backend {
         weight,
         node,
         max_connections,
+        drain,
     } = b;
     admin::Backend {
         id: id.clone(),
@@ -166,6 +169,7 @@ fn backend_to(b: &Backend) -> admin::Backend {
         weight: Some(*weight),
         node: *node,
         max_connections: *max_connections,
+        drain: *drain,
     }
 }
 
@@ -577,6 +581,7 @@ mod tests {
                     weight: 5,
                     node: Some(2),
                     max_connections: Some(100),
+                    drain: true,
                 },
                 Backend {
                     id: "b".into(),

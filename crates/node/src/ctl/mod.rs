@@ -287,6 +287,19 @@ pub enum BackendCmd {
         #[command(flatten)]
         mode: AddMode,
     },
+    /// Drain a backend: it takes no new requests, those under way finish (--undo takes it back).
+    #[command(
+        after_help = "Examples:\n  gateway backend drain web a\n  gateway backend drain web a --undo"
+    )]
+    Drain {
+        pool: String,
+        id: String,
+        /// Put the backend back into service.
+        #[arg(long)]
+        undo: bool,
+        #[command(flatten)]
+        cond: IfRevision,
+    },
     /// Remove a backend from a pool.
     #[command(
         visible_alias = "remove",

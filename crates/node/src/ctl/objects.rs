@@ -365,9 +365,9 @@ pub async fn backend(c: &mut Conn, out: Output, cmd: BackendCmd) -> anyhow::Resu
     // A write retried after a broken connection may have been applied already: a later
     // attempt that finds the change made reports success.
     let (pool_name, id) = match &cmd {
-        BackendCmd::Add { pool, id, .. } | BackendCmd::Rm { pool, id, .. } => {
-            (pool.clone(), id.clone())
-        }
+        BackendCmd::Add { pool, id, .. }
+        | BackendCmd::Rm { pool, id, .. }
+        | BackendCmd::Drain { pool, id, .. } => (pool.clone(), id.clone()),
     };
     for attempt in 0..RMW_ATTEMPTS {
         let mut pool = pool_for_change(c, &pool_name).await?;
@@ -387,6 +387,7 @@ pub async fn backend(c: &mut Conn, out: Output, cmd: BackendCmd) -> anyhow::Resu
                     weight: *weight,
                     node: *node,
                     max_connections: *max_connections,
+                    drain: false,
                 };
                 match pool.backends.iter().position(|b| b.id == id) {
                     Some(i) if pool.backends[i] == want => {
@@ -406,6 +407,28 @@ pub async fn backend(c: &mut Conn, out: Output, cmd: BackendCmd) -> anyhow::Resu
                     None => pool.backends.push(want),
                 }
                 (mode.cond.if_revision, "added to")
+            }
+            BackendCmd::Drain { undo, cond, .. } => {
+                let want = !*undo;
+                let Some(b) = pool.backends.iter_mut().find(|b| b.id == id) else {
+                    bail!(
+                        "backend '{id}' is not in pool '{pool_name}'; see its backends with `gateway pool get {pool_name}`"
+                    );
+                };
+                let verb = if want {
+                    "draining in"
+                } else {
+                    "back in service in"
+                };
+                if b.drain == want {
+                    return done(
+                        out,
+                        &format!("backend {id} is {verb} pool {pool_name}"),
+                        &pool,
+                    );
+                }
+                b.drain = want;
+                (cond.if_revision, verb)
             }
             BackendCmd::Rm { cond, .. } => {
                 let before = pool.backends.len();

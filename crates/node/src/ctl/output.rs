@@ -178,11 +178,19 @@ pub fn pool_detail(p: &Pool) -> String {
                     b.max_connections
                         .map(|n| n.to_string())
                         .unwrap_or_else(|| "-".into()),
+                    if b.drain { "draining" } else { "in service" }.into(),
                 ]
             })
             .collect();
         out.push_str(&table(
-            &["BACKEND", "ADDRESS", "WEIGHT", "NODE", "MAX_CONNECTIONS"],
+            &[
+                "BACKEND",
+                "ADDRESS",
+                "WEIGHT",
+                "NODE",
+                "MAX_CONNECTIONS",
+                "STATE",
+            ],
             &rows,
         ));
     }
