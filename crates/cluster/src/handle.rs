@@ -191,9 +191,10 @@ impl Cluster {
         // heartbeat before it campaigns, and checks that only on a tick of 1.5 heartbeats. With
         // the default 100-200 ms election timeout a follower needs 300-400 ms of silence: far
         // beyond the worst stall seen, so spurious elections stay rare, while a dead leader is
-        // replaced in about 0.35-0.45 s. The default 30 ms heartbeat (45 ms tick) spreads the
-        // survivors' campaigns finely enough that they seldom start together and split the vote
-        // (with 50 ms, half the kills measured took a second round). Both are flags.
+        // replaced in 0.4 s when one survivor campaigns first. Measured failover (bench/README.md)
+        // is bimodal: about half the kills need a second election after a split vote (0.7-1.4 s).
+        // A 30 ms heartbeat (finer tick) was tried and measured no better, so 50 ms stays. Both
+        // are flags.
         let config = openraft::Config {
             cluster_name: "gateway".into(),
             heartbeat_interval: opts.heartbeat.as_millis() as u64,

@@ -159,7 +159,7 @@ pub struct NodeArgs {
     /// TOML file with any of these settings (keys as the flags, with underscores).
     #[arg(long, env = "GATEWAY_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Raft leader heartbeat in milliseconds [default: 30].
+    /// Raft leader heartbeat in milliseconds [default: 50].
     #[arg(long, env = "GATEWAY_HEARTBEAT_MS")]
     pub heartbeat_ms: Option<u64>,
     /// Minimum Raft election timeout in milliseconds; the maximum is twice it [default: 100].
