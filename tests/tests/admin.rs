@@ -534,6 +534,43 @@ async fn a_retried_write_with_the_same_request_id_applies_once() -> TestResult {
     )
     .await?;
     ensure!(s == 404, "the retry recreated the deleted pool");
+    // Every object read carries its revision as ETag, routes and pools alike.
+    let a = c.node(leader).admin_addr;
+    let (s, b) = call_with("PUT", a, "/v1/pools/base", &[], Some(b"{}".to_vec())).await?;
+    ensure!(s == 200, "{s} {b}");
+    let (s, b) = call_with(
+        "PUT",
+        a,
+        "/v1/routes/tagged",
+        &[],
+        Some(br#"{"pool":"base"}"#.to_vec()),
+    )
+    .await?;
+    ensure!(s == 200, "{s} {b}");
+    let rev = serde_json::from_str::<Value>(&b)?["route"]["revision"]
+        .as_u64()
+        .context("route revision")?;
+    for path in ["/v1/routes/tagged", "/v1/pools/base"] {
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let uri = format!("http://{}{path}", c.node(follower).admin_addr).parse()?;
+        let resp = client.get(uri).await?;
+        let etag = resp
+            .headers()
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        ensure!(
+            etag.starts_with('"') && etag.len() > 2,
+            "GET {path}: ETag {etag:?}"
+        );
+        if path.contains("routes") {
+            ensure!(
+                etag == format!("\"{rev}\""),
+                "GET {path}: ETag {etag}, revision {rev}"
+            );
+        }
+    }
     let (s, b) = call_with(
         "PUT",
         c.node(leader).admin_addr,

@@ -373,9 +373,9 @@ async fn get_route(
     checked_name(&name)?;
     let st = app.cluster.read(consistency(q)?).await?;
     match st.routes.get(&name) {
-        Some(r) => Ok(ok(
-            st.revision,
-            json!({"revision": st.revision, "route": r}),
+        Some(r) => Ok(with_etag(
+            ok(st.revision, json!({"revision": st.revision, "route": r})),
+            r.revision,
         )),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
