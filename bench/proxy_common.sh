@@ -100,11 +100,12 @@ run_fg() {
     return "$rc"
 }
 
-# Ends one process this script started (and waits for it).
+# Ends one process this script started (and waits for it): SIGTERM, then SIGKILL after
+# $2 seconds (default 5).
 stop_pid() {
-    local pid=$1
+    local pid=$1 grace=${2:-5}
     kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    for _ in $(seq $((grace * 10))); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
 }

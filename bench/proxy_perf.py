@@ -106,7 +106,11 @@ def main():
         m = re.search(r"(\d+) requests in", text)
         requests = int(m.group(1)) if m else 0
         counts = {}
+        cpu_ms = None
         for line in open(stat):
+            m = re.match(r"^\s+([\d,.]+)\s+msec\s+task-clock", line)
+            if m:
+                cpu_ms = float(m.group(1).replace(",", ""))
             m = re.match(r"^\s+([\d,]+)\s+syscalls:sys_enter_(\w+)", line)
             if m:
                 n = int(m.group(1).replace(",", ""))
@@ -119,7 +123,13 @@ def main():
         parts = ", ".join(
             f"{k} {v / requests:.2f}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]) if v / requests >= 0.01
         )
-        print(f"  {name:<8} {total:5.2f} syscalls per request ({requests} requests): {parts}")
+        cpu = f"{cpu_ms * 1000 / requests:5.1f} us CPU and " if cpu_ms else ""
+        if len(sys.argv) > 7:
+            (u0, s0), (u1, s1), hz = sys.argv[5].split(), sys.argv[6].split(), int(sys.argv[7])
+            user = (int(u1) - int(u0)) / hz * 1e6 / requests
+            kern = (int(s1) - int(s0)) / hz * 1e6 / requests
+            cpu = f"{cpu_ms * 1000 / requests if cpu_ms else user + kern:5.1f} us CPU (user {user:4.1f} + kernel {kern:4.1f}) and "
+        print(f"  {name:<8} {cpu}{total:4.2f} syscalls per request ({requests} requests): {parts}")
 
 
 if __name__ == "__main__":

@@ -79,7 +79,8 @@ if [ "$PROFILER" = perf ]; then
     grep -E '^ +[0-9]' "$WORK/self.txt" | head -"$TOP" | cut -c1-200 || true
     if [ "${SYSCALLS:-1}" = 1 ]; then
         echo
-        echo "== syscalls per proxied request (perf stat on syscall tracepoints, wrk -t1 -c$CONNECTIONS -d5s)"
+        echo "== CPU time and syscalls per proxied request (perf stat: task-clock and syscall tracepoints"
+        echo "   on the proxy's processes, wrk -t1 -c$CONNECTIONS -d5s; CPU time includes the kernel's work for its sockets)"
         events=""
         avail=$(perf list 2>/dev/null | grep -oE 'syscalls:sys_enter_[a-z0-9_]+' | sort -u)
         for sc in read readv recvfrom recvmsg write writev sendto sendmsg epoll_wait epoll_pwait epoll_ctl \
@@ -87,7 +88,17 @@ if [ "$PROFILER" = perf ]; then
             sched_yield ioctl fcntl shutdown splice timerfd_settime; do
             grep -qx "syscalls:sys_enter_$sc" <<<"$avail" && events="$events,syscalls:sys_enter_$sc"
         done
-        events=${events#,}
+        events="task-clock$events"
+        # "utime stime" in clock ticks, summed over the processes (all their threads).
+        cpu_ticks() {
+            local u=0 t=0 p f
+            for p in ${1//,/ }; do
+                f=$(sed 's/.*) //' "/proc/$p/stat")
+                u=$((u + $(awk '{print $12}' <<<"$f")))
+                t=$((t + $(awk '{print $13}' <<<"$f")))
+            done
+            echo "$u $t"
+        }
         start_nginx
         start_haproxy
         for s in nginx haproxy gateway; do
@@ -101,10 +112,13 @@ if [ "$PROFILER" = perf ]; then
             stat_pid=$!
             STARTED_PIDS+=("$stat_pid")
             sleep 0.5
+            ticks_before=$(cpu_ticks "$pids")
             run_fg wrk -t1 -c"$CONNECTIONS" -d5s "http://127.0.0.1:$port/" >"$WORK/wrk-$s.txt" 2>&1
+            ticks_after=$(cpu_ticks "$pids")
             kill -INT "$stat_pid" 2>/dev/null || true
             wait "$stat_pid" 2>/dev/null || true
-            python3 "$BENCH_DIR/proxy_perf.py" syscalls "$s" "$WORK/stat-$s.txt" "$WORK/wrk-$s.txt"
+            python3 "$BENCH_DIR/proxy_perf.py" syscalls "$s" "$WORK/stat-$s.txt" "$WORK/wrk-$s.txt" \
+                "$ticks_before" "$ticks_after" "$(getconf CLK_TCK)"
         done
     fi
 else
@@ -131,11 +145,16 @@ else
         run_fg wrk -t1 -c"$CGC" -d"${CALLGRIND_SECONDS:-10}s" --latency "http://127.0.0.1:$port/" \
             >"$WORK/wrk-$s.txt" 2>&1
         callgrind_control -i off "$pid" >/dev/null
-        # callgrind writes its output when the process exits (each system ends on SIGTERM).
-        stop_pid "$pid"
+        # callgrind writes its output when the process exits (each system ends on SIGTERM;
+        # writing the profile can take a while under valgrind).
+        stop_pid "$pid" 120
         requests=$(awk '/requests in/ {print $1}' "$WORK/wrk-$s.txt")
-        callgrind_annotate --inclusive=yes "$WORK/callgrind-$s.out" >"$WORK/inclusive-$s.txt" 2>/dev/null
-        callgrind_annotate "$WORK/callgrind-$s.out" >"$WORK/self-$s.txt" 2>/dev/null
+        if ! callgrind_annotate --inclusive=yes "$WORK/callgrind-$s.out" >"$WORK/inclusive-$s.txt" 2>&1 ||
+            ! callgrind_annotate "$WORK/callgrind-$s.out" >"$WORK/self-$s.txt" 2>&1; then
+            echo "$s: callgrind wrote no profile; see $WORK/$s.log"
+            KEEP=1
+            continue
+        fi
         echo "$s: $(python3 "$BENCH_DIR/proxy_perf.py" callgrind "$WORK/inclusive-$s.txt" "$requests" 0 | sed 's/^ *//')  (wrk -t1 -c$CGC -d${CALLGRIND_SECONDS:-10}s under callgrind)"
     done
     if [ -f "$WORK/inclusive-gateway.txt" ]; then
