@@ -120,7 +120,7 @@ Try:
   $BIN route list --server 127.0.0.1:7102                 # the CLI (gRPC, any node)
   $BIN cluster status --server 127.0.0.1:7103
   $BIN watch --server 127.0.0.1:7101                      # every change, live
-  kill -9 \$(pgrep -f "data-dir $DATA/$leader")    # kill the leader: another takes over within a second
+  kill -9 \$(pgrep -f "data-dir $DATA/$leader")    # kill the leader: another takes over, usually in under a second
 
 Press Ctrl-C to stop the cluster.
 TXT

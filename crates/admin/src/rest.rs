@@ -18,7 +18,6 @@ use gateway_model::{
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use std::collections::HashMap;
 use std::future::Future;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -601,8 +600,7 @@ async fn remove_node(AxState(app): AxState<App>, Path(id): Path<String>) -> Resu
     Ok(ok(rev, json!({"removed": id})))
 }
 
-async fn leave(AxState(app): AxState<App>, q: Query<HashMap<String, String>>) -> Result<Response> {
-    let _ = q;
+async fn leave(AxState(app): AxState<App>) -> Result<Response> {
     let id = app.cluster.id();
     app.cluster.remove_node(id).await?;
     let _ = app.left.try_send(());
