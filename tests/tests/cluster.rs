@@ -3,7 +3,8 @@
 //! changes, authentication of joins, and the CLI's failure lines.
 //!
 //! Every test starts its own cluster on its own ports and directories, so they may run in
-//! parallel; they wait on conditions, never on fixed sleeps. Build the binary first:
+//! parallel; they wait on conditions, never on fixed sleeps (the one fixed duration is how long a
+//! SIGSTOP fault lasts). Build the binary first:
 //! `cargo build -p gateway` (scripts/test.sh does).
 
 use anyhow::{Context, Result, anyhow};
@@ -924,6 +925,62 @@ async fn usage_errors_exit_2() -> TestResult {
             args.join(" "),
             out.status,
             out.dump()
+        );
+    }
+    Ok(())
+}
+
+/// Pre-vote: a follower that was cut off for longer than the election timeout (SIGSTOP: no
+/// heartbeats reach it, and its own election timer runs out), or that was killed and restarted,
+/// comes back without raising the term, so the leader it returns to keeps leading. Without the
+/// pre-vote it campaigned at once on its return with a higher term, and the leader, seeing that
+/// term in the follower's replies, stepped down.
+#[tokio::test]
+async fn a_returning_follower_does_not_depose_the_leader() -> TestResult {
+    let c = TestCluster::start(3).await?;
+    let before = c.wait_leader(ELECTION).await?;
+    for round in 0..4 {
+        // Alternate the two followers, so both the first- and the second-ranked campaign.
+        let followers: Vec<&Node> = c.live().filter(|n| n.id != before.id).collect();
+        let f = followers[round % followers.len()];
+        if round < 3 {
+            f.pause()?;
+            // The fault itself lasts 1 s: four times the first-ranked voter's election wait
+            // (250 ms of silence by default), so the stopped node's timer has run out when it
+            // resumes.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            f.resume()?;
+        } else {
+            f.kill()?;
+            f.restart()?;
+        }
+        let rev = put_ok(
+            c.node(before.id),
+            &format!("/v1/pools/after-return-{round}"),
+            "pool",
+            &pool(9100 + round as u16),
+        )
+        .await?;
+        wait_for(
+            &format!("node {} to catch up after coming back", f.id),
+            CATCH_UP,
+            || async {
+                f.ensure_running()?;
+                let cfg = f.config("stale").await?;
+                ensure!(cfg.revision >= rev, "revision {}", cfg.revision);
+                Ok(())
+            },
+        )
+        .await?;
+        let now = c.wait_leader(ELECTION).await?;
+        ensure!(
+            now.id == before.id && now.term == before.term,
+            "round {round}: node {} came back and leadership moved from node {} (term {}) to node {} (term {})",
+            f.id,
+            before.id,
+            before.term,
+            now.id,
+            now.term
         );
     }
     Ok(())

@@ -1,18 +1,20 @@
 //! The [`Cluster`] handle: bootstrap, leader-forwarded operations, reads, membership, status.
 
 use crate::auth::{ClientAuth, Secret, ServerAuth};
+use crate::elector::{self, Contact, Timing};
 use crate::error::ClusterError;
 use crate::network::{MAX_MESSAGE, Network, Peers};
 use crate::service::{ClusterService, RaftService};
 use gateway_model::{Command, NodeAddr, NodeId, Request, Response, State};
-use gateway_store::{MetaStore, Raft, Storage};
+use gateway_store::{LogStore, MetaStore, Raft, Storage};
 use gateway_wire::cluster::cluster_server::ClusterServer;
 use gateway_wire::cluster::raft_server::RaftServer;
 use gateway_wire::cluster::{
-    CampaignRequest, HelloRequest, HoldElectionsRequest, JoinRequest, ReadIndexRequest,
-    RemoveNodeRequest, TransferLeaderRequest, WriteRequest,
+    CampaignRequest, HelloRequest, HoldElectionsRequest, JoinRequest, PreVoteReply, PreVoteRequest,
+    ReadIndexRequest, RemoveNodeRequest, TransferLeaderRequest, WriteRequest,
 };
 use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::storage::RaftLogStorage;
 use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -135,9 +137,11 @@ pub(crate) struct Inner {
     debug_stale_reads: bool,
     /// Set while this leader hands over: new writes wait for the next leader.
     transferring: std::sync::atomic::AtomicBool,
-    /// Generation of the latest election hold, so an older hold's timer cannot lift a newer one.
-    hold_generation: AtomicU64,
+    /// Last contact with a leader and any election hold, for the elector.
+    pub(crate) contact: Contact,
     election_timeout_max: Duration,
+    /// A handle on this node's log (openraft owns another), to tell its last entry in pre-votes.
+    log: LogStore,
 }
 
 // One per forwarded call, never on the request path; boxing would buy nothing.
@@ -187,21 +191,22 @@ impl Cluster {
         // disk, `bench/fsync.py`): fsync of a small write took 0.16 ms at the median and 0.85 ms at
         // worst on a quiet machine, and 3.6 ms median, 20 ms p99, 51 ms worst while builds loaded it
         // (200 samples each), so one replication round, which waits for the follower's flush,
-        // stays well under 60 ms. openraft 0.9 makes a follower wait the leader lease (the
-        // maximum election timeout) plus its own random election timeout after the last
-        // heartbeat before it campaigns, and checks that only on a tick of 1.5 heartbeats. With
-        // the default 100-200 ms election timeout a follower needs 300-400 ms of silence: far
-        // beyond the worst stall seen, so spurious elections stay rare, while a dead leader is
-        // replaced in 0.4 s when one survivor campaigns first. Measured failover (bench/README.md)
-        // is bimodal: about half the kills need a second election after a split vote (0.7-1.4 s).
-        // A 30 ms heartbeat (finer tick) was tried and measured no better, so 50 ms stays. Both
-        // are flags.
+        // stays well under 60 ms. Voters refuse votes for the leader lease (the maximum election
+        // timeout, 200 ms by default) after their last heartbeat; our elector (elector.rs) lets
+        // the first-ranked survivor campaign after 250 ms of silence and the next 100 ms later:
+        // five missed heartbeats, far beyond the worst stall seen, so spurious elections stay
+        // rare. openraft's own timer (one fixed random timeout per process, checked on a tick of
+        // 1.5 heartbeats) let both survivors campaign on the same tick and split the vote in
+        // about half the kills measured (0.7-1.8 s instead of 0.4 s, bench/README.md). Both
+        // timings are flags.
         let config = openraft::Config {
             cluster_name: "gateway".into(),
             heartbeat_interval: opts.heartbeat.as_millis() as u64,
             election_timeout_min: opts.election_timeout.as_millis() as u64,
             election_timeout_max: opts.election_timeout.as_millis() as u64 * 2,
             // Chunks are JSON-encoded byte arrays (about 4x), well under the message limit.
+            // Elections are started by our own elector (elector.rs), not openraft's timer.
+            enable_elect: false,
             snapshot_max_chunk_size: 512 * 1024,
             install_snapshot_timeout: 5_000,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(opts.snapshot_every),
@@ -214,6 +219,7 @@ impl Cluster {
         let network = Network {
             peers: Peers::new(client_auth.clone(), opts.source_ip),
         };
+        let log = storage.log.clone();
         let raft = Raft::new(opts.id, Arc::new(config), network, storage.log, storage.sm)
             .await
             .map_err(|e| ClusterError::Stopped(e.to_string()))?;
@@ -231,8 +237,9 @@ impl Cluster {
             counter: AtomicU64::new(0),
             debug_stale_reads: opts.debug_stale_reads,
             transferring: std::sync::atomic::AtomicBool::new(false),
-            hold_generation: AtomicU64::new(0),
+            contact: Contact::new(),
             election_timeout_max: opts.election_timeout * 2,
+            log,
             stop,
         });
         spawn_server(
@@ -241,6 +248,11 @@ impl Cluster {
             ServerAuth::new(&opts.secret, cluster_id),
             extra,
             stop_rx,
+        );
+        elector::spawn(
+            inner.clone(),
+            Timing::from_election_timeout(opts.election_timeout),
+            inner.stop.subscribe(),
         );
         let leader = spawn_leader_watch(&inner.raft);
         let cluster = Cluster { inner, leader };
@@ -1058,16 +1070,97 @@ impl Inner {
     }
 
     /// Stops starting elections for `millis` (lifted by itself afterwards).
-    pub(crate) fn hold_elections(self: &Arc<Self>, millis: u64) {
-        let generation = self.hold_generation.fetch_add(1, Ordering::AcqRel) + 1;
-        self.raft.runtime_config().elect(false);
-        let me = self.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(millis)).await;
-            if me.hold_generation.load(Ordering::Acquire) == generation {
-                me.raft.runtime_config().elect(true);
-            }
+    pub(crate) fn hold_elections(&self, millis: u64) {
+        self.contact.hold(Duration::from_millis(millis));
+    }
+
+    /// This node's last log entry as (term, index); (0, 0) for an empty log.
+    async fn last_log(&self) -> Result<(u64, u64), ClusterError> {
+        let state = self
+            .log
+            .clone()
+            .get_log_state()
+            .await
+            .map_err(|e| ClusterError::Stopped(format!("cannot read the log: {e}")))?;
+        Ok(state
+            .last_log_id
+            .map(|l| (l.leader_id.term, l.index))
+            .unwrap_or((0, 0)))
+    }
+
+    /// Answers a pre-vote (see `PreVote` in raft.proto): granted only when this node has not
+    /// heard from a leader for the lease the real vote enforces, and the candidate's log is at
+    /// least as up to date as ours. Changes nothing here.
+    pub(crate) async fn pre_vote(&self, req: &PreVoteRequest) -> PreVoteReply {
+        let refuse = |reason: String| PreVoteReply {
+            granted: false,
+            reason,
+        };
+        if self.raft.metrics().borrow().state == ServerState::Leader {
+            return refuse(format!("node {} leads", self.id));
+        }
+        let silence = self.contact.silence(Instant::now());
+        if silence < self.election_timeout_max {
+            return refuse(format!(
+                "node {} heard from a leader {}ms ago",
+                self.id,
+                silence.as_millis()
+            ));
+        }
+        match self.last_log().await {
+            Ok(mine) if (req.last_log_term, req.last_log_index) >= mine => PreVoteReply {
+                granted: true,
+                reason: String::new(),
+            },
+            Ok((term, index)) => refuse(format!(
+                "node {}'s log is ahead (term {term}, index {index})",
+                self.id
+            )),
+            Err(e) => refuse(e.to_string()),
+        }
+    }
+
+    /// Asks the other voters for a pre-vote; true when a majority of `voters` (this node
+    /// included) would vote for it now.
+    pub(crate) async fn pre_vote_round(&self, voters: &[NodeId], wait: Duration) -> bool {
+        let Ok((last_log_term, last_log_index)) = self.last_log().await else {
+            return false;
+        };
+        let membership = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone();
+        let req = PreVoteRequest {
+            candidate: self.id,
+            last_log_term,
+            last_log_index,
+        };
+        let asks = voters.iter().filter(|v| **v != self.id).filter_map(|v| {
+            let node = membership.get_node(v)?;
+            let mut client = self.forward.cluster(&node.cluster_addr).ok()?;
+            let v = *v;
+            Some(async move {
+                match tokio::time::timeout(wait, client.pre_vote(req)).await {
+                    Ok(Ok(r)) => {
+                        let r = r.into_inner();
+                        if !r.granted {
+                            tracing::debug!(voter = v, reason = %r.reason, "pre-vote refused");
+                        }
+                        r.granted
+                    }
+                    _ => false,
+                }
+            })
         });
+        let granted = 1 + futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .filter(|g| *g)
+            .count();
+        granted * 2 > voters.len()
     }
 
     /// Campaigns until this node leads or `millis` pass.

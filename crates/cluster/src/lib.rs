@@ -10,6 +10,7 @@
 //! admin plane.
 
 mod auth;
+mod elector;
 mod error;
 mod handle;
 mod network;

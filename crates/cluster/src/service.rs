@@ -6,11 +6,13 @@ use crate::handle::{FORWARDED, Inner, Op, Out};
 use gateway_store::TypeConfig;
 use gateway_wire::cluster::{
     CampaignReply, CampaignRequest, HelloReply, HelloRequest, HoldElectionsReply,
-    HoldElectionsRequest, JoinReply, JoinRequest, RaftPayload, ReadIndexReply, ReadIndexRequest,
-    RemoveNodeReply, RemoveNodeRequest, TransferLeaderReply, TransferLeaderRequest, WriteReply,
-    WriteRequest, cluster_server, raft_server,
+    HoldElectionsRequest, JoinReply, JoinRequest, PreVoteReply, PreVoteRequest, RaftPayload,
+    ReadIndexReply, ReadIndexRequest, RemoveNodeReply, RemoveNodeRequest, TransferLeaderReply,
+    TransferLeaderRequest, WriteReply, WriteRequest, cluster_server, raft_server,
 };
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
@@ -37,7 +39,12 @@ impl raft_server::Raft for RaftService {
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         let rpc: AppendEntriesRequest<TypeConfig> = decode(&req.into_inner().json)?;
-        encode(&self.0.raft.append_entries(rpc).await)
+        let res = self.0.raft.append_entries(rpc).await;
+        if matches!(&res, Ok(r) if !matches!(r, AppendEntriesResponse::HigherVote(_))) {
+            // A leader this node accepts is alive: the elector's silence starts again.
+            self.0.contact.touch();
+        }
+        encode(&res)
     }
 
     async fn vote(&self, req: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
@@ -50,7 +57,11 @@ impl raft_server::Raft for RaftService {
         req: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(&req.into_inner().json)?;
-        encode(&self.0.raft.install_snapshot(rpc).await)
+        let res = self.0.raft.install_snapshot(rpc).await;
+        if res.is_ok() {
+            self.0.contact.touch();
+        }
+        encode(&res)
     }
 }
 
@@ -158,6 +169,13 @@ impl cluster_server::Cluster for ClusterService {
         let millis = req.get_ref().millis.min(10_000);
         self.0.hold_elections(millis);
         Ok(Response::new(HoldElectionsReply {}))
+    }
+
+    async fn pre_vote(
+        &self,
+        req: Request<PreVoteRequest>,
+    ) -> Result<Response<PreVoteReply>, Status> {
+        Ok(Response::new(self.0.pre_vote(req.get_ref()).await))
     }
 
     async fn campaign(
