@@ -11,7 +11,7 @@ mod error;
 mod state;
 mod validate;
 
-pub use command::{Command, MAX_BATCH, Request, Response};
+pub use command::{Applied, Command, MAX_BATCH, Proposal, Request, Response};
 pub use config::{
     Backend, Balance, ErrorPage, HeaderMatch, HeaderRules, NodeAddr, NodeId, Pool, Protocol, Route,
     WritePolicy,

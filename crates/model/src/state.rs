@@ -1,6 +1,6 @@
 //! The replicated state and its pure, deterministic transition function.
 
-use crate::command::{Command, MAX_BATCH, Request, Response};
+use crate::command::{Applied, Command, MAX_BATCH, Proposal, Request, Response};
 use crate::config::{NodeId, Pool, Route};
 use crate::error::{ApplyError, Invalid};
 use crate::validate::{validate_name, validate_pool, validate_route};
@@ -201,6 +201,16 @@ impl State {
         };
         self.remember(req.id.clone(), resp.clone());
         resp
+    }
+
+    /// Applies every request of a Raft entry in order (see [`Proposal`]).
+    pub fn apply_proposal(&mut self, p: &Proposal) -> Applied {
+        match p {
+            Proposal::One(req) => Applied::One(self.apply(req)),
+            Proposal::Group { requests } => Applied::Group {
+                responses: requests.iter().map(|r| self.apply(r)).collect(),
+            },
+        }
     }
 
     /// The response already given to request `id`, if it is within the dedup window.

@@ -10,7 +10,7 @@ use crate::util::{decode_err, flush, io_err, sled_err};
 use crate::{
     Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoreError, StoredMembership, TypeConfig,
 };
-use gateway_model::{Request, Response, State};
+use gateway_model::{Applied, Proposal, Response, State};
 use openraft::storage::RaftStateMachine;
 use openraft::{
     AnyError, EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder,
@@ -255,12 +255,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 }
 
 /// Records an entry's log id as applied and its membership, if it carries one; returns its
-/// request, if it carries one.
+/// proposal, if it carries one.
 fn record(
     last_applied: &mut Option<LogId>,
     membership: &mut StoredMembership,
     entry: Entry,
-) -> Option<Request> {
+) -> Option<Proposal> {
     *last_applied = Some(entry.log_id);
     match entry.payload {
         EntryPayload::Normal(req) => Some(req),
@@ -273,11 +273,11 @@ fn record(
 }
 
 /// The response to an entry that carries no request (blank or membership).
-fn no_op(state: &State) -> Response {
-    Response {
+fn no_op(state: &State) -> Applied {
+    Applied::One(Response {
         revision: state.revision,
         outcome: Ok(()),
-    }
+    })
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -287,7 +287,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok((self.last_applied, self.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -305,7 +305,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let state = Arc::make_mut(&mut self.state);
             for entry in entries {
                 let reply = match record(&mut self.last_applied, &mut self.membership, entry) {
-                    Some(req) => state.apply(&req),
+                    Some(p) => state.apply_proposal(&p),
                     None => no_op(state),
                 };
                 replies.push(reply);

@@ -3,11 +3,12 @@
 use std::io::Cursor;
 
 openraft::declare_raft_types!(
-    /// Raft types of the gateway: requests and responses of the model, u64 node ids, nodes
+    /// Raft types of the gateway: proposals (one request or a group) and what applying them
+    /// did, u64 node ids, nodes
     /// described by their three addresses, and snapshots as in-memory byte buffers.
     pub TypeConfig:
-        D = gateway_model::Request,
-        R = gateway_model::Response,
+        D = gateway_model::Proposal,
+        R = gateway_model::Applied,
         NodeId = u64,
         Node = gateway_model::NodeAddr,
         Entry = openraft::Entry<TypeConfig>,

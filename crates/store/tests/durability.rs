@@ -30,7 +30,7 @@ fn expected_state(entries: &[Entry], upto: u64) -> State {
     let mut s = State::default();
     for e in entries.iter().filter(|e| e.log_id.index <= upto) {
         if let openraft::EntryPayload::Normal(req) = &e.payload {
-            s.apply(req);
+            s.apply_proposal(req);
         }
     }
     s

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{blank, log_id, membership, membership_entry, normal, put_pool};
-use gateway_model::{Command, Request, Response};
+use gateway_model::{Applied, Command, Proposal, Request, Response};
 use gateway_store::StoredMembership;
 use openraft::RaftSnapshotBuilder;
 use openraft::storage::RaftStateMachine;
@@ -39,6 +39,7 @@ async fn subscriber_sees_state_after_apply_and_after_install() -> anyhow::Result
             blank(1, 5),
         ])
         .await?;
+    let replies: Vec<Response> = replies.into_iter().map(one).collect();
     assert_eq!(replies.len(), 5);
     assert_eq!(
         replies[0],
@@ -139,6 +140,7 @@ async fn subscriber_sees_state_after_apply_and_after_install() -> anyhow::Result
     // The installed state was reindexed: a retried request is answered from the dedup window
     // instead of applying again.
     let replies = sm.apply(vec![normal(3, 11, put_pool("x2", "c"))]).await?;
+    let replies: Vec<Response> = replies.into_iter().map(one).collect();
     assert_eq!(
         replies[0],
         Response {
@@ -207,5 +209,71 @@ async fn mismatched_or_garbage_snapshot_is_refused() -> anyhow::Result<()> {
         Some(snap.meta)
     );
     assert!(rx.borrow().pools.contains_key("a"));
+    Ok(())
+}
+
+/// The response of an entry that carried one request.
+fn one(a: Applied) -> Response {
+    match a {
+        Applied::One(r) => r,
+        Applied::Group { responses } => panic!("a group answered a single request: {responses:?}"),
+    }
+}
+
+/// A group entry applies each of its requests on its own, in order: one revision and outcome
+/// each, and a request id repeated inside the group (a client retry that raced) applies once.
+#[tokio::test]
+async fn a_group_entry_applies_each_request_once_in_order() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut sm = gateway_store::open(dir.path())?.sm;
+    let group = Proposal::Group {
+        requests: vec![
+            put_pool("g1", "a"),
+            Request {
+                id: "g2".into(),
+                command: Command::DeletePool {
+                    name: "missing".into(),
+                    expect: None,
+                },
+            },
+            put_pool("g3", "b"),
+            put_pool("g1", "a"),
+        ],
+    };
+    let entry = gateway_store::Entry {
+        log_id: log_id(1, 1),
+        payload: openraft::EntryPayload::Normal(group),
+    };
+    let replies = sm.apply(vec![entry]).await?;
+    let Some(Applied::Group { responses }) = replies.into_iter().next() else {
+        panic!("a group entry must answer with a group");
+    };
+    assert_eq!(responses.len(), 4);
+    assert_eq!(
+        responses[0],
+        Response {
+            revision: 1,
+            outcome: Ok(())
+        }
+    );
+    assert_eq!(responses[1].revision, 1);
+    assert!(
+        responses[1].outcome.is_err(),
+        "deleting a missing pool is refused"
+    );
+    assert_eq!(
+        responses[2],
+        Response {
+            revision: 2,
+            outcome: Ok(())
+        }
+    );
+    assert_eq!(
+        responses[3], responses[0],
+        "the repeated id is answered, not applied again"
+    );
+    let state = sm.subscribe().borrow().clone();
+    assert_eq!(state.revision, 2);
+    assert!(state.pools.contains_key("a") && state.pools.contains_key("b"));
     Ok(())
 }

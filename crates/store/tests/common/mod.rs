@@ -1,7 +1,7 @@
 //! Helpers shared by the store's integration tests.
 #![allow(dead_code)]
 
-use gateway_model::{Backend, Command, NodeAddr, Pool, Request};
+use gateway_model::{Backend, Command, NodeAddr, Pool, Proposal, Request};
 use gateway_store::{Entry, LogId, Membership};
 use openraft::{CommittedLeaderId, EntryPayload};
 use std::collections::{BTreeMap, BTreeSet};
@@ -65,6 +65,6 @@ pub fn put_pool(req_id: &str, name: &str) -> Request {
 pub fn normal(term: u64, index: u64, req: Request) -> Entry {
     Entry {
         log_id: log_id(term, index),
-        payload: EntryPayload::Normal(req),
+        payload: EntryPayload::Normal(Proposal::One(req)),
     }
 }
