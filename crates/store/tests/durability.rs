@@ -12,6 +12,21 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+/// Opens a data dir that this test closed a moment ago. sled releases its file lock only once
+/// its background flusher thread lets go of the database, a little after the last handle is
+/// dropped, so wait (bounded) for the lock instead of failing on it.
+fn reopen(dir: &Path) -> Result<gateway_store::Storage, StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match gateway_store::open(dir) {
+            Err(e) if e.is_locked() && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn entries() -> Vec<Entry> {
     let mut v = vec![membership_entry(1, 1, &[1])];
     for i in 2..=9 {
@@ -54,7 +69,7 @@ async fn reopen_restores_everything_written() -> anyhow::Result<()> {
     let vote = Vote::new(2, 1);
 
     let (snapshot_meta, snapshot_data, membership) = {
-        let s = gateway_store::open(dir.path())?;
+        let s = reopen(dir.path())?;
         let (mut log, mut sm) = (s.log, s.sm);
         log.save_vote(&vote).await?;
         log.blocking_append(all.clone()).await?;
@@ -72,7 +87,7 @@ async fn reopen_restores_everything_written() -> anyhow::Result<()> {
         // log, sm and meta are dropped here: the database closes.
     };
 
-    let s = gateway_store::open(dir.path())?;
+    let s = reopen(dir.path())?;
     let (mut log, mut sm) = (s.log, s.sm);
     assert_eq!(log.read_vote().await?, Some(vote));
     assert_eq!(log.read_committed().await?, Some(log_id(1, 9)));
@@ -122,7 +137,7 @@ async fn reopen_restores_everything_written() -> anyhow::Result<()> {
 #[test]
 fn second_open_of_a_dir_in_use_is_refused() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let first = gateway_store::open(dir.path())?;
+    let first = reopen(dir.path())?;
     let err = gateway_store::open(dir.path())
         .err()
         .expect("second open must fail");
@@ -135,7 +150,7 @@ fn second_open_of_a_dir_in_use_is_refused() -> anyhow::Result<()> {
         )
     );
     drop(first);
-    gateway_store::open(dir.path())?;
+    reopen(dir.path())?;
     Ok(())
 }
 
@@ -143,13 +158,13 @@ fn second_open_of_a_dir_in_use_is_refused() -> anyhow::Result<()> {
 fn meta_store_round_trips() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     {
-        let s = gateway_store::open(dir.path())?;
+        let s = reopen(dir.path())?;
         assert_eq!(s.meta.get("cluster_id")?, None);
         s.meta.set("cluster_id", "c-1")?;
         s.meta.set("cluster_id", "c-2")?;
         s.meta.clone().set("secret", "s3cr3t")?;
     }
-    let s = gateway_store::open(dir.path())?;
+    let s = reopen(dir.path())?;
     assert_eq!(s.meta.get("cluster_id")?.as_deref(), Some("c-2"));
     assert_eq!(s.meta.get("secret")?.as_deref(), Some("s3cr3t"));
     Ok(())
@@ -157,7 +172,20 @@ fn meta_store_round_trips() -> anyhow::Result<()> {
 
 /// Writes garbage into the store's trees with sled directly.
 fn corrupt(dir: &Path, tree: &str, key: &[u8], value: &[u8]) -> anyhow::Result<()> {
-    let db = sled::open(dir)?;
+    // The store was closed just before: wait for its lock as `reopen` does.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let db = loop {
+        match sled::open(dir) {
+            // sled reports the held lock as an I/O error of kind Other, naming it.
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => break other?,
+        }
+    };
     db.open_tree(tree)?.insert(key, value)?;
     db.flush()?;
     Ok(())
@@ -167,12 +195,12 @@ fn corrupt(dir: &Path, tree: &str, key: &[u8], value: &[u8]) -> anyhow::Result<(
 async fn corrupt_log_entry_is_an_error_not_a_panic() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     {
-        let mut log = gateway_store::open(dir.path())?.log;
+        let mut log = reopen(dir.path())?.log;
         log.blocking_append(vec![blank(1, 1), blank(1, 2)]).await?;
     }
     corrupt(dir.path(), "log", &2u64.to_be_bytes(), b"{not json")?;
     corrupt(dir.path(), "raft", b"vote", b"\xff")?;
-    let mut log = gateway_store::open(dir.path())?.log;
+    let mut log = reopen(dir.path())?.log;
     let err = log
         .try_get_log_entries(1..3)
         .await
@@ -187,9 +215,9 @@ async fn corrupt_log_entry_is_an_error_not_a_panic() -> anyhow::Result<()> {
 #[test]
 fn corrupt_snapshot_fails_open_with_an_error() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    drop(gateway_store::open(dir.path())?);
+    drop(reopen(dir.path())?);
     corrupt(dir.path(), "snapshot", b"current", b"\x00\x00\x00\x09short")?;
-    match gateway_store::open(dir.path()) {
+    match reopen(dir.path()) {
         Err(e @ StoreError::Corrupt { .. }) => assert!(e.to_string().contains("snapshot"), "{e}"),
         Err(e) => panic!("expected Corrupt, got {e:?}"),
         Ok(_) => panic!("a corrupt snapshot must not open"),
@@ -266,7 +294,7 @@ fn abort_after_ack_loses_nothing_acknowledged() -> anyhow::Result<()> {
 
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
-        let mut log = gateway_store::open(dir.path())?.log;
+        let mut log = reopen(dir.path())?.log;
         assert_eq!(log.read_vote().await?, Some(Vote::new(7, 3)));
         let got = log.try_get_log_entries(1..=acked).await?;
         let want: Vec<Entry> = (1..=acked)
