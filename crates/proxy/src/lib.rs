@@ -93,8 +93,9 @@ mod balance;
 mod body;
 mod budget;
 mod cidr;
+mod codec;
+mod conn;
 mod error;
-mod guard;
 mod headers;
 mod hop;
 mod proxy;
@@ -113,6 +114,8 @@ pub const DEFAULT_MAX_REPLAY_BODY: usize = 1 << 20;
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 << 10;
 /// Default for [`ProxyConfig::header_read_timeout`]: 10 s.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default for [`ProxyConfig::keep_alive_timeout`]: 75 s (nginx's `keepalive_timeout`).
+pub const DEFAULT_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(75);
 
 /// What the data plane needs to know about the node it runs on.
 #[derive(Clone)]
@@ -131,9 +134,13 @@ pub struct ProxyConfig {
     /// Largest request head (request line and headers) accepted; larger ones get 431.
     /// Default 64 KiB (at least 8 KiB is used).
     pub max_header_bytes: usize,
-    /// Time a client has to send a complete request head before the connection is closed.
-    /// Default 10 s.
+    /// Time a client has to send a complete request head, from its first byte (from the
+    /// accept for a connection's first request), before the connection is closed. Default
+    /// 10 s.
     pub header_read_timeout: Duration,
+    /// How long an HTTP/1.1 keep-alive connection may sit idle between requests before it is
+    /// closed. Default 75 s.
+    pub keep_alive_timeout: Duration,
 }
 
 impl ProxyConfig {
@@ -146,6 +153,7 @@ impl ProxyConfig {
             trusted_proxies: Vec::new(),
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            keep_alive_timeout: DEFAULT_KEEP_ALIVE_TIMEOUT,
         }
     }
 }
@@ -159,6 +167,7 @@ impl std::fmt::Debug for ProxyConfig {
             .field("trusted_proxies", &self.trusted_proxies)
             .field("max_header_bytes", &self.max_header_bytes)
             .field("header_read_timeout", &self.header_read_timeout)
+            .field("keep_alive_timeout", &self.keep_alive_timeout)
             .finish()
     }
 }

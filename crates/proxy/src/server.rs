@@ -1,22 +1,18 @@
 //! The listener loop, graceful shutdown, and the task that recompiles the route table when the
 //! replicated state or the leader changes.
 
-use crate::guard::{ConnGuard, Guarded, Scanner};
+use crate::conn::ConnOpts;
 use crate::hop::HopKey;
-use crate::proxy::{LeaderTarget, Live, Shared, handle};
+use crate::proxy::{LeaderTarget, Live, Shared};
 use crate::table::{Registry, RouteTable};
 use crate::{Leader, ProxyConfig};
 use arc_swap::ArcSwap;
 use gateway_model::{Protocol, State};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 
 /// Serves the data plane on `listener` until `shutdown` resolves (then stops accepting, lets in-flight requests finish).
 ///
@@ -56,20 +52,17 @@ pub async fn serve(
         "data plane listening"
     );
 
-    // hyper answers a head larger than max_header_bytes with 431, and closes a connection
-    // whose head is not complete within header_read_timeout (slowloris).
-    let max_head = config.max_header_bytes.max(8192);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout)
-        .max_buf_size(max_head);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX));
-    let graceful = GracefulShutdown::new();
+    // A head larger than max_header_bytes gets 431; a head not complete within
+    // header_read_timeout closes the connection (slowloris); an idle keep-alive connection is
+    // closed after keep_alive_timeout.
+    let opts = Arc::new(ConnOpts {
+        max_head: config.max_header_bytes.max(8192),
+        header_timeout: config.header_read_timeout,
+        keep_alive: config.keep_alive_timeout,
+    });
+    // Connections watch `closing`; each holds a clone of `alive` while it serves requests.
+    let (closing, closing_rx) = watch::channel(false);
+    let (alive, mut all_closed) = mpsc::channel::<()>(1);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -85,23 +78,20 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        let guard = Arc::new(ConnGuard::default());
-        let stream = Guarded::new(stream, Scanner::new(max_head, guard.clone()));
-        let service = service_fn(move |req| handle(shared.clone(), peer, guard.clone(), req));
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "client connection ended with an error");
-            }
-        });
+        tokio::spawn(crate::conn::serve(
+            shared.clone(),
+            stream,
+            peer,
+            opts.clone(),
+            closing_rx.clone(),
+            alive.clone(),
+        ));
     }
     drop(listener);
-    tracing::info!(connections = graceful.count(), "data plane shutting down");
-    graceful.shutdown().await;
+    tracing::info!("data plane shutting down");
+    drop(alive);
+    let _ = closing.send(true);
+    let _ = all_closed.recv().await;
     watcher.abort();
     Ok(())
 }
