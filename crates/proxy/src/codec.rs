@@ -12,6 +12,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
 use std::io;
+use std::mem::MaybeUninit;
 
 /// Most header fields in a head (hyper's default too).
 pub(crate) const MAX_HEADERS: usize = 128;
@@ -57,9 +58,10 @@ pub(crate) fn parse_request(
     buf: &mut BytesMut,
     max: usize,
 ) -> Result<Option<RequestHead>, HeadError> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut slots);
-    let len = match req.parse(buf) {
+    // Uninitialised slots: zeroing 128 of them for every head costs more than parsing.
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut slots) {
         Ok(httparse::Status::Complete(n)) if n > max => return Err(HeadError::TooLarge),
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
@@ -73,23 +75,29 @@ pub(crate) fn parse_request(
     };
     let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
         .map_err(|_| bad("invalid method"))?;
-    // Offsets into buf, so that the values can share the frozen head.
+    // Offsets into buf, so that the values can share the frozen head (no allocation).
     let base = buf.as_ptr() as usize;
     let path = req.path.unwrap_or("");
     let path_at = path.as_ptr() as usize - base;
     let path_len = path.len();
-    let mut spans = Vec::with_capacity(req.headers.len());
+    let count = req.headers.len();
+    let mut spans = Vec::with_capacity(count);
     for h in req.headers.iter() {
-        let name =
-            HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| bad("invalid header name"))?;
-        let at = h.value.as_ptr() as usize - base;
-        spans.push((name, at, h.value.len()));
+        let at = h.name.as_ptr() as usize - base;
+        spans.push((
+            at,
+            h.name.len(),
+            h.value.as_ptr() as usize - base,
+            h.value.len(),
+        ));
     }
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(path_at..path_at + path_len))
         .map_err(|_| bad("invalid request target"))?;
-    let mut headers = HeaderMap::with_capacity(spans.len() + 4);
-    for (name, at, n) in spans {
+    let mut headers = HeaderMap::with_capacity(count + 4);
+    for &(name_at, name_len, at, n) in &spans {
+        let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
+            .map_err(|_| bad("invalid header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(at..at + n))
             .map_err(|_| bad("invalid header value"))?;
         headers.append(name, value);
@@ -155,12 +163,12 @@ pub(crate) struct ResponseHead {
 
 /// Parses a complete response head at the start of `buf` (split off on success).
 pub(crate) fn parse_response(buf: &mut BytesMut) -> io::Result<Option<ResponseHead>> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut slots);
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
     let len = match httparse::ParserConfig::default()
         .allow_spaces_after_header_name_in_responses(true)
         .allow_obsolete_multiline_headers_in_responses(true)
-        .parse_response(&mut resp, buf)
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut slots)
     {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
@@ -173,15 +181,22 @@ pub(crate) fn parse_response(buf: &mut BytesMut) -> io::Result<Option<ResponseHe
     let status = StatusCode::from_u16(resp.code.unwrap_or(0))
         .map_err(|_| invalid("invalid response status"))?;
     let base = buf.as_ptr() as usize;
-    let mut spans = Vec::with_capacity(resp.headers.len());
+    let count = resp.headers.len();
+    let mut spans = Vec::with_capacity(count);
     for h in resp.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| invalid("invalid response header name"))?;
-        spans.push((name, h.value.as_ptr() as usize - base, h.value.len()));
+        let at = h.name.as_ptr() as usize - base;
+        spans.push((
+            at,
+            h.name.len(),
+            h.value.as_ptr() as usize - base,
+            h.value.len(),
+        ));
     }
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(spans.len() + 2);
-    for (name, at, n) in spans {
+    let mut headers = HeaderMap::with_capacity(count + 2);
+    for &(name_at, name_len, at, n) in &spans {
+        let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
+            .map_err(|_| invalid("invalid response header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(at..at + n))
             .map_err(|_| invalid("invalid response header value"))?;
         headers.append(name, value);

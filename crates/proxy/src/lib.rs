@@ -59,9 +59,15 @@
 //! * **Hygiene**: forwarding headers (`X-Forwarded-*`, `Forwarded`) from clients other than
 //!   [`ProxyConfig::trusted_proxies`] are replaced, not trusted (module `headers`); request
 //!   heads are limited to [`ProxyConfig::max_header_bytes`] (431 beyond) and must arrive within
-//!   [`ProxyConfig::header_read_timeout`]; HTTP/1 requests with ambiguous framing (both
-//!   `Content-Length` and `Transfer-Encoding`, either one twice, a coding other than
-//!   `chunked`) get 400 and the connection is closed (module `guard`).
+//!   [`ProxyConfig::header_read_timeout`] of their first byte; idle keep-alive connections are
+//!   closed after [`ProxyConfig::keep_alive_timeout`]; HTTP/1 requests with ambiguous framing
+//!   (both `Content-Length` and `Transfer-Encoding`, either one twice, a `Content-Length` that
+//!   is not a plain number, a coding other than `chunked`, a bad chunk size) get 400 and the
+//!   connection is closed (module `codec`).
+//! * **HTTP/1.1** is spoken by the gateway's own code on both sides (modules `conn`, `codec`,
+//!   `upstream`): an idle client connection holds no buffer and no request future, and a
+//!   backend exchange runs inside the request's task. HTTP/2 (client prior knowledge, `h2c`
+//!   pools) goes through hyper.
 //!
 //! # Model fields this crate reads beyond the basics
 //!
@@ -78,8 +84,9 @@
 //!   without backends loads the table again.
 //! * On `writes = "leader"` routes, requests served locally keep a copy of their head (and of
 //!   their body up to `max_replay_body`) in case the backend asks for a replay.
-//! * HTTP/1 client connections are followed byte by byte by the smuggling guard: heads are
-//!   copied once more, bodies are skipped by counting.
+//! * An idle HTTP/1.1 client connection costs its task (a ~0.6 KB future), a small shared
+//!   state and the socket; buffers (4 KiB first, grown up to `max_header_bytes` for heads)
+//!   are taken when a request arrives and dropped when it is answered.
 //! * HTTP/2 clients are served; their requests go upstream over HTTP/1.1 or h2c as the pool
 //!   says. WebSockets over HTTP/2 (extended CONNECT) are not supported; HTTP/1.1 upgrades are,
 //!   and go over a dedicated HTTP/1.1 connection even in `h2c` pools.
