@@ -280,7 +280,9 @@ pub(crate) fn serve(
 }
 
 /// Reads a request head, serves the request and writes the answer.
-async fn exchange(
+// Not an `async fn`, whose arguments would take room twice in the future.
+#[allow(clippy::manual_async_fn)]
+fn exchange(
     shared: &Shared,
     conn: &Arc<Conn>,
     client: &ClientAddr,
@@ -288,98 +290,100 @@ async fn exchange(
     shutdown: &watch::Receiver<bool>,
     deadline: Instant,
     first: bool,
-) -> Next {
-    let head = match tokio::time::timeout_at(deadline, read_head(conn, opts.max_head, first)).await
-    {
-        Ok(head) => head,
-        Err(_) => Head::Closed, // slowloris
-    };
-    let head = match head {
-        Head::Request(head) => head,
-        Head::H2 => return Next::H2,
-        Head::Closed => return Next::Close,
-        Head::Refused(status, why) => {
-            let resp = refusal(status, why);
-            let _ = write_response(conn, resp, false, false, false).await;
-            return Next::Linger;
-        }
-    };
-    let RequestHead {
-        method,
-        uri,
-        version,
-        headers,
-        framing,
-    } = head;
-    let v10 = version == Version::HTTP_10;
-    let mut keep = if v10 {
-        connection_has(&headers, "keep-alive")
-    } else {
-        !connection_has(&headers, "close")
-    };
-    let is_head = method == Method::HEAD;
-    let body = {
-        let mut io = conn.lock();
-        io.decoder = Decoder::new(framing);
-        if framing.is_some() {
-            let expect = !v10
-                && headers
-                    .get(EXPECT)
-                    .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-            io.continue_at = expect.then_some(0);
-            ProxyBody::Stream(Source::Client(ClientBody { conn: conn.clone() }))
+) -> impl Future<Output = Next> {
+    async move {
+        let head =
+            match tokio::time::timeout_at(deadline, read_head(conn, opts.max_head, first)).await {
+                Ok(head) => head,
+                Err(_) => Head::Closed, // slowloris
+            };
+        let head = match head {
+            Head::Request(head) => head,
+            Head::H2 => return Next::H2,
+            Head::Closed => return Next::Close,
+            Head::Refused(status, why) => {
+                let resp = refusal(status, why);
+                let _ = write_response(conn, resp, false, false, false).await;
+                return Next::Linger;
+            }
+        };
+        let RequestHead {
+            method,
+            uri,
+            version,
+            headers,
+            framing,
+        } = head;
+        let v10 = version == Version::HTTP_10;
+        let mut keep = if v10 {
+            connection_has(&headers, "keep-alive")
         } else {
-            io.continue_at = None;
-            ProxyBody::Empty
-        }
-    };
-    let mut req = Request::new(body);
-    *req.method_mut() = method;
-    *req.uri_mut() = uri;
-    *req.version_mut() = version;
-    *req.headers_mut() = headers;
+            !connection_has(&headers, "close")
+        };
+        let is_head = method == Method::HEAD;
+        let body = {
+            let mut io = conn.lock();
+            io.decoder = Decoder::new(framing);
+            if framing.is_some() {
+                let expect = !v10
+                    && headers
+                        .get(EXPECT)
+                        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+                io.continue_at = expect.then_some(0);
+                ProxyBody::Stream(Source::Client(ClientBody { conn: conn.clone() }))
+            } else {
+                io.continue_at = None;
+                ProxyBody::Empty
+            }
+        };
+        let mut req = Request::new(body);
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        *req.version_mut() = version;
+        *req.headers_mut() = headers;
 
-    let resp = handle(shared, client, req).await;
+        let resp = handle(shared, client, req).await;
 
-    let body_error = std::mem::take(&mut conn.lock().body_error);
-    let resp = if body_error {
-        keep = false;
-        ProxyError::BadRequest {
-            why: "malformed chunked request body",
-        }
-        .into_response(None)
-    } else {
-        resp
-    };
-    // A body the answer did not read is drained afterwards, unless the client still waits
-    // for `100 Continue` (it may or may not send the body: close instead).
-    let unread = {
-        let io = conn.lock();
-        let unread = !io.decoder.is_done();
-        if unread && io.continue_at.is_some() {
+        let body_error = std::mem::take(&mut conn.lock().body_error);
+        let resp = if body_error {
+            keep = false;
+            ProxyError::BadRequest {
+                why: "malformed chunked request body",
+            }
+            .into_response(None)
+        } else {
+            resp
+        };
+        // A body the answer did not read is drained afterwards, unless the client still waits
+        // for `100 Continue` (it may or may not send the body: close instead).
+        let unread = {
+            let io = conn.lock();
+            let unread = !io.decoder.is_done();
+            if unread && io.continue_at.is_some() {
+                keep = false;
+            }
+            unread
+        };
+        if connection_has(resp.headers(), "close") || *shutdown.borrow() {
             keep = false;
         }
-        unread
-    };
-    if connection_has(resp.headers(), "close") || *shutdown.borrow() {
-        keep = false;
-    }
-    match write_response(conn, resp, is_head, v10, keep).await {
-        Err(e) => {
-            tracing::debug!(error = %e, "writing a response failed");
-            return Next::Close;
+        match write_response(conn, resp, is_head, v10, keep).await {
+            Err(e) => {
+                tracing::debug!(error = %e, "writing a response failed");
+                return Next::Close;
+            }
+            Ok(Written::Tunnel(tunnel)) => return Next::Tunnel(tunnel),
+            Ok(Written::Done { keep: k }) => keep = k,
         }
-        Ok(Written::Tunnel(tunnel)) => return Next::Tunnel(tunnel),
-        Ok(Written::Done { keep: k }) => keep = k,
+        if !keep || (unread && !drain(conn, opts.header_timeout).await) {
+            return Next::Linger;
+        }
+        let mut io = conn.lock();
+        if io.buf.is_empty() {
+            io.buf = BytesMut::new(); // idle: hold no buffer
+        }
+        Next::Again
     }
-    if !keep || (unread && !drain(conn, opts.header_timeout).await) {
-        return Next::Linger;
-    }
-    let mut io = conn.lock();
-    if io.buf.is_empty() {
-        io.buf = BytesMut::new(); // idle: hold no buffer
-    }
-    Next::Again
 }
 
 /// Reads until a complete request head (or the HTTP/2 preface, on a connection's first
@@ -487,119 +491,124 @@ enum Out {
 
 /// Writes a response: its head (with one framing), then its body as it comes; the head goes
 /// out with the first piece of body when that is ready at once.
-async fn write_response(
+// Not an `async fn`, whose arguments would take room twice in the future.
+#[allow(clippy::manual_async_fn)]
+fn write_response(
     conn: &Conn,
     resp: Response<ProxyBody>,
     is_head: bool,
     v10: bool,
     mut keep: bool,
-) -> io::Result<Written> {
-    let (parts, mut body) = resp.into_parts();
-    let status = parts.status;
-    let mut headers = parts.headers;
-    let mut head = Vec::with_capacity(256);
-    head.extend_from_slice(b"HTTP/1.1 ");
-    head.extend_from_slice(status.as_str().as_bytes());
-    head.push(b' ');
-    head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    head.extend_from_slice(b"\r\n");
-    let upgrade = status == StatusCode::SWITCHING_PROTOCOLS && matches!(body, ProxyBody::Tunnel(_));
-    let out = if upgrade {
-        Out::None
-    } else if is_head || status.is_informational() || status == StatusCode::NOT_MODIFIED {
-        headers.remove(TRANSFER_ENCODING);
-        Out::None
-    } else if status == StatusCode::NO_CONTENT {
-        headers.remove(TRANSFER_ENCODING);
-        headers.remove(CONTENT_LENGTH);
-        Out::None
-    } else if headers.contains_key(CONTENT_LENGTH) {
-        Out::Length
-    } else if let Some(n) = body.size_hint().exact() {
-        head.extend_from_slice(b"content-length: ");
-        codec::write_u64(&mut head, n);
+) -> impl Future<Output = io::Result<Written>> {
+    async move {
+        let (parts, mut body) = resp.into_parts();
+        let status = parts.status;
+        let mut headers = parts.headers;
+        let mut head = Vec::with_capacity(256);
+        head.extend_from_slice(b"HTTP/1.1 ");
+        head.extend_from_slice(status.as_str().as_bytes());
+        head.push(b' ');
+        head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
         head.extend_from_slice(b"\r\n");
-        Out::Length
-    } else if !v10 {
-        head.extend_from_slice(b"transfer-encoding: chunked\r\n");
-        Out::Chunked
-    } else {
-        keep = false;
-        Out::Close
-    };
-    if !upgrade {
-        if !keep {
-            if !headers.contains_key(CONNECTION) {
-                head.extend_from_slice(b"connection: close\r\n");
-            }
-        } else if v10 {
-            head.extend_from_slice(b"connection: keep-alive\r\n");
-        }
-    }
-    codec::write_headers(&mut head, &headers);
-    head.extend_from_slice(b"\r\n");
-    if upgrade {
-        write_all(conn, &[&head]).await?;
-        return match body {
-            ProxyBody::Tunnel(t) => Ok(Written::Tunnel(t)),
-            _ => Ok(Written::Done { keep: false }),
-        };
-    }
-    if out == Out::None {
-        drop(body);
-        write_all(conn, &[&head]).await?;
-        return Ok(Written::Done { keep });
-    }
-    let mut pending_head = Some(head);
-    let mut trailers = None;
-    loop {
-        let frame = if pending_head.is_some() {
-            match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
-                Poll::Ready(frame) => frame,
-                Poll::Pending => {
-                    if let Some(h) = pending_head.take() {
-                        write_all(conn, &[&h]).await?;
-                    }
-                    continue;
-                }
-            }
+        let upgrade =
+            status == StatusCode::SWITCHING_PROTOCOLS && matches!(body, ProxyBody::Tunnel(_));
+        let out = if upgrade {
+            Out::None
+        } else if is_head || status.is_informational() || status == StatusCode::NOT_MODIFIED {
+            headers.remove(TRANSFER_ENCODING);
+            Out::None
+        } else if status == StatusCode::NO_CONTENT {
+            headers.remove(TRANSFER_ENCODING);
+            headers.remove(CONTENT_LENGTH);
+            Out::None
+        } else if headers.contains_key(CONTENT_LENGTH) {
+            Out::Length
+        } else if let Some(n) = body.size_hint().exact() {
+            head.extend_from_slice(b"content-length: ");
+            codec::write_u64(&mut head, n);
+            head.extend_from_slice(b"\r\n");
+            Out::Length
+        } else if !v10 {
+            head.extend_from_slice(b"transfer-encoding: chunked\r\n");
+            Out::Chunked
         } else {
-            poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+            keep = false;
+            Out::Close
         };
-        let frame = match frame {
-            None => break,
-            Some(Err(e)) => return Err(io::Error::other(e)),
-            Some(Ok(frame)) => frame,
-        };
-        match frame.into_data() {
-            Ok(data) => {
-                if data.is_empty() {
-                    continue;
+        if !upgrade {
+            if !keep {
+                if !headers.contains_key(CONNECTION) {
+                    head.extend_from_slice(b"connection: close\r\n");
                 }
-                let h = pending_head.take();
-                let h = h.as_deref().unwrap_or(&[]);
-                if out == Out::Chunked {
-                    let size = codec::chunk_head(data.len());
-                    write_all(conn, &[h, &size, &data, b"\r\n"]).await?;
-                } else {
-                    write_all(conn, &[h, &data]).await?;
-                }
+            } else if v10 {
+                head.extend_from_slice(b"connection: keep-alive\r\n");
             }
-            Err(frame) => {
-                if let Ok(t) = frame.into_trailers() {
-                    trailers = Some(t);
+        }
+        codec::write_headers(&mut head, &headers);
+        head.extend_from_slice(b"\r\n");
+        if upgrade {
+            write_all(conn, &[&head]).await?;
+            return match body {
+                ProxyBody::Tunnel(t) => Ok(Written::Tunnel(t)),
+                _ => Ok(Written::Done { keep: false }),
+            };
+        }
+        if out == Out::None {
+            drop(body);
+            write_all(conn, &[&head]).await?;
+            return Ok(Written::Done { keep });
+        }
+        let mut pending_head = Some(head);
+        let mut trailers = None;
+        loop {
+            let frame = if pending_head.is_some() {
+                match poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
+                    Poll::Ready(frame) => frame,
+                    Poll::Pending => {
+                        if let Some(h) = pending_head.take() {
+                            write_all(conn, &[&h]).await?;
+                        }
+                        continue;
+                    }
+                }
+            } else {
+                poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+            };
+            let frame = match frame {
+                None => break,
+                Some(Err(e)) => return Err(io::Error::other(e)),
+                Some(Ok(frame)) => frame,
+            };
+            match frame.into_data() {
+                Ok(data) => {
+                    if data.is_empty() {
+                        continue;
+                    }
+                    let h = pending_head.take();
+                    let h = h.as_deref().unwrap_or(&[]);
+                    if out == Out::Chunked {
+                        let size = codec::chunk_head(data.len());
+                        write_all(conn, &[h, &size, &data, b"\r\n"]).await?;
+                    } else {
+                        write_all(conn, &[h, &data]).await?;
+                    }
+                }
+                Err(frame) => {
+                    if let Ok(t) = frame.into_trailers() {
+                        trailers = Some(t);
+                    }
                 }
             }
         }
+        let h = pending_head.take();
+        let h = h.as_deref().unwrap_or(&[]);
+        if out == Out::Chunked {
+            write_all(conn, &[h, &codec::chunked_end(trailers.as_ref())]).await?;
+        } else if !h.is_empty() {
+            write_all(conn, &[h]).await?;
+        }
+        Ok(Written::Done { keep })
     }
-    let h = pending_head.take();
-    let h = h.as_deref().unwrap_or(&[]);
-    if out == Out::Chunked {
-        write_all(conn, &[h, &codec::chunked_end(trailers.as_ref())]).await?;
-    } else if !h.is_empty() {
-        write_all(conn, &[h]).await?;
-    }
-    Ok(Written::Done { keep })
 }
 
 /// Reads and drops what is left of a request body the answer did not need, if that is little
@@ -821,6 +830,13 @@ mod tests {
         });
         let (_closing, closing) = watch::channel(false);
         let (alive, _all) = mpsc::channel(1);
+        // The per-request future is boxed once per request; the rare paths (leader
+        // forwarding, replay, queueing, connecting, h2) are boxed apart, keeping it small.
+        let client = ClientAddr::new(peer.ip());
+        let req = Request::new(ProxyBody::Empty);
+        let size = std::mem::size_of_val(&handle(&shared, &client, req));
+        eprintln!("handle future: {size} bytes");
+        assert!(size <= 8192, "the request future grew to {size} bytes");
         let fut = serve(shared, stream, peer, opts, closing, alive);
         let size = std::mem::size_of_val(&fut);
         eprintln!("serve future: {size} bytes");

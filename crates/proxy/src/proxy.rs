@@ -61,32 +61,36 @@ pub(crate) struct LeaderTarget {
 
 /// Serves one request; every failure becomes a response naming the route and the cause (or
 /// the route's custom error page). HTTP/1 framing was checked when the head was parsed.
-pub(crate) async fn handle(
+// Not an `async fn`, whose arguments would take room twice in the future.
+#[allow(clippy::manual_async_fn)]
+pub(crate) fn handle(
     shared: &Shared,
     client: &ClientAddr,
     req: Request<ProxyBody>,
-) -> Response<ProxyBody> {
-    let live = shared.live.load_full();
-    let route = {
-        let mut buf = [0u8; 256];
-        let host = request_host(&req, &mut buf);
-        match live
-            .table
-            .find(host, req.uri().path(), req.method(), req.headers())
-        {
-            Some(route) => route,
-            None => {
-                let e = ProxyError::NoRoute {
-                    host: host.to_string(),
-                    path: req.uri().path().to_string(),
-                };
-                return e.into_response(None);
+) -> impl Future<Output = Response<ProxyBody>> {
+    async move {
+        let live = shared.live.load_full();
+        let route = {
+            let mut buf = [0u8; 256];
+            let host = request_host(&req, &mut buf);
+            match live
+                .table
+                .find(host, req.uri().path(), req.method(), req.headers())
+            {
+                Some(route) => route,
+                None => {
+                    let e = ProxyError::NoRoute {
+                        host: host.to_string(),
+                        path: req.uri().path().to_string(),
+                    };
+                    return e.into_response(None);
+                }
             }
+        };
+        match proxy(shared, &live, route, client, req).await {
+            Ok(resp) => resp,
+            Err(e) => e.into_response(Some(route)),
         }
-    };
-    match proxy(shared, &live, route, client, req).await {
-        Ok(resp) => resp,
-        Err(e) => e.into_response(Some(route)),
     }
 }
 
@@ -206,149 +210,154 @@ impl Replay {
     }
 }
 
-async fn proxy(
+// Not an `async fn`, whose arguments would take room twice in the future.
+#[allow(clippy::manual_async_fn)]
+fn proxy(
     shared: &Shared,
     live: &Arc<Live>,
     route: &CompiledRoute,
     client: &ClientAddr,
     mut req: Request<ProxyBody>,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    // A request relayed by another node carries a marker; a bad one is refused, not ignored,
-    // so that a forged marker can neither bypass the leader rule nor pass silently.
-    let relayed = match req.headers().get(&HOP_HEADER) {
-        None => false,
-        Some(marker) => {
-            let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
-            shared
-                .key
-                .verify_hop(marker, req.method(), pq, unix_now())
-                .map_err(|why| ProxyError::BadHop {
-                    route: route.name.to_string(),
-                    why,
-                })?;
-            true
-        }
-    };
-    let peer = client.ip;
-    let trusted_peer = !shared.trusted.is_empty() && any_contains(&shared.trusted, peer);
-
-    let leader_route = route.writes == WritePolicy::Leader;
-    let write = is_write(req.method());
-    if leader_route && write && !relayed {
-        match &live.leader {
-            None => {
-                return Err(ProxyError::NoLeader {
-                    route: route.name.to_string(),
-                    method: req.method().to_string(),
-                });
+) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> {
+    async move {
+        // A request relayed by another node carries a marker; a bad one is refused, not ignored,
+        // so that a forged marker can neither bypass the leader rule nor pass silently.
+        let relayed = match req.headers().get(&HOP_HEADER) {
+            None => false,
+            Some(marker) => {
+                let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                shared
+                    .key
+                    .verify_hop(marker, req.method(), pq, unix_now())
+                    .map_err(|why| ProxyError::BadHop {
+                        route: route.name.to_string(),
+                        why,
+                    })?;
+                true
             }
-            Some(leader) if leader.id != shared.node_id => {
-                // The leader applies the route's own rewrites when it serves the request.
-                prepare_request(&mut req, client, trusted_peer, false, false);
-                return Box::pin(forward_to_leader(shared, route, leader, req)).await;
-            }
-            Some(_) => {} // this node leads: served below by its own backends
-        }
-    }
+        };
+        let peer = client.ip;
+        let trusted_peer = !shared.trusted.is_empty() && any_contains(&shared.trusted, peer);
 
-    // A pool with no backend at all may get one soon (a deploy, a restart): wait for it.
-    let home = &live.table.pools[route.pool];
-    let fresh = if home.backends.is_empty() && route.retries > 0 && !route.retry_delay.is_zero() {
-        wait_for_backends(shared, &home.name, route).await
-    } else {
-        None
-    };
-    let pool = fresh
-        .as_ref()
-        .and_then(|l| l.table.pool_named(&home.name))
-        .unwrap_or(home);
-
-    let scope = if relayed || (leader_route && write) || pool.prefer_local {
-        Scope::Local
-    } else {
-        Scope::All
-    };
-    let client_ip: IpAddr = if relayed {
-        relayed_client_ip(req.headers(), peer, &shared.trusted)
-    } else {
-        client_ip(req.headers(), peer, &shared.trusted)
-    };
-    let pinned = match pool.balance {
-        Balance::Cookie => sticky_cookie(req.headers()).and_then(|v| pool.resolve_cookie(v)),
-        _ => None,
-    };
-    let upgrade = is_upgrade_request(&req);
-    prepare_request(&mut req, client, trusted_peer, relayed, upgrade);
-
-    // On a leader route, keep what is needed to replay the request if the backend asks
-    // (before the route's rewrites, which the leader applies itself).
-    let replay = if leader_route && !relayed && !upgrade {
-        Replay::of(&req, shared.max_replay_body)
-    } else {
-        None
-    };
-    apply_route(route, &mut req);
-    let req = match replay.as_ref().and_then(|r| r.body.clone()) {
-        Some(rec) => req.map(|b| b.recorded(rec)),
-        None => req,
-    };
-
-    let ctx = PickCtx { client_ip, pinned };
-    let (resp, picked, in_flight) = dispatch(route, pool, scope, &ctx, req, upgrade).await?;
-
-    if let Some(replay) = replay
-        && resp
-            .headers()
-            .get(&REPLAY_HEADER)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"leader"))
-    {
-        match replay_action(shared, live, route, pool, replay, &picked)? {
-            ReplayAction::Keep => {}
-            ReplayAction::ToLeader(leader, req) => {
-                drop((resp, in_flight));
-                return Box::pin(forward_to_leader(shared, route, leader, req)).await;
-            }
-            ReplayAction::Local(mut req) => {
-                drop((resp, in_flight));
-                apply_route(route, &mut req);
-                return Box::pin(async {
-                    let (resp, picked, in_flight) =
-                        dispatch(route, pool, Scope::Local, &ctx, req, false).await?;
-                    Ok(finish(resp, route, pool, picked, in_flight))
-                })
-                .await;
+        let leader_route = route.writes == WritePolicy::Leader;
+        let write = is_write(req.method());
+        if leader_route && write && !relayed {
+            match &live.leader {
+                None => {
+                    return Err(ProxyError::NoLeader {
+                        route: route.name.to_string(),
+                        method: req.method().to_string(),
+                    });
+                }
+                Some(leader) if leader.id != shared.node_id => {
+                    // The leader applies the route's own rewrites when it serves the request.
+                    prepare_request(&mut req, client, trusted_peer, false, false);
+                    return Box::pin(forward_to_leader(shared, route, leader, req)).await;
+                }
+                Some(_) => {} // this node leads: served below by its own backends
             }
         }
-    }
 
-    if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        let (mut parts, body) = resp.into_parts();
-        let tunnel = match body {
-            Source::Backend(body) => body.into_tunnel(),
+        // A pool with no backend at all may get one soon (a deploy, a restart): wait for it.
+        let home = &live.table.pools[route.pool];
+        let fresh = if home.backends.is_empty() && route.retries > 0 && !route.retry_delay.is_zero()
+        {
+            Box::pin(wait_for_backends(shared, &home.name, route)).await
+        } else {
+            None
+        };
+        let pool = fresh
+            .as_ref()
+            .and_then(|l| l.table.pool_named(&home.name))
+            .unwrap_or(home);
+
+        let scope = if relayed || (leader_route && write) || pool.prefer_local {
+            Scope::Local
+        } else {
+            Scope::All
+        };
+        let client_ip: IpAddr = if relayed {
+            relayed_client_ip(req.headers(), peer, &shared.trusted)
+        } else {
+            client_ip(req.headers(), peer, &shared.trusted)
+        };
+        let pinned = match pool.balance {
+            Balance::Cookie => sticky_cookie(req.headers()).and_then(|v| pool.resolve_cookie(v)),
             _ => None,
         };
-        let Some((io, leftover)) = tunnel else {
-            let backend = &pool.backends[picked.idx];
-            return Err(ProxyError::Backend {
-                route: route.name.to_string(),
-                backend: backend.id.to_string(),
-                address: backend.address.to_string(),
-                cause: "101 without an upgradable connection".into(),
-            });
+        let upgrade = is_upgrade_request(&req);
+        prepare_request(&mut req, client, trusted_peer, relayed, upgrade);
+
+        // On a leader route, keep what is needed to replay the request if the backend asks
+        // (before the route's rewrites, which the leader applies itself).
+        let replay = if leader_route && !relayed && !upgrade {
+            Replay::of(&req, shared.max_replay_body)
+        } else {
+            None
         };
-        prepare_response(&mut parts.headers, true);
-        route.response_ops.apply(&mut parts.headers);
-        let tunnel = Tunnel {
-            io,
-            leftover,
-            in_flight: Some(in_flight),
+        apply_route(route, &mut req);
+        let req = match replay.as_ref().and_then(|r| r.body.clone()) {
+            Some(rec) => req.map(|b| b.recorded(rec)),
+            None => req,
         };
-        return Ok(Response::from_parts(
-            parts,
-            ProxyBody::Tunnel(Box::new(tunnel)),
-        ));
+
+        let ctx = PickCtx { client_ip, pinned };
+        let (resp, picked, in_flight) = dispatch(route, pool, scope, &ctx, req, upgrade).await?;
+
+        if let Some(replay) = replay
+            && resp
+                .headers()
+                .get(&REPLAY_HEADER)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"leader"))
+        {
+            match replay_action(shared, live, route, pool, replay, &picked)? {
+                ReplayAction::Keep => {}
+                ReplayAction::ToLeader(leader, req) => {
+                    drop((resp, in_flight));
+                    return Box::pin(forward_to_leader(shared, route, leader, req)).await;
+                }
+                ReplayAction::Local(mut req) => {
+                    drop((resp, in_flight));
+                    apply_route(route, &mut req);
+                    return Box::pin(async {
+                        let (resp, picked, in_flight) =
+                            dispatch(route, pool, Scope::Local, &ctx, req, false).await?;
+                        Ok(finish(resp, route, pool, picked, in_flight))
+                    })
+                    .await;
+                }
+            }
+        }
+
+        if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let (mut parts, body) = resp.into_parts();
+            let tunnel = match body {
+                Source::Backend(body) => body.into_tunnel(),
+                _ => None,
+            };
+            let Some((io, leftover)) = tunnel else {
+                let backend = &pool.backends[picked.idx];
+                return Err(ProxyError::Backend {
+                    route: route.name.to_string(),
+                    backend: backend.id.to_string(),
+                    address: backend.address.to_string(),
+                    cause: "101 without an upgradable connection".into(),
+                });
+            };
+            prepare_response(&mut parts.headers, true);
+            route.response_ops.apply(&mut parts.headers);
+            let tunnel = Tunnel {
+                io,
+                leftover,
+                in_flight: Some(in_flight),
+            };
+            return Ok(Response::from_parts(
+                parts,
+                ProxyBody::Tunnel(Box::new(tunnel)),
+            ));
+        }
+        Ok(finish(resp, route, pool, picked, in_flight))
     }
-    Ok(finish(resp, route, pool, picked, in_flight))
 }
 
 /// What to do when a backend asks for a replay on the leader.
@@ -410,6 +419,19 @@ async fn acquire(
     if let Some(slot) = pool.try_enter(first.idx) {
         return Ok(Some((first, slot)));
     }
+    // The waiting (rare) lives on the heap, keeping every request's future small.
+    Box::pin(queue_for_slot(route, pool, scope, ctx, tried, first)).await
+}
+
+/// Waits for a slot (see [`acquire`]).
+async fn queue_for_slot(
+    route: &CompiledRoute,
+    pool: &CompiledPool,
+    scope: Scope,
+    ctx: &PickCtx,
+    tried: &Tried,
+    first: Picked,
+) -> Result<Option<(Picked, InFlight)>, ProxyError> {
     let start = Instant::now();
     let deadline = start + pool.queue_timeout;
     let sticky = pool.is_sticky(ctx);
@@ -448,73 +470,77 @@ async fn acquire(
 /// Picks a backend and sends the request, retrying while the request has provably not been
 /// delivered (connection failures): on another backend, or after `retry_delay` on the same
 /// ones again, up to the route's `retries` and within the pool's retry budget.
-async fn dispatch(
+// Not an `async fn`, whose arguments would take room twice in the future.
+#[allow(clippy::manual_async_fn)]
+fn dispatch(
     route: &CompiledRoute,
     pool: &CompiledPool,
     scope: Scope,
     ctx: &PickCtx,
     mut req: Request<ProxyBody>,
     upgrade: bool,
-) -> Result<(Response<Source>, Picked, InFlight), ProxyError> {
-    pool.record_request();
-    let mut tried = Tried::default();
-    let mut retries_left = route.retries;
-    let mut last_error = None;
-    loop {
-        let Some((picked, in_flight)) = acquire(route, pool, scope, ctx, &tried).await? else {
-            match last_error {
-                // Every backend failed to connect once: with a delay, try them again.
-                Some(_) if !route.retry_delay.is_zero() && tried.len() > 0 => {
-                    tried = Tried::default();
-                    continue;
+) -> impl Future<Output = Result<(Response<Source>, Picked, InFlight), ProxyError>> {
+    async move {
+        pool.record_request();
+        let mut tried = Tried::default();
+        let mut retries_left = route.retries;
+        let mut last_error = None;
+        loop {
+            let Some((picked, in_flight)) = acquire(route, pool, scope, ctx, &tried).await? else {
+                match last_error {
+                    // Every backend failed to connect once: with a delay, try them again.
+                    Some(_) if !route.retry_delay.is_zero() && tried.len() > 0 => {
+                        tried = Tried::default();
+                        continue;
+                    }
+                    Some(e) => return Err(e),
+                    None => {
+                        return Err(ProxyError::NoBackends {
+                            route: route.name.to_string(),
+                            pool: pool.name.to_string(),
+                        });
+                    }
                 }
-                Some(e) => return Err(e),
-                None => {
-                    return Err(ProxyError::NoBackends {
+            };
+            tried.push(picked.idx);
+            let backend = &pool.backends[picked.idx];
+            let failed = |cause: String| ProxyError::Backend {
+                route: route.name.to_string(),
+                backend: backend.id.to_string(),
+                address: backend.address.to_string(),
+                cause,
+            };
+            match tokio::time::timeout(route.timeout, backend.endpoint.send(req, upgrade)).await {
+                Ok(Ok(resp)) => return Ok((resp, picked, in_flight)),
+                Ok(Err(SendError::Failed(cause))) => return Err(failed(cause)),
+                Ok(Err(SendError::NotSent { req: back, cause })) => {
+                    drop(in_flight);
+                    if retries_left == 0 {
+                        return Err(failed(cause));
+                    }
+                    if !pool.try_retry() {
+                        return Err(failed(format!(
+                            "{cause} (not retried: the retry budget of pool {} is spent)",
+                            pool.name
+                        )));
+                    }
+                    retries_left -= 1;
+                    let error = failed(cause);
+                    tracing::debug!("{error}; retrying");
+                    last_error = Some(error);
+                    req = *back;
+                    if !route.retry_delay.is_zero() {
+                        Box::pin(tokio::time::sleep(route.retry_delay)).await;
+                    }
+                }
+                Err(_) => {
+                    return Err(ProxyError::BackendTimeout {
                         route: route.name.to_string(),
-                        pool: pool.name.to_string(),
+                        backend: backend.id.to_string(),
+                        address: backend.address.to_string(),
+                        after: route.timeout,
                     });
                 }
-            }
-        };
-        tried.push(picked.idx);
-        let backend = &pool.backends[picked.idx];
-        let failed = |cause: String| ProxyError::Backend {
-            route: route.name.to_string(),
-            backend: backend.id.to_string(),
-            address: backend.address.to_string(),
-            cause,
-        };
-        match tokio::time::timeout(route.timeout, backend.endpoint.send(req, upgrade)).await {
-            Ok(Ok(resp)) => return Ok((resp, picked, in_flight)),
-            Ok(Err(SendError::Failed(cause))) => return Err(failed(cause)),
-            Ok(Err(SendError::NotSent { req: back, cause })) => {
-                drop(in_flight);
-                if retries_left == 0 {
-                    return Err(failed(cause));
-                }
-                if !pool.try_retry() {
-                    return Err(failed(format!(
-                        "{cause} (not retried: the retry budget of pool {} is spent)",
-                        pool.name
-                    )));
-                }
-                retries_left -= 1;
-                let error = failed(cause);
-                tracing::debug!("{error}; retrying");
-                last_error = Some(error);
-                req = *back;
-                if !route.retry_delay.is_zero() {
-                    tokio::time::sleep(route.retry_delay).await;
-                }
-            }
-            Err(_) => {
-                return Err(ProxyError::BackendTimeout {
-                    route: route.name.to_string(),
-                    backend: backend.id.to_string(),
-                    address: backend.address.to_string(),
-                    after: route.timeout,
-                });
             }
         }
     }

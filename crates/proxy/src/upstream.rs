@@ -506,162 +506,171 @@ impl Endpoint {
 
     /// Sends `req` and waits for the response head. With `dedicated`, a fresh HTTP/1.1
     /// connection is used and not pooled afterwards (for upgrades, also on `h2c` endpoints).
-    pub(crate) async fn send(
+    // Not an `async fn`, whose arguments would take room twice in the future.
+    #[allow(clippy::manual_async_fn)]
+    pub(crate) fn send(
         self: &Arc<Self>,
         mut req: Request<ProxyBody>,
         dedicated: bool,
-    ) -> Result<Response<Source>, SendError> {
-        if self.protocol == Protocol::H2c && !dedicated {
-            return self.send_h2(req).await;
-        }
-        let (mut head, mut framing) = encode_request(&req);
-        // A small body that is already here goes out in the same write as the head, as a
-        // client would send it: a backend that answers before reading the body may otherwise
-        // read the head alone, answer, find no body to drain and close the connection just
-        // as the next request is written on it.
-        let mut inline = None;
-        if let Some(Framing::Length(n)) = framing
-            && n <= INLINE_BODY
-            && req.body().is_buffered()
-        {
-            let frame = poll_fn(|cx| Pin::new(req.body_mut()).poll_frame(cx)).await;
-            match frame.map(|f| f.map(Frame::into_data)) {
-                Some(Ok(Ok(data))) if data.len() as u64 == n => {
-                    head.extend_from_slice(&data);
-                    framing = None;
-                    inline = Some(data);
-                    *req.body_mut() = ProxyBody::Empty;
-                }
-                _ => return Err(SendError::Failed("the request body ended early".into())),
+    ) -> impl Future<Output = Result<Response<Source>, SendError>> {
+        async move {
+            if self.protocol == Protocol::H2c && !dedicated {
+                return Box::pin(self.send_h2(req)).await;
             }
-        }
-        // A request handed back gets its body back.
-        let back = |mut req: Request<ProxyBody>| {
-            if let Some(data) = &inline {
-                *req.body_mut() = ProxyBody::full(data.clone());
-            }
-            Box::new(req)
-        };
-        if !dedicated {
-            while let Some(mut conn) = self.checkout() {
-                // A connection the backend closed meanwhile fails here, before anything of
-                // the request could be taken as sent: the next one is tried.
-                if conn.io.write_all(&head).await.is_ok() {
-                    return self.exchange(conn, req, framing, dedicated).await;
+            let (mut head, mut framing) = encode_request(&req);
+            // A small body that is already here goes out in the same write as the head, as a
+            // client would send it: a backend that answers before reading the body may otherwise
+            // read the head alone, answer, find no body to drain and close the connection just
+            // as the next request is written on it.
+            let mut inline = None;
+            if let Some(Framing::Length(n)) = framing
+                && n <= INLINE_BODY
+                && req.body().is_buffered()
+            {
+                let frame = poll_fn(|cx| Pin::new(req.body_mut()).poll_frame(cx)).await;
+                match frame.map(|f| f.map(Frame::into_data)) {
+                    Some(Ok(Ok(data))) if data.len() as u64 == n => {
+                        head.extend_from_slice(&data);
+                        framing = None;
+                        inline = Some(data);
+                        *req.body_mut() = ProxyBody::Empty;
+                    }
+                    _ => return Err(SendError::Failed("the request body ended early".into())),
                 }
             }
-        }
-        let mut conn = match self.connect_io().await {
-            Ok(io) => H1Conn {
-                io,
-                buf: BytesMut::new(),
-            },
-            Err(e) => {
+            // A request handed back gets its body back.
+            let back = |mut req: Request<ProxyBody>| {
+                if let Some(data) = &inline {
+                    *req.body_mut() = ProxyBody::full(data.clone());
+                }
+                Box::new(req)
+            };
+            if !dedicated {
+                while let Some(mut conn) = self.checkout() {
+                    // A connection the backend closed meanwhile fails here, before anything of
+                    // the request could be taken as sent: the next one is tried.
+                    if conn.io.write_all(&head).await.is_ok() {
+                        return self.exchange(conn, req, framing, dedicated).await;
+                    }
+                }
+            }
+            // Boxed: with pooled connections, connecting is the rare path.
+            let mut conn = match Box::pin(self.connect_io()).await {
+                Ok(io) => H1Conn {
+                    io,
+                    buf: BytesMut::new(),
+                },
+                Err(e) => {
+                    return Err(SendError::NotSent {
+                        req: back(req),
+                        cause: format!("connect: {e}"),
+                    });
+                }
+            };
+            if let Err(e) = conn.io.write_all(&head).await {
                 return Err(SendError::NotSent {
                     req: back(req),
-                    cause: format!("connect: {e}"),
+                    cause: format!("connection closed before the request was sent: {e}"),
                 });
             }
-        };
-        if let Err(e) = conn.io.write_all(&head).await {
-            return Err(SendError::NotSent {
-                req: back(req),
-                cause: format!("connection closed before the request was sent: {e}"),
-            });
+            self.exchange(conn, req, framing, dedicated).await
         }
-        self.exchange(conn, req, framing, dedicated).await
     }
 
     /// Streams the body of a request whose head is written and reads the response head.
-    async fn exchange(
+    // Not an `async fn`, whose arguments would take room twice in the future.
+    #[allow(clippy::manual_async_fn)]
+    fn exchange(
         self: &Arc<Self>,
         mut conn: H1Conn,
         req: Request<ProxyBody>,
         framing: Option<Framing>,
         dedicated: bool,
-    ) -> Result<Response<Source>, SendError> {
-        let head_request = req.method() == Method::HEAD;
-        let method = if head_request {
-            Method::HEAD
-        } else {
-            Method::GET
-        };
-        let body = req.into_body();
-        let mut pump = Pump {
-            body: framing.is_some().then_some(body),
-            chunked: framing == Some(Framing::Chunked),
-            out: Default::default(),
-            write_failed: false,
-        };
-        let head = poll_fn(|cx| {
-            loop {
-                if let Err(e) = pump.poll_write(&mut conn.io, cx) {
-                    return Poll::Ready(Err(format!("the request body failed: {e}")));
-                }
-                match codec::parse_response(&mut conn.buf) {
-                    Err(e) => return Poll::Ready(Err(e.to_string())),
-                    Ok(Some(head)) => {
-                        if head.status.is_informational()
-                            && head.status != StatusCode::SWITCHING_PROTOCOLS
-                        {
-                            continue; // 100 Continue and the like: the answer follows
+    ) -> impl Future<Output = Result<Response<Source>, SendError>> {
+        async move {
+            let head_request = req.method() == Method::HEAD;
+            let method = if head_request {
+                Method::HEAD
+            } else {
+                Method::GET
+            };
+            let body = req.into_body();
+            let mut pump = Pump {
+                body: framing.is_some().then_some(body),
+                chunked: framing == Some(Framing::Chunked),
+                out: Default::default(),
+                write_failed: false,
+            };
+            let head = poll_fn(|cx| {
+                loop {
+                    if let Err(e) = pump.poll_write(&mut conn.io, cx) {
+                        return Poll::Ready(Err(format!("the request body failed: {e}")));
+                    }
+                    match codec::parse_response(&mut conn.buf) {
+                        Err(e) => return Poll::Ready(Err(e.to_string())),
+                        Ok(Some(head)) => {
+                            if head.status.is_informational()
+                                && head.status != StatusCode::SWITCHING_PROTOCOLS
+                            {
+                                continue; // 100 Continue and the like: the answer follows
+                            }
+                            return Poll::Ready(Ok(head));
                         }
-                        return Poll::Ready(Ok(head));
+                        Ok(None) if conn.buf.len() > MAX_RESPONSE_HEAD => {
+                            return Poll::Ready(Err("response head too large".into()));
+                        }
+                        Ok(None) => {}
                     }
-                    Ok(None) if conn.buf.len() > MAX_RESPONSE_HEAD => {
-                        return Poll::Ready(Err("response head too large".into()));
+                    match ready!(conn.poll_fill(cx)) {
+                        Ok(0) => {
+                            return Poll::Ready(Err(
+                                "connection closed before a response head arrived".into(),
+                            ));
+                        }
+                        Ok(_) => {}
+                        Err(e) => return Poll::Ready(Err(e.to_string())),
                     }
-                    Ok(None) => {}
                 }
-                match ready!(conn.poll_fill(cx)) {
-                    Ok(0) => {
-                        return Poll::Ready(Err(
-                            "connection closed before a response head arrived".into(),
-                        ));
-                    }
-                    Ok(_) => {}
-                    Err(e) => return Poll::Ready(Err(e.to_string())),
-                }
-            }
-        })
-        .await
-        .map_err(SendError::Failed)?;
-        let sent = pump.sent();
-        drop(pump);
+            })
+            .await
+            .map_err(SendError::Failed)?;
+            let sent = pump.sent();
+            drop(pump);
 
-        let upgraded = head.status == StatusCode::SWITCHING_PROTOCOLS;
-        let framing = if upgraded {
-            None
-        } else {
-            codec::response_framing(&method, head.status, &head.headers)
-                .map_err(|e| SendError::Failed(e.to_string()))?
-        };
-        let reuse = !dedicated
-            && !upgraded
-            && sent
-            && head.version == Version::HTTP_11
-            && framing != Some(Framing::Eof)
-            && !crate::headers::connection_has(&head.headers, "close");
-        let mut body = BackendBody {
-            conn: Some(conn),
-            decoder: Decoder::new(framing),
-            reuse,
-            upgraded,
-            endpoint: self.clone(),
-        };
-        if framing.is_none() && !upgraded {
-            body.release();
+            let upgraded = head.status == StatusCode::SWITCHING_PROTOCOLS;
+            let framing = if upgraded {
+                None
+            } else {
+                codec::response_framing(&method, head.status, &head.headers)
+                    .map_err(|e| SendError::Failed(e.to_string()))?
+            };
+            let reuse = !dedicated
+                && !upgraded
+                && sent
+                && head.version == Version::HTTP_11
+                && framing != Some(Framing::Eof)
+                && !crate::headers::connection_has(&head.headers, "close");
+            let mut body = BackendBody {
+                conn: Some(conn),
+                decoder: Decoder::new(framing),
+                reuse,
+                upgraded,
+                endpoint: self.clone(),
+            };
+            if framing.is_none() && !upgraded {
+                body.release();
+            }
+            let mut headers = head.headers;
+            if framing == Some(Framing::Chunked) || framing == Some(Framing::Eof) {
+                // With Transfer-Encoding a Content-Length means nothing (RFC 9112 §6.3): it must
+                // not reach the client, whose framing is chosen afresh.
+                headers.remove(CONTENT_LENGTH);
+            }
+            let mut resp = Response::new(Source::Backend(body));
+            *resp.status_mut() = head.status;
+            *resp.headers_mut() = headers;
+            Ok(resp)
         }
-        let mut headers = head.headers;
-        if framing == Some(Framing::Chunked) || framing == Some(Framing::Eof) {
-            // With Transfer-Encoding a Content-Length means nothing (RFC 9112 §6.3): it must
-            // not reach the client, whose framing is chosen afresh.
-            headers.remove(CONTENT_LENGTH);
-        }
-        let mut resp = Response::new(Source::Backend(body));
-        *resp.status_mut() = head.status;
-        *resp.headers_mut() = headers;
-        Ok(resp)
     }
 }
 
