@@ -36,6 +36,10 @@ pub(crate) struct Shared {
     pub(crate) live: ArcSwap<Live>,
     /// Woken after every swap of `live`.
     pub(crate) swapped: Notify,
+    /// Settings of client connections.
+    pub(crate) conn: crate::conn::ConnOpts,
+    /// Wakes idle client connections (deadline ticks, shutdown).
+    pub(crate) closing: crate::conn::Closing,
 }
 
 impl Shared {

@@ -1,7 +1,7 @@
 //! The listener loop, graceful shutdown, and the task that recompiles the route table when the
 //! replicated state or the leader changes.
 
-use crate::conn::ConnOpts;
+use crate::conn::{Closing, ConnOpts, Tracked};
 use crate::hop::HopKey;
 use crate::proxy::{LeaderTarget, Live, Shared};
 use crate::table::{Registry, RouteTable};
@@ -12,7 +12,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, watch};
 
 /// Serves the data plane on `listener` until `shutdown` resolves (then stops accepting, lets in-flight requests finish).
 ///
@@ -31,6 +31,14 @@ pub async fn serve(
     let mut registry = Registry::default();
     let (live, compiled_from) =
         compile(&mut state, &mut leader, config.node_id, &key, &mut registry);
+    // A head larger than max_header_bytes gets 431; a head not complete within
+    // header_read_timeout closes the connection (slowloris); an idle keep-alive connection is
+    // closed after keep_alive_timeout.
+    let conn = ConnOpts {
+        max_head: config.max_header_bytes.max(8192),
+        header_timeout: config.header_read_timeout,
+        keep_alive: config.keep_alive_timeout,
+    };
     let shared = Arc::new(Shared {
         node_id: config.node_id,
         key,
@@ -38,6 +46,8 @@ pub async fn serve(
         trusted: config.trusted_proxies.clone().into_boxed_slice(),
         live: ArcSwap::from_pointee(live),
         swapped: Notify::new(),
+        conn,
+        closing: Closing::default(),
     });
     let watcher = tokio::spawn(watch_changes(
         shared.clone(),
@@ -52,17 +62,18 @@ pub async fn serve(
         "data plane listening"
     );
 
-    // A head larger than max_header_bytes gets 431; a head not complete within
-    // header_read_timeout closes the connection (slowloris); an idle keep-alive connection is
-    // closed after keep_alive_timeout.
-    let opts = Arc::new(ConnOpts {
-        max_head: config.max_header_bytes.max(8192),
-        header_timeout: config.header_read_timeout,
-        keep_alive: config.keep_alive_timeout,
+    // Idle connections have no timer each: one tick wakes them to look at their deadlines.
+    let ticker = tokio::spawn({
+        let shared = shared.clone();
+        async move {
+            let mut every = tokio::time::interval(crate::conn::tick_interval(&shared.conn));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                every.tick().await;
+                shared.closing.tick();
+            }
+        }
     });
-    // Connections watch `closing`; each holds a clone of `alive` while it serves requests.
-    let (closing, closing_rx) = watch::channel(false);
-    let (alive, mut all_closed) = mpsc::channel::<()>(1);
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -78,21 +89,14 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(crate::conn::serve(
-            shared.clone(),
-            stream,
-            peer,
-            opts.clone(),
-            closing_rx.clone(),
-            alive.clone(),
-        ));
+        tokio::spawn(crate::conn::serve(Tracked::new(&shared), stream, peer));
     }
     drop(listener);
     tracing::info!("data plane shutting down");
-    drop(alive);
-    let _ = closing.send(true);
-    let _ = all_closed.recv().await;
+    shared.closing.close();
+    shared.closing.all_gone().await;
     watcher.abort();
+    ticker.abort();
     Ok(())
 }
 
