@@ -84,9 +84,10 @@
 //!   without backends loads the table again.
 //! * On `writes = "leader"` routes, requests served locally keep a copy of their head (and of
 //!   their body up to `max_replay_body`) in case the backend asks for a replay.
-//! * An idle HTTP/1.1 client connection costs its task (a ~0.6 KB future), a small shared
-//!   state and the socket; buffers (4 KiB first, grown up to `max_header_bytes` for heads)
-//!   are taken when a request arrives and dropped when it is answered.
+//! * An idle HTTP/1.1 client connection costs its task (a 280-byte future) and the socket;
+//!   buffers (4 KiB first, grown up to `max_header_bytes` for heads) and the request's state
+//!   are taken when a request arrives and dropped when it is answered. Idle timeouts use one
+//!   shared tick (at most 1 s) that wakes every idle connection to check its deadline.
 //! * HTTP/2 clients are served; their requests go upstream over HTTP/1.1 or h2c as the pool
 //!   says. WebSockets over HTTP/2 (extended CONNECT) are not supported; HTTP/1.1 upgrades are,
 //!   and go over a dedicated HTTP/1.1 connection even in `h2c` pools.
@@ -141,9 +142,8 @@ pub struct ProxyConfig {
     /// Largest request head (request line and headers) accepted; larger ones get 431.
     /// Default 64 KiB (at least 8 KiB is used).
     pub max_header_bytes: usize,
-    /// Time a client has to send a complete request head, from its first byte (from the
-    /// accept for a connection's first request), before the connection is closed. Default
-    /// 10 s.
+    /// Time a client has to send a complete request head, from its first byte, before the
+    /// connection is closed; also how long a new connection may stay silent. Default 10 s.
     pub header_read_timeout: Duration,
     /// How long an HTTP/1.1 keep-alive connection may sit idle between requests before it is
     /// closed. Default 75 s.
