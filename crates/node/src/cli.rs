@@ -139,6 +139,10 @@ pub struct NodeArgs {
     /// On SIGTERM, how long in-flight requests may take to finish, in milliseconds [default: 10000].
     #[arg(long, env = "GATEWAY_SHUTDOWN_GRACE_MS")]
     pub shutdown_grace_ms: Option<u64>,
+    /// How long an idle HTTP/1.1 keep-alive client connection is kept open, in milliseconds
+    /// [default: 75000].
+    #[arg(long, env = "GATEWAY_KEEP_ALIVE_TIMEOUT_MS")]
+    pub keep_alive_timeout_ms: Option<u64>,
     /// Testing the fault checkers only: serve linearizable reads from local state (unsafe).
     #[arg(long, hide = true, env = "GATEWAY_DEBUG_STALE_READS")]
     pub debug_stale_reads: bool,

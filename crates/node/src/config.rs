@@ -39,6 +39,7 @@ struct FileConfig {
     admin_token_file: Option<PathBuf>,
     trusted_proxies: Option<Vec<String>>,
     shutdown_grace_ms: Option<u64>,
+    keep_alive_timeout_ms: Option<u64>,
 }
 
 /// A node's settings after merging flags, environment and file. Identity fields stay optional
@@ -63,6 +64,8 @@ pub struct NodeConfig {
     /// Proxies whose forwarding headers the data plane keeps.
     pub trusted_proxies: Vec<gateway_proxy::Cidr>,
     pub shutdown_grace: Duration,
+    /// Idle time after which the data plane closes a keep-alive client connection.
+    pub keep_alive_timeout: Duration,
 }
 
 pub fn resolve(args: NodeArgs, mode: Mode, peers: Vec<String>) -> anyhow::Result<NodeConfig> {
@@ -157,6 +160,11 @@ pub fn resolve(args: NodeArgs, mode: Mode, peers: Vec<String>) -> anyhow::Result
             args.shutdown_grace_ms
                 .or(file.shutdown_grace_ms)
                 .unwrap_or(10_000),
+        ),
+        keep_alive_timeout: Duration::from_millis(
+            args.keep_alive_timeout_ms
+                .or(file.keep_alive_timeout_ms)
+                .unwrap_or(75_000),
         ),
     })
 }

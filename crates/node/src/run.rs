@@ -285,6 +285,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         leader_http(&cluster),
         gateway_proxy::ProxyConfig {
             trusted_proxies: cfg.trusted_proxies.clone(),
+            keep_alive_timeout: cfg.keep_alive_timeout,
             ..gateway_proxy::ProxyConfig::new(id, secret_obj.hop_key())
         },
         stopped(stop_rx.clone()),

@@ -2,25 +2,67 @@
 //! through without copying; small bodies are recorded on the way when a replay may need them.
 
 use crate::balance::InFlight;
+use crate::conn::ClientBody;
+use crate::upstream::{BackendBody, Tunnel};
 use bytes::{Bytes, BytesMut};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 
+/// The error of a body stream (the client or the backend went away, or broke the framing).
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A body read from a connection: an HTTP/1.1 client's request body or backend's response
+/// body (both read by the gateway's own HTTP/1.1 code), or an HTTP/2 stream (hyper's).
+pub(crate) enum Source {
+    Client(ClientBody),
+    Backend(BackendBody),
+    H2(Incoming),
+}
+
+impl Source {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self {
+            Source::Client(b) => b.poll_frame(cx),
+            Source::Backend(b) => b.poll_frame(cx),
+            Source::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Source::Client(b) => b.is_end_stream(),
+            Source::Backend(b) => b.is_end_stream(),
+            Source::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Source::Client(b) => b.size_hint(),
+            Source::Backend(b) => b.size_hint(),
+            Source::H2(b) => b.size_hint(),
+        }
+    }
+}
+
 /// A request or response body as the proxy carries it.
 pub(crate) enum ProxyBody {
     Empty,
     Full(Option<Bytes>),
     /// A client's request body, streamed upstream.
-    Incoming(Incoming),
+    Stream(Source),
     /// A client's request body, streamed upstream while a copy is kept for a replay.
-    Recorded(Incoming, Arc<Recorder>),
+    Recorded(Source, Arc<Recorder>),
     /// A backend's response body; the guard counts the request as in flight until it is done.
     Upstream {
-        body: Incoming,
+        body: Source,
         _in_flight: Option<InFlight>,
     },
+    /// The answer to an HTTP/1.1 upgrade (`101`): no body; the client connection is joined to
+    /// this backend connection once the head is written.
+    Tunnel(Box<Tunnel>),
 }
 
 impl ProxyBody {
@@ -32,24 +74,48 @@ impl ProxyBody {
             ProxyBody::Full(Some(b))
         }
     }
+
+    /// An HTTP/2 client's request body.
+    pub(crate) fn incoming(b: Incoming) -> Self {
+        ProxyBody::Stream(Source::H2(b))
+    }
+
+    /// Whether the whole body is here already (reading it will not wait).
+    pub(crate) fn is_buffered(&self) -> bool {
+        match self {
+            ProxyBody::Empty | ProxyBody::Full(_) => true,
+            ProxyBody::Stream(Source::Client(b)) | ProxyBody::Recorded(Source::Client(b), _) => {
+                b.is_buffered()
+            }
+            _ => false,
+        }
+    }
+
+    /// This body with a copy kept in `rec` as it streams by.
+    pub(crate) fn recorded(self, rec: Arc<Recorder>) -> Self {
+        match self {
+            ProxyBody::Stream(s) => ProxyBody::Recorded(s, rec),
+            other => other,
+        }
+    }
 }
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            ProxyBody::Empty => Poll::Ready(None),
+            ProxyBody::Empty | ProxyBody::Tunnel(_) => Poll::Ready(None),
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
-            ProxyBody::Incoming(inner) | ProxyBody::Upstream { body: inner, .. } => {
-                Pin::new(inner).poll_frame(cx)
+            ProxyBody::Stream(inner) | ProxyBody::Upstream { body: inner, .. } => {
+                inner.poll_frame(cx)
             }
             ProxyBody::Recorded(inner, rec) => {
-                let frame = ready!(Pin::new(&mut *inner).poll_frame(cx));
+                let frame = ready!(inner.poll_frame(cx));
                 match &frame {
                     Some(Ok(f)) => {
                         if let Some(data) = f.data_ref() {
@@ -69,9 +135,9 @@ impl Body for ProxyBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ProxyBody::Empty => true,
+            ProxyBody::Empty | ProxyBody::Tunnel(_) => true,
             ProxyBody::Full(b) => b.is_none(),
-            ProxyBody::Incoming(inner)
+            ProxyBody::Stream(inner)
             | ProxyBody::Recorded(inner, _)
             | ProxyBody::Upstream { body: inner, .. } => inner.is_end_stream(),
         }
@@ -79,9 +145,9 @@ impl Body for ProxyBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Empty => SizeHint::with_exact(0),
+            ProxyBody::Empty | ProxyBody::Tunnel(_) => SizeHint::with_exact(0),
             ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            ProxyBody::Incoming(inner)
+            ProxyBody::Stream(inner)
             | ProxyBody::Recorded(inner, _)
             | ProxyBody::Upstream { body: inner, .. } => inner.size_hint(),
         }

@@ -20,11 +20,9 @@
 use crate::cidr::{Cidr, any_contains};
 use http::header::{CONNECTION, FORWARDED, HOST, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Uri, Version};
-use std::fmt::Write;
 use std::net::IpAddr;
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -48,65 +46,120 @@ pub(crate) fn connection_has(headers: &HeaderMap, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// Whether `name` is hop-by-hop whatever `Connection` says.
+fn always_hop(name: &HeaderName) -> bool {
+    name == CONNECTION
+        || name == TE
+        || name == TRANSFER_ENCODING
+        || name == UPGRADE
+        || name == KEEP_ALIVE
+        || name.as_str().starts_with("proxy-")
+}
+
 /// Removes hop-by-hop headers; with `upgrade`, keeps `Upgrade` and sets `Connection: upgrade`.
+///
+/// One pass over the names finds what to remove (usually nothing), so a request without
+/// hop-by-hop headers costs no hashing.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    // Headers named by Connection (allocates only when it names something unusual).
-    let mut named: Vec<HeaderName> = Vec::new();
-    for v in headers.get_all(CONNECTION) {
-        for token in v.to_str().unwrap_or("").split(',') {
-            let token = token.trim();
-            if token.is_empty()
-                || token.eq_ignore_ascii_case("close")
-                || token.eq_ignore_ascii_case("keep-alive")
-                || token.eq_ignore_ascii_case("upgrade")
-            {
-                continue;
-            }
-            if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
-                named.push(name);
-            }
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    let mut connection = false;
+    for name in headers.keys() {
+        if name == CONNECTION {
+            connection = true;
+        } else if always_hop(name) && !(upgrade && name == UPGRADE) {
+            doomed.push(name.clone());
         }
     }
-    for name in named {
+    if connection {
+        // Headers named by Connection.
+        for v in headers.get_all(CONNECTION) {
+            for token in v.to_str().unwrap_or("").split(',') {
+                let token = token.trim();
+                if token.is_empty()
+                    || token.eq_ignore_ascii_case("close")
+                    || token.eq_ignore_ascii_case("keep-alive")
+                    || token.eq_ignore_ascii_case("upgrade")
+                {
+                    continue;
+                }
+                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                    doomed.push(name);
+                }
+            }
+        }
+        if !upgrade {
+            headers.remove(CONNECTION);
+        }
+    }
+    for name in doomed {
         headers.remove(name);
-    }
-    headers.remove(CONNECTION);
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(TE);
-    headers.remove(TRANSFER_ENCODING);
-    if headers.keys().any(|k| k.as_str().starts_with("proxy-")) {
-        let proxy: Vec<HeaderName> = headers
-            .keys()
-            .filter(|k| k.as_str().starts_with("proxy-"))
-            .cloned()
-            .collect();
-        for name in proxy {
-            headers.remove(name);
-        }
     }
     if upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(UPGRADE);
     }
 }
 
-/// Appends `ip` to `X-Forwarded-For` (joining several headers into one).
-pub(crate) fn append_forwarded_for(headers: &mut HeaderMap, ip: IpAddr) {
-    let ip = ip.to_canonical();
-    let mut value = String::with_capacity(64);
-    for v in headers.get_all(&X_FORWARDED_FOR) {
-        if let Ok(s) = v.to_str() {
-            let s = s.trim();
-            if !s.is_empty() {
-                value.push_str(s);
-                value.push_str(", ");
-            }
+/// The client end of a connection, with its address formatted once for the forwarding
+/// headers of every request on it (inline: no allocation per connection).
+#[derive(Clone, Debug)]
+pub(crate) struct ClientAddr {
+    pub(crate) ip: IpAddr,
+    text: [u8; 46],
+    len: u8,
+}
+
+impl ClientAddr {
+    pub(crate) fn new(peer: IpAddr) -> Self {
+        let mut text = [0u8; 46];
+        let mut cursor = std::io::Cursor::new(&mut text[..]);
+        let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{}", peer.to_canonical()));
+        let len = cursor.position() as u8;
+        ClientAddr {
+            ip: peer,
+            text,
+            len,
         }
     }
-    let _ = write!(value, "{ip}");
-    if let Ok(v) = HeaderValue::try_from(value) {
+
+    fn text(&self) -> &[u8] {
+        &self.text[..usize::from(self.len)]
+    }
+
+    /// The address as `X-Forwarded-For` gives it.
+    fn xff(&self) -> HeaderValue {
+        HeaderValue::from_bytes(self.text()).expect("an address is a valid header value")
+    }
+
+    /// `for=...` of a `Forwarded` element (an IPv6 address quoted and bracketed).
+    fn push_forwarded_for(&self, out: &mut Vec<u8>) {
+        let ip = self.text();
+        if ip.contains(&b':') {
+            out.extend_from_slice(b"for=\"[");
+            out.extend_from_slice(ip);
+            out.extend_from_slice(b"]\"");
+        } else {
+            out.extend_from_slice(b"for=");
+            out.extend_from_slice(ip);
+        }
+    }
+}
+
+/// Appends the client to `X-Forwarded-For` (joining several headers into one).
+pub(crate) fn append_forwarded_for(headers: &mut HeaderMap, client: &ClientAddr) {
+    if !headers.contains_key(&X_FORWARDED_FOR) {
+        headers.insert(&X_FORWARDED_FOR, client.xff());
+        return;
+    }
+    let mut value = Vec::with_capacity(64);
+    for v in headers.get_all(&X_FORWARDED_FOR) {
+        let s = v.as_bytes().trim_ascii();
+        if !s.is_empty() {
+            value.extend_from_slice(s);
+            value.extend_from_slice(b", ");
+        }
+    }
+    value.extend_from_slice(client.text());
+    if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)) {
         headers.insert(&X_FORWARDED_FOR, v);
     }
 }
@@ -146,45 +199,44 @@ fn forwarded_client(headers: &HeaderMap, trusted: &[Cidr]) -> Option<IpAddr> {
     client
 }
 
-/// A `Forwarded` element (RFC 7239) for a request from `ip` with `host`.
-fn forwarded_element(ip: IpAddr, host: Option<&HeaderValue>) -> String {
-    let mut e = String::with_capacity(64);
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => {
-            let _ = write!(e, "for={v4}");
-        }
-        IpAddr::V6(v6) => {
-            let _ = write!(e, "for=\"[{v6}]\"");
-        }
-    }
-    if let Some(host) = host.and_then(|h| h.to_str().ok()) {
+/// A `Forwarded` element (RFC 7239) for a request from `client` with `host`.
+fn forwarded_element(client: &ClientAddr, host: Option<&HeaderValue>) -> Vec<u8> {
+    let mut e = Vec::with_capacity(64);
+    client.push_forwarded_for(&mut e);
+    if let Some(host) = host {
+        let host = host.as_bytes();
         let token = !host.is_empty()
             && host
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b));
         if token {
-            let _ = write!(e, ";host={host}");
+            e.extend_from_slice(b";host=");
+            e.extend_from_slice(host);
         } else {
-            e.push_str(";host=\"");
-            for c in host.chars() {
-                if c == '"' || c == '\\' {
-                    e.push('\\');
+            e.extend_from_slice(b";host=\"");
+            for &c in host {
+                if c == b'"' || c == b'\\' {
+                    e.push(b'\\');
                 }
                 e.push(c);
             }
-            e.push('"');
+            e.push(b'"');
         }
     }
-    e.push_str(";proto=http");
+    e.extend_from_slice(b";proto=http");
     e
 }
 
-/// Sets the forwarding headers of a request from `peer` (see the module docs).
-fn set_forwarding(headers: &mut HeaderMap, peer: IpAddr, trusted_peer: bool) {
+fn header_value(v: Vec<u8>) -> Option<HeaderValue> {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(v)).ok()
+}
+
+/// Sets the forwarding headers of a request from `client` (see the module docs).
+fn set_forwarding(headers: &mut HeaderMap, client: &ClientAddr, trusted_peer: bool) {
     let host = headers.get(HOST).cloned();
-    let element = forwarded_element(peer, host.as_ref());
+    let element = forwarded_element(client, host.as_ref());
     if trusted_peer {
-        append_forwarded_for(headers, peer);
+        append_forwarded_for(headers, client);
         if !headers.contains_key(&X_FORWARDED_PROTO) {
             headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
         }
@@ -193,29 +245,26 @@ fn set_forwarding(headers: &mut HeaderMap, peer: IpAddr, trusted_peer: bool) {
         {
             headers.insert(&X_FORWARDED_HOST, host);
         }
-        let mut value = String::with_capacity(128);
+        let mut value = Vec::with_capacity(128);
         for v in headers.get_all(FORWARDED) {
-            if let Ok(s) = v.to_str() {
-                let s = s.trim();
-                if !s.is_empty() {
-                    value.push_str(s);
-                    value.push_str(", ");
-                }
+            let s = v.as_bytes().trim_ascii();
+            if !s.is_empty() {
+                value.extend_from_slice(s);
+                value.extend_from_slice(b", ");
             }
         }
-        value.push_str(&element);
-        if let Ok(v) = HeaderValue::try_from(value) {
+        value.extend_from_slice(&element);
+        if let Some(v) = header_value(value) {
             headers.insert(FORWARDED, v);
         }
     } else {
-        headers.remove(&X_FORWARDED_FOR);
-        append_forwarded_for(headers, peer);
+        headers.insert(&X_FORWARDED_FOR, client.xff());
         headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
         match host {
             Some(host) => headers.insert(&X_FORWARDED_HOST, host),
             None => headers.remove(&X_FORWARDED_HOST),
         };
-        if let Ok(v) = HeaderValue::try_from(element) {
+        if let Some(v) = header_value(element) {
             headers.insert(FORWARDED, v);
         }
     }
@@ -226,24 +275,27 @@ fn set_forwarding(headers: &mut HeaderMap, peer: IpAddr, trusted_peer: bool) {
 /// `Host` set from `:authority` when missing (HTTP/2), origin-form target, HTTP/1.1.
 pub(crate) fn prepare_request<B>(
     req: &mut Request<B>,
-    peer: IpAddr,
+    client: &ClientAddr,
     trusted_peer: bool,
     relayed: bool,
     upgrade: bool,
 ) {
     let authority = req.uri().authority().cloned();
     let headers = req.headers_mut();
-    let trailers = headers
-        .get_all(TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+    let trailers = headers.contains_key(TE)
+        && headers
+            .get_all(TE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
     strip_hop_by_hop(headers, upgrade);
     if trailers {
         headers.insert(TE, HeaderValue::from_static("trailers"));
     }
-    headers.remove(&crate::hop::HOP_HEADER);
+    if headers.contains_key(&crate::hop::HOP_HEADER) {
+        headers.remove(&crate::hop::HOP_HEADER);
+    }
     if !headers.contains_key(HOST)
         && let Some(a) = &authority
         && let Ok(v) = HeaderValue::from_str(a.as_str())
@@ -251,7 +303,7 @@ pub(crate) fn prepare_request<B>(
         headers.insert(HOST, v);
     }
     if !relayed {
-        set_forwarding(headers, peer, trusted_peer);
+        set_forwarding(headers, client, trusted_peer);
     }
     if req.uri().scheme().is_some() || req.uri().authority().is_some() {
         let pq = req.uri().path_and_query().cloned();
@@ -307,6 +359,10 @@ pub(crate) fn request_host<'a, B>(req: &'a Request<B>, buf: &'a mut [u8; 256]) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn addr(ip: &str) -> ClientAddr {
+        ClientAddr::new(ip.parse().unwrap())
+    }
 
     fn req(uri: &str, host: Option<&str>) -> Request<()> {
         let mut b = Request::builder().uri(uri);
@@ -383,7 +439,7 @@ mod tests {
             .insert(TE, HeaderValue::from_static("gzip, trailers"));
         r.headers_mut()
             .insert(&crate::hop::HOP_HEADER, HeaderValue::from_static("1.2.3"));
-        prepare_request(&mut r, "10.0.0.9".parse().unwrap(), false, false, false);
+        prepare_request(&mut r, &addr("10.0.0.9"), false, false, false);
         assert_eq!(r.headers()[&X_FORWARDED_FOR], "10.0.0.9");
         assert_eq!(r.headers()[&X_FORWARDED_PROTO], "http");
         assert_eq!(r.headers()[&X_FORWARDED_HOST], "example.com");
@@ -406,7 +462,7 @@ mod tests {
         );
         // IPv6 clients and hosts with a port are quoted in Forwarded.
         let mut r = req("/", Some("h.test:8080"));
-        prepare_request(&mut r, "::1".parse().unwrap(), false, false, false);
+        prepare_request(&mut r, &addr("::1"), false, false, false);
         assert_eq!(
             r.headers()[FORWARDED],
             "for=\"[::1]\";host=\"h.test:8080\";proto=http"
@@ -435,7 +491,7 @@ mod tests {
             "the first untrusted hop from the right"
         );
         assert_eq!(client_ip(r.headers(), peer, &[]), peer);
-        prepare_request(&mut r, peer, true, false, false);
+        prepare_request(&mut r, &ClientAddr::new(peer), true, false, false);
         assert_eq!(
             r.headers()[&X_FORWARDED_FOR],
             "203.0.113.7, 10.1.1.1, 10.0.0.2"
@@ -464,13 +520,7 @@ mod tests {
         relayed
             .headers_mut()
             .insert(&X_FORWARDED_FOR, HeaderValue::from_static("3.3.3.3"));
-        prepare_request(
-            &mut relayed,
-            "10.0.0.1".parse().unwrap(),
-            false,
-            true,
-            false,
-        );
+        prepare_request(&mut relayed, &addr("10.0.0.1"), false, true, false);
         assert_eq!(relayed.headers()[&X_FORWARDED_FOR], "3.3.3.3");
         assert!(relayed.headers().get(&X_FORWARDED_PROTO).is_none());
     }

@@ -59,9 +59,15 @@
 //! * **Hygiene**: forwarding headers (`X-Forwarded-*`, `Forwarded`) from clients other than
 //!   [`ProxyConfig::trusted_proxies`] are replaced, not trusted (module `headers`); request
 //!   heads are limited to [`ProxyConfig::max_header_bytes`] (431 beyond) and must arrive within
-//!   [`ProxyConfig::header_read_timeout`]; HTTP/1 requests with ambiguous framing (both
-//!   `Content-Length` and `Transfer-Encoding`, either one twice, a coding other than
-//!   `chunked`) get 400 and the connection is closed (module `guard`).
+//!   [`ProxyConfig::header_read_timeout`] of their first byte; idle keep-alive connections are
+//!   closed after [`ProxyConfig::keep_alive_timeout`]; HTTP/1 requests with ambiguous framing
+//!   (both `Content-Length` and `Transfer-Encoding`, either one twice, a `Content-Length` that
+//!   is not a plain number, a coding other than `chunked`, a bad chunk size) get 400 and the
+//!   connection is closed (module `codec`).
+//! * **HTTP/1.1** is spoken by the gateway's own code on both sides (modules `conn`, `codec`,
+//!   `upstream`): an idle client connection holds no buffer and no request future, and a
+//!   backend exchange runs inside the request's task. HTTP/2 (client prior knowledge, `h2c`
+//!   pools) goes through hyper.
 //!
 //! # Model fields this crate reads beyond the basics
 //!
@@ -78,8 +84,10 @@
 //!   without backends loads the table again.
 //! * On `writes = "leader"` routes, requests served locally keep a copy of their head (and of
 //!   their body up to `max_replay_body`) in case the backend asks for a replay.
-//! * HTTP/1 client connections are followed byte by byte by the smuggling guard: heads are
-//!   copied once more, bodies are skipped by counting.
+//! * An idle HTTP/1.1 client connection costs its task (a 280-byte future) and the socket;
+//!   buffers (4 KiB first, grown up to `max_header_bytes` for heads) and the request's state
+//!   are taken when a request arrives and dropped when it is answered. Idle timeouts use one
+//!   shared tick (at most 1 s) that wakes every idle connection to check its deadline.
 //! * HTTP/2 clients are served; their requests go upstream over HTTP/1.1 or h2c as the pool
 //!   says. WebSockets over HTTP/2 (extended CONNECT) are not supported; HTTP/1.1 upgrades are,
 //!   and go over a dedicated HTTP/1.1 connection even in `h2c` pools.
@@ -93,8 +101,9 @@ mod balance;
 mod body;
 mod budget;
 mod cidr;
+mod codec;
+mod conn;
 mod error;
-mod guard;
 mod headers;
 mod hop;
 mod proxy;
@@ -113,6 +122,8 @@ pub const DEFAULT_MAX_REPLAY_BODY: usize = 1 << 20;
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 << 10;
 /// Default for [`ProxyConfig::header_read_timeout`]: 10 s.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default for [`ProxyConfig::keep_alive_timeout`]: 75 s (nginx's `keepalive_timeout`).
+pub const DEFAULT_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(75);
 
 /// What the data plane needs to know about the node it runs on.
 #[derive(Clone)]
@@ -131,9 +142,12 @@ pub struct ProxyConfig {
     /// Largest request head (request line and headers) accepted; larger ones get 431.
     /// Default 64 KiB (at least 8 KiB is used).
     pub max_header_bytes: usize,
-    /// Time a client has to send a complete request head before the connection is closed.
-    /// Default 10 s.
+    /// Time a client has to send a complete request head, from its first byte, before the
+    /// connection is closed; also how long a new connection may stay silent. Default 10 s.
     pub header_read_timeout: Duration,
+    /// How long an HTTP/1.1 keep-alive connection may sit idle between requests before it is
+    /// closed. Default 75 s.
+    pub keep_alive_timeout: Duration,
 }
 
 impl ProxyConfig {
@@ -146,6 +160,7 @@ impl ProxyConfig {
             trusted_proxies: Vec::new(),
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            keep_alive_timeout: DEFAULT_KEEP_ALIVE_TIMEOUT,
         }
     }
 }
@@ -159,6 +174,7 @@ impl std::fmt::Debug for ProxyConfig {
             .field("trusted_proxies", &self.trusted_proxies)
             .field("max_header_bytes", &self.max_header_bytes)
             .field("header_read_timeout", &self.header_read_timeout)
+            .field("keep_alive_timeout", &self.keep_alive_timeout)
             .finish()
     }
 }

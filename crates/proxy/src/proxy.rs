@@ -3,28 +3,24 @@
 //! pool's budget, replay, tunnel upgrades.
 
 use crate::balance::{CompiledPool, InFlight, PickCtx, Picked, Scope, Tried};
-use crate::body::{ProxyBody, Recorder};
+use crate::body::{ProxyBody, Recorder, Source};
 use crate::cidr::{Cidr, any_contains};
 use crate::error::ProxyError;
-use crate::guard::ConnGuard;
 use crate::headers::{
-    REPLAY_HEADER, client_ip, is_upgrade_request, prepare_request, prepare_response,
+    ClientAddr, REPLAY_HEADER, client_ip, is_upgrade_request, prepare_request, prepare_response,
     relayed_client_ip, request_host,
 };
 use crate::hop::{COOKIE_NAME, HOP_HEADER, HopKey, unix_now};
 use crate::rules::strip_prefix;
 use crate::table::{CompiledRoute, RouteTable};
-use crate::upstream::{Endpoint, SendError};
+use crate::upstream::{Endpoint, SendError, Tunnel};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use gateway_model::{Balance, WritePolicy};
-use http::header::{CONTENT_LENGTH, COOKIE, HOST, SET_COOKIE, TRANSFER_ENCODING};
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
-use hyper::body::{Body, Incoming};
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
-use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use http::header::{COOKIE, HOST, SET_COOKIE};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use hyper::body::Body;
+use std::net::IpAddr;
 use std::sync::Arc;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -40,6 +36,10 @@ pub(crate) struct Shared {
     pub(crate) live: ArcSwap<Live>,
     /// Woken after every swap of `live`.
     pub(crate) swapped: Notify,
+    /// Settings of client connections.
+    pub(crate) conn: crate::conn::ConnOpts,
+    /// Wakes idle client connections (deadline ticks, shutdown).
+    pub(crate) closing: crate::conn::Closing,
 }
 
 impl Shared {
@@ -63,76 +63,39 @@ pub(crate) struct LeaderTarget {
     pub(crate) endpoint: Arc<Endpoint>,
 }
 
-/// Refuses HTTP/1 requests whose framing is ambiguous (see `guard`): both `Content-Length`
-/// and `Transfer-Encoding`, several of either, or a transfer coding other than `chunked`
-/// (which the gateway could not pass on faithfully).
-fn check_framing<B>(guard: &ConnGuard, req: &Request<B>) -> Result<(), ProxyError> {
-    if let Some(why) = guard.check_next() {
-        return Err(ProxyError::BadRequest { why });
-    }
-    if req.version() >= Version::HTTP_2 {
-        return Ok(());
-    }
-    let h = req.headers();
-    let mut te = h.get_all(TRANSFER_ENCODING).iter();
-    if let Some(v) = te.next() {
-        if te.next().is_some() {
-            return Err(ProxyError::BadRequest {
-                why: "more than one Transfer-Encoding header",
-            });
-        }
-        if !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") {
-            return Err(ProxyError::BadRequest {
-                why: "Transfer-Encoding other than chunked",
-            });
-        }
-        if h.contains_key(CONTENT_LENGTH) {
-            return Err(ProxyError::BadRequest {
-                why: "both Content-Length and Transfer-Encoding",
-            });
-        }
-    }
-    if h.get_all(CONTENT_LENGTH).iter().nth(1).is_some() {
-        return Err(ProxyError::BadRequest {
-            why: "more than one Content-Length header",
-        });
-    }
-    Ok(())
-}
-
 /// Serves one request; every failure becomes a response naming the route and the cause (or
-/// the route's custom error page).
-pub(crate) async fn handle(
-    shared: Arc<Shared>,
-    peer: SocketAddr,
-    guard: Arc<ConnGuard>,
-    req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
-    if let Err(e) = check_framing(&guard, &req) {
-        return Ok(e.into_response(None));
-    }
-    let live = shared.live.load_full();
-    let route = {
-        let mut buf = [0u8; 256];
-        let host = request_host(&req, &mut buf);
-        match live
-            .table
-            .find(host, req.uri().path(), req.method(), req.headers())
-        {
-            Some(route) => route,
-            None => {
-                let e = ProxyError::NoRoute {
-                    host: host.to_string(),
-                    path: req.uri().path().to_string(),
-                };
-                return Ok(e.into_response(None));
+/// the route's custom error page). HTTP/1 framing was checked when the head was parsed.
+// Not an `async fn`, whose arguments would take room twice in the future.
+#[allow(clippy::manual_async_fn)]
+pub(crate) fn handle(
+    shared: &Shared,
+    client: &ClientAddr,
+    req: Request<ProxyBody>,
+) -> impl Future<Output = Response<ProxyBody>> {
+    async move {
+        let live = shared.live.load_full();
+        let route = {
+            let mut buf = [0u8; 256];
+            let host = request_host(&req, &mut buf);
+            match live
+                .table
+                .find(host, req.uri().path(), req.method(), req.headers())
+            {
+                Some(route) => route,
+                None => {
+                    let e = ProxyError::NoRoute {
+                        host: host.to_string(),
+                        path: req.uri().path().to_string(),
+                    };
+                    return e.into_response(None);
+                }
             }
+        };
+        match proxy(shared, &live, route, client, req).await {
+            Ok(resp) => resp,
+            Err(e) => e.into_response(Some(route)),
         }
-    };
-    Ok(match proxy(&shared, &live, route, peer, req).await {
-        Ok(resp) => resp,
-        Err(e) => e.into_response(Some(route)),
-    })
+    }
 }
 
 fn is_write(m: &Method) -> bool {
@@ -235,7 +198,7 @@ struct Replay {
 
 impl Replay {
     /// `None` when the body is known to be larger than `max_body` bytes.
-    fn of(req: &Request<Incoming>, max_body: usize) -> Option<Replay> {
+    fn of(req: &Request<ProxyBody>, max_body: usize) -> Option<Replay> {
         let body = req.body();
         let recorder = if body.is_end_stream() {
             None
@@ -251,151 +214,196 @@ impl Replay {
     }
 }
 
-async fn proxy(
+// Not an `async fn`, whose arguments would take room twice in the future.
+#[allow(clippy::manual_async_fn)]
+fn proxy(
     shared: &Shared,
     live: &Arc<Live>,
     route: &CompiledRoute,
-    peer: SocketAddr,
-    mut req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    // A request relayed by another node carries a marker; a bad one is refused, not ignored,
-    // so that a forged marker can neither bypass the leader rule nor pass silently.
-    let relayed = match req.headers().get(&HOP_HEADER) {
-        None => false,
-        Some(marker) => {
-            let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
-            shared
-                .key
-                .verify_hop(marker, req.method(), pq, unix_now())
-                .map_err(|why| ProxyError::BadHop {
-                    route: route.name.to_string(),
-                    why,
-                })?;
-            true
-        }
-    };
-    let trusted_peer = !shared.trusted.is_empty() && any_contains(&shared.trusted, peer.ip());
-
-    let leader_route = route.writes == WritePolicy::Leader;
-    let write = is_write(req.method());
-    if leader_route && write && !relayed {
-        match &live.leader {
-            None => {
-                return Err(ProxyError::NoLeader {
-                    route: route.name.to_string(),
-                    method: req.method().to_string(),
-                });
+    client: &ClientAddr,
+    mut req: Request<ProxyBody>,
+) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> {
+    async move {
+        // A request relayed by another node carries a marker; a bad one is refused, not ignored,
+        // so that a forged marker can neither bypass the leader rule nor pass silently.
+        let relayed = match req.headers().get(&HOP_HEADER) {
+            None => false,
+            Some(marker) => {
+                let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                shared
+                    .key
+                    .verify_hop(marker, req.method(), pq, unix_now())
+                    .map_err(|why| ProxyError::BadHop {
+                        route: route.name.to_string(),
+                        why,
+                    })?;
+                true
             }
-            Some(leader) if leader.id != shared.node_id => {
-                // The leader applies the route's own rewrites when it serves the request.
-                prepare_request(&mut req, peer.ip(), trusted_peer, false, false);
-                return forward_to_leader(shared, route, leader, req.map(ProxyBody::Incoming))
-                    .await;
-            }
-            Some(_) => {} // this node leads: served below by its own backends
-        }
-    }
-
-    // A pool with no backend at all may get one soon (a deploy, a restart): wait for it.
-    let home = &live.table.pools[route.pool];
-    let fresh = if home.backends.is_empty() && route.retries > 0 && !route.retry_delay.is_zero() {
-        wait_for_backends(shared, &home.name, route).await
-    } else {
-        None
-    };
-    let pool = fresh
-        .as_ref()
-        .and_then(|l| l.table.pool_named(&home.name))
-        .unwrap_or(home);
-
-    let scope = if relayed || (leader_route && write) || pool.prefer_local {
-        Scope::Local
-    } else {
-        Scope::All
-    };
-    let client_ip: IpAddr = if relayed {
-        relayed_client_ip(req.headers(), peer.ip(), &shared.trusted)
-    } else {
-        client_ip(req.headers(), peer.ip(), &shared.trusted)
-    };
-    let pinned = match pool.balance {
-        Balance::Cookie => sticky_cookie(req.headers()).and_then(|v| pool.resolve_cookie(v)),
-        _ => None,
-    };
-    let upgrade = is_upgrade_request(&req);
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    prepare_request(&mut req, peer.ip(), trusted_peer, relayed, upgrade);
-
-    // On a leader route, keep what is needed to replay the request if the backend asks
-    // (before the route's rewrites, which the leader applies itself).
-    let replay = if leader_route && !relayed && !upgrade {
-        Replay::of(&req, shared.max_replay_body)
-    } else {
-        None
-    };
-    apply_route(route, &mut req);
-    let req = req.map(|b| match replay.as_ref().and_then(|r| r.body.clone()) {
-        Some(rec) => ProxyBody::Recorded(b, rec),
-        None => ProxyBody::Incoming(b),
-    });
-
-    let ctx = PickCtx { client_ip, pinned };
-    let (mut resp, picked, in_flight) = dispatch(route, pool, scope, &ctx, req, upgrade).await?;
-
-    if let Some(replay) = replay
-        && resp
-            .headers()
-            .get(&REPLAY_HEADER)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"leader"))
-    {
-        let body = match &replay.body {
-            None => Some(Bytes::new()),
-            Some(rec) => rec.take(),
         };
-        if let Some(body) = body {
-            let served_by_own = pool.backends[picked.idx].node == Some(shared.node_id);
+        let peer = client.ip;
+        let trusted_peer = !shared.trusted.is_empty() && any_contains(&shared.trusted, peer);
+
+        let leader_route = route.writes == WritePolicy::Leader;
+        let write = is_write(req.method());
+        if leader_route && write && !relayed {
             match &live.leader {
                 None => {
                     return Err(ProxyError::NoLeader {
                         route: route.name.to_string(),
-                        method: replay.head.method.to_string(),
+                        method: req.method().to_string(),
                     });
                 }
                 Some(leader) if leader.id != shared.node_id => {
+                    // The leader applies the route's own rewrites when it serves the request.
+                    prepare_request(&mut req, client, trusted_peer, false, false);
+                    return Box::pin(forward_to_leader(shared, route, leader, req)).await;
+                }
+                Some(_) => {} // this node leads: served below by its own backends
+            }
+        }
+
+        // A pool with no backend at all may get one soon (a deploy, a restart): wait for it.
+        let home = &live.table.pools[route.pool];
+        let fresh = if home.backends.is_empty() && route.retries > 0 && !route.retry_delay.is_zero()
+        {
+            Box::pin(wait_for_backends(shared, &home.name, route)).await
+        } else {
+            None
+        };
+        let pool = fresh
+            .as_ref()
+            .and_then(|l| l.table.pool_named(&home.name))
+            .unwrap_or(home);
+
+        let scope = if relayed || (leader_route && write) || pool.prefer_local {
+            Scope::Local
+        } else {
+            Scope::All
+        };
+        let client_ip: IpAddr = if relayed {
+            relayed_client_ip(req.headers(), peer, &shared.trusted)
+        } else {
+            client_ip(req.headers(), peer, &shared.trusted)
+        };
+        let pinned = match pool.balance {
+            Balance::Cookie => sticky_cookie(req.headers()).and_then(|v| pool.resolve_cookie(v)),
+            _ => None,
+        };
+        let upgrade = is_upgrade_request(&req);
+        prepare_request(&mut req, client, trusted_peer, relayed, upgrade);
+
+        // On a leader route, keep what is needed to replay the request if the backend asks
+        // (before the route's rewrites, which the leader applies itself).
+        let replay = if leader_route && !relayed && !upgrade {
+            Replay::of(&req, shared.max_replay_body)
+        } else {
+            None
+        };
+        apply_route(route, &mut req);
+        let req = match replay.as_ref().and_then(|r| r.body.clone()) {
+            Some(rec) => req.map(|b| b.recorded(rec)),
+            None => req,
+        };
+
+        let ctx = PickCtx { client_ip, pinned };
+        let (resp, picked, in_flight) = dispatch(route, pool, scope, &ctx, req, upgrade).await?;
+
+        if let Some(replay) = replay
+            && resp
+                .headers()
+                .get(&REPLAY_HEADER)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"leader"))
+        {
+            match replay_action(shared, live, route, pool, replay, &picked)? {
+                ReplayAction::Keep => {}
+                ReplayAction::ToLeader(leader, req) => {
                     drop((resp, in_flight));
-                    return forward_to_leader(
-                        shared,
-                        route,
-                        leader,
-                        replay.head.into_request(body),
-                    )
+                    return Box::pin(forward_to_leader(shared, route, leader, req)).await;
+                }
+                ReplayAction::Local(mut req) => {
+                    drop((resp, in_flight));
+                    apply_route(route, &mut req);
+                    return Box::pin(async {
+                        let (resp, picked, in_flight) =
+                            dispatch(route, pool, Scope::Local, &ctx, req, false).await?;
+                        Ok(finish(resp, route, pool, picked, in_flight))
+                    })
                     .await;
                 }
-                Some(_) if !served_by_own && pool.has_local() => {
-                    drop((resp, in_flight));
-                    let mut req = replay.head.into_request(body);
-                    apply_route(route, &mut req);
-                    let (resp, picked, in_flight) =
-                        dispatch(route, pool, Scope::Local, &ctx, req, false).await?;
-                    return Ok(finish(resp, route, pool, picked, in_flight));
-                }
-                Some(_) => {} // already answered by the leader's own backend: pass it on
             }
-        } else {
-            tracing::debug!(route = %route.name, "replay asked for, but the body was too large or incomplete");
         }
-    }
 
-    if let Some(client) = client_upgrade
-        && resp.status() == StatusCode::SWITCHING_PROTOCOLS
-    {
-        let backend = hyper::upgrade::on(&mut resp);
-        tokio::spawn(tunnel(client, backend, in_flight));
-        prepare_response(resp.headers_mut(), true);
-        route.response_ops.apply(resp.headers_mut());
-        return Ok(resp.map(|_| ProxyBody::Empty));
+        if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let (mut parts, body) = resp.into_parts();
+            let tunnel = match body {
+                Source::Backend(body) => body.into_tunnel(),
+                _ => None,
+            };
+            let Some((io, leftover)) = tunnel else {
+                let backend = &pool.backends[picked.idx];
+                return Err(ProxyError::Backend {
+                    route: route.name.to_string(),
+                    backend: backend.id.to_string(),
+                    address: backend.address.to_string(),
+                    cause: "101 without an upgradable connection".into(),
+                });
+            };
+            prepare_response(&mut parts.headers, true);
+            route.response_ops.apply(&mut parts.headers);
+            let tunnel = Tunnel {
+                io,
+                leftover,
+                in_flight: Some(in_flight),
+            };
+            return Ok(Response::from_parts(
+                parts,
+                ProxyBody::Tunnel(Box::new(tunnel)),
+            ));
+        }
+        Ok(finish(resp, route, pool, picked, in_flight))
     }
-    Ok(finish(resp, route, pool, picked, in_flight))
+}
+
+/// What to do when a backend asks for a replay on the leader.
+enum ReplayAction<'a> {
+    /// Pass the answer on (already the leader's own backend, or the body was not kept).
+    Keep,
+    ToLeader(&'a LeaderTarget, Request<ProxyBody>),
+    /// This node leads: serve it again from its own backends.
+    Local(Request<ProxyBody>),
+}
+
+fn replay_action<'a>(
+    shared: &Shared,
+    live: &'a Live,
+    route: &CompiledRoute,
+    pool: &CompiledPool,
+    replay: Replay,
+    picked: &Picked,
+) -> Result<ReplayAction<'a>, ProxyError> {
+    let body = match &replay.body {
+        None => Some(Bytes::new()),
+        Some(rec) => rec.take(),
+    };
+    let Some(body) = body else {
+        tracing::debug!(route = %route.name, "replay asked for, but the body was too large or incomplete");
+        return Ok(ReplayAction::Keep);
+    };
+    let served_by_own = pool.backends[picked.idx].node == Some(shared.node_id);
+    match &live.leader {
+        None => Err(ProxyError::NoLeader {
+            route: route.name.to_string(),
+            method: replay.head.method.to_string(),
+        }),
+        Some(leader) if leader.id != shared.node_id => Ok(ReplayAction::ToLeader(
+            leader,
+            replay.head.into_request(body),
+        )),
+        Some(_) if !served_by_own && pool.has_local() => {
+            Ok(ReplayAction::Local(replay.head.into_request(body)))
+        }
+        Some(_) => Ok(ReplayAction::Keep),
+    }
 }
 
 /// Picks a backend with a free slot: the balancer's choice, or when that one is at its
@@ -415,6 +423,19 @@ async fn acquire(
     if let Some(slot) = pool.try_enter(first.idx) {
         return Ok(Some((first, slot)));
     }
+    // The waiting (rare) lives on the heap, keeping every request's future small.
+    Box::pin(queue_for_slot(route, pool, scope, ctx, tried, first)).await
+}
+
+/// Waits for a slot (see [`acquire`]).
+async fn queue_for_slot(
+    route: &CompiledRoute,
+    pool: &CompiledPool,
+    scope: Scope,
+    ctx: &PickCtx,
+    tried: &Tried,
+    first: Picked,
+) -> Result<Option<(Picked, InFlight)>, ProxyError> {
     let start = Instant::now();
     let deadline = start + pool.queue_timeout;
     let sticky = pool.is_sticky(ctx);
@@ -453,73 +474,77 @@ async fn acquire(
 /// Picks a backend and sends the request, retrying while the request has provably not been
 /// delivered (connection failures): on another backend, or after `retry_delay` on the same
 /// ones again, up to the route's `retries` and within the pool's retry budget.
-async fn dispatch(
+// Not an `async fn`, whose arguments would take room twice in the future.
+#[allow(clippy::manual_async_fn)]
+fn dispatch(
     route: &CompiledRoute,
     pool: &CompiledPool,
     scope: Scope,
     ctx: &PickCtx,
     mut req: Request<ProxyBody>,
     upgrade: bool,
-) -> Result<(Response<Incoming>, Picked, InFlight), ProxyError> {
-    pool.record_request();
-    let mut tried = Tried::default();
-    let mut retries_left = route.retries;
-    let mut last_error = None;
-    loop {
-        let Some((picked, in_flight)) = acquire(route, pool, scope, ctx, &tried).await? else {
-            match last_error {
-                // Every backend failed to connect once: with a delay, try them again.
-                Some(_) if !route.retry_delay.is_zero() && tried.len() > 0 => {
-                    tried = Tried::default();
-                    continue;
+) -> impl Future<Output = Result<(Response<Source>, Picked, InFlight), ProxyError>> {
+    async move {
+        pool.record_request();
+        let mut tried = Tried::default();
+        let mut retries_left = route.retries;
+        let mut last_error = None;
+        loop {
+            let Some((picked, in_flight)) = acquire(route, pool, scope, ctx, &tried).await? else {
+                match last_error {
+                    // Every backend failed to connect once: with a delay, try them again.
+                    Some(_) if !route.retry_delay.is_zero() && tried.len() > 0 => {
+                        tried = Tried::default();
+                        continue;
+                    }
+                    Some(e) => return Err(e),
+                    None => {
+                        return Err(ProxyError::NoBackends {
+                            route: route.name.to_string(),
+                            pool: pool.name.to_string(),
+                        });
+                    }
                 }
-                Some(e) => return Err(e),
-                None => {
-                    return Err(ProxyError::NoBackends {
+            };
+            tried.push(picked.idx);
+            let backend = &pool.backends[picked.idx];
+            let failed = |cause: String| ProxyError::Backend {
+                route: route.name.to_string(),
+                backend: backend.id.to_string(),
+                address: backend.address.to_string(),
+                cause,
+            };
+            match tokio::time::timeout(route.timeout, backend.endpoint.send(req, upgrade)).await {
+                Ok(Ok(resp)) => return Ok((resp, picked, in_flight)),
+                Ok(Err(SendError::Failed(cause))) => return Err(failed(cause)),
+                Ok(Err(SendError::NotSent { req: back, cause })) => {
+                    drop(in_flight);
+                    if retries_left == 0 {
+                        return Err(failed(cause));
+                    }
+                    if !pool.try_retry() {
+                        return Err(failed(format!(
+                            "{cause} (not retried: the retry budget of pool {} is spent)",
+                            pool.name
+                        )));
+                    }
+                    retries_left -= 1;
+                    let error = failed(cause);
+                    tracing::debug!("{error}; retrying");
+                    last_error = Some(error);
+                    req = *back;
+                    if !route.retry_delay.is_zero() {
+                        Box::pin(tokio::time::sleep(route.retry_delay)).await;
+                    }
+                }
+                Err(_) => {
+                    return Err(ProxyError::BackendTimeout {
                         route: route.name.to_string(),
-                        pool: pool.name.to_string(),
+                        backend: backend.id.to_string(),
+                        address: backend.address.to_string(),
+                        after: route.timeout,
                     });
                 }
-            }
-        };
-        tried.push(picked.idx);
-        let backend = &pool.backends[picked.idx];
-        let failed = |cause: String| ProxyError::Backend {
-            route: route.name.to_string(),
-            backend: backend.id.to_string(),
-            address: backend.address.to_string(),
-            cause,
-        };
-        match tokio::time::timeout(route.timeout, backend.endpoint.send(req, upgrade)).await {
-            Ok(Ok(resp)) => return Ok((resp, picked, in_flight)),
-            Ok(Err(SendError::Failed(cause))) => return Err(failed(cause)),
-            Ok(Err(SendError::NotSent { req: back, cause })) => {
-                drop(in_flight);
-                if retries_left == 0 {
-                    return Err(failed(cause));
-                }
-                if !pool.try_retry() {
-                    return Err(failed(format!(
-                        "{cause} (not retried: the retry budget of pool {} is spent)",
-                        pool.name
-                    )));
-                }
-                retries_left -= 1;
-                let error = failed(cause);
-                tracing::debug!("{error}; retrying");
-                last_error = Some(error);
-                req = *back;
-                if !route.retry_delay.is_zero() {
-                    tokio::time::sleep(route.retry_delay).await;
-                }
-            }
-            Err(_) => {
-                return Err(ProxyError::BackendTimeout {
-                    route: route.name.to_string(),
-                    backend: backend.id.to_string(),
-                    address: backend.address.to_string(),
-                    after: route.timeout,
-                });
             }
         }
     }
@@ -527,7 +552,7 @@ async fn dispatch(
 
 /// The client's response from a backend's.
 fn finish(
-    mut resp: Response<Incoming>,
+    mut resp: Response<Source>,
     route: &CompiledRoute,
     pool: &CompiledPool,
     picked: Picked,
@@ -584,19 +609,4 @@ async fn forward_to_leader(
             after: route.timeout,
         }),
     }
-}
-
-/// Copies bytes both ways between an upgraded client connection and the backend's.
-async fn tunnel(client: OnUpgrade, backend: OnUpgrade, in_flight: InFlight) {
-    match tokio::join!(client, backend) {
-        (Ok(client), Ok(backend)) => {
-            let mut client = TokioIo::new(client);
-            let mut backend = TokioIo::new(backend);
-            if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
-                tracing::debug!(error = %e, "upgraded connection ended with an error");
-            }
-        }
-        (Err(e), _) | (_, Err(e)) => tracing::debug!(error = %e, "upgrade failed"),
-    }
-    drop(in_flight);
 }

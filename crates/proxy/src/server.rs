@@ -1,17 +1,13 @@
 //! The listener loop, graceful shutdown, and the task that recompiles the route table when the
 //! replicated state or the leader changes.
 
-use crate::guard::{ConnGuard, Guarded, Scanner};
+use crate::conn::{Closing, ConnOpts, Tracked};
 use crate::hop::HopKey;
-use crate::proxy::{LeaderTarget, Live, Shared, handle};
+use crate::proxy::{LeaderTarget, Live, Shared};
 use crate::table::{Registry, RouteTable};
 use crate::{Leader, ProxyConfig};
 use arc_swap::ArcSwap;
 use gateway_model::{Protocol, State};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +31,14 @@ pub async fn serve(
     let mut registry = Registry::default();
     let (live, compiled_from) =
         compile(&mut state, &mut leader, config.node_id, &key, &mut registry);
+    // A head larger than max_header_bytes gets 431; a head not complete within
+    // header_read_timeout closes the connection (slowloris); an idle keep-alive connection is
+    // closed after keep_alive_timeout.
+    let conn = ConnOpts {
+        max_head: config.max_header_bytes.max(8192),
+        header_timeout: config.header_read_timeout,
+        keep_alive: config.keep_alive_timeout,
+    };
     let shared = Arc::new(Shared {
         node_id: config.node_id,
         key,
@@ -42,6 +46,8 @@ pub async fn serve(
         trusted: config.trusted_proxies.clone().into_boxed_slice(),
         live: ArcSwap::from_pointee(live),
         swapped: Notify::new(),
+        conn,
+        closing: Closing::default(),
     });
     let watcher = tokio::spawn(watch_changes(
         shared.clone(),
@@ -56,20 +62,18 @@ pub async fn serve(
         "data plane listening"
     );
 
-    // hyper answers a head larger than max_header_bytes with 431, and closes a connection
-    // whose head is not complete within header_read_timeout (slowloris).
-    let max_head = config.max_header_bytes.max(8192);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout)
-        .max_buf_size(max_head);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(max_head).unwrap_or(u32::MAX));
-    let graceful = GracefulShutdown::new();
+    // Idle connections have no timer each: one tick wakes them to look at their deadlines.
+    let ticker = tokio::spawn({
+        let shared = shared.clone();
+        async move {
+            let mut every = tokio::time::interval(crate::conn::tick_interval(&shared.conn));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                every.tick().await;
+                shared.closing.tick();
+            }
+        }
+    });
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -85,24 +89,14 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
-        let guard = Arc::new(ConnGuard::default());
-        let stream = Guarded::new(stream, Scanner::new(max_head, guard.clone()));
-        let service = service_fn(move |req| handle(shared.clone(), peer, guard.clone(), req));
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "client connection ended with an error");
-            }
-        });
+        tokio::spawn(crate::conn::serve(Tracked::new(&shared), stream, peer));
     }
     drop(listener);
-    tracing::info!(connections = graceful.count(), "data plane shutting down");
-    graceful.shutdown().await;
+    tracing::info!("data plane shutting down");
+    shared.closing.close();
+    shared.closing.all_gone().await;
     watcher.abort();
+    ticker.abort();
     Ok(())
 }
 

@@ -3,40 +3,53 @@
 //! prior knowledge) connection. Endpoints are shared by every route table that names the same
 //! address, so a config swap keeps the warm connections.
 //!
+//! HTTP/1.1 exchanges are driven by the gateway's own code inside the request's task (no
+//! connection task, no channel): the head is written, the request body streamed while the
+//! response head is awaited, and the response body read by [`BackendBody`], which puts the
+//! connection back in the pool when the body is complete. HTTP/2 (`h2c`) goes through hyper.
+//!
 //! A request is first tried on an idle connection; if that connection turns out to be closed
-//! before the request was written, hyper hands the request back and it goes on a fresh
-//! connection. A request that could not be delivered at all (connect refused or timed out) is
-//! handed back to the caller inside [`SendError::NotSent`], so it can be retried elsewhere
-//! without having been buffered.
+//! before the request was written (its end seen by a non-blocking look, or the head cannot be
+//! written), the next one is tried, then a fresh connection. A request that could not be
+//! delivered at all (connect refused or timed out) is handed back to the caller inside
+//! [`SendError::NotSent`], so it can be retried elsewhere without having been buffered. A
+//! request whose head was written is never handed back.
 
-use crate::body::ProxyBody;
+use crate::balance::InFlight;
+use crate::body::{BoxError, ProxyBody, Source};
+use crate::codec::{self, Decoded, Decoder, Framing};
+use bytes::{Bytes, BytesMut};
 use gateway_model::Protocol;
-use http::header::HOST;
+use http::header::{CONTENT_LENGTH, HOST};
 use http::uri::{Authority, Scheme};
-use http::{Request, Response, Uri, Version};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::{Body, Frame, SizeHint};
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::collections::HashMap;
-use std::io;
+use std::future::{Future, poll_fn};
+use std::io::{self, IoSlice};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
 /// How long establishing a connection to a backend may take before it counts as failed.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// An idle pooled connection older than this is closed instead of reused. Kept below the
-/// idle timeouts servers commonly use (Node.js 5 s, a gateway node's own
-/// `header_read_timeout` of 10 s), so that a request is rarely written on a connection the
-/// server is closing at that moment (such a request fails and cannot be retried).
+/// idle timeouts servers commonly use (Node.js 5 s), so that a request is rarely written on a
+/// connection the server is closing at that moment (such a request fails and cannot be
+/// retried).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 /// Most idle connections kept per endpoint.
 const MAX_IDLE: usize = 256;
+/// Largest request body written together with its head when it is all there.
+const INLINE_BODY: u64 = 16 * 1024;
+/// Largest response head accepted from a backend.
+const MAX_RESPONSE_HEAD: usize = 256 * 1024;
 
 /// Where an endpoint is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,9 +81,259 @@ pub(crate) enum SendError {
     Failed(String),
 }
 
-struct Idle {
-    tx: SendRequest<ProxyBody>,
-    since: Instant,
+/// An HTTP/1.1 connection to a backend and the bytes read from it but not yet used.
+pub(crate) struct H1Conn {
+    io: Stream,
+    buf: BytesMut,
+}
+
+impl H1Conn {
+    /// Reads more into the buffer; `Ok(0)` at the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(8 * 1024);
+        }
+        let read = std::pin::pin!(self.io.read_buf(&mut self.buf));
+        read.poll(cx)
+    }
+
+    /// Whether an idle connection was closed by the backend (or sent something unasked),
+    /// found without blocking and usually without a system call.
+    fn is_closed(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return true;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut byte = [0u8; 1];
+        let mut rb = ReadBuf::new(&mut byte);
+        !matches!(
+            Pin::new(&mut self.io).poll_read(&mut cx, &mut rb),
+            Poll::Pending
+        )
+    }
+}
+
+/// An upgraded backend connection (after `101 Switching Protocols`).
+pub(crate) struct Tunnel {
+    pub(crate) io: Stream,
+    /// Bytes the backend sent after its `101` head.
+    pub(crate) leftover: BytesMut,
+    pub(crate) in_flight: Option<InFlight>,
+}
+
+/// A backend's HTTP/1.1 response body; returns the connection to its pool when complete.
+pub(crate) struct BackendBody {
+    conn: Option<H1Conn>,
+    decoder: Decoder,
+    /// Whether the connection may serve another request once this body is read.
+    reuse: bool,
+    /// The answer was `101`: the connection is handed over whole.
+    upgraded: bool,
+    endpoint: Arc<Endpoint>,
+}
+
+impl BackendBody {
+    fn release(&mut self) {
+        if let Some(conn) = self.conn.take()
+            && self.reuse
+            && conn.buf.is_empty()
+        {
+            self.endpoint.checkin(conn);
+        }
+    }
+
+    /// The connection of a `101` answer.
+    pub(crate) fn into_tunnel(mut self) -> Option<(Stream, BytesMut)> {
+        if !self.upgraded {
+            return None;
+        }
+        self.conn.take().map(|c| (c.io, c.buf))
+    }
+
+    pub(crate) fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.upgraded {
+            return Poll::Ready(None);
+        }
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(self.decoder.take_trailers().map(|t| Ok(Frame::trailers(t))));
+            };
+            match self.decoder.decode(&mut conn.buf) {
+                Err(e) => {
+                    self.conn = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                Ok(Decoded::Data(data)) => {
+                    if self.decoder.is_done() {
+                        self.release();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Ok(Decoded::Trailers(t)) => {
+                    self.release();
+                    return Poll::Ready(Some(Ok(Frame::trailers(t))));
+                }
+                Ok(Decoded::End) => {
+                    self.release();
+                    return Poll::Ready(None);
+                }
+                Ok(Decoded::More) => match ready!(conn.poll_fill(cx)) {
+                    Ok(0) => {
+                        self.conn = None;
+                        return match self.decoder.on_eof() {
+                            Ok(_) => Poll::Ready(None),
+                            Err(e) => Poll::Ready(Some(Err(e.into()))),
+                        };
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        self.conn = None;
+                        return Poll::Ready(Some(Err(e.into())));
+                    }
+                },
+            }
+        }
+    }
+
+    pub(crate) fn is_end_stream(&self) -> bool {
+        self.upgraded || (self.decoder.is_done() && !self.decoder.has_trailers())
+    }
+
+    pub(crate) fn size_hint(&self) -> SizeHint {
+        match self.decoder.remaining() {
+            Some(n) if !self.upgraded => SizeHint::with_exact(n),
+            Some(_) => SizeHint::with_exact(0),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+/// The request head as written to a backend, with the framing of its body.
+fn encode_request(req: &Request<ProxyBody>) -> (Vec<u8>, Option<Framing>) {
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(req.method().as_str().as_bytes());
+    out.push(b' ');
+    let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    out.extend_from_slice(if target.is_empty() {
+        b"/"
+    } else {
+        target.as_bytes()
+    });
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    codec::write_headers(&mut out, req.headers());
+    let body = req.body();
+    let framing = if req.headers().contains_key(CONTENT_LENGTH) {
+        match req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+        {
+            Some(0) | None => None,
+            Some(n) => Some(Framing::Length(n)),
+        }
+    } else if let Some(n) = body.size_hint().exact() {
+        let m = req.method();
+        if n > 0 || !(m == Method::GET || m == Method::HEAD || m == Method::OPTIONS) {
+            out.extend_from_slice(b"content-length: ");
+            codec::write_u64(&mut out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        (n > 0).then_some(Framing::Length(n))
+    } else {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        Some(Framing::Chunked)
+    };
+    out.extend_from_slice(b"\r\n");
+    (out, framing)
+}
+
+/// Streams a request body to the backend.
+struct Pump {
+    body: Option<ProxyBody>,
+    chunked: bool,
+    out: std::collections::VecDeque<Bytes>,
+    write_failed: bool,
+}
+
+impl Pump {
+    fn sent(&self) -> bool {
+        self.body.is_none() && self.out.is_empty() && !self.write_failed
+    }
+
+    fn push_frame(&mut self, frame: Frame<Bytes>) {
+        match frame.into_data() {
+            Ok(data) => {
+                if data.is_empty() {
+                    return;
+                }
+                if self.chunked {
+                    self.out.push_back(codec::chunk_head(data.len()));
+                    self.out.push_back(data);
+                    self.out.push_back(Bytes::from_static(b"\r\n"));
+                } else {
+                    self.out.push_back(data);
+                }
+            }
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers()
+                    && self.chunked
+                {
+                    self.out.push_back(codec::chunked_end(Some(&trailers)));
+                    self.chunked = false; // ended
+                    self.body = None;
+                }
+            }
+        }
+    }
+
+    /// Writes what it can; `Err` when the request body itself failed.
+    fn poll_write(&mut self, io: &mut Stream, cx: &mut Context<'_>) -> Result<(), BoxError> {
+        while !self.write_failed {
+            if !self.out.is_empty() {
+                let mut slices = [IoSlice::new(&[]); 8];
+                let n = slices.len().min(self.out.len());
+                for (slot, b) in slices.iter_mut().zip(self.out.iter()) {
+                    *slot = IoSlice::new(b);
+                }
+                match Pin::new(&mut *io).poll_write_vectored(cx, &slices[..n]) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => self.write_failed = true,
+                    Poll::Ready(Ok(mut written)) => {
+                        while written > 0 {
+                            let Some(front) = self.out.front_mut() else {
+                                break;
+                            };
+                            if written >= front.len() {
+                                written -= front.len();
+                                self.out.pop_front();
+                            } else {
+                                let _ = front.split_to(written);
+                                written = 0;
+                            }
+                        }
+                    }
+                    Poll::Pending => return Ok(()),
+                }
+            } else if let Some(body) = self.body.as_mut() {
+                match Pin::new(body).poll_frame(cx) {
+                    Poll::Ready(Some(Ok(frame))) => self.push_frame(frame),
+                    Poll::Ready(Some(Err(e))) => return Err(e),
+                    Poll::Ready(None) => {
+                        if self.chunked {
+                            self.out.push_back(codec::chunked_end(None));
+                        }
+                        self.body = None;
+                    }
+                    Poll::Pending => return Ok(()),
+                }
+            } else {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One upstream address and its idle connections.
@@ -80,6 +343,11 @@ pub(crate) struct Endpoint {
     idle: Mutex<Vec<Idle>>,
     /// The shared HTTP/2 connection of an `h2c` endpoint.
     h2: Mutex<Option<http2::SendRequest<ProxyBody>>>,
+}
+
+struct Idle {
+    conn: H1Conn,
+    since: Instant,
 }
 
 impl Endpoint {
@@ -96,32 +364,28 @@ impl Endpoint {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A pooled connection ready for a new request, if any. Connections still busy with a
-    /// response body stay in the list; closed or stale ones are dropped.
-    fn checkout(&self) -> Option<SendRequest<ProxyBody>> {
+    /// A pooled connection ready for a new request, if any; stale ones are dropped.
+    fn checkout(&self) -> Option<H1Conn> {
         let now = Instant::now();
-        let mut idle = self.idle();
-        let mut i = idle.len();
-        while i > 0 {
-            i -= 1;
-            let c = &idle[i];
-            if c.tx.is_closed() || now.duration_since(c.since) > IDLE_TIMEOUT {
-                idle.swap_remove(i);
-            } else if c.tx.is_ready() {
-                return Some(idle.swap_remove(i).tx);
+        loop {
+            let idle = self.idle().pop()?;
+            if now.duration_since(idle.since) > IDLE_TIMEOUT {
+                // The rest are older still.
+                self.idle().clear();
+                return None;
+            }
+            let mut conn = idle.conn;
+            if !conn.is_closed() {
+                return Some(conn);
             }
         }
-        None
     }
 
-    fn checkin(&self, tx: SendRequest<ProxyBody>) {
-        if tx.is_closed() {
-            return;
-        }
+    fn checkin(&self, conn: H1Conn) {
         let mut idle = self.idle();
         if idle.len() < MAX_IDLE {
             idle.push(Idle {
-                tx,
+                conn,
                 since: Instant::now(),
             });
         }
@@ -142,20 +406,6 @@ impl Endpoint {
                     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??,
             ),
         })
-    }
-
-    async fn connect(&self) -> io::Result<SendRequest<ProxyBody>> {
-        let io = self.connect_io().await?;
-        let (tx, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(io))
-            .await
-            .map_err(io::Error::other)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
-            }
-        });
-        Ok(tx)
     }
 
     async fn connect_h2(&self) -> io::Result<http2::SendRequest<ProxyBody>> {
@@ -215,7 +465,7 @@ impl Endpoint {
 
     /// Sends over the endpoint's HTTP/2 connection, opening it when there is none (or when
     /// the pooled one turns out to be closed before the request went out).
-    async fn send_h2(&self, mut req: Request<ProxyBody>) -> Result<Response<Incoming>, SendError> {
+    async fn send_h2(&self, mut req: Request<ProxyBody>) -> Result<Response<Source>, SendError> {
         self.to_h2(&mut req);
         let mut pooled = self.h2_conn();
         loop {
@@ -236,7 +486,7 @@ impl Endpoint {
                 },
             };
             match tx.try_send_request(req).await {
-                Ok(resp) => return Ok(resp),
+                Ok(resp) => return Ok(resp.map(Source::H2)),
                 Err(mut e) => match e.take_message() {
                     Some(back) if reused => req = back, // stale connection: open a new one
                     Some(back) => {
@@ -256,55 +506,170 @@ impl Endpoint {
 
     /// Sends `req` and waits for the response head. With `dedicated`, a fresh HTTP/1.1
     /// connection is used and not pooled afterwards (for upgrades, also on `h2c` endpoints).
-    pub(crate) async fn send(
-        &self,
+    // Not an `async fn`, whose arguments would take room twice in the future.
+    #[allow(clippy::manual_async_fn)]
+    pub(crate) fn send(
+        self: &Arc<Self>,
         mut req: Request<ProxyBody>,
         dedicated: bool,
-    ) -> Result<Response<Incoming>, SendError> {
-        if self.protocol == Protocol::H2c && !dedicated {
-            return self.send_h2(req).await;
-        }
-        if !dedicated {
-            while let Some(mut tx) = self.checkout() {
-                match tx.try_send_request(req).await {
-                    Ok(resp) => {
-                        self.checkin(tx);
-                        return Ok(resp);
+    ) -> impl Future<Output = Result<Response<Source>, SendError>> {
+        async move {
+            if self.protocol == Protocol::H2c && !dedicated {
+                return Box::pin(self.send_h2(req)).await;
+            }
+            let (mut head, mut framing) = encode_request(&req);
+            // A small body that is already here goes out in the same write as the head, as a
+            // client would send it: a backend that answers before reading the body may otherwise
+            // read the head alone, answer, find no body to drain and close the connection just
+            // as the next request is written on it.
+            let mut inline = None;
+            if let Some(Framing::Length(n)) = framing
+                && n <= INLINE_BODY
+                && req.body().is_buffered()
+            {
+                let frame = poll_fn(|cx| Pin::new(req.body_mut()).poll_frame(cx)).await;
+                match frame.map(|f| f.map(Frame::into_data)) {
+                    Some(Ok(Ok(data))) if data.len() as u64 == n => {
+                        head.extend_from_slice(&data);
+                        framing = None;
+                        inline = Some(data);
+                        *req.body_mut() = ProxyBody::Empty;
                     }
-                    Err(mut e) => match e.take_message() {
-                        // The pooled connection was closed before the request was written.
-                        Some(back) => req = back,
-                        None => return Err(SendError::Failed(e.into_error().to_string())),
-                    },
+                    _ => return Err(SendError::Failed("the request body ended early".into())),
                 }
             }
-        }
-        let mut tx = match self.connect().await {
-            Ok(tx) => tx,
-            Err(e) => {
+            // A request handed back gets its body back.
+            let back = |mut req: Request<ProxyBody>| {
+                if let Some(data) = &inline {
+                    *req.body_mut() = ProxyBody::full(data.clone());
+                }
+                Box::new(req)
+            };
+            if !dedicated {
+                while let Some(mut conn) = self.checkout() {
+                    // A connection the backend closed meanwhile fails here, before anything of
+                    // the request could be taken as sent: the next one is tried.
+                    if conn.io.write_all(&head).await.is_ok() {
+                        return self.exchange(conn, req, framing, dedicated).await;
+                    }
+                }
+            }
+            // Boxed: with pooled connections, connecting is the rare path.
+            let mut conn = match Box::pin(self.connect_io()).await {
+                Ok(io) => H1Conn {
+                    io,
+                    buf: BytesMut::new(),
+                },
+                Err(e) => {
+                    return Err(SendError::NotSent {
+                        req: back(req),
+                        cause: format!("connect: {e}"),
+                    });
+                }
+            };
+            if let Err(e) = conn.io.write_all(&head).await {
                 return Err(SendError::NotSent {
-                    req: Box::new(req),
-                    cause: format!("connect: {e}"),
+                    req: back(req),
+                    cause: format!("connection closed before the request was sent: {e}"),
                 });
             }
-        };
-        match tx.try_send_request(req).await {
-            Ok(resp) => {
-                if !dedicated {
-                    self.checkin(tx);
+            self.exchange(conn, req, framing, dedicated).await
+        }
+    }
+
+    /// Streams the body of a request whose head is written and reads the response head.
+    // Not an `async fn`, whose arguments would take room twice in the future.
+    #[allow(clippy::manual_async_fn)]
+    fn exchange(
+        self: &Arc<Self>,
+        mut conn: H1Conn,
+        req: Request<ProxyBody>,
+        framing: Option<Framing>,
+        dedicated: bool,
+    ) -> impl Future<Output = Result<Response<Source>, SendError>> {
+        async move {
+            let head_request = req.method() == Method::HEAD;
+            let method = if head_request {
+                Method::HEAD
+            } else {
+                Method::GET
+            };
+            let body = req.into_body();
+            let mut pump = Pump {
+                body: framing.is_some().then_some(body),
+                chunked: framing == Some(Framing::Chunked),
+                out: Default::default(),
+                write_failed: false,
+            };
+            let head = poll_fn(|cx| {
+                loop {
+                    if let Err(e) = pump.poll_write(&mut conn.io, cx) {
+                        return Poll::Ready(Err(format!("the request body failed: {e}")));
+                    }
+                    match codec::parse_response(&mut conn.buf) {
+                        Err(e) => return Poll::Ready(Err(e.to_string())),
+                        Ok(Some(head)) => {
+                            if head.status.is_informational()
+                                && head.status != StatusCode::SWITCHING_PROTOCOLS
+                            {
+                                continue; // 100 Continue and the like: the answer follows
+                            }
+                            return Poll::Ready(Ok(head));
+                        }
+                        Ok(None) if conn.buf.len() > MAX_RESPONSE_HEAD => {
+                            return Poll::Ready(Err("response head too large".into()));
+                        }
+                        Ok(None) => {}
+                    }
+                    match ready!(conn.poll_fill(cx)) {
+                        Ok(0) => {
+                            return Poll::Ready(Err(
+                                "connection closed before a response head arrived".into(),
+                            ));
+                        }
+                        Ok(_) => {}
+                        Err(e) => return Poll::Ready(Err(e.to_string())),
+                    }
                 }
-                Ok(resp)
+            })
+            .await
+            .map_err(SendError::Failed)?;
+            let sent = pump.sent();
+            drop(pump);
+
+            let upgraded = head.status == StatusCode::SWITCHING_PROTOCOLS;
+            let framing = if upgraded {
+                None
+            } else {
+                codec::response_framing(&method, head.status, &head.headers)
+                    .map_err(|e| SendError::Failed(e.to_string()))?
+            };
+            let reuse = !dedicated
+                && !upgraded
+                && sent
+                && head.version == Version::HTTP_11
+                && framing != Some(Framing::Eof)
+                && !crate::headers::connection_has(&head.headers, "close");
+            let mut body = BackendBody {
+                conn: Some(conn),
+                decoder: Decoder::new(framing),
+                reuse,
+                upgraded,
+                endpoint: self.clone(),
+            };
+            if framing.is_none() && !upgraded {
+                body.release();
             }
-            Err(mut e) => match e.take_message() {
-                Some(back) => Err(SendError::NotSent {
-                    req: Box::new(back),
-                    cause: format!(
-                        "connection closed before the request was sent: {}",
-                        e.error()
-                    ),
-                }),
-                None => Err(SendError::Failed(e.into_error().to_string())),
-            },
+            let mut headers = head.headers;
+            if framing == Some(Framing::Chunked) || framing == Some(Framing::Eof) {
+                // With Transfer-Encoding a Content-Length means nothing (RFC 9112 §6.3): it must
+                // not reach the client, whose framing is chosen afresh.
+                headers.remove(CONTENT_LENGTH);
+            }
+            let mut resp = Response::new(Source::Backend(body));
+            *resp.status_mut() = head.status;
+            *resp.headers_mut() = headers;
+            Ok(resp)
         }
     }
 }
@@ -334,7 +699,7 @@ impl Endpoints {
 }
 
 /// A TCP or unix socket connection.
-enum Stream {
+pub(crate) enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
 }

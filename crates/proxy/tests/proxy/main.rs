@@ -2,6 +2,7 @@
 //! watches the tests hold.
 
 mod common;
+mod h1;
 mod h2c;
 mod hygiene;
 mod leader;

@@ -1,0 +1,617 @@
+//! HTTP/1.1 wire format, shared by the client side (`conn`) and the backend side
+//! (`upstream`): heads parsed with `httparse` into `http` types without copying header values,
+//! heads written into one buffer, and the body [`Decoder`] (fixed length, chunked with
+//! trailers, or until the connection closes) and chunked encoding.
+//!
+//! Framing is strict where a proxy must be (RFC 9112 §6.3, request smuggling): a request with
+//! both `Content-Length` and `Transfer-Encoding`, either one twice, a `Content-Length` that is
+//! not a plain decimal, a `Transfer-Encoding` other than `chunked`, `Transfer-Encoding` on
+//! HTTP/1.0, or a malformed chunk size is refused.
+
+use bytes::{Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
+use std::io;
+use std::mem::MaybeUninit;
+
+/// Most header fields in a head (hyper's default too).
+pub(crate) const MAX_HEADERS: usize = 128;
+/// Longest chunk-size line or trailer section followed.
+const MAX_LINE: usize = 8 * 1024;
+const MAX_TRAILERS: usize = 64 * 1024;
+
+/// How a message body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    Length(u64),
+    Chunked,
+    /// Until the connection closes (responses only).
+    Eof,
+}
+
+/// Why a request head was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HeadError {
+    /// Malformed, or ambiguous framing: 400 with this reason.
+    Bad(&'static str),
+    /// Longer than the limit: 431.
+    TooLarge,
+}
+
+/// A parsed request head.
+pub(crate) struct RequestHead {
+    pub(crate) method: Method,
+    pub(crate) uri: Uri,
+    pub(crate) version: Version,
+    pub(crate) headers: HeaderMap,
+    /// `None`: no body.
+    pub(crate) framing: Option<Framing>,
+}
+
+fn bad(why: &'static str) -> HeadError {
+    HeadError::Bad(why)
+}
+
+/// Parses a complete request head at the start of `buf`, of at most `max` bytes. `Ok(None)`:
+/// incomplete. On success the head's bytes are split off `buf` (header values share them).
+pub(crate) fn parse_request(
+    buf: &mut BytesMut,
+    max: usize,
+) -> Result<Option<RequestHead>, HeadError> {
+    // Uninitialised slots: zeroing 128 of them for every head costs more than parsing.
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut slots) {
+        Ok(httparse::Status::Complete(n)) if n > max => return Err(HeadError::TooLarge),
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+        Err(_) => return Err(bad("malformed request head")),
+    };
+    let version = match req.version {
+        Some(1) => Version::HTTP_11,
+        Some(0) => Version::HTTP_10,
+        _ => return Err(bad("unsupported HTTP version")),
+    };
+    let method = Method::from_bytes(req.method.unwrap_or("").as_bytes())
+        .map_err(|_| bad("invalid method"))?;
+    // Offsets into buf, so that the values can share the frozen head (no allocation).
+    let base = buf.as_ptr() as usize;
+    let path = req.path.unwrap_or("");
+    let path_at = path.as_ptr() as usize - base;
+    let path_len = path.len();
+    let count = req.headers.len();
+    let mut spans = Vec::with_capacity(count);
+    for h in req.headers.iter() {
+        let at = h.name.as_ptr() as usize - base;
+        spans.push((
+            at,
+            h.name.len(),
+            h.value.as_ptr() as usize - base,
+            h.value.len(),
+        ));
+    }
+    let head = buf.split_to(len).freeze();
+    let uri = Uri::from_maybe_shared(head.slice(path_at..path_at + path_len))
+        .map_err(|_| bad("invalid request target"))?;
+    let mut headers = HeaderMap::with_capacity(count + 4);
+    for &(name_at, name_len, at, n) in &spans {
+        let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
+            .map_err(|_| bad("invalid header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(at..at + n))
+            .map_err(|_| bad("invalid header value"))?;
+        headers.append(name, value);
+    }
+    let framing = request_framing(&headers, version)?;
+    Ok(Some(RequestHead {
+        method,
+        uri,
+        version,
+        headers,
+        framing,
+    }))
+}
+
+fn parse_length(v: &HeaderValue) -> Option<u64> {
+    let b = v.as_bytes();
+    if b.is_empty() || b.len() > 19 || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(b).ok()?.parse().ok()
+}
+
+/// The body framing of a request, refusing every ambiguous shape.
+fn request_framing(h: &HeaderMap, version: Version) -> Result<Option<Framing>, HeadError> {
+    let mut te = h.get_all(TRANSFER_ENCODING).iter();
+    if let Some(v) = te.next() {
+        if h.contains_key(CONTENT_LENGTH) {
+            return Err(bad("both Content-Length and Transfer-Encoding"));
+        }
+        if te.next().is_some() {
+            return Err(bad("more than one Transfer-Encoding header"));
+        }
+        if version == Version::HTTP_10 {
+            return Err(bad("Transfer-Encoding on HTTP/1.0"));
+        }
+        if !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") {
+            return Err(bad("Transfer-Encoding other than chunked"));
+        }
+        return Ok(Some(Framing::Chunked));
+    }
+    let mut cl = h.get_all(CONTENT_LENGTH).iter();
+    match cl.next() {
+        None => Ok(None),
+        Some(v) => {
+            if cl.next().is_some() {
+                return Err(bad("more than one Content-Length header"));
+            }
+            match parse_length(v) {
+                Some(0) => Ok(None),
+                Some(n) => Ok(Some(Framing::Length(n))),
+                None => Err(bad("invalid Content-Length")),
+            }
+        }
+    }
+}
+
+/// A parsed response head.
+pub(crate) struct ResponseHead {
+    pub(crate) status: StatusCode,
+    pub(crate) version: Version,
+    pub(crate) headers: HeaderMap,
+}
+
+/// Parses a complete response head at the start of `buf` (split off on success).
+pub(crate) fn parse_response(buf: &mut BytesMut) -> io::Result<Option<ResponseHead>> {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default()
+        .allow_spaces_after_header_name_in_responses(true)
+        .allow_obsolete_multiline_headers_in_responses(true)
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut slots)
+    {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(invalid(format!("malformed response head: {e}"))),
+    };
+    let version = match resp.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let status = StatusCode::from_u16(resp.code.unwrap_or(0))
+        .map_err(|_| invalid("invalid response status"))?;
+    let base = buf.as_ptr() as usize;
+    let count = resp.headers.len();
+    let mut spans = Vec::with_capacity(count);
+    for h in resp.headers.iter() {
+        let at = h.name.as_ptr() as usize - base;
+        spans.push((
+            at,
+            h.name.len(),
+            h.value.as_ptr() as usize - base,
+            h.value.len(),
+        ));
+    }
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(count + 2);
+    for &(name_at, name_len, at, n) in &spans {
+        let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
+            .map_err(|_| invalid("invalid response header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(at..at + n))
+            .map_err(|_| invalid("invalid response header value"))?;
+        headers.append(name, value);
+    }
+    Ok(Some(ResponseHead {
+        status,
+        version,
+        headers,
+    }))
+}
+
+/// The body framing of a response to a request with `method`; `None`: no body.
+pub(crate) fn response_framing(
+    method: &Method,
+    status: StatusCode,
+    headers: &HeaderMap,
+) -> io::Result<Option<Framing>> {
+    if *method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(None);
+    }
+    if let Some(te) = headers.get_all(TRANSFER_ENCODING).iter().next_back() {
+        let last = te
+            .as_bytes()
+            .rsplit(|&b| b == b',')
+            .next()
+            .unwrap_or_default();
+        return Ok(Some(
+            if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                Framing::Chunked
+            } else {
+                Framing::Eof
+            },
+        ));
+    }
+    let mut length = None;
+    for v in headers.get_all(CONTENT_LENGTH) {
+        // A list of equal values ("5, 5") is tolerated from a backend, as hyper does.
+        for part in v.as_bytes().split(|&b| b == b',') {
+            let n = parse_length(&HeaderValue::from_bytes(part.trim_ascii()).map_err(invalid)?)
+                .ok_or_else(|| invalid("invalid Content-Length from the backend"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(invalid("conflicting Content-Length from the backend"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(0) => None,
+        Some(n) => Some(Framing::Length(n)),
+        None => Some(Framing::Eof),
+    })
+}
+
+pub(crate) fn invalid(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// Appends `name: value\r\n` for every header.
+pub(crate) fn write_headers(out: &mut Vec<u8>, headers: &HeaderMap) {
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Appends a decimal number.
+pub(crate) fn write_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// The line that starts a chunk of `len` bytes.
+pub(crate) fn chunk_head(len: usize) -> Bytes {
+    Bytes::from(format!("{len:x}\r\n"))
+}
+
+/// The end of a chunked body, with trailers if any.
+pub(crate) fn chunked_end(trailers: Option<&HeaderMap>) -> Bytes {
+    match trailers {
+        None => Bytes::from_static(b"0\r\n\r\n"),
+        Some(t) => {
+            let mut out = b"0\r\n".to_vec();
+            write_headers(&mut out, t);
+            out.extend_from_slice(b"\r\n");
+            Bytes::from(out)
+        }
+    }
+}
+
+/// What the decoder took out of the buffer.
+pub(crate) enum Decoded {
+    Data(Bytes),
+    Trailers(HeaderMap),
+    /// The body is complete.
+    End,
+    /// More bytes must be read first.
+    More,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+}
+
+/// Decodes a body from a connection's read buffer.
+#[derive(Debug)]
+pub(crate) struct Decoder {
+    kind: Kind,
+    /// Boxed: rare, and this state is part of every idle connection.
+    trailers: Option<Box<HeaderMap>>,
+    trailer_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Length(u64),
+    Chunked(Chunk),
+    Eof,
+    Done,
+}
+
+impl Decoder {
+    pub(crate) fn new(framing: Option<Framing>) -> Self {
+        let kind = match framing {
+            None | Some(Framing::Length(0)) => Kind::Done,
+            Some(Framing::Length(n)) => Kind::Length(n),
+            Some(Framing::Chunked) => Kind::Chunked(Chunk::Size),
+            Some(Framing::Eof) => Kind::Eof,
+        };
+        Decoder {
+            kind,
+            trailers: None,
+            trailer_bytes: 0,
+        }
+    }
+
+    pub(crate) fn done() -> Self {
+        Decoder::new(None)
+    }
+
+    pub(crate) fn is_done(&self) -> bool {
+        self.kind == Kind::Done
+    }
+
+    /// Bytes left of a fixed-length body (`None` when not fixed-length).
+    pub(crate) fn remaining(&self) -> Option<u64> {
+        match self.kind {
+            Kind::Length(n) => Some(n),
+            Kind::Done => Some(0),
+            _ => None,
+        }
+    }
+
+    /// Trailers decoded and not yet taken.
+    pub(crate) fn has_trailers(&self) -> bool {
+        self.trailers.is_some()
+    }
+
+    pub(crate) fn take_trailers(&mut self) -> Option<HeaderMap> {
+        self.trailers.take().map(|t| *t)
+    }
+
+    /// The connection's read side reached its end.
+    pub(crate) fn on_eof(&mut self) -> io::Result<Decoded> {
+        if self.kind == Kind::Eof {
+            self.kind = Kind::Done;
+            Ok(Decoded::End)
+        } else if self.kind == Kind::Done {
+            Ok(Decoded::End)
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed before the body was complete",
+            ))
+        }
+    }
+
+    /// Takes the next piece of the body out of `buf`.
+    pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> io::Result<Decoded> {
+        loop {
+            match self.kind {
+                Kind::Done => {
+                    return Ok(match self.trailers.take() {
+                        Some(t) => Decoded::Trailers(*t),
+                        None => Decoded::End,
+                    });
+                }
+                Kind::Eof => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::More);
+                    }
+                    return Ok(Decoded::Data(buf.split().freeze()));
+                }
+                Kind::Length(n) => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::More);
+                    }
+                    let k = (buf.len() as u64).min(n);
+                    let data = buf.split_to(k as usize).freeze();
+                    self.kind = if k == n {
+                        Kind::Done
+                    } else {
+                        Kind::Length(n - k)
+                    };
+                    return Ok(Decoded::Data(data));
+                }
+                Kind::Chunked(Chunk::Size) => {
+                    let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
+                        if buf.len() > MAX_LINE {
+                            return Err(invalid("chunk size line too long"));
+                        }
+                        return Ok(Decoded::More);
+                    };
+                    let line = buf.split_to(nl + 1);
+                    let line = line[..nl].strip_suffix(b"\r").unwrap_or(&line[..nl]);
+                    let end = line
+                        .iter()
+                        .position(|&b| matches!(b, b';' | b' ' | b'\t'))
+                        .unwrap_or(line.len());
+                    let (digits, rest) = line.split_at(end);
+                    let rest = rest.trim_ascii_start();
+                    if digits.is_empty()
+                        || digits.len() > 15
+                        || !digits.iter().all(u8::is_ascii_hexdigit)
+                        || !(rest.is_empty() || rest[0] == b';')
+                    {
+                        return Err(invalid("invalid chunk size"));
+                    }
+                    let size = digits.iter().fold(0u64, |n, &d| {
+                        n * 16 + u64::from((d as char).to_digit(16).unwrap_or(0))
+                    });
+                    self.kind = if size == 0 {
+                        Kind::Chunked(Chunk::Trailers)
+                    } else {
+                        Kind::Chunked(Chunk::Data(size))
+                    };
+                }
+                Kind::Chunked(Chunk::Data(n)) => {
+                    if buf.is_empty() {
+                        return Ok(Decoded::More);
+                    }
+                    let k = (buf.len() as u64).min(n);
+                    let data = buf.split_to(k as usize).freeze();
+                    self.kind = if k == n {
+                        Kind::Chunked(Chunk::DataEnd)
+                    } else {
+                        Kind::Chunked(Chunk::Data(n - k))
+                    };
+                    return Ok(Decoded::Data(data));
+                }
+                Kind::Chunked(Chunk::DataEnd) => {
+                    if buf.starts_with(b"\r\n") {
+                        let _ = buf.split_to(2);
+                    } else if buf.starts_with(b"\n") {
+                        let _ = buf.split_to(1);
+                    } else if buf.is_empty() || buf[..] == b"\r"[..] {
+                        return Ok(Decoded::More);
+                    } else {
+                        return Err(invalid("chunk data longer than its size"));
+                    }
+                    self.kind = Kind::Chunked(Chunk::Size);
+                }
+                Kind::Chunked(Chunk::Trailers) => {
+                    let Some(nl) = buf.iter().position(|&b| b == b'\n') else {
+                        if buf.len() > MAX_LINE {
+                            return Err(invalid("trailer line too long"));
+                        }
+                        return Ok(Decoded::More);
+                    };
+                    let line = buf.split_to(nl + 1).freeze();
+                    let text = line[..nl].strip_suffix(b"\r").unwrap_or(&line[..nl]);
+                    if text.is_empty() {
+                        self.kind = Kind::Done;
+                        continue;
+                    }
+                    self.trailer_bytes += line.len();
+                    if self.trailer_bytes > MAX_TRAILERS {
+                        return Err(invalid("trailers too large"));
+                    }
+                    let colon = text
+                        .iter()
+                        .position(|&b| b == b':')
+                        .ok_or_else(|| invalid("malformed trailer"))?;
+                    let name = HeaderName::from_bytes(&text[..colon])
+                        .map_err(|_| invalid("invalid trailer name"))?;
+                    let value = HeaderValue::from_bytes(text[colon + 1..].trim_ascii())
+                        .map_err(|_| invalid("invalid trailer value"))?;
+                    self.trailers
+                        .get_or_insert_with(Default::default)
+                        .append(name, value);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(
+        framing: Framing,
+        input: &[u8],
+        step: usize,
+    ) -> io::Result<(Vec<u8>, Option<HeaderMap>, usize)> {
+        let mut d = Decoder::new(Some(framing));
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        let mut trailers = None;
+        let mut fed = 0;
+        loop {
+            match d.decode(&mut buf)? {
+                Decoded::Data(b) => out.extend_from_slice(&b),
+                Decoded::Trailers(t) => trailers = Some(t),
+                Decoded::End => return Ok((out, trailers, buf.len())),
+                Decoded::More => {
+                    if fed == input.len() {
+                        d.on_eof()?;
+                        return Ok((out, trailers, 0));
+                    }
+                    let n = step.min(input.len() - fed);
+                    buf.extend_from_slice(&input[fed..fed + n]);
+                    fed += n;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_with_extensions_and_trailers_decode_at_any_split() {
+        let input = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 42\r\n\r\nGET";
+        for step in [1, 2, 3, 7, 100] {
+            let (body, trailers, _) = decode_all(Framing::Chunked, input, step).unwrap();
+            assert_eq!(body, b"hello world", "step {step}");
+            assert_eq!(trailers.unwrap()["x-sum"], "42");
+        }
+        let (_, _, left) = decode_all(Framing::Chunked, input, 100).unwrap();
+        assert_eq!(left, 3, "the next request's bytes stay in the buffer");
+    }
+
+    #[test]
+    fn bad_chunks_and_short_bodies_are_errors() {
+        for bad in [
+            &b"x\r\nhello\r\n0\r\n\r\n"[..],
+            b"-5\r\nhello\r\n0\r\n\r\n",
+            b"\r\nhello\r\n0\r\n\r\n",
+            b"5\r\nhello!!\r\n0\r\n\r\n",
+            b"ffffffffffffffffff\r\n",
+            b"5 x\r\nhello\r\n0\r\n\r\n",
+        ] {
+            assert!(
+                decode_all(Framing::Chunked, bad, 100).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(decode_all(Framing::Length(10), b"short", 100).is_err());
+        let (body, _, _) = decode_all(Framing::Eof, b"until close", 4).unwrap();
+        assert_eq!(body, b"until close");
+    }
+
+    #[test]
+    fn request_framing_refuses_ambiguous_shapes() {
+        let parse =
+            |s: &str| parse_request(&mut BytesMut::from(s), 1024).map(|h| h.map(|h| h.framing));
+        assert_eq!(
+            parse("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n"),
+            Ok(Some(Some(Framing::Length(5))))
+        );
+        assert_eq!(
+            parse("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Ok(Some(Some(Framing::Chunked)))
+        );
+        assert_eq!(parse("GET / HTTP/1.1\r\nHost: a\r\n"), Ok(None));
+        for (input, why) in [
+            (
+                "POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "both Content-Length and Transfer-Encoding",
+            ),
+            (
+                "POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+                "more than one Content-Length header",
+            ),
+            (
+                "POST / HTTP/1.1\r\nContent-Length: +1\r\n\r\n",
+                "invalid Content-Length",
+            ),
+            (
+                "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+                "Transfer-Encoding other than chunked",
+            ),
+            (
+                "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "Transfer-Encoding on HTTP/1.0",
+            ),
+        ] {
+            assert_eq!(parse(input).err(), Some(HeadError::Bad(why)), "{input}");
+        }
+    }
+}
