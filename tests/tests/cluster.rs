@@ -812,6 +812,29 @@ async fn stopped_follower_and_graceful_stop() -> TestResult {
     Ok(())
 }
 
+/// Zero timings are refused at start with one line naming the flag, before anything is written.
+#[tokio::test]
+async fn zero_timings_are_one_error_line() -> TestResult {
+    let c = TestCluster::new()?;
+    for flag in [
+        "--keep-alive-timeout-ms",
+        "--snapshot-every",
+        "--heartbeat-ms",
+    ] {
+        let spec = c.spec(1)?;
+        let mut args = c.init_args(&spec);
+        args.extend([flag.to_string(), "0".to_string()]);
+        let out = run_gateway(&args, EXIT).await?;
+        let line = out.expect_error_naming(&[flag])?;
+        note!("{flag} 0: {line}");
+        ensure!(
+            !spec.data_dir.join("db").exists(),
+            "{flag} 0 was refused but the data dir was created"
+        );
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn address_in_use_is_one_error_line() -> TestResult {
     let c = TestCluster::new()?;

@@ -121,6 +121,15 @@ pub fn resolve(args: NodeArgs, mode: Mode, peers: Vec<String>) -> anyhow::Result
     if workers == Some(0) {
         bail!("--workers must be at least 1");
     }
+    let keep_alive_ms = args
+        .keep_alive_timeout_ms
+        .or(file.keep_alive_timeout_ms)
+        .unwrap_or(75_000);
+    if keep_alive_ms == 0 {
+        bail!(
+            "--keep-alive-timeout-ms must be at least 1: it is how long an idle keep-alive client connection stays open (default 75000)"
+        );
+    }
     let id = args.id.or(file.id);
     if id == Some(0) {
         bail!("--id must be 1 or more");
@@ -161,10 +170,6 @@ pub fn resolve(args: NodeArgs, mode: Mode, peers: Vec<String>) -> anyhow::Result
                 .or(file.shutdown_grace_ms)
                 .unwrap_or(10_000),
         ),
-        keep_alive_timeout: Duration::from_millis(
-            args.keep_alive_timeout_ms
-                .or(file.keep_alive_timeout_ms)
-                .unwrap_or(75_000),
-        ),
+        keep_alive_timeout: Duration::from_millis(keep_alive_ms),
     })
 }
