@@ -11,12 +11,6 @@ mod run;
 use clap::Parser;
 use std::process::ExitCode;
 
-/// mimalloc instead of glibc's malloc: allocation was 12-15 % of a node's CPU under write load
-/// (perf); with mimalloc, `bench/raft-writes.sh` measured 3 % more writes/s through the leader
-/// and 14 % more through a follower (two A/B rounds, bench/README.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let action = match cli::prepare(cli::Cli::parse()) {
         Ok(a) => a,
