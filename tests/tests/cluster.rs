@@ -57,6 +57,21 @@ async fn put_ok(node: &Node, path: &str, key: &str, body: &Value) -> Result<u64>
     Ok(rev)
 }
 
+/// Waits until `node` runs and its local config has reached revision `rev` (after `what`).
+async fn wait_caught_up(node: &Node, rev: u64, what: &str) -> Result<()> {
+    wait_for(
+        &format!("node {} to catch up after {what}", node.id),
+        CATCH_UP,
+        || async {
+            node.ensure_running()?;
+            let cfg = node.config("stale").await?;
+            ensure!(cfg.revision >= rev, "revision {}", cfg.revision);
+            Ok(())
+        },
+    )
+    .await
+}
+
 /// The config through the leader (linearizable).
 async fn leader_config(c: &TestCluster) -> Result<Config> {
     let l = c.leader().await?;
@@ -782,32 +797,13 @@ async fn stopped_follower_and_graceful_stop() -> TestResult {
     ensure!(l.id != f.id, "a stopped node leads");
     let rev = put_ok(c.node(l.id), "/v1/pools/while-stopped", "pool", &pool(9001)).await?;
     f.resume()?;
-    wait_for(
-        &format!("node {} to catch up after SIGCONT", f.id),
-        CATCH_UP,
-        || async {
-            let cfg = f.config("stale").await?;
-            ensure!(cfg.revision >= rev, "revision {}", cfg.revision);
-            Ok(())
-        },
-    )
-    .await?;
+    wait_caught_up(f, rev, "SIGCONT").await?;
 
     let st = f.stop(EXIT).await?;
     ensure!(st.success(), "node {} exited with {st} on SIGTERM", f.id);
     let rev = put_ok(c.node(l.id), "/v1/pools/while-down", "pool", &pool(9003)).await?;
     f.restart()?;
-    wait_for(
-        &format!("node {} to catch up after a restart", f.id),
-        CATCH_UP,
-        || async {
-            f.ensure_running()?;
-            let cfg = f.config("stale").await?;
-            ensure!(cfg.revision >= rev, "revision {}", cfg.revision);
-            Ok(())
-        },
-    )
-    .await?;
+    wait_caught_up(f, rev, "a restart").await?;
     c.wait_ready().await?;
     Ok(())
 }
@@ -984,17 +980,7 @@ async fn a_returning_follower_does_not_depose_the_leader() -> TestResult {
             &pool(9100 + round as u16),
         )
         .await?;
-        wait_for(
-            &format!("node {} to catch up after coming back", f.id),
-            CATCH_UP,
-            || async {
-                f.ensure_running()?;
-                let cfg = f.config("stale").await?;
-                ensure!(cfg.revision >= rev, "revision {}", cfg.revision);
-                Ok(())
-            },
-        )
-        .await?;
+        wait_caught_up(f, rev, "coming back").await?;
         let now = c.wait_leader(ELECTION).await?;
         ensure!(
             now.id == before.id && now.term == before.term,

@@ -195,9 +195,12 @@ impl Cluster {
         // (200 samples each), so one replication round, which waits for the follower's flush,
         // stays well under 60 ms. Voters refuse votes for the leader lease (the maximum election
         // timeout, 200 ms by default) after their last heartbeat; our elector (elector.rs) lets
-        // the first-ranked survivor campaign after 250 ms of silence and the next 100 ms later:
-        // five missed heartbeats, far beyond the worst stall seen, so spurious elections stay
-        // rare. openraft's own timer (one fixed random timeout per process, checked on a tick of
+        // the first-ranked survivor campaign after 250 ms of silence and the next 100 ms later,
+        // far beyond the worst stall seen, and only after a pre-vote, so spurious elections stay
+        // rare. The heartbeat (25 ms by default) is also openraft 0.9's timeout for one
+        // AppendEntries, and an append that timed out is resent only at the next heartbeat or
+        // write: with 50 ms, the write benchmark's p99 sat at ~50 ms and 25 ms gave 1.3x the
+        // writes/s (bench/README.md). openraft's own timer (one fixed random timeout per process, checked on a tick of
         // 1.5 heartbeats) let both survivors campaign on the same tick and split the vote in
         // about half the kills measured (0.7-1.8 s instead of 0.4 s, bench/README.md). Both
         // timings are flags.
@@ -997,13 +1000,7 @@ impl Inner {
                 "node id {id} was removed from this cluster and can never be used again: join with a new --id"
             )));
         }
-        let membership = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .clone();
+        let membership = self.membership();
         for (other, node) in membership.nodes() {
             if *other != id && node.cluster_addr == addr.cluster_addr {
                 return Err(ClusterError::Refused(format!(
@@ -1117,13 +1114,7 @@ impl Inner {
             )));
         }
         let hold = self.election_timeout_max * 8;
-        let membership = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .clone();
+        let membership = self.membership();
         for v in others.iter().filter(|v| **v != target) {
             if let Some(node) = membership.get_node(v)
                 && let Ok(mut c) = self.forward.cluster(&node.cluster_addr)
@@ -1157,6 +1148,16 @@ impl Inner {
     /// Stops starting elections for `millis` (lifted by itself afterwards).
     pub(crate) fn hold_elections(&self, millis: u64) {
         self.contact.hold(Duration::from_millis(millis));
+    }
+
+    /// The membership (voters, learners and their addresses) this node knows.
+    fn membership(&self) -> gateway_store::Membership {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .clone()
     }
 
     /// This node's last log entry as (term, index); (0, 0) for an empty log.
@@ -1211,13 +1212,7 @@ impl Inner {
         let Ok((last_log_term, last_log_index)) = self.last_log().await else {
             return false;
         };
-        let membership = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .clone();
+        let membership = self.membership();
         let req = PreVoteRequest {
             candidate: self.id,
             last_log_term,
@@ -1276,13 +1271,7 @@ impl Inner {
     async fn remove_as_leader(&self, id: NodeId) -> Result<(), ClusterError> {
         let _guard = self.membership_lock.lock().await;
         self.ensure_leader()?;
-        let membership = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .clone();
+        let membership = self.membership();
         let is_voter = membership.voter_ids().any(|v| v == id);
         let is_member = membership.get_node(&id).is_some();
         if !is_member {

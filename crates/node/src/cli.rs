@@ -163,10 +163,12 @@ pub struct NodeArgs {
     /// TOML file with any of these settings (keys as the flags, with underscores).
     #[arg(long, env = "GATEWAY_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Raft leader heartbeat in milliseconds [default: 50].
+    /// Raft leader heartbeat in milliseconds, also openraft's timeout for one AppendEntries
+    /// [default: 25].
     #[arg(long, env = "GATEWAY_HEARTBEAT_MS")]
     pub heartbeat_ms: Option<u64>,
-    /// Minimum Raft election timeout in milliseconds; the maximum is twice it [default: 100].
+    /// Raft election timing unit T in milliseconds: a leader lease of 2T, and the first
+    /// surviving voter campaigns after 2.5T of silence [default: 100].
     #[arg(long, env = "GATEWAY_ELECTION_TIMEOUT_MS")]
     pub election_timeout_ms: Option<u64>,
     /// Snapshot (and purge the log) every this many entries [default: 500].

@@ -103,7 +103,7 @@ pub fn resolve(args: NodeArgs, mode: Mode, peers: Vec<String>) -> anyhow::Result
             "--peers is required to join: give the cluster address of at least one member (e.g. --peers 127.0.0.1:7101)"
         );
     }
-    let heartbeat_ms = args.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(50);
+    let heartbeat_ms = args.heartbeat_ms.or(file.heartbeat_ms).unwrap_or(25);
     let election_ms = args
         .election_timeout_ms
         .or(file.election_timeout_ms)
