@@ -920,12 +920,10 @@ impl Inner {
                 "leadership is being handed over".into(),
             ));
         }
+        let stopped = || ClusterError::Stopped("the proposer has stopped".into());
         let (tx, rx) = oneshot::channel();
-        if self.proposals.send((req, tx)).is_err() {
-            return Err(ClusterError::Stopped("the proposer has stopped".into()));
-        }
-        rx.await
-            .map_err(|_| ClusterError::Stopped("the proposer has stopped".into()))?
+        self.proposals.send((req, tx)).map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
     }
 
     async fn read_index_as_leader(&self, quorum: bool) -> Result<u64, ClusterError> {

@@ -48,6 +48,44 @@ pub(crate) struct RequestHead {
     pub(crate) framing: Option<Framing>,
 }
 
+/// Where one header lies in the head's buffer: name offset and length, value offset and length.
+type Span = (usize, usize, usize, usize);
+
+/// The offsets of parsed `headers` in the buffer starting at address `base`, so that the map
+/// built later can share the frozen head instead of copying names and values.
+fn spans(headers: &[httparse::Header<'_>], base: usize) -> Vec<Span> {
+    headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.as_ptr() as usize - base,
+                h.name.len(),
+                h.value.as_ptr() as usize - base,
+                h.value.len(),
+            )
+        })
+        .collect()
+}
+
+/// Which part of a header was invalid.
+enum BadPart {
+    Name,
+    Value,
+}
+
+/// The header map over the frozen `head`, with room for `spare` headers the proxy adds.
+fn header_map(head: &Bytes, spans: &[Span], spare: usize) -> Result<HeaderMap, BadPart> {
+    let mut headers = HeaderMap::with_capacity(spans.len() + spare);
+    for &(name_at, name_len, at, n) in spans {
+        let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
+            .map_err(|_| BadPart::Name)?;
+        let value =
+            HeaderValue::from_maybe_shared(head.slice(at..at + n)).map_err(|_| BadPart::Value)?;
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
+
 fn bad(why: &'static str) -> HeadError {
     HeadError::Bad(why)
 }
@@ -80,28 +118,14 @@ pub(crate) fn parse_request(
     let path = req.path.unwrap_or("");
     let path_at = path.as_ptr() as usize - base;
     let path_len = path.len();
-    let count = req.headers.len();
-    let mut spans = Vec::with_capacity(count);
-    for h in req.headers.iter() {
-        let at = h.name.as_ptr() as usize - base;
-        spans.push((
-            at,
-            h.name.len(),
-            h.value.as_ptr() as usize - base,
-            h.value.len(),
-        ));
-    }
+    let spans = spans(req.headers, base);
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(path_at..path_at + path_len))
         .map_err(|_| bad("invalid request target"))?;
-    let mut headers = HeaderMap::with_capacity(count + 4);
-    for &(name_at, name_len, at, n) in &spans {
-        let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
-            .map_err(|_| bad("invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(at..at + n))
-            .map_err(|_| bad("invalid header value"))?;
-        headers.append(name, value);
-    }
+    let headers = header_map(&head, &spans, 4).map_err(|part| match part {
+        BadPart::Name => bad("invalid header name"),
+        BadPart::Value => bad("invalid header value"),
+    })?;
     let framing = request_framing(&headers, version)?;
     Ok(Some(RequestHead {
         method,
@@ -180,27 +204,12 @@ pub(crate) fn parse_response(buf: &mut BytesMut) -> io::Result<Option<ResponseHe
     };
     let status = StatusCode::from_u16(resp.code.unwrap_or(0))
         .map_err(|_| invalid("invalid response status"))?;
-    let base = buf.as_ptr() as usize;
-    let count = resp.headers.len();
-    let mut spans = Vec::with_capacity(count);
-    for h in resp.headers.iter() {
-        let at = h.name.as_ptr() as usize - base;
-        spans.push((
-            at,
-            h.name.len(),
-            h.value.as_ptr() as usize - base,
-            h.value.len(),
-        ));
-    }
+    let spans = spans(resp.headers, buf.as_ptr() as usize);
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count + 2);
-    for &(name_at, name_len, at, n) in &spans {
-        let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
-            .map_err(|_| invalid("invalid response header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(at..at + n))
-            .map_err(|_| invalid("invalid response header value"))?;
-        headers.append(name, value);
-    }
+    let headers = header_map(&head, &spans, 2).map_err(|part| match part {
+        BadPart::Name => invalid("invalid response header name"),
+        BadPart::Value => invalid("invalid response header value"),
+    })?;
     Ok(Some(ResponseHead {
         status,
         version,
