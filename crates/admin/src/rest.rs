@@ -554,7 +554,7 @@ async fn transaction(
             Command::DeletePool { name, .. } | Command::DeleteRoute { name, .. } => {
                 validate_name("name", name)
             }
-            Command::RetireNode { .. } | Command::Batch { .. } => {
+            _ => {
                 return Err(ApiError::bad(
                     &format!("commands[{i}].op"),
                     format!(
