@@ -32,6 +32,13 @@ pub struct AdminOptions {
     pub max_body: usize,
     /// Who may read and write; `Tokens::open()` lets everyone.
     pub tokens: Tokens,
+    /// This node's own view of backend health (the backends its probes see down), shown in
+    /// `/status` as `sees_down`.
+    pub seen_down: Option<
+        tokio::sync::watch::Receiver<
+            std::sync::Arc<std::collections::BTreeSet<gateway_model::SeenDown>>,
+        >,
+    >,
 }
 
 #[derive(Clone)]
@@ -39,6 +46,11 @@ struct App {
     cluster: Cluster,
     left: mpsc::Sender<()>,
     tokens: Tokens,
+    seen_down: Option<
+        tokio::sync::watch::Receiver<
+            std::sync::Arc<std::collections::BTreeSet<gateway_model::SeenDown>>,
+        >,
+    >,
 }
 
 type Result<T> = std::result::Result<T, ApiError>;
@@ -53,6 +65,7 @@ pub async fn serve(
         cluster: opts.cluster,
         left: opts.left,
         tokens: opts.tokens,
+        seen_down: opts.seen_down,
     };
     let router = Router::new()
         .route("/leader", get(leader))
@@ -312,6 +325,9 @@ async fn status(AxState(app): AxState<App>) -> Response {
     let state = app.cluster.state().borrow().clone();
     body["backends"] = backend_health(&state);
     body["lost_nodes"] = json!(state.lost);
+    if let Some(v) = &app.seen_down {
+        body["sees_down"] = json!(*v.borrow().clone());
+    }
     ok(st.revision, body)
 }
 

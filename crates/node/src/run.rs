@@ -268,6 +268,9 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    // Every node probes the backends of pools with health checks and sends its view to the
+    // leader, which commits the cluster's verdict (crates/cluster/src/overseer.rs).
+    let monitor = gateway_proxy::Monitor::new(id);
     let (left_tx, mut left_rx) = mpsc::channel(1);
     let admin = tokio::spawn(gateway_admin::serve(
         admin_listener,
@@ -276,12 +279,10 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             left: left_tx,
             max_body: 1 << 20,
             tokens,
+            seen_down: Some(monitor.view()),
         },
         stopped(stop_rx.clone()),
     ));
-    // Every node probes the backends of pools with health checks and sends its view to the
-    // leader, which commits the cluster's verdict (crates/cluster/src/overseer.rs).
-    let monitor = gateway_proxy::Monitor::new();
     tokio::spawn(monitor.clone().run(cluster.state()));
     tokio::spawn(report_health(
         cluster.clone(),

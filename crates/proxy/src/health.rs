@@ -52,6 +52,7 @@ struct Probe {
 
 /// Runs the probes and keeps this node's view. Cheap to share.
 pub struct Monitor {
+    node: u64,
     view: watch::Sender<View>,
     probes: Mutex<HashMap<(String, String), (Target, Probe)>>,
 }
@@ -65,8 +66,11 @@ impl std::fmt::Debug for Monitor {
 }
 
 impl Monitor {
-    pub fn new() -> Arc<Monitor> {
+    /// A monitor for node `node` (sent as `X-Gateway-Node` on HTTP probes, so a backend
+    /// can tell which node asks).
+    pub fn new(node: u64) -> Arc<Monitor> {
         Arc::new(Monitor {
+            node,
             view: watch::channel(View::default()).0,
             probes: Mutex::new(HashMap::new()),
         })
@@ -131,6 +135,7 @@ impl Monitor {
             let counts = Arc::new(Mutex::new(Counts::default()));
             let task = tokio::spawn(probe_loop(
                 Arc::downgrade(self),
+                self.node,
                 target.clone(),
                 counts.clone(),
             ));
@@ -209,7 +214,12 @@ fn observe(counts: &Mutex<Counts>, ok: bool, rise: u32, fall: u32) -> bool {
     false
 }
 
-async fn probe_loop(monitor: std::sync::Weak<Monitor>, target: Target, counts: Arc<Mutex<Counts>>) {
+async fn probe_loop(
+    monitor: std::sync::Weak<Monitor>,
+    node: u64,
+    target: Target,
+    counts: Arc<Mutex<Counts>>,
+) {
     let interval = Duration::from_millis(target.check.interval_ms);
     let timeout = Duration::from_millis(target.check.timeout_ms);
     // Spread the first probes of many backends over one interval.
@@ -220,7 +230,7 @@ async fn probe_loop(monitor: std::sync::Weak<Monitor>, target: Target, counts: A
     let mut last_error = String::new();
     loop {
         every.tick().await;
-        let outcome = match tokio::time::timeout(timeout, probe(&target)).await {
+        let outcome = match tokio::time::timeout(timeout, probe(&target, node)).await {
             Ok(r) => r,
             Err(_) => Err(format!("no answer within {} ms", target.check.timeout_ms)),
         };
@@ -241,20 +251,20 @@ async fn probe_loop(monitor: std::sync::Weak<Monitor>, target: Target, counts: A
 }
 
 /// One probe: `Ok` when the backend is healthy, else why not.
-async fn probe(t: &Target) -> Result<(), String> {
+async fn probe(t: &Target, node: u64) -> Result<(), String> {
     match t.address.strip_prefix("unix:") {
         Some(path) => {
             let s = UnixStream::connect(path)
                 .await
                 .map_err(|e| format!("connect: {e}"))?;
-            check(s, t).await
+            check(s, t, node).await
         }
         None => {
             let s = TcpStream::connect(t.address.as_str())
                 .await
                 .map_err(|e| format!("connect: {e}"))?;
             let _ = s.set_nodelay(true);
-            check(s, t).await
+            check(s, t, node).await
         }
     }
 }
@@ -262,6 +272,7 @@ async fn probe(t: &Target) -> Result<(), String> {
 async fn check<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     mut s: S,
     t: &Target,
+    node: u64,
 ) -> Result<(), String> {
     if t.check.kind == CheckKind::Tcp {
         return Ok(());
@@ -274,7 +285,7 @@ async fn check<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         }
     });
     let req = format!(
-        "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: gateway-health-check\r\nAccept: */*\r\nConnection: close\r\n\r\n",
+        "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: gateway-health-check\r\nX-Gateway-Node: {node}\r\nAccept: */*\r\nConnection: close\r\n\r\n",
         t.check.path
     );
     s.write_all(req.as_bytes())
@@ -365,6 +376,10 @@ mod tests {
         addr
     }
 
+    async fn probe_t(t: &Target) -> Result<(), String> {
+        probe(t, 1).await
+    }
+
     fn target(address: String, check: HealthCheck) -> Target {
         Target {
             pool: "p".into(),
@@ -379,14 +394,14 @@ mod tests {
         let ok = serve_once("HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nall ok\n").await;
         let bad = serve_once("HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n").await;
         let check = HealthCheck::default();
-        probe(&target(ok.clone(), check.clone())).await.unwrap();
-        let e = probe(&target(bad, check.clone())).await.unwrap_err();
+        probe_t(&target(ok.clone(), check.clone())).await.unwrap();
+        let e = probe_t(&target(bad, check.clone())).await.unwrap_err();
         assert!(e.contains("status 503"), "{e}");
         let want_body = HealthCheck {
             body: Some("ready".into()),
             ..check.clone()
         };
-        let e = probe(&target(ok, want_body)).await.unwrap_err();
+        let e = probe_t(&target(ok, want_body)).await.unwrap_err();
         assert!(e.contains("does not contain"), "{e}");
         let closed = {
             let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -397,7 +412,7 @@ mod tests {
             ..check
         };
         assert!(
-            probe(&target(closed, tcp))
+            probe_t(&target(closed, tcp))
                 .await
                 .unwrap_err()
                 .contains("connect")
