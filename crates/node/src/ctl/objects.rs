@@ -3,7 +3,7 @@
 use super::conn::{Conn, Failed, has_code};
 use super::output::outln;
 use super::output::{self, Output, print_json};
-use super::{AddMode, AlertCmd, BackendCmd, ConsistencyArg, PoolCmd, RouteCmd};
+use super::{AddMode, AlertAdd, AlertCmd, BackendCmd, ConsistencyArg, PoolCmd, RouteCmd};
 use anyhow::{Context, bail};
 use gateway_model::{Backend, Pool, Route};
 use gateway_wire::admin;
@@ -564,49 +564,23 @@ fn done(out: Output, what: &str, pool: &Pool) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backend_specs() {
-        let b = parse_backend("a=127.0.0.1:8201").unwrap();
-        assert_eq!(
-            (b.id.as_str(), b.address.as_str(), b.weight),
-            ("a", "127.0.0.1:8201", 1)
-        );
-        let b = parse_backend("b=unix:/run/x.sock,weight=3,node=2,max_connections=10").unwrap();
-        assert_eq!(b.weight, 3);
-        assert_eq!(b.node, Some(2));
-        assert_eq!(b.max_connections, Some(10));
-        for bad in [
-            "nope",
-            "a=1.2.3.4:5,weight=x",
-            "a=1.2.3.4:5,colour=red",
-            "a=1:1,weight",
-        ] {
-            let e = parse_backend(bad).unwrap_err().to_string();
-            assert!(e.starts_with("--backend '"), "{e}");
-        }
-    }
-}
-
 /// `gateway alert ...`.
 pub async fn alert(c: &mut Conn, out: Output, cmd: AlertCmd) -> anyhow::Result<()> {
     match cmd {
-        AlertCmd::Add {
-            name,
-            webhook,
-            headers,
-            smtp_server,
-            smtp_from,
-            smtp_to,
-            smtp_security,
-            smtp_user,
-            smtp_password_file,
-            events,
-            mode,
-        } => {
+        AlertCmd::Add(add) => {
+            let AlertAdd {
+                name,
+                webhook,
+                headers,
+                smtp_server,
+                smtp_from,
+                smtp_to,
+                smtp_security,
+                smtp_user,
+                smtp_password_file,
+                events,
+                mode,
+            } = *add;
             let mut hdrs = std::collections::BTreeMap::new();
             for h in &headers {
                 let Some((k, v)) = h.split_once('=') else {
@@ -724,4 +698,31 @@ pub async fn alert(c: &mut Conn, out: Output, cmd: AlertCmd) -> anyhow::Result<(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_specs() {
+        let b = parse_backend("a=127.0.0.1:8201").unwrap();
+        assert_eq!(
+            (b.id.as_str(), b.address.as_str(), b.weight),
+            ("a", "127.0.0.1:8201", 1)
+        );
+        let b = parse_backend("b=unix:/run/x.sock,weight=3,node=2,max_connections=10").unwrap();
+        assert_eq!(b.weight, 3);
+        assert_eq!(b.node, Some(2));
+        assert_eq!(b.max_connections, Some(10));
+        for bad in [
+            "nope",
+            "a=1.2.3.4:5,weight=x",
+            "a=1.2.3.4:5,colour=red",
+            "a=1:1,weight",
+        ] {
+            let e = parse_backend(bad).unwrap_err().to_string();
+            assert!(e.starts_with("--backend '"), "{e}");
+        }
+    }
 }
