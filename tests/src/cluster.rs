@@ -257,8 +257,15 @@ impl TestCluster {
 
     /// Starts node `id` with `serve --init` and waits until it leads.
     pub async fn init(&mut self, id: u64) -> Result<&Node> {
+        self.init_with(id, &[]).await
+    }
+
+    /// Like [`TestCluster::init`], with extra flags for the node.
+    pub async fn init_with(&mut self, id: u64, extra: &[&str]) -> Result<&Node> {
         let spec = self.spec(id)?;
-        let node = Node::spawn(&spec, self.init_args(&spec), self.http.clone())?;
+        let mut args = self.init_args(&spec);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let node = Node::spawn(&spec, args, self.http.clone())?;
         self.add(node)?;
         let node = self.node(id);
         wait_for(

@@ -17,4 +17,4 @@ pub use grpc::{
     AdminService, FIELD_METADATA, Failure, MAX_REQUEST, REASON_METADATA, RETRY_AFTER_METADATA,
     REVISION_METADATA, grpc_routes,
 };
-pub use rest::{AdminOptions, serve};
+pub use rest::{AdminOptions, StatusFn, serve};

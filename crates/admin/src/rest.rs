@@ -24,8 +24,15 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 /// What the admin server needs besides its listener.
+/// A figure for `/status` that another layer keeps (the data plane's memory guard).
+pub type StatusFn = std::sync::Arc<dyn Fn() -> Value + Send + Sync>;
+
 pub struct AdminOptions {
     pub cluster: Cluster,
+    /// This node's memory: RSS, limit, marks and whether the data plane sheds (`/status`).
+    pub memory_status: Option<StatusFn>,
+    /// Testing the memory guard only: `POST /debug/ballast {"mb": N}` holds N MiB.
+    pub debug_ballast: bool,
     /// Told when this node has left the cluster through `POST /v1/leave` and should exit.
     pub left: mpsc::Sender<()>,
     /// Largest request body accepted.
@@ -44,6 +51,9 @@ pub struct AdminOptions {
 #[derive(Clone)]
 struct App {
     cluster: Cluster,
+    memory_status: Option<StatusFn>,
+    debug_ballast: bool,
+    ballast: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
     left: mpsc::Sender<()>,
     tokens: Tokens,
     seen_down: Option<
@@ -66,6 +76,9 @@ pub async fn serve(
         left: opts.left,
         tokens: opts.tokens,
         seen_down: opts.seen_down,
+        memory_status: opts.memory_status,
+        debug_ballast: opts.debug_ballast,
+        ballast: Default::default(),
     };
     let router = Router::new()
         .route("/leader", get(leader))
@@ -79,6 +92,7 @@ pub async fn serve(
         .route("/v1/routes", get(list_routes))
         .route("/v1/routes/{name}", get(get_route).put(put_route).delete(delete_route))
         .route("/v1/health", get(health))
+        .route("/debug/ballast", post(ballast))
         .route("/v1/events", get(events))
         .route("/v1/alerts", get(list_alerts))
         .route(
@@ -328,6 +342,9 @@ async fn status(AxState(app): AxState<App>) -> Response {
     if let Some(v) = &app.seen_down {
         body["sees_down"] = json!(*v.borrow().clone());
     }
+    if let Some(m) = &app.memory_status {
+        body["memory"] = m();
+    }
     ok(st.revision, body)
 }
 
@@ -359,6 +376,40 @@ fn backend_health(st: &gateway_model::State) -> Value {
         }
     }
     Value::Array(out)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Ballast {
+    mb: usize,
+}
+
+/// Testing the memory guard only (hidden `--debug-ballast`): holds `mb` MiB of touched memory,
+/// replacing what was held (0 frees it all).
+async fn ballast(AxState(app): AxState<App>, body: Bytes) -> Result<Response> {
+    if !app.debug_ballast {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no such endpoint: /debug/ballast exists only on nodes started with --debug-ballast"
+                .to_string(),
+        ));
+    }
+    let b: Ballast = parse(&body)?;
+    if b.mb > 16 << 10 {
+        return Err(ApiError::bad(
+            "mb",
+            format!("mb: {} is more than 16384 MiB", b.mb),
+        ));
+    }
+    let mut held = app.ballast.lock().unwrap_or_else(|e| e.into_inner());
+    held.clear();
+    held.shrink_to_fit();
+    // One allocation: past glibc's 32 MiB mmap threshold it is mapped on its own, and given
+    // back to the system when freed, so resident memory really falls again.
+    if b.mb > 0 {
+        held.push(vec![1u8; b.mb << 20]);
+    }
+    Ok(Json(json!({"held_mb": b.mb})).into_response())
 }
 
 async fn health(

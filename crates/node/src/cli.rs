@@ -152,6 +152,16 @@ pub struct NodeArgs {
     /// [default: 75000].
     #[arg(long, env = "GATEWAY_KEEP_ALIVE_TIMEOUT_MS")]
     pub keep_alive_timeout_ms: Option<u64>,
+    /// Resident memory the node may use, in bytes, with a unit (512MiB, 2GiB) or as a share
+    /// of the machine's memory (50%). Above 80% of it the data plane closes idle connections
+    /// and answers new ones 503; at it, it accepts none. Raft and the admin API are never shed
+    /// [default: no limit].
+    #[arg(long, env = "GATEWAY_MEMORY_LIMIT")]
+    pub memory_limit: Option<String>,
+    /// Testing the memory guard only: `POST /debug/ballast {"mb": N}` on the admin port holds N
+    /// MiB of memory (0 frees it).
+    #[arg(long, hide = true, env = "GATEWAY_DEBUG_BALLAST")]
+    pub debug_ballast: bool,
     /// Testing the fault checkers only: serve linearizable reads from local state (unsafe).
     #[arg(long, hide = true, env = "GATEWAY_DEBUG_STALE_READS")]
     pub debug_stale_reads: bool,

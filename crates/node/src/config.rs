@@ -40,6 +40,7 @@ struct FileConfig {
     trusted_proxies: Option<Vec<String>>,
     shutdown_grace_ms: Option<u64>,
     keep_alive_timeout_ms: Option<u64>,
+    memory_limit: Option<String>,
 }
 
 /// A node's settings after merging flags, environment and file. Identity fields stay optional
@@ -66,6 +67,9 @@ pub struct NodeConfig {
     pub shutdown_grace: Duration,
     /// Idle time after which the data plane closes a keep-alive client connection.
     pub keep_alive_timeout: Duration,
+    /// Resident memory limit in bytes (`--memory-limit`).
+    pub memory_limit: Option<u64>,
+    pub debug_ballast: bool,
 }
 
 pub fn resolve(args: NodeArgs, mode: Mode, peers: Vec<String>) -> anyhow::Result<NodeConfig> {
@@ -130,6 +134,13 @@ pub fn resolve(args: NodeArgs, mode: Mode, peers: Vec<String>) -> anyhow::Result
             "--keep-alive-timeout-ms must be at least 1: it is how long an idle keep-alive client connection stays open (default 75000)"
         );
     }
+    let memory_limit = match args.memory_limit.or(file.memory_limit) {
+        Some(s) => Some(
+            gateway_proxy::memory::parse_limit(&s)
+                .map_err(|e| anyhow::anyhow!("--memory-limit: {e}"))?,
+        ),
+        None => None,
+    };
     let id = args.id.or(file.id);
     if id == Some(0) {
         bail!("--id must be 1 or more");
@@ -171,5 +182,7 @@ pub fn resolve(args: NodeArgs, mode: Mode, peers: Vec<String>) -> anyhow::Result
                 .unwrap_or(10_000),
         ),
         keep_alive_timeout: Duration::from_millis(keep_alive_ms),
+        memory_limit,
+        debug_ballast: args.debug_ballast,
     })
 }

@@ -271,6 +271,25 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     // Every node probes the backends of pools with health checks and sends its view to the
     // leader, which commits the cluster's verdict (crates/cluster/src/overseer.rs).
     let monitor = gateway_proxy::Monitor::new(id);
+    // The memory guard watches resident memory for the data plane (--memory-limit).
+    let memory = cfg
+        .memory_limit
+        .map(gateway_proxy::memory::MemoryGuard::new);
+    if let Some(g) = &memory {
+        tokio::spawn(g.clone().run());
+        tracing::info!(limit = g.limit, soft = g.soft, "memory guard on");
+    }
+    let memory_status: Option<gateway_admin::StatusFn> = memory.clone().map(|g| {
+        let f: gateway_admin::StatusFn = std::sync::Arc::new(move || {
+            serde_json::json!({
+                "rss": g.rss(),
+                "soft": g.soft,
+                "limit": g.limit,
+                "pressure": g.pressure().borrow().as_str(),
+            })
+        });
+        f
+    });
     let (left_tx, mut left_rx) = mpsc::channel(1);
     let admin = tokio::spawn(gateway_admin::serve(
         admin_listener,
@@ -280,6 +299,8 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             max_body: 1 << 20,
             tokens,
             seen_down: Some(monitor.view()),
+            memory_status,
+            debug_ballast: cfg.debug_ballast,
         },
         stopped(stop_rx.clone()),
     ));
@@ -298,6 +319,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             trusted_proxies: cfg.trusted_proxies.clone(),
             keep_alive_timeout: cfg.keep_alive_timeout,
             health: Some(monitor.clone()),
+            memory: memory.clone(),
             ..gateway_proxy::ProxyConfig::new(id, secret_obj.hop_key())
         },
         stopped(stop_rx.clone()),

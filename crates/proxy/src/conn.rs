@@ -213,6 +213,8 @@ enum Next {
 #[derive(Default)]
 pub(crate) struct Closing {
     flag: AtomicBool,
+    /// Memory pressure: idle connections close (the server stays up).
+    shed: AtomicBool,
     notify: Notify,
     /// Connections speaking HTTP ([`Tracked`] handles), and the signal that none is left.
     conns: AtomicUsize,
@@ -236,6 +238,18 @@ impl Closing {
     pub(crate) fn close(&self) {
         self.flag.store(true, Ordering::SeqCst);
         self.notify.notify_waiters();
+    }
+
+    /// Closes idle keep-alive connections while `on` (memory pressure); others finish.
+    pub(crate) fn shed(&self, on: bool) {
+        self.shed.store(on, Ordering::SeqCst);
+        if on {
+            self.notify.notify_waiters();
+        }
+    }
+
+    fn is_shedding(&self) -> bool {
+        self.shed.load(Ordering::Relaxed)
     }
 
     /// Wakes every idle connection to look at its deadline.
@@ -330,7 +344,12 @@ pub(crate) fn serve(
                     let ticked = shared.closing.notify.notified();
                     let mut ticked = std::pin::pin!(ticked);
                     ticked.as_mut().enable();
-                    if shared.closing.is_closing() || Instant::now() >= idle_until {
+                    // Under memory pressure, keep-alive connections close between requests
+                    // (a new connection was let in by the listener, which decides on those).
+                    if shared.closing.is_closing()
+                        || (!first && shared.closing.is_shedding())
+                        || Instant::now() >= idle_until
+                    {
                         return;
                     }
                     let readable = poll_fn(|cx| stream.poll_read_ready(cx));

@@ -110,6 +110,7 @@ mod headers;
 pub mod health;
 mod hop;
 mod limits;
+pub mod memory;
 mod proxy;
 mod rules;
 mod server;
@@ -156,6 +157,9 @@ pub struct ProxyConfig {
     /// This node's health monitor: failures met in real traffic on pools with `eject` count
     /// as failed probes there. None: passive failures only eject locally.
     pub health: Option<std::sync::Arc<Monitor>>,
+    /// The memory guard (`--memory-limit`): above its soft mark idle connections are closed
+    /// and new ones answered 503, above its limit none are accepted. None: no limit.
+    pub memory: Option<std::sync::Arc<memory::MemoryGuard>>,
 }
 
 impl ProxyConfig {
@@ -170,6 +174,7 @@ impl ProxyConfig {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             keep_alive_timeout: DEFAULT_KEEP_ALIVE_TIMEOUT,
             health: None,
+            memory: None,
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use crate::conn::{Closing, ConnOpts, Tracked};
 use crate::hop::HopKey;
+use crate::memory::Pressure;
 use crate::proxy::{LeaderTarget, Live, Shared};
 use crate::table::{Registry, RouteTable};
 use crate::{Leader, ProxyConfig};
@@ -75,10 +76,46 @@ pub async fn serve(
             }
         }
     });
+    // The memory guard: shed idle connections and answer new ones 503 above the soft mark,
+    // accept nothing above the limit.
+    let mut pressure = config.memory.as_ref().map(|g| g.pressure());
+    let shedder = pressure.clone().map(|mut p| {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            loop {
+                let now = *p.borrow_and_update();
+                shared.closing.shed(now != Pressure::Normal);
+                if p.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+    });
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
+        if let Some(p) = &mut pressure
+            && *p.borrow_and_update() == Pressure::Refusing
+        {
+            // New connections wait in the kernel's backlog until memory falls.
+            tokio::select! {
+                () = &mut shutdown => break,
+                _ = p.wait_for(|x| *x != Pressure::Refusing) => continue,
+            }
+        }
+        let pressure_changed = async {
+            match &mut pressure {
+                Some(p) => {
+                    if p.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
         let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
+            // Look again: at the limit, stop accepting at once.
+            () = pressure_changed => continue,
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(e) => {
@@ -90,7 +127,17 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
+        if pressure
+            .as_ref()
+            .is_some_and(|p| *p.borrow() != Pressure::Normal)
+        {
+            tokio::spawn(shed(stream));
+            continue;
+        }
         tokio::spawn(crate::conn::serve(Tracked::new(&shared), stream, peer));
+    }
+    if let Some(s) = shedder {
+        s.abort();
     }
     drop(listener);
     tracing::info!("data plane shutting down");
@@ -99,6 +146,28 @@ pub async fn serve(
     watcher.abort();
     ticker.abort();
     Ok(())
+}
+
+/// The fast answer to a connection accepted under memory pressure.
+const SHED_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 70\r\nConnection: close\r\n\r\nthe gateway is shedding load (memory above its soft mark); retry soon\n";
+
+async fn shed(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(SHED_RESPONSE).await;
+        let _ = stream.shutdown().await;
+        // Read what the client sent until it closes: closing with its request unread would
+        // reset the connection and could destroy the answer before it is read.
+        let mut sink = [0u8; 4096];
+        let mut left = 64 << 10;
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left -= n.min(left),
+            }
+        }
+    })
+    .await;
 }
 
 fn compile(
