@@ -20,7 +20,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use std::future::Future;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// What the admin server needs besides its listener.
 pub struct AdminOptions {
@@ -31,6 +31,9 @@ pub struct AdminOptions {
     pub max_body: usize,
     /// Who may read and write; `Tokens::open()` lets everyone.
     pub tokens: Tokens,
+    /// This node's managed backend processes as its supervisor sees them, shown by `/status`
+    /// as `managed`.
+    pub managed: Option<watch::Receiver<Value>>,
 }
 
 #[derive(Clone)]
@@ -38,6 +41,7 @@ struct App {
     cluster: Cluster,
     left: mpsc::Sender<()>,
     tokens: Tokens,
+    managed: Option<watch::Receiver<Value>>,
 }
 
 type Result<T> = std::result::Result<T, ApiError>;
@@ -52,6 +56,7 @@ pub async fn serve(
         cluster: opts.cluster,
         left: opts.left,
         tokens: opts.tokens,
+        managed: opts.managed,
     };
     let router = Router::new()
         .route("/leader", get(leader))
@@ -62,6 +67,8 @@ pub async fn serve(
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/pools", get(list_pools))
         .route("/v1/pools/{name}", get(get_pool).put(put_pool).delete(delete_pool))
+        .route("/v1/pools/{name}/restart", get(get_restart).post(restart_pool))
+        .route("/v1/events", get(events))
         .route("/v1/routes", get(list_routes))
         .route("/v1/routes/{name}", get(get_route).put(put_route).delete(delete_route))
         .route("/v1/nodes", get(nodes))
@@ -300,7 +307,11 @@ async fn leader(AxState(app): AxState<App>) -> Result<Response> {
 
 async fn status(AxState(app): AxState<App>) -> Response {
     let st = app.cluster.status().await;
-    ok(st.revision, json!(st))
+    let mut body = json!(st);
+    if let (Some(m), Some(obj)) = (&app.managed, body.as_object_mut()) {
+        obj.insert("managed".into(), m.borrow().clone());
+    }
+    ok(st.revision, body)
 }
 
 async fn readyz(AxState(app): AxState<App>) -> Result<&'static str> {
@@ -362,6 +373,66 @@ async fn get_pool(
         )
         .at(st.revision)),
     }
+}
+
+/// Starts a rolling restart of a pool's managed backends; answers with its progress.
+async fn restart_pool(
+    AxState(app): AxState<App>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    checked_name(&name)?;
+    let at_ms = crate::now_ms();
+    let command = Command::RestartPool {
+        pool: name.clone(),
+        at_ms,
+    };
+    let resp = app
+        .cluster
+        .write_with_id(request_id(&headers)?.as_deref(), command)
+        .await?;
+    if let Err(e) = resp.outcome {
+        return Err(ApiError::from(e).at(resp.revision));
+    }
+    let st = app.cluster.read(Consistency::Linearizable).await?;
+    Ok(ok(
+        resp.revision,
+        json!({"pool": name, "restart": st.restarts.get(&name)}),
+    ))
+}
+
+/// The progress of a pool's last rolling restart (`null` if it was never restarted).
+async fn get_restart(
+    AxState(app): AxState<App>,
+    Path(name): Path<String>,
+    q: std::result::Result<Query<ReadParams>, QueryRejection>,
+) -> Result<Response> {
+    checked_name(&name)?;
+    let st = app.cluster.read(consistency(q)?).await?;
+    if !st.pools.contains_key(&name) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("pool '{name}' does not exist; list them with GET /v1/pools"),
+        )
+        .at(st.revision));
+    }
+    Ok(ok(
+        st.revision,
+        json!({"pool": name, "restart": st.restarts.get(&name)}),
+    ))
+}
+
+/// The events the cluster recorded (health transitions, node and leader changes, managed
+/// backends that failed), oldest first, the last 1000.
+async fn events(
+    AxState(app): AxState<App>,
+    q: std::result::Result<Query<ReadParams>, QueryRejection>,
+) -> Result<Response> {
+    let st = app.cluster.read(consistency(q)?).await?;
+    Ok(ok(
+        st.revision,
+        json!({"revision": st.revision, "events": st.events.iter().collect::<Vec<_>>()}),
+    ))
 }
 
 async fn get_route(

@@ -268,6 +268,14 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    let supervisor = crate::supervisor::Supervisor::start(
+        cluster.clone(),
+        crate::supervisor::Options {
+            node: id,
+            data_dir: cfg.data_dir.clone(),
+            host: crate::supervisor::host_of(&addr.cluster_addr),
+        },
+    );
     let (left_tx, mut left_rx) = mpsc::channel(1);
     let admin = tokio::spawn(gateway_admin::serve(
         admin_listener,
@@ -276,6 +284,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             left: left_tx,
             max_body: 1 << 20,
             tokens,
+            managed: Some(supervisor.status()),
         },
         stopped(stop_rx.clone()),
     ));
@@ -318,6 +327,8 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             cfg.shutdown_grace
         );
     }
+    // Managed backends: unregistered (traffic moves to other nodes' instances), then stopped.
+    supervisor.shutdown().await;
     cluster.shutdown().await;
     tracing::info!("stopped");
     Ok(())
