@@ -278,6 +278,8 @@ struct Running {
     port: u16,
     address: String,
     started: Instant,
+    /// When it started, in milliseconds since the Unix epoch (to compare with a restart's).
+    started_ms: u64,
 }
 
 /// Why an instance stopped running.
@@ -545,6 +547,7 @@ impl Shared {
                                 port,
                                 address,
                                 started: Instant::now(),
+                                started_ms: now_ms(),
                             });
                         }
                     } else {
@@ -612,6 +615,8 @@ async fn instance(
     let mut state_rx = sh.cluster.state();
     let mut epoch = state_rx.borrow().restarts.get(&pool).map_or(0, |r| r.epoch);
     let mut failures = 0u32;
+    // The last rolling restart this instance took its turn in.
+    let mut done_epoch = 0u64;
     let mut avoid: Option<u16> = None;
     let mut current: Option<Running> = None;
     loop {
@@ -711,6 +716,7 @@ async fn instance(
                         break Outcome::MarkedDown;
                     }
                     if let Some((e, b)) = st.restart_turn(&pool)
+                        && e > done_epoch
                         && b.id == id
                         && b.address == run.address
                     {
@@ -751,7 +757,20 @@ async fn instance(
                 });
             }
             Outcome::Turn(e) => {
-                current = Some(rolling_replace(&sh, &pool, index, &spec, run, e, &mut stop).await);
+                done_epoch = e;
+                let began = state_rx
+                    .borrow()
+                    .restarts
+                    .get(&pool)
+                    .map_or(0, |r| r.started_ms);
+                current = Some(if run.started_ms > began {
+                    // Started after the restart was asked for (e.g. its node restarted): it
+                    // is already new.
+                    report_restarted(&sh, &pool, &id, e).await;
+                    run
+                } else {
+                    rolling_replace(&sh, &pool, index, &spec, run, e, &mut stop).await
+                });
                 if *stop.borrow() {
                     if let Some(mut r) = current.take() {
                         sh.unregister(&pool, index);
@@ -826,23 +845,28 @@ async fn rolling_replace(
         }
         None => old,
     };
+    report_restarted(sh, pool, &id, epoch).await;
+    tracing::info!(pool = %pool, backend = %id, epoch, "rolling restart: instance replaced");
+    kept
+}
+
+/// Tells the cluster that instance `id` took its turn in restart `epoch`, so the next goes.
+async fn report_restarted(sh: &Shared, pool: &str, id: &str, epoch: u64) {
     let cmd = Command::Restarted {
         pool: pool.to_string(),
         epoch,
-        backend: id.clone(),
+        backend: id.to_string(),
     };
     let req = format!("sup-restarted:{pool}:{id}:{epoch}");
     for _ in 0..30 {
         match sh.cluster.write_with_id(Some(&req), cmd.clone()).await {
-            Ok(_) => break,
+            Ok(_) => return,
             Err(e) => {
                 tracing::warn!("cannot report the restart of {pool}/{id} yet: {e}");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     }
-    tracing::info!(pool = %pool, backend = %id, epoch, "rolling restart: instance replaced");
-    kept
 }
 
 /// One health probe of `addr`: the pool's check if it has one, else a TCP connect.
