@@ -926,6 +926,7 @@ mod tests {
                 keep_alive: Duration::from_secs(1),
             },
             closing: Closing::default(),
+            health: None,
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let _client = TcpStream::connect(listener.local_addr().unwrap())

@@ -105,6 +105,7 @@ mod codec;
 mod conn;
 mod error;
 mod headers;
+pub mod health;
 mod hop;
 mod proxy;
 mod rules;
@@ -113,6 +114,7 @@ mod table;
 mod upstream;
 
 pub use cidr::{Cidr, CidrError};
+pub use health::Monitor;
 pub use server::serve;
 use std::time::Duration;
 
@@ -148,6 +150,9 @@ pub struct ProxyConfig {
     /// How long an HTTP/1.1 keep-alive connection may sit idle between requests before it is
     /// closed. Default 75 s.
     pub keep_alive_timeout: Duration,
+    /// This node's health monitor: failures met in real traffic on pools with `eject` count
+    /// as failed probes there. None: passive failures only eject locally.
+    pub health: Option<std::sync::Arc<Monitor>>,
 }
 
 impl ProxyConfig {
@@ -161,6 +166,7 @@ impl ProxyConfig {
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             keep_alive_timeout: DEFAULT_KEEP_ALIVE_TIMEOUT,
+            health: None,
         }
     }
 }

@@ -48,6 +48,7 @@ pub async fn serve(
         swapped: Notify::new(),
         conn,
         closing: Closing::default(),
+        health: config.health.clone(),
     });
     let watcher = tokio::spawn(watch_changes(
         shared.clone(),
