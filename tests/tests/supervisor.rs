@@ -1,7 +1,7 @@
 //! Managed backends, against a real 3-node cluster whose nodes run `gateway demo-backend`
 //! processes from a pool's process spec: every node runs and registers its instances and
 //! requests are served by them; an instance killed with `kill -9` is restarted and serves
-//! again; a spec that exits at once is marked failed and recorded exactly once; a rolling
+//! again; one that stops answering is marked down by the cluster and replaced; a spec that exits at once is marked failed and recorded exactly once; a rolling
 //! restart (`gateway pool restart --wait`) under steady load fails no request; and a node
 //! killed with SIGKILL takes its instances with it.
 //!
@@ -42,7 +42,7 @@ fn demo_pool(name: &str, slot: u16, extra: Value) -> Result<Value> {
         "ports": ports(slot),
         "backoff_ms": 100,
         "max_backoff_ms": 1000,
-        "stop_timeout_ms": 5000,
+        "stop_timeout_ms": 2000,
         "drain_ms": 500,
     });
     if let (Some(p), Some(e)) = (process.as_object_mut(), extra.as_object()) {
@@ -211,6 +211,37 @@ async fn managed_backends_serve_and_a_killed_one_is_restarted() -> TestResult {
     wait_for("app-1-0 to serve again through node 2", START, || async {
         let names = serving(c.node(2), 9).await?;
         ensure!(names.contains("app-1-0"), "served by {names:?}");
+        Ok(())
+    })
+    .await?;
+
+    // An instance that stops answering (SIGSTOP) fails its health checks on every node; once
+    // the cluster marks it down, its node replaces it.
+    let hung = running(c.node(2), "app", "n2-0").await?["pid"]
+        .as_u64()
+        .context("pid")?;
+    note!("SIGSTOP of app/n2-0 (pid {hung})");
+    let st = std::process::Command::new("kill")
+        .args(["-STOP", &hung.to_string()])
+        .status()?;
+    ensure!(st.success(), "kill -STOP {hung} failed");
+    let replaced = wait_for("app/n2-0 to be replaced after it was marked down", START, || async {
+        let m = running(c.node(2), "app", "n2-0").await?;
+        ensure!(m["pid"].as_u64() != Some(hung), "still pid {hung}");
+        Ok(m)
+    })
+    .await?;
+    ensure!(
+        replaced["last_failure"]
+            .as_str()
+            .is_some_and(|f| f.contains("marked down")),
+        "last failure: {}",
+        replaced["last_failure"]
+    );
+    ensure!(!pid_alive(hung), "the hung instance (pid {hung}) was not stopped");
+    wait_for("app-2-0 to serve again through node 1", START, || async {
+        let names = serving(n1, 9).await?;
+        ensure!(names.contains("app-2-0"), "served by {names:?}");
         Ok(())
     })
     .await?;
