@@ -1,7 +1,8 @@
 //! Managed backends, against a real 3-node cluster whose nodes run `gateway demo-backend`
 //! processes from a pool's process spec: every node runs and registers its instances and
 //! requests are served by them; an instance killed with `kill -9` is restarted and serves
-//! again; one that stops answering is marked down by the cluster and replaced; a spec that exits at once is marked failed and recorded exactly once; a rolling
+//! again; one that stops answering is marked down by the cluster and replaced; a spec that
+//! exits at once is marked failed, recorded and alerted (webhook) exactly once; a rolling
 //! restart (`gateway pool restart --wait`) under steady load fails no request; and a node
 //! killed with SIGKILL takes its instances with it.
 //!
@@ -131,6 +132,34 @@ async fn events(node: &Node) -> Result<Vec<Value>> {
     Ok(e["events"].as_array().cloned().unwrap_or_default())
 }
 
+/// A webhook receiver on a free port: the JSON bodies of the POSTs it got.
+async fn webhook() -> Result<(String, Arc<std::sync::Mutex<Vec<Value>>>)> {
+    use hyper::server::conn::http1;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/hook", listener.local_addr()?);
+    let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let store = got.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let store = store.clone();
+            let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let store = store.clone();
+                async move {
+                    let body = req.into_body().collect().await?.to_bytes();
+                    if let Ok(v) = serde_json::from_slice::<Value>(&body) {
+                        store.lock().unwrap().push(v);
+                    }
+                    Ok::<_, hyper::Error>(http::Response::new(Full::new(Bytes::new())))
+                }
+            });
+            tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), svc));
+        }
+    });
+    Ok((url, got))
+}
+
 fn pid_alive(pid: u64) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
         && std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -225,11 +254,15 @@ async fn managed_backends_serve_and_a_killed_one_is_restarted() -> TestResult {
         .args(["-STOP", &hung.to_string()])
         .status()?;
     ensure!(st.success(), "kill -STOP {hung} failed");
-    let replaced = wait_for("app/n2-0 to be replaced after it was marked down", START, || async {
-        let m = running(c.node(2), "app", "n2-0").await?;
-        ensure!(m["pid"].as_u64() != Some(hung), "still pid {hung}");
-        Ok(m)
-    })
+    let replaced = wait_for(
+        "app/n2-0 to be replaced after it was marked down",
+        START,
+        || async {
+            let m = running(c.node(2), "app", "n2-0").await?;
+            ensure!(m["pid"].as_u64() != Some(hung), "still pid {hung}");
+            Ok(m)
+        },
+    )
     .await?;
     ensure!(
         replaced["last_failure"]
@@ -238,7 +271,10 @@ async fn managed_backends_serve_and_a_killed_one_is_restarted() -> TestResult {
         "last failure: {}",
         replaced["last_failure"]
     );
-    ensure!(!pid_alive(hung), "the hung instance (pid {hung}) was not stopped");
+    ensure!(
+        !pid_alive(hung),
+        "the hung instance (pid {hung}) was not stopped"
+    );
     wait_for("app-2-0 to serve again through node 1", START, || async {
         let names = serving(n1, 9).await?;
         ensure!(names.contains("app-2-0"), "served by {names:?}");
@@ -261,9 +297,16 @@ async fn managed_backends_serve_and_a_killed_one_is_restarted() -> TestResult {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_crash_looping_backend_is_marked_failed_and_recorded_once() -> TestResult {
+async fn a_crash_looping_backend_is_marked_failed_and_alerted_once() -> TestResult {
     let c = start_cluster().await?;
     let n1 = c.node(1);
+    let (url, hooks) = webhook().await?;
+    n1.put(
+        "/v1/alerts/ops",
+        &json!({"webhook": url, "events": ["backend_failed"]}),
+    )
+    .await?
+    .expect(200)?;
     // Only node 2 runs it, so one failed instance is one event.
     let pool = json!({"process": {
         "command": "sh", "args": ["-c", "echo starting on {port}; exit 3"],
@@ -314,6 +357,14 @@ async fn a_crash_looping_backend_is_marked_failed_and_recorded_once() -> TestRes
         "reason: {}",
         ev[0]["reason"]
     );
+    // The leader alone alerts, once.
+    let first_id = ev[0]["id"].clone();
+    wait_for("the webhook to get the failure", START, || async {
+        let got = hooks.lock().unwrap().clone();
+        ensure!(!got.is_empty(), "nothing yet");
+        Ok(())
+    })
+    .await?;
     // Nothing was registered for it; its output is in its log.
     ensure!(backends(n1, "crash").await?.is_empty(), "registered");
     let log = std::fs::read_to_string(c.node(2).data_dir.join("managed/crash/n2-0.log"))?;
@@ -338,6 +389,21 @@ async fn a_crash_looping_backend_is_marked_failed_and_recorded_once() -> TestRes
         },
     )
     .await?;
+    let alerts = wait_for("the webhook to get the second failure", START, || async {
+        let got = hooks.lock().unwrap().clone();
+        ensure!(got.len() >= 2, "{} alerts", got.len());
+        Ok(got)
+    })
+    .await?;
+    ensure!(alerts.len() == 2, "alerts: {alerts:?}");
+    ensure!(
+        alerts[0]["id"] == first_id
+            && alerts[1]["id"] != first_id
+            && alerts.iter().all(|a| a["type"] == "backend_failed"
+                && a["pool"] == "crash"
+                && a["backend"] == "n2-0"),
+        "alerts: {alerts:?}"
+    );
     // A pool without a process spec cannot be restarted, and says why.
     n1.put("/v1/pools/plain", &json!({"backends": []}))
         .await?
