@@ -925,3 +925,67 @@ pub fn host_of(addr: &str) -> String {
         _ => host.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_limit() {
+        let spec = ProcessSpec {
+            backoff_ms: 100,
+            max_backoff_ms: 1000,
+            ..ProcessSpec::default()
+        };
+        let ms: Vec<u128> = (1..=6).map(|f| backoff(&spec, f).as_millis()).collect();
+        assert_eq!(ms, [100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(backoff(&spec, 200).as_millis(), 1000);
+    }
+
+    #[test]
+    fn instances_are_reached_on_the_node_host() {
+        assert_eq!(host_of("10.0.0.5:7101"), "10.0.0.5");
+        assert_eq!(host_of("[::1]:7101"), "::1");
+        assert_eq!(host_of("0.0.0.0:7101"), "127.0.0.1");
+        assert_eq!(host_of("gw1.internal:7101"), "gw1.internal");
+    }
+
+    #[tokio::test]
+    async fn probes_check_status_and_body() {
+        use hyper::server::conn::http1;
+        use hyper::service::service_fn;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = l.accept().await {
+                let svc = service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                    let status = if req.uri().path() == "/ok" { 200 } else { 503 };
+                    let mut r =
+                        http::Response::new(http_body_util::Full::new(Bytes::from("all good")));
+                    *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                    Ok::<_, std::convert::Infallible>(r)
+                });
+                tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(s), svc));
+            }
+        });
+        let check = |path: &str, body: Option<&str>| HealthCheck {
+            path: path.into(),
+            body: body.map(String::from),
+            ..HealthCheck::default()
+        };
+        probe(&addr, None).await.unwrap();
+        probe(&addr, Some(&check("/ok", Some("good"))))
+            .await
+            .unwrap();
+        let e = probe(&addr, Some(&check("/bad", None))).await.unwrap_err();
+        assert!(e.contains("503"), "{e}");
+        let e = probe(&addr, Some(&check("/ok", Some("bad"))))
+            .await
+            .unwrap_err();
+        assert!(e.contains("does not contain"), "{e}");
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gone = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        assert!(probe(&gone, None).await.unwrap_err().contains("connect"));
+    }
+}
