@@ -4,7 +4,7 @@
 //! again; one that stops answering is marked down by the cluster and replaced; a spec that
 //! exits at once is marked failed, recorded and alerted (webhook) exactly once; a rolling
 //! restart (`gateway pool restart --wait`) under steady load fails no request; and a node
-//! killed with SIGKILL takes its instances with it.
+//! killed with SIGKILL takes its instances with it, and runs them again when it restarts.
 //!
 //! Tests wait on conditions (registrations, `/status`, events), never on fixed sleeps. Build
 //! the binary first: `cargo build -p gateway` (scripts/test.sh does).
@@ -289,6 +289,38 @@ async fn managed_backends_serve_and_a_killed_one_is_restarted() -> TestResult {
     c.node(3).kill()?;
     wait_for("node 3's instance to die with it", START, || async {
         ensure!(!pid_alive(n3_pid), "pid {n3_pid} is still alive");
+        Ok(())
+    })
+    .await?;
+    // Restarted, the node starts a new instance and registers it in place of the old one.
+    let old_address = backends(n1, "app")
+        .await?
+        .into_iter()
+        .find(|b| b["id"] == "n3-0")
+        .context("n3-0 is still registered")?["address"]
+        .clone();
+    c.node(3).restart()?;
+    let m = wait_for("node 3 to run its instance again", START, || async {
+        running(c.node(3), "app", "n3-0").await
+    })
+    .await?;
+    wait_for("node 1 to see n3-0 registered anew", START, || async {
+        let b = backends(n1, "app").await?;
+        let n3 = b
+            .iter()
+            .find(|b| b["id"] == "n3-0")
+            .context("n3-0 missing")?;
+        ensure!(
+            n3["address"] == m["address"],
+            "n3-0 is at {} (was {old_address})",
+            n3["address"]
+        );
+        Ok(())
+    })
+    .await?;
+    wait_for("app-3-0 to serve again through node 1", START, || async {
+        let names = serving(n1, 9).await?;
+        ensure!(names.contains("app-3-0"), "served by {names:?}");
         Ok(())
     })
     .await?;
