@@ -542,7 +542,10 @@ fn dispatch(
                     }
                     return Err(failed(cause));
                 }
-                Ok(Err(SendError::NotSent { req: back, cause })) => {
+                Ok(Err(
+                    SendError::NotSent { req: back, cause }
+                    | SendError::Resend { req: back, cause },
+                )) => {
                     drop(in_flight);
                     if pool.connect_failed(picked.idx) {
                         shared.ejected(pool, picked.idx, &cause);
@@ -627,9 +630,9 @@ async fn forward_to_leader(
                 _in_flight: None,
             }))
         }
-        Ok(Err(SendError::Failed(cause))) | Ok(Err(SendError::NotSent { cause, .. })) => {
-            Err(failed(cause))
-        }
+        Ok(Err(SendError::Failed(cause)))
+        | Ok(Err(SendError::NotSent { cause, .. }))
+        | Ok(Err(SendError::Resend { cause, .. })) => Err(failed(cause)),
         Err(_) => Err(ProxyError::LeaderTimeout {
             route: route.name.to_string(),
             leader: leader.id,
