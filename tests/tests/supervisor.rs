@@ -244,6 +244,72 @@ async fn managed_backends_serve_and_a_killed_one_is_restarted() -> TestResult {
     })
     .await?;
 
+    // Draining a managed backend is the operator's choice: it survives the instance's restart.
+    let servers: Vec<String> = c
+        .nodes()
+        .iter()
+        .map(|n| n.cluster_addr.to_string())
+        .collect();
+    let out = run_gateway(
+        &[
+            "backend",
+            "drain",
+            "app",
+            "n1-0",
+            "--server",
+            &servers.join(","),
+        ],
+        Duration::from_secs(60),
+    )
+    .await?;
+    ensure!(out.status.success(), "backend drain: {}", out.dump());
+    let pid = running(n1, "app", "n1-0").await?["pid"]
+        .as_u64()
+        .context("pid")?;
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()?;
+    wait_for(
+        "n1-0 to come back on a new address, still draining",
+        START,
+        || async {
+            let m = running(n1, "app", "n1-0").await?;
+            ensure!(m["pid"].as_u64() != Some(pid), "still pid {pid}");
+            let b = backends(c.node(2), "app").await?;
+            let n1_0 = b
+                .iter()
+                .find(|b| b["id"] == "n1-0")
+                .context("n1-0 missing")?;
+            ensure!(
+                n1_0["address"] == m["address"],
+                "n1-0 is at {}",
+                n1_0["address"]
+            );
+            ensure!(n1_0["drain"] == true, "n1-0: {n1_0}");
+            Ok(())
+        },
+    )
+    .await?;
+    let names = serving(c.node(2), 12).await?;
+    ensure!(
+        !names.contains("app-1-0"),
+        "a draining backend got requests: {names:?}"
+    );
+    let out = run_gateway(
+        &[
+            "backend",
+            "drain",
+            "app",
+            "n1-0",
+            "--undo",
+            "--server",
+            &servers.join(","),
+        ],
+        Duration::from_secs(60),
+    )
+    .await?;
+    ensure!(out.status.success(), "backend drain --undo: {}", out.dump());
+
     // An instance that stops answering (SIGSTOP) fails its health checks on every node; once
     // the cluster marks it down, its node replaces it.
     let hung = running(c.node(2), "app", "n2-0").await?["pid"]

@@ -221,9 +221,12 @@ async fn registrar(sh: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut state_rx = sh.cluster.state();
     let mut reg_rx = sh.registry.subscribe();
     let node = sh.node;
+    // The operator's settings of each managed backend, by pool and id.
+    let mut operator: HashMap<(String, String), (u32, Option<u32>, bool)> = HashMap::new();
     loop {
         let st = state_rx.borrow_and_update().clone();
         let reg = reg_rx.borrow_and_update().clone();
+        operator.retain(|(pool, _), _| st.pools.get(pool).is_some_and(|p| p.process.is_some()));
         let mut failed = false;
         for (name, pool) in st.pools.iter().filter(|(_, p)| p.process.is_some()) {
             let mut have: Vec<Backend> = pool
@@ -233,9 +236,30 @@ async fn registrar(sh: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 .cloned()
                 .collect();
             have.sort_by_key(|b| managed_index(node, &b.id));
+            // Weight, connection limit and draining are the operator's (e.g. `gateway backend
+            // drain`): kept as last set, also while an instance is away between two runs; id,
+            // address and node are the supervisor's.
+            for h in &have {
+                operator.insert(
+                    (name.clone(), h.id.clone()),
+                    (h.weight, h.max_connections, h.drain),
+                );
+            }
             let want: Vec<Backend> = reg
                 .get(name)
-                .map(|m| m.values().cloned().collect())
+                .map(|m| {
+                    m.values()
+                        .map(|b| match operator.get(&(name.clone(), b.id.clone())) {
+                            Some(&(weight, max_connections, drain)) => Backend {
+                                weight,
+                                max_connections,
+                                drain,
+                                ..b.clone()
+                            },
+                            None => b.clone(),
+                        })
+                        .collect()
+                })
                 .unwrap_or_default();
             if have == want {
                 continue;

@@ -251,6 +251,9 @@ async fn a_request_that_reached_a_backend_is_retried_only_if_idempotent_and_bodi
         let r = get(&cl, &p.url("/read"), None).await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     }
-    assert!(conns.load(Ordering::SeqCst) >= 2, "a GET reached the hang-up backend too");
+    assert!(
+        conns.load(Ordering::SeqCst) >= 2,
+        "a GET reached the hang-up backend too"
+    );
     assert_eq!(live.hits(), 4);
 }
