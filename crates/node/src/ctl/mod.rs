@@ -340,6 +340,8 @@ pub enum BackendCmd {
     },
 }
 
+// Parsed once per command line; boxing the `add` arguments would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug, Clone)]
 pub enum AlertCmd {
     /// Create an alert sink (a webhook, e-mail over SMTP, or both); with --replace or

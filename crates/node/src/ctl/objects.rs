@@ -644,33 +644,6 @@ fn restart_json(r: &admin::RestartReply) -> serde_json::Value {
     json!({"pool": r.pool, "epoch": r.epoch, "pending": r.pending, "done": r.done, "started_ms": r.started_ms})
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backend_specs() {
-        let b = parse_backend("a=127.0.0.1:8201").unwrap();
-        assert_eq!(
-            (b.id.as_str(), b.address.as_str(), b.weight),
-            ("a", "127.0.0.1:8201", 1)
-        );
-        let b = parse_backend("b=unix:/run/x.sock,weight=3,node=2,max_connections=10").unwrap();
-        assert_eq!(b.weight, 3);
-        assert_eq!(b.node, Some(2));
-        assert_eq!(b.max_connections, Some(10));
-        for bad in [
-            "nope",
-            "a=1.2.3.4:5,weight=x",
-            "a=1.2.3.4:5,colour=red",
-            "a=1:1,weight",
-        ] {
-            let e = parse_backend(bad).unwrap_err().to_string();
-            assert!(e.starts_with("--backend '"), "{e}");
-        }
-    }
-}
-
 /// `gateway alert ...`.
 pub async fn alert(c: &mut Conn, out: Output, cmd: AlertCmd) -> anyhow::Result<()> {
     match cmd {
@@ -804,4 +777,31 @@ pub async fn alert(c: &mut Conn, out: Output, cmd: AlertCmd) -> anyhow::Result<(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_specs() {
+        let b = parse_backend("a=127.0.0.1:8201").unwrap();
+        assert_eq!(
+            (b.id.as_str(), b.address.as_str(), b.weight),
+            ("a", "127.0.0.1:8201", 1)
+        );
+        let b = parse_backend("b=unix:/run/x.sock,weight=3,node=2,max_connections=10").unwrap();
+        assert_eq!(b.weight, 3);
+        assert_eq!(b.node, Some(2));
+        assert_eq!(b.max_connections, Some(10));
+        for bad in [
+            "nope",
+            "a=1.2.3.4:5,weight=x",
+            "a=1.2.3.4:5,colour=red",
+            "a=1:1,weight",
+        ] {
+            let e = parse_backend(bad).unwrap_err().to_string();
+            assert!(e.starts_with("--backend '"), "{e}");
+        }
+    }
 }
