@@ -109,6 +109,7 @@ mod error;
 mod headers;
 pub mod health;
 mod hop;
+mod limits;
 mod proxy;
 mod rules;
 mod server;

@@ -56,6 +56,14 @@ pub(crate) struct CompiledRoute {
     pub(crate) strip_prefix: bool,
     pub(crate) host_rewrite: Option<HeaderValue>,
     pub(crate) error_pages: ErrorPages,
+    /// `max_body_bytes`.
+    pub(crate) max_body: Option<u64>,
+    /// `max_concurrent`; 0: no limit.
+    pub(crate) max_concurrent: usize,
+    /// Counters and buckets of this route name, carried across swaps.
+    pub(crate) shared: Arc<crate::limits::RouteShared>,
+    /// Per-client-IP token buckets, when the route has a `rate_limit`.
+    pub(crate) limiter: Option<Arc<crate::limits::RateLimiter>>,
 }
 
 impl CompiledRoute {
@@ -172,6 +180,15 @@ impl RouteTable {
                     .as_deref()
                     .and_then(|h| HeaderValue::from_str(h).ok()),
                 error_pages: ErrorPages::compile(&route.error_pages),
+                max_body: route.max_body_bytes,
+                max_concurrent: route.max_concurrent.map_or(0, |m| m as usize),
+                limiter: reg
+                    .route(&route.name)
+                    .limiter(route.rate_limit.as_ref().map(|r| crate::limits::Rate {
+                        per_second: f64::from(r.per_second),
+                        burst: f64::from(r.burst.unwrap_or(r.per_second).max(1)),
+                    })),
+                shared: reg.route(&route.name),
             });
             hosts_of.push(&route.hosts);
         }
@@ -272,6 +289,7 @@ impl RouteTable {
 #[derive(Default)]
 pub(crate) struct Registry {
     generation: u64,
+    routes: HashMap<String, (Arc<crate::limits::RouteShared>, u64)>,
     pools: HashMap<String, (Arc<PoolShared>, u64)>,
     backends: HashMap<(String, String), (Arc<BackendStats>, u64)>,
     pub(crate) endpoints: Endpoints,
@@ -281,6 +299,13 @@ impl Registry {
     pub(crate) fn pool(&mut self, name: &str) -> Arc<PoolShared> {
         let generation = self.generation;
         let entry = self.pools.entry(name.to_string()).or_default();
+        entry.1 = generation;
+        entry.0.clone()
+    }
+
+    pub(crate) fn route(&mut self, name: &str) -> Arc<crate::limits::RouteShared> {
+        let generation = self.generation;
+        let entry = self.routes.entry(name.to_string()).or_default();
         entry.1 = generation;
         entry.0.clone()
     }
@@ -297,6 +322,7 @@ impl Registry {
 
     fn sweep(&mut self) {
         let generation = self.generation;
+        self.routes.retain(|_, e| e.1 == generation);
         self.pools.retain(|_, e| e.1 == generation);
         self.backends.retain(|_, e| e.1 == generation);
         self.endpoints.purge();

@@ -340,8 +340,39 @@ pub enum BackendCmd {
     },
 }
 
-// Parsed once per command line; boxing the `add` arguments would buy nothing.
-#[allow(clippy::large_enum_variant)]
+#[derive(Args, Debug, Clone)]
+pub struct AlertAdd {
+    pub name: String,
+    /// http://host:port/path that gets one JSON POST per event.
+    #[arg(long)]
+    pub webhook: Option<String>,
+    /// A header sent with each webhook POST, NAME=VALUE (repeatable).
+    #[arg(long = "header", value_name = "NAME=VALUE")]
+    pub headers: Vec<String>,
+    /// SMTP server host:port.
+    #[arg(long)]
+    pub smtp_server: Option<String>,
+    #[arg(long)]
+    pub smtp_from: Option<String>,
+    /// A recipient (repeatable).
+    #[arg(long)]
+    pub smtp_to: Vec<String>,
+    /// none, starttls or tls.
+    #[arg(long)]
+    pub smtp_security: Option<String>,
+    #[arg(long)]
+    pub smtp_user: Option<String>,
+    /// A file holding the SMTP password (never given on the command line).
+    #[arg(long)]
+    pub smtp_password_file: Option<PathBuf>,
+    /// Only these event types (repeatable): backend_down, backend_up, node_lost, node_back,
+    /// leader_change, backend_failed.
+    #[arg(long = "event")]
+    pub events: Vec<String>,
+    #[command(flatten)]
+    pub mode: AddMode,
+}
+
 #[derive(Subcommand, Debug, Clone)]
 pub enum AlertCmd {
     /// Create an alert sink (a webhook, e-mail over SMTP, or both); with --replace or
@@ -349,37 +380,7 @@ pub enum AlertCmd {
     #[command(
         after_help = "Examples:\n  gateway alert add ops --webhook http://127.0.0.1:9000/hook\n  gateway alert add mail --smtp-server mail.example.com:587 --smtp-security starttls \\\n      --smtp-from gw@example.com --smtp-to ops@example.com --smtp-user gw --smtp-password-file pw.txt \\\n      --event backend_down --event node_lost"
     )]
-    Add {
-        name: String,
-        /// http://host:port/path that gets one JSON POST per event.
-        #[arg(long)]
-        webhook: Option<String>,
-        /// A header sent with each webhook POST, NAME=VALUE (repeatable).
-        #[arg(long = "header", value_name = "NAME=VALUE")]
-        headers: Vec<String>,
-        /// SMTP server host:port.
-        #[arg(long)]
-        smtp_server: Option<String>,
-        #[arg(long)]
-        smtp_from: Option<String>,
-        /// A recipient (repeatable).
-        #[arg(long)]
-        smtp_to: Vec<String>,
-        /// none, starttls or tls.
-        #[arg(long)]
-        smtp_security: Option<String>,
-        #[arg(long)]
-        smtp_user: Option<String>,
-        /// A file holding the SMTP password (never given on the command line).
-        #[arg(long)]
-        smtp_password_file: Option<PathBuf>,
-        /// Only these event types (repeatable): backend_down, backend_up, node_lost, node_back,
-        /// leader_change, backend_failed.
-        #[arg(long = "event")]
-        events: Vec<String>,
-        #[command(flatten)]
-        mode: AddMode,
-    },
+    Add(Box<AlertAdd>),
     /// List the alert sinks and how far each has been sent the events.
     #[command(visible_alias = "ls", after_help = "Example:\n  gateway alert list")]
     List {

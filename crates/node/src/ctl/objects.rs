@@ -3,7 +3,7 @@
 use super::conn::{Conn, Failed, has_code};
 use super::output::outln;
 use super::output::{self, Output, print_json};
-use super::{AddMode, AlertCmd, BackendCmd, ConsistencyArg, PoolCmd, RouteCmd};
+use super::{AddMode, AlertAdd, AlertCmd, BackendCmd, ConsistencyArg, PoolCmd, RouteCmd};
 use anyhow::{Context, bail};
 use gateway_model::{Backend, Pool, Route};
 use gateway_wire::admin;
@@ -647,19 +647,20 @@ fn restart_json(r: &admin::RestartReply) -> serde_json::Value {
 /// `gateway alert ...`.
 pub async fn alert(c: &mut Conn, out: Output, cmd: AlertCmd) -> anyhow::Result<()> {
     match cmd {
-        AlertCmd::Add {
-            name,
-            webhook,
-            headers,
-            smtp_server,
-            smtp_from,
-            smtp_to,
-            smtp_security,
-            smtp_user,
-            smtp_password_file,
-            events,
-            mode,
-        } => {
+        AlertCmd::Add(add) => {
+            let AlertAdd {
+                name,
+                webhook,
+                headers,
+                smtp_server,
+                smtp_from,
+                smtp_to,
+                smtp_security,
+                smtp_user,
+                smtp_password_file,
+                events,
+                mode,
+            } = *add;
             let mut hdrs = std::collections::BTreeMap::new();
             for h in &headers {
                 let Some((k, v)) = h.split_once('=') else {
