@@ -111,6 +111,10 @@ pub(crate) fn same_routing(a: &State, b: &State) -> bool {
     if !a.routes.ptr_eq(&b.routes) && a.routes != b.routes {
         return false;
     }
+    // The agreed health decides which backends a pool uses.
+    if !a.health.ptr_eq(&b.health) && a.health != b.health {
+        return false;
+    }
     b.routes
         .values()
         .all(|r| a.pools.get(&r.pool) == b.pools.get(&r.pool))
@@ -566,5 +570,19 @@ mod tests {
         let mut d = b.clone();
         d.routes.get_mut("r").unwrap().path_prefix = "/x".into();
         assert!(!same_routing(&b, &d), "a route changed");
+        let mut e = b.clone();
+        let mut verdicts = e.health.get("p").cloned().unwrap_or_default();
+        verdicts.insert(
+            "a".to_string(),
+            gateway_model::BackendHealth {
+                up: false,
+                address: "127.0.0.1:1".into(),
+                down_on: vec![1],
+                since_ms: 1,
+                transition: 1,
+            },
+        );
+        e.health.insert("p".into(), verdicts);
+        assert!(!same_routing(&b, &e), "a backend was marked down");
     }
 }
