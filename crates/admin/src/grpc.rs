@@ -512,6 +512,55 @@ impl Admin for AdminService {
         Ok(with_revision(admin::DeleteReply { revision: rev }, rev))
     }
 
+    async fn restart_pool(
+        &self,
+        req: Request<admin::GetRequest>,
+    ) -> std::result::Result<Response<admin::RestartReply>, Status> {
+        let cluster = self.allow(&req, Role::Write)?;
+        let request_id = request_id(&req)?;
+        let req = req.into_inner();
+        validate_name("name", &req.name).map_err(Failure::from)?;
+        let at_ms = crate::now_ms();
+        let rev = self
+            .propose(
+                cluster,
+                request_id,
+                Command::RestartPool {
+                    pool: req.name.clone(),
+                    at_ms,
+                },
+            )
+            .await?;
+        let st = cluster
+            .read(Consistency::Linearizable)
+            .await
+            .map_err(Failure::from)?;
+        let reply = convert::restart_to_wire(&req.name, st.restarts.get(&req.name));
+        Ok(with_revision(reply, rev))
+    }
+
+    async fn get_restart(
+        &self,
+        req: Request<admin::GetRequest>,
+    ) -> std::result::Result<Response<admin::RestartReply>, Status> {
+        let cluster = self.allow(&req, Role::Read)?;
+        let req = req.into_inner();
+        validate_name("name", &req.name).map_err(Failure::from)?;
+        let st = cluster
+            .read(consistency(req.consistency)?)
+            .await
+            .map_err(Failure::from)?;
+        if !st.pools.contains_key(&req.name) {
+            return Err(Failure::Missing {
+                what: "pool",
+                name: req.name,
+            }
+            .into());
+        }
+        let reply = convert::restart_to_wire(&req.name, st.restarts.get(&req.name));
+        Ok(with_revision(reply, st.revision))
+    }
+
     async fn list_routes(
         &self,
         req: Request<admin::ReadRequest>,

@@ -18,3 +18,10 @@ pub use grpc::{
     REVISION_METADATA, grpc_routes,
 };
 pub use rest::{AdminOptions, StatusFn, serve};
+
+/// Wall-clock milliseconds since the Unix epoch, chosen before proposing (never in `apply`).
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

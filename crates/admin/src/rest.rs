@@ -21,12 +21,12 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use std::future::Future;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
-/// What the admin server needs besides its listener.
 /// A figure for `/status` that another layer keeps (the data plane's memory guard).
 pub type StatusFn = std::sync::Arc<dyn Fn() -> Value + Send + Sync>;
 
+/// What the admin server needs besides its listener.
 pub struct AdminOptions {
     pub cluster: Cluster,
     /// This node's memory: RSS, limit, marks and whether the data plane sheds (`/status`).
@@ -39,6 +39,9 @@ pub struct AdminOptions {
     pub max_body: usize,
     /// Who may read and write; `Tokens::open()` lets everyone.
     pub tokens: Tokens,
+    /// This node's managed backend processes as its supervisor sees them, shown by `/status`
+    /// as `managed`.
+    pub managed: Option<watch::Receiver<Value>>,
     /// This node's own view of backend health (the backends its probes see down), shown in
     /// `/status` as `sees_down`.
     pub seen_down: Option<
@@ -56,6 +59,7 @@ struct App {
     ballast: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
     left: mpsc::Sender<()>,
     tokens: Tokens,
+    managed: Option<watch::Receiver<Value>>,
     seen_down: Option<
         tokio::sync::watch::Receiver<
             std::sync::Arc<std::collections::BTreeSet<gateway_model::SeenDown>>,
@@ -75,6 +79,7 @@ pub async fn serve(
         cluster: opts.cluster,
         left: opts.left,
         tokens: opts.tokens,
+        managed: opts.managed,
         seen_down: opts.seen_down,
         memory_status: opts.memory_status,
         debug_ballast: opts.debug_ballast,
@@ -89,6 +94,7 @@ pub async fn serve(
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/pools", get(list_pools))
         .route("/v1/pools/{name}", get(get_pool).put(put_pool).delete(delete_pool))
+        .route("/v1/pools/{name}/restart", get(get_restart).post(restart_pool))
         .route("/v1/routes", get(list_routes))
         .route("/v1/routes/{name}", get(get_route).put(put_route).delete(delete_route))
         .route("/v1/health", get(health))
@@ -344,6 +350,9 @@ async fn status(AxState(app): AxState<App>) -> Response {
     }
     if let Some(m) = &app.memory_status {
         body["memory"] = m();
+    }
+    if let Some(m) = &app.managed {
+        body["managed"] = m.borrow().clone();
     }
     ok(st.revision, body)
 }
@@ -605,6 +614,53 @@ async fn get_pool(
         )
         .at(st.revision)),
     }
+}
+
+/// Starts a rolling restart of a pool's managed backends; answers with its progress.
+async fn restart_pool(
+    AxState(app): AxState<App>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    checked_name(&name)?;
+    let at_ms = crate::now_ms();
+    let command = Command::RestartPool {
+        pool: name.clone(),
+        at_ms,
+    };
+    let resp = app
+        .cluster
+        .write_with_id(request_id(&headers)?.as_deref(), command)
+        .await?;
+    if let Err(e) = resp.outcome {
+        return Err(ApiError::from(e).at(resp.revision));
+    }
+    let st = app.cluster.read(Consistency::Linearizable).await?;
+    Ok(ok(
+        resp.revision,
+        json!({"pool": name, "restart": st.restarts.get(&name)}),
+    ))
+}
+
+/// The progress of a pool's last rolling restart (`null` if it was never restarted).
+async fn get_restart(
+    AxState(app): AxState<App>,
+    Path(name): Path<String>,
+    q: std::result::Result<Query<ReadParams>, QueryRejection>,
+) -> Result<Response> {
+    checked_name(&name)?;
+    let st = app.cluster.read(consistency(q)?).await?;
+    if !st.pools.contains_key(&name) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("pool '{name}' does not exist; list them with GET /v1/pools"),
+        )
+        .at(st.revision));
+    }
+    Ok(ok(
+        st.revision,
+        json!({"pool": name, "restart": st.restarts.get(&name)}),
+    ))
 }
 
 async fn get_route(

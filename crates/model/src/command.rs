@@ -1,6 +1,6 @@
 //! Replicated commands: the only way the replicated state changes.
 
-use crate::config::{NodeId, Pool, Route};
+use crate::config::{Backend, NodeId, Pool, Route};
 use crate::error::ApplyError;
 use crate::health::{AlertSink, EventKind};
 use serde::{Deserialize, Serialize};
@@ -72,6 +72,23 @@ pub enum Command {
         name: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         expect: Option<u64>,
+    },
+    /// Proposed by a node's supervisor: the managed backends node `node` runs for pool `pool`
+    /// now (ids `nN-I`, owned by `node`), replacing the ones it registered before, in one step
+    /// that leaves the rest of the pool alone. Changes nothing when they are already so.
+    SetManaged {
+        pool: String,
+        node: NodeId,
+        backends: Vec<Backend>,
+    },
+    /// Starts a rolling restart of a pool's managed backends (`gateway pool restart`).
+    RestartPool { pool: String, at_ms: u64 },
+    /// Proposed by a node's supervisor: its managed backend `backend` was replaced for restart
+    /// `epoch` of `pool`, so the next one may go.
+    Restarted {
+        pool: String,
+        epoch: u64,
+        backend: String,
     },
 }
 

@@ -151,6 +151,10 @@ pub struct Pool {
     /// Passive ejection from real traffic (connection failures, 5xx in a row); off when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eject: Option<Ejection>,
+    /// Managed backends: every node (or those listed) runs this many instances of a process
+    /// and registers them as backends `nN-I` it owns. None when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<crate::process::ProcessSpec>,
     /// The configuration revision that last changed this pool; set by the cluster, ignored on input.
     #[serde(default)]
     pub revision: u64,

@@ -9,6 +9,7 @@ mod command;
 mod config;
 mod error;
 mod health;
+mod process;
 mod state;
 mod validate;
 
@@ -22,5 +23,6 @@ pub use health::{
     AlertSink, BackendHealth, CheckKind, EVENT_TYPES, Ejection, Event, EventKind, HealthCheck,
     HealthPolicy, SeenDown, SmtpSink, StatusRanges, validate_alert_sink,
 };
+pub use process::{ProcessSpec, RollingRestart, is_managed, managed_id, managed_index};
 pub use state::{Change, ChangeSet, Compacted, DEDUP_WINDOW, HISTORY, State};
 pub use validate::{validate_name, validate_pool, validate_route};

@@ -4,6 +4,7 @@ use crate::command::{Applied, Command, MAX_BATCH, Proposal, Request, Response};
 use crate::config::{NodeId, Pool, Route};
 use crate::error::{ApplyError, Invalid};
 use crate::health::{AlertSink, BackendHealth, Event, EventKind, validate_alert_sink};
+use crate::process::{RollingRestart, is_managed, managed_index};
 use crate::validate::{validate_name, validate_pool, validate_route};
 use imbl::{HashMap, OrdMap, Vector};
 use serde::{Deserialize, Serialize};
@@ -104,6 +105,10 @@ pub struct State {
     /// Per alert sink, the last event id delivered to it.
     #[serde(default)]
     pub delivered: OrdMap<String, u64>,
+    /// Rolling restarts of pools with managed backends, by pool (kept after they finish, for
+    /// their epoch).
+    #[serde(default)]
+    pub restarts: OrdMap<String, RollingRestart>,
     /// The changes of the last [`HISTORY`] revisions, oldest first.
     history: Vector<ChangeSet>,
     /// Responses to the most recent requests, oldest first, for deduplication.
@@ -327,6 +332,7 @@ impl State {
             health: self.health.clone(),
             lost: self.lost.clone(),
             alerts: self.alerts.clone(),
+            restarts: self.restarts.clone(),
             ..State::default()
         }
     }
@@ -481,6 +487,103 @@ impl State {
                 self.delivered.remove(name);
                 changes.push(Change::DeleteAlertSink { name: name.clone() });
             }
+            Command::SetManaged {
+                pool,
+                node,
+                backends,
+            } => {
+                let Some(current) = self.pools.get(pool) else {
+                    return Err(ApplyError::NotFound {
+                        what: "pool".into(),
+                        name: pool.clone(),
+                    });
+                };
+                if current.process.is_none() {
+                    return Err(ApplyError::Conflict {
+                        message: format!(
+                            "pool '{pool}' has no process spec, so it has no managed backends"
+                        ),
+                    });
+                }
+                if *node == 0 {
+                    return Err(
+                        Invalid::new("node", "0 is not a node id", "use the node's id").into(),
+                    );
+                }
+                for (i, b) in backends.iter().enumerate() {
+                    if b.node != Some(*node) || managed_index(*node, &b.id).is_none() {
+                        return Err(Invalid::new(
+                            format!("backends[{i}].id"),
+                            format!("'{}' is not a managed backend of node {node}", b.id),
+                            format!("use ids n{node}-I owned by node {node}"),
+                        )
+                        .into());
+                    }
+                }
+                let mut next = current.clone();
+                next.backends = current
+                    .backends
+                    .iter()
+                    .filter(|b| !(b.node == Some(*node) && managed_index(*node, &b.id).is_some()))
+                    .cloned()
+                    .collect();
+                let mut mine = backends.clone();
+                mine.sort_by_key(|b| managed_index(*node, &b.id));
+                next.backends.extend(mine);
+                if next.backends == current.backends {
+                    return Ok(()); // already so: nothing changes, no new revision
+                }
+                validate_pool(&next)?;
+                next.revision = rev;
+                self.pools.insert(pool.clone(), next.clone());
+                changes.push(Change::PutPool { pool: next });
+            }
+            Command::RestartPool { pool, at_ms } => {
+                let Some(p) = self.pools.get(pool) else {
+                    return Err(ApplyError::NotFound {
+                        what: "pool".into(),
+                        name: pool.clone(),
+                    });
+                };
+                if p.process.is_none() {
+                    return Err(ApplyError::Conflict {
+                        message: format!(
+                            "pool '{pool}' has no process spec: only managed backends can be restarted; give it a \"process\" first"
+                        ),
+                    });
+                }
+                let pending = p
+                    .backends
+                    .iter()
+                    .filter(|b| is_managed(p, b))
+                    .map(|b| b.id.clone())
+                    .collect();
+                let epoch = self.restarts.get(pool).map_or(0, |r| r.epoch) + 1;
+                self.restarts.insert(
+                    pool.clone(),
+                    RollingRestart {
+                        epoch,
+                        started_ms: *at_ms,
+                        pending,
+                        done: Vec::new(),
+                    },
+                );
+                return Ok(()); // an operation, not configuration: no new revision
+            }
+            Command::Restarted {
+                pool,
+                epoch,
+                backend,
+            } => {
+                if let Some(r) = self.restarts.get_mut(pool)
+                    && r.epoch == *epoch
+                    && let Some(i) = r.pending.iter().position(|b| b == backend)
+                {
+                    let id = r.pending.remove(i);
+                    r.done.push(id);
+                }
+                return Ok(()); // a stale or repeated report changes nothing
+            }
             Command::Batch { commands } => {
                 if commands.is_empty() || commands.len() > MAX_BATCH {
                     return Err(Invalid::new(
@@ -513,9 +616,13 @@ impl State {
         }
         if matches!(
             cmd,
-            Command::PutPool { .. } | Command::DeletePool { .. } | Command::Batch { .. }
+            Command::PutPool { .. }
+                | Command::DeletePool { .. }
+                | Command::Batch { .. }
+                | Command::SetManaged { .. }
         ) {
             self.prune_health();
+            self.prune_restarts();
         }
         self.revision = rev;
         if self.history.len() == HISTORY {
@@ -567,6 +674,46 @@ impl State {
             }
         }
         self.health = pruned;
+    }
+
+    /// Forgets restarts of pools that are gone or no longer managed, and pending instances
+    /// that are no longer in their pool (a restart never waits for an instance that left).
+    fn prune_restarts(&mut self) {
+        let mut next = self.restarts.clone();
+        for (name, r) in self.restarts.iter() {
+            match self.pools.get(name).filter(|p| p.process.is_some()) {
+                None => {
+                    next.remove(name);
+                }
+                Some(p) => {
+                    let pending: Vec<String> = r
+                        .pending
+                        .iter()
+                        .filter(|id| p.backends.iter().any(|b| &&b.id == id && is_managed(p, b)))
+                        .cloned()
+                        .collect();
+                    if pending != r.pending {
+                        let mut r = r.clone();
+                        r.pending = pending;
+                        next.insert(name.clone(), r);
+                    }
+                }
+            }
+        }
+        self.restarts = next;
+    }
+
+    /// The managed backend of pool `pool` whose turn it is in the pool's rolling restart: the
+    /// first pending one that the cluster does not see down and whose node is not lost (those
+    /// are skipped until they come back, so a dead node cannot hold the restart up).
+    pub fn restart_turn(&self, pool: &str) -> Option<(u64, &crate::config::Backend)> {
+        let r = self.restarts.get(pool)?;
+        let p = self.pools.get(pool)?;
+        r.pending.iter().find_map(|id| {
+            let b = p.backends.iter().find(|b| &b.id == id)?;
+            let node = b.node?;
+            (!self.is_down(pool, id) && !self.lost.contains(&node)).then_some((r.epoch, b))
+        })
     }
 
     /// Whether the cluster has marked this backend down.
@@ -1028,5 +1175,84 @@ mod tests {
         .unwrap();
         assert_eq!(s.delivered["ops"], 2); // never past the last event
         assert_eq!(s.revision, 1);
+    }
+
+    #[test]
+    fn managed_backends_are_replaced_per_node_and_restarted_in_turn() {
+        let mut s = State::default();
+        let mut p = pool("p");
+        p.process =
+            Some(serde_json::from_str(r#"{"command":"app","ports":"20000-20009"}"#).unwrap());
+        s.apply(&req("1", put_pool(p))).outcome.unwrap();
+        let inst = |node: u64, i: u32, port: u16| Backend {
+            id: crate::process::managed_id(node, i),
+            address: format!("127.0.0.1:{port}"),
+            node: Some(node),
+            ..Default::default()
+        };
+        let set = |node, backends| Command::SetManaged {
+            pool: "p".into(),
+            node,
+            backends,
+        };
+        s.apply(&req("2", set(1, vec![inst(1, 0, 20000)])))
+            .outcome
+            .unwrap();
+        s.apply(&req("3", set(2, vec![inst(2, 0, 20001)])))
+            .outcome
+            .unwrap();
+        let rev = s.revision;
+        s.apply(&req("4", set(2, vec![inst(2, 0, 20001)])))
+            .outcome
+            .unwrap();
+        assert_eq!(s.revision, rev, "an unchanged set takes no revision");
+        let ids: Vec<&str> = s.pools["p"]
+            .backends
+            .iter()
+            .map(|b| b.id.as_str())
+            .collect();
+        assert_eq!(ids, ["a", "n1-0", "n2-0"]);
+        // A node may only register its own instances.
+        let r = s.apply(&req("5", set(1, vec![inst(2, 0, 20005)])));
+        assert!(
+            matches!(r.outcome, Err(ApplyError::Invalid(ref i)) if i.field == "backends[0].id")
+        );
+        // A rolling restart goes through the managed backends in order.
+        s.apply(&req(
+            "6",
+            Command::RestartPool {
+                pool: "p".into(),
+                at_ms: 1,
+            },
+        ))
+        .outcome
+        .unwrap();
+        assert_eq!(
+            s.restart_turn("p").map(|(e, b)| (e, b.id.as_str())),
+            Some((1, "n1-0"))
+        );
+        let done = |id: &str, epoch| Command::Restarted {
+            pool: "p".into(),
+            epoch,
+            backend: id.into(),
+        };
+        s.apply(&req("7", done("n1-0", 0))).outcome.unwrap(); // stale epoch: ignored
+        assert_eq!(s.restart_turn("p").unwrap().1.id, "n1-0");
+        s.apply(&req("8", done("n1-0", 1))).outcome.unwrap();
+        assert_eq!(s.restart_turn("p").unwrap().1.id, "n2-0");
+        // An instance that leaves the pool is not waited for.
+        s.apply(&req("9", set(2, vec![]))).outcome.unwrap();
+        assert!(s.restart_turn("p").is_none());
+        assert_eq!(s.restarts["p"].done, ["n1-0"]);
+        // A pool without a spec cannot be restarted.
+        s.apply(&req("10", put_pool(pool("q")))).outcome.unwrap();
+        let r = s.apply(&req(
+            "11",
+            Command::RestartPool {
+                pool: "q".into(),
+                at_ms: 1,
+            },
+        ));
+        assert!(matches!(r.outcome, Err(ApplyError::Conflict { .. })));
     }
 }

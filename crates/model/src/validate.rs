@@ -137,6 +137,9 @@ pub fn validate_pool(pool: &Pool) -> Result<(), Invalid> {
             ));
         }
     }
+    if let Some(spec) = &pool.process {
+        crate::process::validate_process(spec)?;
+    }
     if let Some(t) = pool.queue_timeout_ms
         && t > 60_000
     {

@@ -5,6 +5,9 @@
 //! * `/slow?ms=N`: the same answer after N milliseconds (at most 60 000);
 //! * `/status/N`: answers status N (100 to 599, else 400) with `status N from NAME`;
 //! * `/headers`: the request headers it received, one `name: value` a line, sorted.
+//!
+//! On SIGTERM it stops accepting connections and exits once the requests under way are
+//! answered (at most 30 s), as a managed backend should.
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -23,21 +26,49 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
 pub async fn run(listen: &str, name: &str) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen} (--listen)"))?;
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
     let name: Arc<str> = name.into();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut conns = tokio::task::JoinSet::new();
     loop {
-        let (stream, _) = listener.accept().await?;
+        let stream = tokio::select! {
+            r = listener.accept() => r?.0,
+            _ = term.recv() => break,
+        };
+        while conns.try_join_next().is_some() {}
         let name = name.clone();
-        tokio::spawn(async move {
+        let mut stop = stop_rx.clone();
+        conns.spawn(async move {
             let svc = service_fn(move |req| answer(name.clone(), req));
-            let _ = http1::Builder::new()
+            let conn = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
-                .with_upgrades()
-                .await;
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => return,
+                _ = stopping(&mut stop) => {}
+            }
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
         });
     }
+    // SIGTERM: take no new connections; requests under way are answered (idle keep-alive
+    // connections close at once), for at most 30 s.
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(30), async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    Ok(())
+}
+
+async fn stopping(rx: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
 }
 
 fn text(name: &str, status: StatusCode, body: String) -> Response<Full<Bytes>> {

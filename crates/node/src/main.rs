@@ -8,6 +8,7 @@ mod config;
 mod ctl;
 mod demo;
 mod run;
+mod supervisor;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -268,6 +268,14 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    let supervisor = crate::supervisor::Supervisor::start(
+        cluster.clone(),
+        crate::supervisor::Options {
+            node: id,
+            data_dir: cfg.data_dir.clone(),
+            host: crate::supervisor::host_of(&addr.cluster_addr),
+        },
+    );
     // Every node probes the backends of pools with health checks and sends its view to the
     // leader, which commits the cluster's verdict (crates/cluster/src/overseer.rs).
     let monitor = gateway_proxy::Monitor::new(id);
@@ -298,6 +306,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             left: left_tx,
             max_body: 1 << 20,
             tokens,
+            managed: Some(supervisor.status()),
             seen_down: Some(monitor.view()),
             memory_status,
             debug_ballast: cfg.debug_ballast,
@@ -352,6 +361,8 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             cfg.shutdown_grace
         );
     }
+    // Managed backends: unregistered (traffic moves to other nodes' instances), then stopped.
+    supervisor.shutdown().await;
     cluster.shutdown().await;
     tracing::info!("stopped");
     Ok(())

@@ -12,8 +12,8 @@ use crate::admin;
 use gateway_model::{
     AlertSink, Backend, BackendHealth, Balance, Change, ChangeSet, CheckKind, Command, Ejection,
     ErrorPage, HeaderMatch, HeaderRules, HealthCheck, HealthPolicy, Invalid, MAX_BATCH, Pool,
-    Protocol, RateLimit, Route, SmtpSink, WritePolicy, validate_alert_sink, validate_name,
-    validate_pool, validate_route,
+    ProcessSpec, Protocol, RateLimit, RollingRestart, Route, SmtpSink, WritePolicy,
+    validate_alert_sink, validate_name, validate_pool, validate_route,
 };
 use std::collections::BTreeMap;
 
@@ -188,6 +188,7 @@ pub fn pool_to_wire(p: &Pool) -> admin::Pool {
         retry_budget_min_per_second,
         health_check,
         eject,
+        process,
         revision,
     } = p;
     admin::Pool {
@@ -201,6 +202,7 @@ pub fn pool_to_wire(p: &Pool) -> admin::Pool {
         retry_budget_min_per_second: *retry_budget_min_per_second,
         health_check: health_check.as_ref().map(check_to),
         eject: eject.as_ref().map(eject_to),
+        process: process.as_ref().map(process_to),
         revision: *revision,
     }
 }
@@ -218,6 +220,7 @@ pub fn pool_from_wire(p: admin::Pool) -> Result<Pool, Invalid> {
         retry_budget_min_per_second,
         health_check,
         eject,
+        process,
         revision,
     } = p;
     Ok(Pool {
@@ -231,8 +234,96 @@ pub fn pool_from_wire(p: admin::Pool) -> Result<Pool, Invalid> {
         retry_budget_min_per_second,
         health_check: health_check.map(check_from).transpose()?,
         eject: eject.map(eject_from),
+        process: process.map(process_from),
         revision,
     })
+}
+
+fn process_to(p: &ProcessSpec) -> admin::ProcessSpec {
+    let ProcessSpec {
+        command,
+        args,
+        env,
+        dir,
+        instances,
+        ports,
+        host,
+        nodes,
+        backoff_ms,
+        max_backoff_ms,
+        crash_limit,
+        min_uptime_ms,
+        start_timeout_ms,
+        stop_timeout_ms,
+        drain_ms,
+    } = p;
+    admin::ProcessSpec {
+        command: command.clone(),
+        args: args.clone(),
+        env: env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        dir: dir.clone(),
+        instances: Some(*instances),
+        ports: ports.clone(),
+        host: host.clone(),
+        nodes: nodes.clone(),
+        backoff_ms: Some(*backoff_ms),
+        max_backoff_ms: Some(*max_backoff_ms),
+        crash_limit: Some(*crash_limit),
+        min_uptime_ms: Some(*min_uptime_ms),
+        start_timeout_ms: Some(*start_timeout_ms),
+        stop_timeout_ms: Some(*stop_timeout_ms),
+        drain_ms: Some(*drain_ms),
+    }
+}
+
+fn process_from(p: admin::ProcessSpec) -> ProcessSpec {
+    let admin::ProcessSpec {
+        command,
+        args,
+        env,
+        dir,
+        instances,
+        ports,
+        host,
+        nodes,
+        backoff_ms,
+        max_backoff_ms,
+        crash_limit,
+        min_uptime_ms,
+        start_timeout_ms,
+        stop_timeout_ms,
+        drain_ms,
+    } = p;
+    let d = ProcessSpec::default();
+    ProcessSpec {
+        command,
+        args,
+        env: env.into_iter().collect(),
+        dir,
+        instances: instances.unwrap_or(d.instances),
+        ports,
+        host,
+        nodes,
+        backoff_ms: backoff_ms.unwrap_or(d.backoff_ms),
+        max_backoff_ms: max_backoff_ms.unwrap_or(d.max_backoff_ms),
+        crash_limit: crash_limit.unwrap_or(d.crash_limit),
+        min_uptime_ms: min_uptime_ms.unwrap_or(d.min_uptime_ms),
+        start_timeout_ms: start_timeout_ms.unwrap_or(d.start_timeout_ms),
+        stop_timeout_ms: stop_timeout_ms.unwrap_or(d.stop_timeout_ms),
+        drain_ms: drain_ms.unwrap_or(d.drain_ms),
+    }
+}
+
+/// A pool's rolling restart as the wire carries it.
+pub fn restart_to_wire(pool: &str, r: Option<&RollingRestart>) -> admin::RestartReply {
+    let r = r.cloned().unwrap_or_default();
+    admin::RestartReply {
+        pool: pool.to_string(),
+        epoch: r.epoch,
+        pending: r.pending,
+        done: r.done,
+        started_ms: r.started_ms,
+    }
 }
 
 fn check_to(c: &HealthCheck) -> admin::HealthCheck {
@@ -890,6 +981,27 @@ mod tests {
                 connect_failure: false,
                 consecutive_5xx: 5,
                 cooldown_ms: 2500,
+            }),
+            process: Some(ProcessSpec {
+                command: "gateway".into(),
+                args: vec![
+                    "demo-backend".into(),
+                    "--listen".into(),
+                    "127.0.0.1:{port}".into(),
+                ],
+                env: [("APP_PORT".to_string(), "{port}".to_string())].into(),
+                dir: Some("/tmp".into()),
+                instances: 3,
+                ports: "20000-20009".into(),
+                host: Some("10.0.0.5".into()),
+                nodes: vec![1, 3],
+                backoff_ms: 100,
+                max_backoff_ms: 1000,
+                crash_limit: 3,
+                min_uptime_ms: 50,
+                start_timeout_ms: 4000,
+                stop_timeout_ms: 300,
+                drain_ms: 20,
             }),
             revision: 7,
         }

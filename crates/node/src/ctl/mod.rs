@@ -259,6 +259,21 @@ pub enum PoolCmd {
         #[command(flatten)]
         cond: IfRevision,
     },
+    /// Rolling restart of a pool's managed backends, across the cluster: one instance at a
+    /// time, each replaced by a new process that must pass the pool's health checks before
+    /// traffic moves to it, so requests keep being served throughout.
+    #[command(
+        after_help = "Examples:\n  gateway pool restart app\n  gateway pool restart app --wait --wait-secs 600"
+    )]
+    Restart {
+        name: String,
+        /// Wait until every instance was replaced, printing each as it is.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up waiting after this many seconds (the restart goes on).
+        #[arg(long, default_value_t = 300)]
+        wait_secs: u64,
+    },
 }
 
 #[derive(Subcommand, Debug, Clone)]

@@ -324,6 +324,11 @@ pub async fn pool(c: &mut Conn, out: Output, cmd: PoolCmd) -> anyhow::Result<()>
                 Output::Json => print_json(&json!({"revision": r.revision, "pools": pools}))?,
             }
         }
+        PoolCmd::Restart {
+            name,
+            wait,
+            wait_secs,
+        } => restart_pool(c, out, name, wait, wait_secs).await?,
         PoolCmd::Rm { name, cond } => {
             let msg = admin::DeleteRequest {
                 name: name.clone(),
@@ -562,6 +567,81 @@ fn done(out: Output, what: &str, pool: &Pool) -> anyhow::Result<()> {
             .context("printing the pool")?,
     }
     Ok(())
+}
+
+async fn restart_pool(
+    c: &mut Conn,
+    out: Output,
+    name: String,
+    wait: bool,
+    wait_secs: u64,
+) -> anyhow::Result<()> {
+    let msg = admin::GetRequest {
+        name: name.clone(),
+        consistency: ConsistencyArg::Linearizable.wire(),
+    };
+    let r = c
+        .call(
+            msg.clone(),
+            |mut cl, r| async move { cl.restart_pool(r).await },
+        )
+        .await?
+        .into_inner();
+    let epoch = r.epoch;
+    match out {
+        Output::Table => outln!(
+            "rolling restart {epoch} of pool {name} started: {} instance(s) to replace ({})",
+            r.pending.len(),
+            r.pending.join(", ")
+        ),
+        Output::Json if !wait => print_json(&restart_json(&r))?,
+        Output::Json => {}
+    }
+    if !wait {
+        return Ok(());
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait_secs);
+    let mut shown = 0;
+    loop {
+        let r = c
+            .call(
+                msg.clone(),
+                |mut cl, r| async move { cl.get_restart(r).await },
+            )
+            .await?
+            .into_inner();
+        if r.epoch != epoch {
+            bail!(
+                "another restart of pool {name} (epoch {}) began meanwhile; follow that one",
+                r.epoch
+            );
+        }
+        if let Output::Table = out {
+            for id in r.done.iter().skip(shown) {
+                outln!("{id} replaced");
+            }
+        }
+        shown = r.done.len();
+        if r.pending.is_empty() {
+            match out {
+                Output::Table => outln!("pool {name} restarted ({shown} instance(s))"),
+                Output::Json => print_json(&restart_json(&r))?,
+            }
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            bail!(
+                "pool {name} is still restarting after {wait_secs}s ({} left: {}); see `gateway pool restart --help`, the nodes' /status (managed) and their logs",
+                r.pending.len(),
+                r.pending.join(", ")
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+}
+
+fn restart_json(r: &admin::RestartReply) -> serde_json::Value {
+    json!({"pool": r.pool, "epoch": r.epoch, "pending": r.pending, "done": r.done, "started_ms": r.started_ms})
 }
 
 /// `gateway alert ...`.

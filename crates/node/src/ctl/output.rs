@@ -161,6 +161,19 @@ pub fn pool_detail(p: &Pool) -> String {
     if let Some(t) = p.retry_budget_min_per_second {
         rows.push(("retry_budget_min_per_second", t.to_string()));
     }
+    if let Some(s) = &p.process {
+        let mut cmd = vec![s.command.clone()];
+        cmd.extend(s.args.iter().cloned());
+        rows.push(("process", cmd.join(" ")));
+        let nodes = if s.nodes.is_empty() {
+            "every node".to_string()
+        } else {
+            let ids: Vec<String> = s.nodes.iter().map(u64::to_string).collect();
+            format!("nodes {}", ids.join(","))
+        };
+        rows.push(("instances", format!("{} per node, on {nodes}", s.instances)));
+        rows.push(("ports", s.ports.clone()));
+    }
     let mut out = fields(&rows);
     out.push_str("\n\n");
     if p.backends.is_empty() {
