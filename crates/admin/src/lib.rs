@@ -10,7 +10,9 @@
 mod auth;
 mod error;
 mod grpc;
+pub mod metrics;
 mod rest;
+mod ui;
 
 pub use auth::{Denied, Role, Tokens};
 pub use grpc::{

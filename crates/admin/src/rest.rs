@@ -20,6 +20,9 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use std::future::Future;
 use tokio::net::TcpListener;
+use prometheus_client::collector::Collector;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::mpsc;
 
 /// What the admin server needs besides its listener.
@@ -31,13 +34,19 @@ pub struct AdminOptions {
     pub max_body: usize,
     /// Who may read and write; `Tokens::open()` lets everyone.
     pub tokens: Tokens,
+    /// More figures for `GET /metrics` beside the cluster's own (the node hands in the data
+    /// plane's); an empty list serves the cluster's alone.
+    pub metrics: Vec<Arc<dyn Collector>>,
 }
 
 #[derive(Clone)]
-struct App {
-    cluster: Cluster,
+pub(crate) struct App {
+    pub(crate) cluster: Cluster,
     left: mpsc::Sender<()>,
     tokens: Tokens,
+    pub(crate) collectors: Arc<[Arc<dyn Collector>]>,
+    /// Times the known leader changed since this node started.
+    pub(crate) leader_changes: Arc<AtomicU64>,
 }
 
 type Result<T> = std::result::Result<T, ApiError>;
@@ -52,7 +61,10 @@ pub async fn serve(
         cluster: opts.cluster,
         left: opts.left,
         tokens: opts.tokens,
+        collectors: opts.metrics.into(),
+        leader_changes: Arc::new(AtomicU64::new(0)),
     };
+    count_leader_changes(&app);
     let router = Router::new()
         .route("/leader", get(leader))
         .route("/status", get(status))
@@ -69,6 +81,11 @@ pub async fn serve(
         .route("/v1/leave", post(leave))
         .route("/v1/transaction", post(transaction))
         .route("/v1/cluster/transfer-leader", post(transfer_leader))
+        .route("/metrics", get(metrics))
+        .route("/v1/events", get(crate::ui::events))
+        .route("/ui", get(crate::ui::page))
+        .route("/ui/", get(crate::ui::page))
+        .route("/ui/{asset}", get(crate::ui::asset))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see /v1/config, /v1/pools, /v1/routes, /v1/nodes, /status, /leader")
         })
@@ -89,7 +106,12 @@ async fn authorize(
     next: Next,
 ) -> Response {
     let path = req.uri().path();
-    if matches!(path, "/leader" | "/healthz" | "/readyz") || !app.tokens.enabled() {
+    // The dashboard's page and assets hold no data (it asks for a token, then reads the API
+    // with it), so they are open like `/leader`.
+    if matches!(path, "/leader" | "/healthz" | "/readyz" | "/ui")
+        || path.starts_with("/ui/")
+        || !app.tokens.enabled()
+    {
         return next.run(req).await;
     }
     let need = if matches!(*req.method(), Method::GET | Method::HEAD) {
@@ -296,6 +318,45 @@ async fn leader(AxState(app): AxState<App>) -> Result<Response> {
             ))
         }
     }
+}
+
+/// Counts changes of the known leader (a new leader, or the same one in a new term).
+fn count_leader_changes(app: &App) {
+    let mut watch = app.cluster.leader_watch();
+    let counter = app.leader_changes.clone();
+    tokio::spawn(async move {
+        let mut last = watch.borrow_and_update().as_ref().map(|l| (l.id, l.term));
+        while watch.changed().await.is_ok() {
+            let now = watch.borrow_and_update().as_ref().map(|l| (l.id, l.term));
+            if now.is_some() && now != last {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            if now.is_some() {
+                last = now;
+            }
+        }
+    });
+}
+
+/// The `/metrics` text.
+pub(crate) async fn metrics_text(app: &App) -> String {
+    let figures = crate::metrics::ClusterFigures {
+        status: app.cluster.status().await,
+        leader_changes: app.leader_changes.load(Ordering::Relaxed),
+        forwarded_writes: app.cluster.forwarded_writes(),
+    };
+    crate::metrics::render(figures, &app.collectors)
+}
+
+async fn metrics(AxState(app): AxState<App>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+        )],
+        metrics_text(&app).await,
+    )
+        .into_response()
 }
 
 async fn status(AxState(app): AxState<App>) -> Response {

@@ -144,6 +144,8 @@ pub(crate) struct Inner {
     log: LogStore,
     /// Writes to propose while this node leads ([`spawn_proposer`]).
     proposals: mpsc::UnboundedSender<Pending>,
+    /// Writes this node carried to the leader, in all (for metrics).
+    forwarded_writes: AtomicU64,
 }
 
 // One per forwarded call, never on the request path; boxing would buy nothing.
@@ -248,6 +250,7 @@ impl Cluster {
             log,
             proposals,
             stop,
+            forwarded_writes: AtomicU64::new(0),
         });
         spawn_server(
             inner.clone(),
@@ -514,6 +517,12 @@ impl Cluster {
     }
 
     /// Whether this node is the leader now.
+    /// Writes this node has carried to the leader since it started (attempts, retries
+    /// through elections included).
+    pub fn forwarded_writes(&self) -> u64 {
+        self.inner.forwarded_writes.load(Ordering::Relaxed)
+    }
+
     pub fn is_leader(&self) -> bool {
         self.inner.raft.metrics().borrow().state == ServerState::Leader
     }
@@ -809,7 +818,12 @@ impl Inner {
             let res = match target {
                 None => Err(ClusterError::NoLeader("no leader elected yet".into())),
                 Some((id, _)) if id == self.id => self.local(&op).await,
-                Some((_, addr)) => self.remote(&addr, &op).await,
+                Some((_, addr)) => {
+                    if matches!(op, Op::Write(_)) {
+                        self.forwarded_writes.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.remote(&addr, &op).await
+                }
             };
             match res {
                 Ok(out) => return Ok(out),

@@ -187,6 +187,14 @@ pub struct NodeArgs {
     /// [default: none].
     #[arg(long, env = "GATEWAY_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<String>,
+    /// One line per proxied request on stdout: `json` or `common` (the common log format
+    /// with route, backend, duration and forwarded fields) [default: off].
+    #[arg(long, env = "GATEWAY_ACCESS_LOG", value_parser = ["json", "common", "off"])]
+    pub access_log: Option<String>,
+    /// Format of the node's own log lines on stderr: `text` or `json` [default: text].
+    /// Filter them with RUST_LOG (e.g. RUST_LOG=info,gateway_proxy=debug).
+    #[arg(long, env = "GATEWAY_LOG_FORMAT", value_parser = ["text", "json"])]
+    pub log_format: Option<String>,
 }
 
 /// What to run, with the configuration resolved.

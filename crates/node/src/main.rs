@@ -6,6 +6,7 @@ mod client;
 mod config;
 mod ctl;
 mod demo;
+mod metrics;
 mod run;
 
 use clap::Parser;

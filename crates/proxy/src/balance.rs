@@ -53,6 +53,10 @@ pub(crate) const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
 #[derive(Default, Debug)]
 pub(crate) struct BackendStats {
     pub(crate) in_flight: AtomicUsize,
+    /// Requests sent to this backend (attempts, retries included).
+    pub(crate) requests: std::sync::atomic::AtomicU64,
+    /// Attempts that failed: not connected, broken, timed out.
+    pub(crate) failures: std::sync::atomic::AtomicU64,
     /// Smooth weighted round robin current weight, per view (all, local).
     current_weight: [AtomicI64; 2],
 }
@@ -64,6 +68,8 @@ pub(crate) struct PoolShared {
     cursor: [AtomicUsize; 2],
     /// Serialises smooth weighted round robin, whose step reads and writes every weight.
     swrr: Mutex<()>,
+    /// Retries taken from the budget, in all.
+    pub(crate) retries: std::sync::atomic::AtomicU64,
     /// Requests and retries of the pool over the last seconds.
     pub(crate) budget: RetryBudget,
     /// Requests waiting for a slot on a backend at its `max_connections`.
@@ -260,7 +266,11 @@ impl CompiledPool {
 
     /// Takes a retry from the budget; `false` when retries would exceed it.
     pub(crate) fn try_retry(&self) -> bool {
-        self.shared.budget.try_retry(self.budget)
+        let ok = self.shared.budget.try_retry(self.budget);
+        if ok {
+            self.shared.retries.fetch_add(1, Relaxed);
+        }
+        ok
     }
 
     /// Reserves a slot on backend `idx` if it is below its `max_connections`.

@@ -97,6 +97,7 @@
 //!   a private network (or, later, TLS).
 //! * `X-Forwarded-Proto` is `http`: this listener is plain HTTP.
 
+mod access;
 mod balance;
 mod body;
 mod budget;
@@ -106,13 +107,19 @@ mod conn;
 mod error;
 mod headers;
 mod hop;
+mod metrics;
 mod proxy;
 mod rules;
 mod server;
 mod table;
 mod upstream;
 
+pub use access::{ACCESS_TARGET, AccessLog};
 pub use cidr::{Cidr, CidrError};
+pub use metrics::{
+    BackendSnapshot, HistogramSnapshot, LATENCY_BUCKETS, Metrics, PoolSnapshot, RouteSnapshot,
+    Snapshot,
+};
 pub use server::serve;
 use std::time::Duration;
 
@@ -148,6 +155,11 @@ pub struct ProxyConfig {
     /// How long an HTTP/1.1 keep-alive connection may sit idle between requests before it is
     /// closed. Default 75 s.
     pub keep_alive_timeout: Duration,
+    /// Where the data plane counts requests, connections and retries; the admin plane reads
+    /// the same handle. Default: a fresh one.
+    pub metrics: Metrics,
+    /// One log line per request (target `access`), in this format; default off.
+    pub access_log: Option<AccessLog>,
 }
 
 impl ProxyConfig {
@@ -161,6 +173,8 @@ impl ProxyConfig {
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             keep_alive_timeout: DEFAULT_KEEP_ALIVE_TIMEOUT,
+            metrics: Metrics::new(),
+            access_log: None,
         }
     }
 }
@@ -175,6 +189,7 @@ impl std::fmt::Debug for ProxyConfig {
             .field("max_header_bytes", &self.max_header_bytes)
             .field("header_read_timeout", &self.header_read_timeout)
             .field("keep_alive_timeout", &self.keep_alive_timeout)
+            .field("access_log", &self.access_log)
             .finish()
     }
 }

@@ -22,6 +22,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Body;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -40,11 +41,16 @@ pub(crate) struct Shared {
     pub(crate) conn: crate::conn::ConnOpts,
     /// Wakes idle client connections (deadline ticks, shutdown).
     pub(crate) closing: crate::conn::Closing,
+    /// Counters the admin plane reads.
+    pub(crate) metrics: crate::metrics::Metrics,
+    /// Access log format; `None`: off.
+    pub(crate) access_log: Option<crate::access::AccessLog>,
 }
 
 impl Shared {
     /// Replaces the live table and leader, waking requests that wait for a change.
     pub(crate) fn swap(&self, live: Live) {
+        self.metrics.set_table(live.table.clone());
         self.live.store(Arc::new(live));
         self.swapped.notify_waiters();
     }
@@ -73,10 +79,22 @@ pub(crate) fn handle(
     req: Request<ProxyBody>,
 ) -> impl Future<Output = Response<ProxyBody>> {
     async move {
+        let start = Instant::now();
         let live = shared.live.load_full();
+        // Only with an access log: what its line needs of the request (taken before the
+        // request is handed on).
+        let mut logged = None;
         let route = {
             let mut buf = [0u8; 256];
             let host = request_host(&req, &mut buf);
+            if shared.access_log.is_some() {
+                logged = Some(Logged {
+                    method: req.method().clone(),
+                    uri: req.uri().clone(),
+                    version: req.version(),
+                    host: host.into(),
+                });
+            }
             match live
                 .table
                 .find(host, req.uri().path(), req.method(), req.headers())
@@ -87,15 +105,86 @@ pub(crate) fn handle(
                         host: host.to_string(),
                         path: req.uri().path().to_string(),
                     };
-                    return e.into_response(None);
+                    shared.metrics.no_route();
+                    let resp = e.into_response(None);
+                    if let Some(l) = &logged {
+                        log_access(shared, client, l, None, None, &resp, start);
+                    }
+                    return resp;
                 }
             }
         };
-        match proxy(shared, &live, route, client, req).await {
+        let served = AtomicU32::new(SERVED_NOBODY);
+        let resp = match proxy(shared, &live, route, client, req, &served).await {
             Ok(resp) => resp,
             Err(e) => e.into_response(Some(route)),
+        };
+        let served = served.load(Relaxed);
+        let status = resp.status().as_u16();
+        route.stats.latency.observe(start.elapsed());
+        match served {
+            SERVED_NOBODY => route.stats.unserved.record(status),
+            SERVED_LEADER => route.stats.to_leader.record(status),
+            i => match route.per_backend.get(i as usize) {
+                Some(c) => c.record(status),
+                None => route.stats.unserved.record(status),
+            },
         }
+        if let Some(l) = &logged {
+            let pool = &live.table.pools[route.pool];
+            let backend = match served {
+                SERVED_LEADER => Some("leader"),
+                i => pool.backends.get(i as usize).map(|b| &*b.id),
+            };
+            log_access(shared, client, l, Some(route), backend, &resp, start);
+        }
+        resp
     }
+}
+
+/// `served` when no backend was reached.
+const SERVED_NOBODY: u32 = u32::MAX;
+/// `served` when the request was carried to the leader node.
+const SERVED_LEADER: u32 = u32::MAX - 1;
+
+/// What the access log needs of a request.
+struct Logged {
+    method: Method,
+    uri: Uri,
+    version: http::Version,
+    host: Box<str>,
+}
+
+fn log_access(
+    shared: &Shared,
+    client: &ClientAddr,
+    l: &Logged,
+    route: Option<&CompiledRoute>,
+    backend: Option<&str>,
+    resp: &Response<ProxyBody>,
+    start: Instant,
+) {
+    let Some(format) = shared.access_log else {
+        return;
+    };
+    let bytes = resp
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .or_else(|| resp.body().size_hint().exact());
+    format.emit(&crate::access::Entry {
+        client: client.ip,
+        method: &l.method,
+        host: &l.host,
+        uri: &l.uri,
+        version: l.version,
+        route: route.map(|r| &*r.name),
+        backend,
+        status: resp.status(),
+        bytes,
+        duration: start.elapsed(),
+        forwarded: backend == Some("leader"),
+    });
 }
 
 fn is_write(m: &Method) -> bool {
@@ -222,6 +311,7 @@ fn proxy(
     route: &CompiledRoute,
     client: &ClientAddr,
     mut req: Request<ProxyBody>,
+    served: &AtomicU32,
 ) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> {
     async move {
         // A request relayed by another node carries a marker; a bad one is refused, not ignored,
@@ -256,6 +346,7 @@ fn proxy(
                 Some(leader) if leader.id != shared.node_id => {
                     // The leader applies the route's own rewrites when it serves the request.
                     prepare_request(&mut req, client, trusted_peer, false, false);
+                    served.store(SERVED_LEADER, Relaxed);
                     return Box::pin(forward_to_leader(shared, route, leader, req)).await;
                 }
                 Some(_) => {} // this node leads: served below by its own backends
@@ -306,7 +397,7 @@ fn proxy(
         };
 
         let ctx = PickCtx { client_ip, pinned };
-        let (resp, picked, in_flight) = dispatch(route, pool, scope, &ctx, req, upgrade).await?;
+        let (resp, picked, in_flight) = dispatch(route, pool, scope, &ctx, req, upgrade, served).await?;
 
         if let Some(replay) = replay
             && resp
@@ -318,6 +409,7 @@ fn proxy(
                 ReplayAction::Keep => {}
                 ReplayAction::ToLeader(leader, req) => {
                     drop((resp, in_flight));
+                    served.store(SERVED_LEADER, Relaxed);
                     return Box::pin(forward_to_leader(shared, route, leader, req)).await;
                 }
                 ReplayAction::Local(mut req) => {
@@ -325,7 +417,7 @@ fn proxy(
                     apply_route(route, &mut req);
                     return Box::pin(async {
                         let (resp, picked, in_flight) =
-                            dispatch(route, pool, Scope::Local, &ctx, req, false).await?;
+                            dispatch(route, pool, Scope::Local, &ctx, req, false, served).await?;
                         Ok(finish(resp, route, pool, picked, in_flight))
                     })
                     .await;
@@ -354,6 +446,7 @@ fn proxy(
                 io,
                 leftover,
                 in_flight: Some(in_flight),
+                _open: Some(shared.metrics.tunnel()),
             };
             return Ok(Response::from_parts(
                 parts,
@@ -483,6 +576,7 @@ fn dispatch(
     ctx: &PickCtx,
     mut req: Request<ProxyBody>,
     upgrade: bool,
+    served: &AtomicU32,
 ) -> impl Future<Output = Result<(Response<Source>, Picked, InFlight), ProxyError>> {
     async move {
         pool.record_request();
@@ -508,6 +602,8 @@ fn dispatch(
             };
             tried.push(picked.idx);
             let backend = &pool.backends[picked.idx];
+            served.store(picked.idx as u32, Relaxed);
+            backend.stats.requests.fetch_add(1, Relaxed);
             let failed = |cause: String| ProxyError::Backend {
                 route: route.name.to_string(),
                 backend: backend.id.to_string(),
@@ -516,9 +612,13 @@ fn dispatch(
             };
             match tokio::time::timeout(route.timeout, backend.endpoint.send(req, upgrade)).await {
                 Ok(Ok(resp)) => return Ok((resp, picked, in_flight)),
-                Ok(Err(SendError::Failed(cause))) => return Err(failed(cause)),
+                Ok(Err(SendError::Failed(cause))) => {
+                    backend.stats.failures.fetch_add(1, Relaxed);
+                    return Err(failed(cause));
+                }
                 Ok(Err(SendError::NotSent { req: back, cause })) => {
                     drop(in_flight);
+                    backend.stats.failures.fetch_add(1, Relaxed);
                     if retries_left == 0 {
                         return Err(failed(cause));
                     }
@@ -538,6 +638,7 @@ fn dispatch(
                     }
                 }
                 Err(_) => {
+                    backend.stats.failures.fetch_add(1, Relaxed);
                     return Err(ProxyError::BackendTimeout {
                         route: route.name.to_string(),
                         backend: backend.id.to_string(),

@@ -24,6 +24,7 @@
 
 use crate::balance::{BackendStats, CompiledPool, PoolShared};
 use crate::hop::HopKey;
+use crate::metrics::{Classes, RouteStats};
 use crate::rules::{ErrorPages, HeaderOps};
 use crate::upstream::Endpoints;
 use gateway_model::{State, WritePolicy};
@@ -56,6 +57,10 @@ pub(crate) struct CompiledRoute {
     pub(crate) strip_prefix: bool,
     pub(crate) host_rewrite: Option<HeaderValue>,
     pub(crate) error_pages: ErrorPages,
+    /// Counters kept across swaps by route name.
+    pub(crate) stats: Arc<RouteStats>,
+    /// Answers by status class per backend of the pool (same order as its backends).
+    pub(crate) per_backend: Box<[Arc<Classes>]>,
 }
 
 impl CompiledRoute {
@@ -170,6 +175,12 @@ impl RouteTable {
                     .as_deref()
                     .and_then(|h| HeaderValue::from_str(h).ok()),
                 error_pages: ErrorPages::compile(&route.error_pages),
+                stats: reg.route(&route.name),
+                per_backend: pools[pool]
+                    .backends
+                    .iter()
+                    .map(|b| reg.route_backend(&route.name, &pools[pool].name, &b.id))
+                    .collect(),
             });
             hosts_of.push(&route.hosts);
         }
@@ -231,6 +242,11 @@ impl RouteTable {
             .find(|r| r.matches(path, method, headers))
     }
 
+    /// Every route, in name order.
+    pub(crate) fn routes(&self) -> &[CompiledRoute] {
+        &self.routes
+    }
+
     /// The pool named `name`, if this table has it.
     pub(crate) fn pool_named(&self, name: &str) -> Option<&CompiledPool> {
         self.pool_index.get(name).map(|&i| &self.pools[i])
@@ -272,6 +288,8 @@ pub(crate) struct Registry {
     generation: u64,
     pools: HashMap<String, (Arc<PoolShared>, u64)>,
     backends: HashMap<(String, String), (Arc<BackendStats>, u64)>,
+    routes: HashMap<String, (Arc<RouteStats>, u64)>,
+    route_backends: HashMap<(String, String, String), (Arc<Classes>, u64)>,
     pub(crate) endpoints: Endpoints,
 }
 
@@ -293,10 +311,29 @@ impl Registry {
         entry.0.clone()
     }
 
+    fn route(&mut self, name: &str) -> Arc<RouteStats> {
+        let generation = self.generation;
+        let entry = self.routes.entry(name.to_string()).or_default();
+        entry.1 = generation;
+        entry.0.clone()
+    }
+
+    fn route_backend(&mut self, route: &str, pool: &str, backend: &str) -> Arc<Classes> {
+        let generation = self.generation;
+        let entry = self
+            .route_backends
+            .entry((route.to_string(), pool.to_string(), backend.to_string()))
+            .or_default();
+        entry.1 = generation;
+        entry.0.clone()
+    }
+
     fn sweep(&mut self) {
         let generation = self.generation;
         self.pools.retain(|_, e| e.1 == generation);
         self.backends.retain(|_, e| e.1 == generation);
+        self.routes.retain(|_, e| e.1 == generation);
+        self.route_backends.retain(|_, e| e.1 == generation);
         self.endpoints.purge();
     }
 }
