@@ -255,6 +255,42 @@ async fn metrics_parse_and_counters_move_with_traffic() -> TestResult {
     ensure!(line["duration_ms"].as_f64().is_some(), "{line}");
     ensure!(line["forwarded"] == false, "{line}");
     note!("access log line: {line}");
+
+    // `gateway top --once`: one frame with the same figures, rates over one interval.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = tokio::spawn({
+        let (stop, http, addr) = (stop.clone(), http.clone(), node.http_addr);
+        async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = http.get(addr, "/app/top").await;
+            }
+        }
+    });
+    let admin = node.admin_addr.to_string();
+    let out = gateway_tests::run_gateway(
+        &["top", "--once", "--admin", &admin, "--interval-ms", "1000"],
+        gateway_tests::REQUEST,
+    )
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = traffic.await;
+    let out = out?;
+    ensure!(out.status.success(), "{out:?}");
+    note!("gateway top --once:\n{}", out.stdout);
+    ensure!(out.stdout.contains("node 1 (leader)"), "{}", out.stdout);
+    let row = |prefix: &str| {
+        out.stdout
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+            .ok_or_else(|| anyhow!("no row {prefix} in:\n{}", out.stdout))
+    };
+    let app = row("app ")?;
+    // ROUTE HOSTS PATH POOL REQ/S ...
+    let rps: f64 = app[4].parse()?;
+    ensure!(rps > 0.0, "route app at {rps} req/s while traffic runs: {app:?}");
+    let a_row = row("web/a ")?;
+    ensure!(a_row[1] == a.addr.to_string(), "{a_row:?}");
     Ok(())
 }
 

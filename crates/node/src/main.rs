@@ -8,6 +8,7 @@ mod ctl;
 mod demo;
 mod metrics;
 mod run;
+mod top;
 
 use clap::Parser;
 use std::process::ExitCode;
