@@ -615,7 +615,7 @@ async fn transaction(
             Command::DeletePool { name, .. } | Command::DeleteRoute { name, .. } => {
                 validate_name("name", name)
             }
-            Command::RetireNode { .. } | Command::Batch { .. } => {
+            _ => {
                 return Err(ApiError::bad(
                     &format!("commands[{i}].op"),
                     format!(

@@ -8,6 +8,7 @@
 mod command;
 mod config;
 mod error;
+mod health;
 mod state;
 mod validate;
 
@@ -17,5 +18,9 @@ pub use config::{
     WritePolicy,
 };
 pub use error::{ApplyError, Invalid};
+pub use health::{
+    AlertSink, BackendHealth, CheckKind, EVENT_TYPES, Ejection, Event, EventKind, HealthCheck,
+    HealthPolicy, SmtpSink, StatusRanges, validate_alert_sink,
+};
 pub use state::{Change, ChangeSet, Compacted, DEDUP_WINDOW, HISTORY, State};
 pub use validate::{validate_name, validate_pool, validate_route};
