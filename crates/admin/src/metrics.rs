@@ -3,6 +3,8 @@
 //! node hands in (the data plane's counters), encoded with `prometheus-client`.
 
 use gateway_cluster::Status;
+use gateway_model::State;
+use std::collections::BTreeMap;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
@@ -85,6 +87,10 @@ pub(crate) struct ClusterFigures {
     pub(crate) status: Status,
     pub(crate) leader_changes: u64,
     pub(crate) forwarded_writes: u64,
+    /// The state this node has applied (health verdicts, pools).
+    pub(crate) state: Arc<State>,
+    /// Times each backend was marked down, as this node saw it applied.
+    pub(crate) ejections: BTreeMap<(String, String), u64>,
 }
 
 impl Collector for ClusterFigures {
@@ -185,6 +191,47 @@ impl Collector for ClusterFigures {
             "gateway_forwarded_writes",
             "Admin writes this node carried to the leader since it started.",
             [(Vec::new(), self.forwarded_writes)],
+        )?;
+        let st = &self.state;
+        let backends = || {
+            st.pools.values().flat_map(|p| {
+                p.backends
+                    .iter()
+                    .map(move |b| (p.name.clone(), b.id.clone(), b.drain))
+            })
+        };
+        gauges(
+            &mut enc,
+            "gateway_backend_up",
+            "1 while the cluster's agreed health of a backend is up, 0 while it is marked down.",
+            backends().map(|(pool, backend, _)| {
+                let up = !st.is_down(&pool, &backend);
+                (vec![("pool", pool), ("backend", backend)], i64::from(up))
+            }),
+        )?;
+        gauges(
+            &mut enc,
+            "gateway_backend_draining",
+            "1 while a backend is draining (takes no new requests).",
+            backends().map(|(pool, backend, drain)| {
+                (vec![("pool", pool), ("backend", backend)], i64::from(drain))
+            }),
+        )?;
+        counters(
+            &mut enc,
+            "gateway_backend_ejections",
+            "Times the cluster marked a backend down (active checks or passive ejection), as applied on this node since it started.",
+            self.ejections
+                .iter()
+                .map(|((pool, backend), n)| {
+                    (vec![("pool", pool.clone()), ("backend", backend.clone())], *n)
+                }),
+        )?;
+        gauge(
+            &mut enc,
+            "gateway_cluster_lost_members",
+            "Members the leader recorded as lost and not back yet.",
+            st.lost.len() as i64,
         )?;
         Ok(())
     }

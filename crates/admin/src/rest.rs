@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use std::future::Future;
 use tokio::net::TcpListener;
 use prometheus_client::collector::Collector;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::mpsc;
@@ -47,6 +48,8 @@ pub(crate) struct App {
     pub(crate) collectors: Arc<[Arc<dyn Collector>]>,
     /// Times the known leader changed since this node started.
     pub(crate) leader_changes: Arc<AtomicU64>,
+    /// Times each backend was marked down, as seen applied since this node started.
+    pub(crate) ejections: Arc<std::sync::Mutex<BTreeMap<(String, String), u64>>>,
 }
 
 type Result<T> = std::result::Result<T, ApiError>;
@@ -63,8 +66,10 @@ pub async fn serve(
         tokens: opts.tokens,
         collectors: opts.metrics.into(),
         leader_changes: Arc::new(AtomicU64::new(0)),
+        ejections: Arc::default(),
     };
     count_leader_changes(&app);
+    count_ejections(&app);
     let router = Router::new()
         .route("/leader", get(leader))
         .route("/status", get(status))
@@ -338,12 +343,51 @@ fn count_leader_changes(app: &App) {
     });
 }
 
+/// Counts every backend down-transition this node applies (each has its own event id).
+fn count_ejections(app: &App) {
+    let mut state = app.cluster.state();
+    let counts = app.ejections.clone();
+    tokio::spawn(async move {
+        // The transition already in force when the node started is not counted again.
+        let mut seen: BTreeMap<(String, String), u64> = BTreeMap::new();
+        let mut first = true;
+        loop {
+            {
+                let st = state.borrow_and_update();
+                let mut counts = counts.lock().unwrap_or_else(|e| e.into_inner());
+                for (pool, backends) in st.health.iter() {
+                    for (backend, h) in backends.iter() {
+                        let key = (pool.clone(), backend.clone());
+                        if h.up || seen.get(&key) == Some(&h.transition) {
+                            continue;
+                        }
+                        seen.insert(key.clone(), h.transition);
+                        if !first {
+                            *counts.entry(key).or_default() += 1;
+                        }
+                    }
+                }
+                first = false;
+            }
+            if state.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
 /// The `/metrics` text.
 pub(crate) async fn metrics_text(app: &App) -> String {
     let figures = crate::metrics::ClusterFigures {
         status: app.cluster.status().await,
         leader_changes: app.leader_changes.load(Ordering::Relaxed),
         forwarded_writes: app.cluster.forwarded_writes(),
+        state: app.cluster.state().borrow().clone(),
+        ejections: app
+            .ejections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone(),
     };
     crate::metrics::render(figures, &app.collectors)
 }

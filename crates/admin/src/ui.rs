@@ -58,6 +58,7 @@ fn state_event(app: &App) -> Event {
         "revision": st.revision,
         "pools": st.pools.values().collect::<Vec<_>>(),
         "routes": st.routes.values().collect::<Vec<_>>(),
+        "health": &st.health,
     });
     Event::default().event("state").data(body.to_string())
 }

@@ -214,7 +214,7 @@ function render() {
 function renderHeader() {
   if (!status) return;
   $("#node-info").textContent =
-    `node ${status.id} · ${status.role} · leader ${status.leader ?? "none"} · term ${status.term} · ` +
+    `node ${status.id} (${status.role}) · leader: ${status.leader ? "node " + status.leader : "none"} · term ${status.term} · ` +
     `applied ${status.applied_index ?? 0} · revision ${config.revision}`;
 }
 
@@ -259,9 +259,14 @@ function renderRoutes() {
   names.replaceChildren(...config.pools.map((p) => el("option", { value: p.name })));
 }
 
+// The node's health report (/v1/health) when it has one; else the verdicts in the
+// replicated state (a backend the cluster never marked down has no verdict: unknown).
 function healthOf(pool, b) {
   const h = health.get(pool + "/" + b.id);
-  return h ? h.state : "unknown";
+  if (h) return h.state;
+  const v = config.health && config.health[pool] && config.health[pool][b.id];
+  if (v && v.address === b.address) return v.up ? "up" : "down";
+  return "unknown";
 }
 
 function renderPools() {
