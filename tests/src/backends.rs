@@ -61,11 +61,17 @@ impl DemoBackend {
             }
             None => tokio::process::Command::new(&bin),
         };
-        cmd.args(["demo-backend", "--listen", &addr.to_string(), "--name", name])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true);
+        cmd.args([
+            "demo-backend",
+            "--listen",
+            &addr.to_string(),
+            "--name",
+            name,
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
         let child = cmd.spawn().context("spawning gateway demo-backend")?;
         crate::wait_for(
             &format!("demo backend {name} to listen on {addr}"),

@@ -177,7 +177,12 @@ impl Browser {
 
     /// Replaces the text of an input.
     async fn fill(&self, css: &str, text: &str) -> Result<()> {
-        let e = self.client.wait().at_most(SHOWN).for_element(Locator::Css(css)).await?;
+        let e = self
+            .client
+            .wait()
+            .at_most(SHOWN)
+            .for_element(Locator::Css(css))
+            .await?;
         e.clear().await?;
         e.send_keys(text).await?;
         Ok(())
@@ -194,7 +199,12 @@ impl Browser {
     }
 
     async fn attr_of(&self, css: &str, attr: &str) -> Result<Option<String>> {
-        Ok(self.client.find(Locator::Css(css)).await?.attr(attr).await?)
+        Ok(self
+            .client
+            .find(Locator::Css(css))
+            .await?
+            .attr(attr)
+            .await?)
     }
 
     /// Opens the dashboard and logs in with `token`.
@@ -267,9 +277,11 @@ async fn dashboard_login_add_route_and_refuse_a_stale_edit() -> TestResult {
     for _ in 0..20 {
         call("GET", node.http_addr, "/", Some("dash.test"), &[], None).await?;
     }
-    b.text_of("tr[data-route=dash] .rps", "a request rate for route dash", |t| {
-        t.parse::<f64>().is_ok()
-    })
+    b.text_of(
+        "tr[data-route=dash] .rps",
+        "a request rate for route dash",
+        |t| t.parse::<f64>().is_ok(),
+    )
     .await?;
 
     // A stale edit: the form is opened, someone else changes the route, the form is saved.
@@ -307,9 +319,36 @@ async fn dashboard_login_add_route_and_refuse_a_stale_edit() -> TestResult {
         "shown as an error"
     );
     let (_, now) = admin(&node, "GET", "/v1/routes/dash", &[], None).await?;
-    let now = if now.get("route").is_some() { &now["route"] } else { &now };
-    ensure!(now["path_prefix"] == "/v2", "the other edit was kept: {now}");
-    ensure!(now["hosts"] == json!(["dash.test"]), "nothing overwritten: {now}");
+    let now = if now.get("route").is_some() {
+        &now["route"]
+    } else {
+        &now
+    };
+    ensure!(
+        now["path_prefix"] == "/v2",
+        "the other edit was kept: {now}"
+    );
+    ensure!(
+        now["hosts"] == json!(["dash.test"]),
+        "nothing overwritten: {now}"
+    );
+
+    // Drain a backend from its row: the pool object carries `drain: true`.
+    b.click(".pool[data-pool=web] tr[data-backend=a] .drain")
+        .await?;
+    b.text_of(
+        ".pool[data-pool=web] tr[data-backend=a]",
+        "backend a shown draining",
+        |t| t.contains("draining"),
+    )
+    .await?;
+    let (_, pool) = admin(&node, "GET", "/v1/pools/web", &[], None).await?;
+    let pool = if pool.get("pool").is_some() {
+        &pool["pool"]
+    } else {
+        &pool
+    };
+    ensure!(pool["backends"][0]["drain"] == true, "drained: {pool}");
 
     if let Ok(path) = std::env::var("GATEWAY_DASHBOARD_PNG") {
         b.click("#route-cancel").await?;
@@ -366,8 +405,13 @@ async fn dashboard_shows_a_killed_backend_red() -> TestResult {
         Ok(())
     })
     .await?;
-    let other = b.attr_of(".pool[data-pool=hc] tr[data-backend=a]", "data-health").await?;
-    ensure!(other.as_deref() == Some("up"), "backend a stays up: {other:?}");
+    let other = b
+        .attr_of(".pool[data-pool=hc] tr[data-backend=a]", "data-health")
+        .await?;
+    ensure!(
+        other.as_deref() == Some("up"),
+        "backend a stays up: {other:?}"
+    );
     browser.close().await;
     Ok(())
 }

@@ -17,9 +17,9 @@ fn parse_strict(text: &str) -> Result<Scrape> {
     let mut typed: BTreeMap<String, String> = BTreeMap::new();
     let name_ok = |n: &str| {
         !n.is_empty()
-            && n.chars()
-                .enumerate()
-                .all(|(i, c)| c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit()))
+            && n.chars().enumerate().all(|(i, c)| {
+                c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit())
+            })
     };
     for (i, line) in text.lines().enumerate() {
         let at = || format!("line {}: {line:?}", i + 1);
@@ -36,7 +36,10 @@ fn parse_strict(text: &str) -> Result<Scrape> {
             let (name, kind) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
             ensure!(name_ok(name), "bad metric name in TYPE, {}", at());
             ensure!(
-                matches!(kind, "counter" | "gauge" | "histogram" | "summary" | "untyped"),
+                matches!(
+                    kind,
+                    "counter" | "gauge" | "histogram" | "summary" | "untyped"
+                ),
                 "bad type, {}",
                 at()
             );
@@ -66,7 +69,11 @@ fn parse_strict(text: &str) -> Result<Scrape> {
                         .split_once("=\"")
                         .ok_or_else(|| anyhow!("bad label, {}", at()))?;
                     ensure!(name_ok(k), "bad label name, {}", at());
-                    ensure!(!v.trim_end_matches('"').contains('\n'), "bad label value, {}", at());
+                    ensure!(
+                        !v.trim_end_matches('"').contains('\n'),
+                        "bad label value, {}",
+                        at()
+                    );
                 }
                 name
             }
@@ -75,9 +82,16 @@ fn parse_strict(text: &str) -> Result<Scrape> {
         ensure!(name_ok(name), "bad metric name, {}", at());
         let family = ["_bucket", "_sum", "_count"]
             .iter()
-            .find_map(|s| name.strip_suffix(s).filter(|b| typed.get(*b).is_some_and(|t| t == "histogram")))
+            .find_map(|s| {
+                name.strip_suffix(s)
+                    .filter(|b| typed.get(*b).is_some_and(|t| t == "histogram"))
+            })
             .unwrap_or(name);
-        ensure!(typed.contains_key(family), "sample before its TYPE, {}", at());
+        ensure!(
+            typed.contains_key(family),
+            "sample before its TYPE, {}",
+            at()
+        );
     }
     Ok(Scrape::parse(text.lines().map(|l| Ok(l.to_string())))?)
 }
@@ -86,7 +100,10 @@ async fn scrape(node: &Node) -> Result<Scrape> {
     let resp = node.get("/metrics").await?;
     resp.expect(200)?;
     let ct = resp.header("content-type").unwrap_or("");
-    ensure!(ct.starts_with("text/plain; version=0.0.4"), "content type {ct}");
+    ensure!(
+        ct.starts_with("text/plain; version=0.0.4"),
+        "content type {ct}"
+    );
     parse_strict(&resp.text()).context("parsing /metrics")
 }
 
@@ -142,9 +159,12 @@ async fn metrics_parse_and_counters_move_with_traffic() -> TestResult {
     )
     .await?
     .expect(200)?;
-    node.put("/v1/routes/app", &json!({"pool": "web", "path_prefix": "/app"}))
-        .await?
-        .expect(200)?;
+    node.put(
+        "/v1/routes/app",
+        &json!({"pool": "web", "path_prefix": "/app"}),
+    )
+    .await?
+    .expect(200)?;
     node.put(
         "/v1/routes/broken",
         &json!({"pool": "gone", "path_prefix": "/broken", "retries": 0}),
@@ -160,7 +180,12 @@ async fn metrics_parse_and_counters_move_with_traffic() -> TestResult {
     .await?;
 
     let before = scrape(&node).await?;
-    let app_2xx = [("route", "app"), ("pool", "web"), ("backend", "a"), ("code", "2xx")];
+    let app_2xx = [
+        ("route", "app"),
+        ("pool", "web"),
+        ("backend", "a"),
+        ("code", "2xx"),
+    ];
     let n = 25;
     for i in 0..n {
         let r = http.get(node.http_addr, &format!("/app/{i}")).await?;
@@ -188,10 +213,16 @@ async fn metrics_parse_and_counters_move_with_traffic() -> TestResult {
     );
     ensure!(moved("gateway_http_no_route_requests_total", &[]) == 1.0);
     ensure!(
-        moved("gateway_backend_requests_total", &[("pool", "web"), ("backend", "a")]) == n as f64
+        moved(
+            "gateway_backend_requests_total",
+            &[("pool", "web"), ("backend", "a")]
+        ) == n as f64
     );
     ensure!(
-        moved("gateway_backend_failures_total", &[("pool", "gone"), ("backend", "dead")]) == 1.0
+        moved(
+            "gateway_backend_failures_total",
+            &[("pool", "gone"), ("backend", "dead")]
+        ) == 1.0
     );
     // The latency histogram of route app counted every request.
     let hist = after
@@ -230,9 +261,12 @@ async fn metrics_parse_and_counters_move_with_traffic() -> TestResult {
     )
     .await?
     .expect(200)?;
-    node.put("/v1/routes/other", &json!({"pool": "other", "path_prefix": "/other"}))
-        .await?
-        .expect(200)?;
+    node.put(
+        "/v1/routes/other",
+        &json!({"pool": "other", "path_prefix": "/other"}),
+    )
+    .await?
+    .expect(200)?;
     let swapped = scrape(&node).await?;
     ensure!(
         get(&swapped, "gateway_http_requests_total", &app_2xx) >= n as f64,
@@ -288,7 +322,10 @@ async fn metrics_parse_and_counters_move_with_traffic() -> TestResult {
     let app = row("app ")?;
     // ROUTE HOSTS PATH POOL REQ/S ...
     let rps: f64 = app[4].parse()?;
-    ensure!(rps > 0.0, "route app at {rps} req/s while traffic runs: {app:?}");
+    ensure!(
+        rps > 0.0,
+        "route app at {rps} req/s while traffic runs: {app:?}"
+    );
     let a_row = row("web/a ")?;
     ensure!(a_row[1] == a.addr.to_string(), "{a_row:?}");
     Ok(())
@@ -300,7 +337,11 @@ async fn raft_figures_of_a_three_node_cluster() -> TestResult {
     let leader = c.wait_leader(ELECTION).await?;
     let leader_node = c.node(leader.id);
     let follower = c.follower().await?;
-    let before = get(&scrape(follower).await?, "gateway_forwarded_writes_total", &[]);
+    let before = get(
+        &scrape(follower).await?,
+        "gateway_forwarded_writes_total",
+        &[],
+    );
     follower
         .put(
             "/v1/pools/p",
@@ -323,24 +364,31 @@ async fn raft_figures_of_a_three_node_cluster() -> TestResult {
         .map(|id| id.to_string())
         .collect();
     // The leader reports the lag of every follower; they catch up with the write.
-    wait_for("the leader to see both followers caught up", CATCH_UP, || async {
-        let s = scrape(leader_node).await?;
-        let lagging: BTreeMap<String, f64> = s
-            .samples
-            .iter()
-            .filter(|x| x.metric == "gateway_raft_replication_lag_entries")
-            .map(|x| (x.labels.get("follower").unwrap_or("").to_string(), value(x)))
-            .collect();
-        ensure!(
-            lagging.keys().cloned().collect::<BTreeSet<_>>() == followers,
-            "lag reported for {:?}",
-            lagging.keys()
-        );
-        ensure!(lagging.values().all(|&l| l == 0.0), "lag {lagging:?}");
-        ensure!(get(&s, "gateway_raft_commit_index", &[]) >= get(&s, "gateway_raft_applied_index", &[]));
-        ensure!(get(&s, "gateway_cluster_members", &[("kind", "voter")]) == 3.0);
-        Ok(())
-    })
+    wait_for(
+        "the leader to see both followers caught up",
+        CATCH_UP,
+        || async {
+            let s = scrape(leader_node).await?;
+            let lagging: BTreeMap<String, f64> = s
+                .samples
+                .iter()
+                .filter(|x| x.metric == "gateway_raft_replication_lag_entries")
+                .map(|x| (x.labels.get("follower").unwrap_or("").to_string(), value(x)))
+                .collect();
+            ensure!(
+                lagging.keys().cloned().collect::<BTreeSet<_>>() == followers,
+                "lag reported for {:?}",
+                lagging.keys()
+            );
+            ensure!(lagging.values().all(|&l| l == 0.0), "lag {lagging:?}");
+            ensure!(
+                get(&s, "gateway_raft_commit_index", &[])
+                    >= get(&s, "gateway_raft_applied_index", &[])
+            );
+            ensure!(get(&s, "gateway_cluster_members", &[("kind", "voter")]) == 3.0);
+            Ok(())
+        },
+    )
     .await?;
     Ok(())
 }

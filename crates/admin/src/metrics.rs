@@ -4,13 +4,13 @@
 
 use gateway_cluster::Status;
 use gateway_model::State;
-use std::collections::BTreeMap;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// The `Content-Type` of `/metrics`.
@@ -96,7 +96,12 @@ pub(crate) struct ClusterFigures {
 impl Collector for ClusterFigures {
     fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
         let s = &self.status;
-        gauge(&mut enc, "gateway_raft_term", "Current Raft term.", as_gauge(s.term))?;
+        gauge(
+            &mut enc,
+            "gateway_raft_term",
+            "Current Raft term.",
+            as_gauge(s.term),
+        )?;
         gauges(
             &mut enc,
             "gateway_raft_state",
@@ -177,7 +182,10 @@ impl Collector for ClusterFigures {
             "Cluster members by kind.",
             [
                 (vec![("kind", "voter".to_string())], s.voters.len() as i64),
-                (vec![("kind", "learner".to_string())], s.learners.len() as i64),
+                (
+                    vec![("kind", "learner".to_string())],
+                    s.learners.len() as i64,
+                ),
             ],
         )?;
         gauge(
@@ -221,11 +229,12 @@ impl Collector for ClusterFigures {
             &mut enc,
             "gateway_backend_ejections",
             "Times the cluster marked a backend down (active checks or passive ejection), as applied on this node since it started.",
-            self.ejections
-                .iter()
-                .map(|((pool, backend), n)| {
-                    (vec![("pool", pool.clone()), ("backend", backend.clone())], *n)
-                }),
+            self.ejections.iter().map(|((pool, backend), n)| {
+                (
+                    vec![("pool", pool.clone()), ("backend", backend.clone())],
+                    *n,
+                )
+            }),
         )?;
         gauge(
             &mut enc,

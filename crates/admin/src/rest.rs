@@ -15,15 +15,15 @@ use gateway_cluster::{Cluster, Consistency};
 use gateway_model::{
     Command, MAX_BATCH, Pool, Route, validate_name, validate_pool, validate_route,
 };
+use prometheus_client::collector::Collector;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use std::future::Future;
-use tokio::net::TcpListener;
-use prometheus_client::collector::Collector;
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 /// What the admin server needs besides its listener.

@@ -36,7 +36,10 @@ fn init_logging(json: bool) {
         .with_writer(std::io::stderr)
         .with_ansi(!json && std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let logs = if json {
-        logs.json().with_filter(not_access).with_filter(filter()).boxed()
+        logs.json()
+            .with_filter(not_access)
+            .with_filter(filter())
+            .boxed()
     } else {
         logs.with_filter(not_access).with_filter(filter()).boxed()
     };

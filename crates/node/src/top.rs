@@ -225,11 +225,7 @@ fn frame(server: &str, prev: &Reading, now: &Reading) -> String {
                 key,
                 b["address"].as_str().unwrap_or(""),
                 health,
-                sum(
-                    &now.metrics,
-                    "gateway_backend_in_flight_requests",
-                    &labels
-                ),
+                sum(&now.metrics, "gateway_backend_in_flight_requests", &labels),
                 rate("gateway_backend_requests_total", &labels),
                 rate("gateway_backend_failures_total", &labels),
                 rate("gateway_pool_retries_total", &[("pool", pool)]),
@@ -253,7 +249,7 @@ pub async fn run(
         let now = match read(server, token).await {
             Ok(r) => r,
             Err(e) if !once => {
-                print!("\x1b[H\x1b[2J{server}: {e:#} (retrying)\n");
+                println!("\x1b[H\x1b[2J{server}: {e:#} (retrying)");
                 continue;
             }
             Err(e) => return Err(e),

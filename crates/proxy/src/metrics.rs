@@ -52,10 +52,8 @@ impl Histogram {
             .position(|&le| secs <= le)
             .unwrap_or(LATENCY_BUCKETS.len());
         self.buckets[i].fetch_add(1, Relaxed);
-        self.sum_micros.fetch_add(
-            u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
-            Relaxed,
-        );
+        self.sum_micros
+            .fetch_add(u64::try_from(took.as_micros()).unwrap_or(u64::MAX), Relaxed);
     }
 
     fn read(&self) -> HistogramSnapshot {

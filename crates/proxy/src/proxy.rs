@@ -397,7 +397,8 @@ fn proxy(
         };
 
         let ctx = PickCtx { client_ip, pinned };
-        let (resp, picked, in_flight) = dispatch(route, pool, scope, &ctx, req, upgrade, served).await?;
+        let (resp, picked, in_flight) =
+            dispatch(route, pool, scope, &ctx, req, upgrade, served).await?;
 
         if let Some(replay) = replay
             && resp

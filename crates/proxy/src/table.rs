@@ -543,10 +543,21 @@ mod tests {
         let a1 = t1.pools[0].backends[0].stats.clone();
         let t2 = RouteTable::compile(&s, 1, &key, &mut reg);
         assert!(Arc::ptr_eq(&a1, &t2.pools[0].backends[0].stats));
+        // Route counters (and per-backend answers of the route) are kept across swaps too.
+        assert!(Arc::ptr_eq(&t1.routes[0].stats, &t2.routes[0].stats));
+        assert!(Arc::ptr_eq(
+            &t1.routes[0].per_backend[0],
+            &t2.routes[0].per_backend[0]
+        ));
         let mut s2 = s.clone();
         s2.pools.get_mut("p").unwrap().backends[0].id = "z".into();
         let _t3 = RouteTable::compile(&s2, 1, &key, &mut reg);
         assert_eq!(reg.backends.len(), 1);
+        assert_eq!(
+            reg.route_backends.len(),
+            1,
+            "counters of the removed backend dropped"
+        );
         assert!(
             reg.backends
                 .contains_key(&("p".to_string(), "z".to_string()))
