@@ -392,3 +392,104 @@ async fn raft_figures_of_a_three_node_cluster() -> TestResult {
     .await?;
     Ok(())
 }
+
+/// Reads server-sent events from `/v1/events` until `want` matches one (`event`, `data`).
+async fn next_event(
+    body: &mut hyper::body::Incoming,
+    buf: &mut String,
+    want: impl Fn(&str, &serde_json::Value) -> bool,
+) -> Result<serde_json::Value> {
+    use http_body_util::BodyExt;
+    loop {
+        while let Some(cut) = buf.find("\n\n") {
+            let frame: String = buf.drain(..cut + 2).collect();
+            let mut event = "message";
+            let mut data = String::new();
+            for line in frame.lines() {
+                if let Some(e) = line.strip_prefix("event:") {
+                    event = e.trim();
+                } else if let Some(d) = line.strip_prefix("data:") {
+                    data.push_str(d.trim_start());
+                }
+            }
+            if let Ok(v) = serde_json::from_str(&data)
+                && want(event, &v)
+            {
+                return Ok(v);
+            }
+        }
+        let frame = body
+            .frame()
+            .await
+            .ok_or_else(|| anyhow!("the event stream ended"))??;
+        if let Ok(bytes) = frame.into_data() {
+            buf.push_str(&String::from_utf8_lossy(&bytes));
+        }
+    }
+}
+
+#[tokio::test]
+async fn event_stream_follows_changes_and_ends_on_shutdown() -> TestResult {
+    let c = TestCluster::new()?;
+    let spec = c.spec(1)?;
+    let mut args = c.init_args(&spec);
+    // A long grace: a stream that held the shutdown up would show.
+    args.extend(["--shutdown-grace-ms".into(), "120000".into()]);
+    let node = Node::spawn(&spec, args, c.http().clone())?;
+    wait_for("the node to lead", ELECTION, || async {
+        node.ensure_running()?;
+        ensure!(node.leader().await?.id == 1, "not leading yet");
+        Ok(())
+    })
+    .await?;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<http_body_util::Empty<bytes::Bytes>>();
+    let req = http::Request::get(format!("http://{}/v1/events", node.admin_addr))
+        .body(http_body_util::Empty::new())?;
+    let resp = client.request(req).await?;
+    ensure!(resp.status() == 200, "{}", resp.status());
+    ensure!(
+        resp.headers()
+            .get("content-type")
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream")),
+        "{:?}",
+        resp.headers()
+    );
+    let mut body = resp.into_body();
+    let mut buf = String::new();
+    let first = tokio::time::timeout(
+        CATCH_UP,
+        next_event(&mut body, &mut buf, |e, _| e == "state"),
+    )
+    .await??;
+    let rev = first["revision"].as_u64().unwrap_or(0);
+    node.put(
+        "/v1/pools/p",
+        &json!({"backends": [{"id": "a", "address": "127.0.0.1:9"}]}),
+    )
+    .await?
+    .expect(200)?;
+    let next = tokio::time::timeout(
+        CATCH_UP,
+        next_event(&mut body, &mut buf, |e, v| {
+            e == "state" && v["revision"].as_u64() > Some(rev)
+        }),
+    )
+    .await??;
+    ensure!(next["pools"][0]["name"] == "p", "{next}");
+    let tick = tokio::time::timeout(
+        CATCH_UP,
+        next_event(&mut body, &mut buf, |e, _| e == "tick"),
+    )
+    .await??;
+    ensure!(tick["status"]["role"] == "leader", "{tick}");
+    ensure!(
+        tick["metrics"]
+            .as_str()
+            .is_some_and(|m| m.contains("gateway_raft_term")),
+        "a tick carries the metrics text"
+    );
+    // SIGTERM with the stream still open: the node ends it and exits (well before its grace).
+    node.stop(gateway_tests::EXIT).await?;
+    Ok(())
+}

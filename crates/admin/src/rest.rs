@@ -50,6 +50,9 @@ pub(crate) struct App {
     pub(crate) leader_changes: Arc<AtomicU64>,
     /// Times each backend was marked down, as seen applied since this node started.
     pub(crate) ejections: Arc<std::sync::Mutex<BTreeMap<(String, String), u64>>>,
+    /// True once the server is shutting down: endless answers (event streams) end then, so
+    /// that the graceful shutdown does not wait for them.
+    pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 type Result<T> = std::result::Result<T, ApiError>;
@@ -60,7 +63,9 @@ pub async fn serve(
     opts: AdminOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let (stop_tx, stopping) = tokio::sync::watch::channel(false);
     let app = App {
+        stopping,
         cluster: opts.cluster,
         left: opts.left,
         tokens: opts.tokens,
@@ -99,7 +104,10 @@ pub async fn serve(
         .layer(middleware::from_fn_with_state(app.clone(), stamp_revision))
         .with_state(app);
     axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        })
         .await
 }
 

@@ -82,6 +82,7 @@ async fn tick_event(app: &App) -> Event {
 pub(crate) async fn events(AxState(app): AxState<App>) -> impl IntoResponse {
     let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(8);
     tokio::spawn(async move {
+        let mut stopping = app.stopping.clone();
         let mut state = app.cluster.state();
         state.borrow_and_update();
         if tx.send(Ok(state_event(&app))).await.is_err() {
@@ -100,6 +101,7 @@ pub(crate) async fn events(AxState(app): AxState<App>) -> impl IntoResponse {
                 }
                 _ = every.tick() => tick_event(&app).await,
                 () = tx.closed() => return,
+                () = async { let _ = stopping.wait_for(|s| *s).await; } => return,
             };
             if tx.send(Ok(event)).await.is_err() {
                 return;
