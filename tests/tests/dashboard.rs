@@ -415,3 +415,43 @@ async fn dashboard_shows_a_killed_backend_red() -> TestResult {
     browser.close().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn dashboard_transfers_leadership() -> TestResult {
+    // No token file: the loopback admin API is open and the page goes straight in.
+    let c = TestCluster::start(3).await?;
+    let leader = c.wait_leader(ELECTION).await?;
+    let to = c
+        .ids()
+        .into_iter()
+        .find(|&id| id != leader.id)
+        .ok_or_else(|| anyhow!("no other node"))?;
+    let browser = Browser::start().await?;
+    let b = &browser;
+    b.client
+        .goto(&format!("http://{}/ui", c.node(leader.id).admin_addr))
+        .await?;
+    b.text_of("#live", "the dashboard to go live", |t| t == "live")
+        .await?;
+    b.text_of("#members tbody", "three members", |t| {
+        t.lines().count() == 3
+    })
+    .await?;
+    b.click(&format!("tr[data-member=\"{to}\"] .transfer"))
+        .await?;
+    let want = format!("leader: node {to}");
+    b.text_of("#node-info", "the new leader on the page", |t| {
+        t.contains(&want)
+    })
+    .await?;
+    let now = c.wait_leader(ELECTION).await?;
+    ensure!(now.id == to, "node {} leads, not {to}", now.id);
+    b.text_of(
+        &format!("tr[data-member=\"{to}\"] .role"),
+        "its role shown as leader",
+        |t| t == "leader",
+    )
+    .await?;
+    browser.close().await;
+    Ok(())
+}
