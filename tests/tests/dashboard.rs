@@ -376,7 +376,7 @@ async fn dashboard_shows_a_killed_backend_red() -> TestResult {
                 {"id": "a", "address": a.addr.to_string()},
                 {"id": "b", "address": victim.addr.to_string()},
             ],
-            "health_check": {"type": "tcp", "interval_ms": 200, "timeout_ms": 500, "rise": 1, "fall": 1},
+            "health_check": {"type": "tcp", "interval_ms": 200, "timeout_ms": 200, "rise": 1, "fall": 1},
         })),
     )
     .await?;

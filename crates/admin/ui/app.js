@@ -382,6 +382,8 @@ function editPool(p) {
   $("#pool-name").value = p.name;
   $("#pool-name").readOnly = true;
   $("#pool-balance").value = p.balance || "round_robin";
+  $("#pool-hc-type").value = (p.health_check && p.health_check.type) || "";
+  $("#pool-hc-path").value = (p.health_check && p.health_check.path) || "";
   $("#pool-backends").value = (p.backends || []).map((b) => `${b.id} ${b.address}` + (b.weight && b.weight !== 1 ? ` ${b.weight}` : "")).join("\n");
   $("#pool-revision").textContent = `editing revision ${p.revision}`;
   $("#pool-form").dataset.original = JSON.stringify(p);
@@ -405,6 +407,16 @@ $("#pool-form").addEventListener("submit", async (ev) => {
   delete obj.revision;
   delete obj.name;
   obj.balance = $("#pool-balance").value;
+  // The check's other settings (interval, thresholds, ...) are kept as read.
+  const hcType = $("#pool-hc-type").value;
+  if (!hcType) {
+    delete obj.health_check;
+  } else {
+    obj.health_check = Object.assign({}, obj.health_check || {}, { type: hcType });
+    const path = $("#pool-hc-path").value.trim();
+    if (hcType === "http" && path) obj.health_check.path = path;
+    if (hcType === "tcp") delete obj.health_check.path;
+  }
   let backends;
   try { backends = parseBackends($("#pool-backends").value); } catch (e) { say(e.message, "error"); return; }
   // Keep what the form does not show (node, limits, drain) for backends it keeps.
