@@ -126,11 +126,16 @@ fn get(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-/// A one-node cluster with the JSON access log on.
+/// A one-node cluster with the JSON access log and JSON log lines.
 async fn logging_node(c: &TestCluster) -> Result<Node> {
     let spec = c.spec(1)?;
     let mut args = c.init_args(&spec);
-    args.extend(["--access-log".into(), "json".into()]);
+    args.extend([
+        "--access-log".into(),
+        "json".into(),
+        "--log-format".into(),
+        "json".into(),
+    ]);
     let node = Node::spawn(&spec, args, c.http().clone())?;
     wait_for("the node to lead", ELECTION, || async {
         node.ensure_running()?;
@@ -289,6 +294,14 @@ async fn metrics_parse_and_counters_move_with_traffic() -> TestResult {
     ensure!(line["duration_ms"].as_f64().is_some(), "{line}");
     ensure!(line["forwarded"] == false, "{line}");
     note!("access log line: {line}");
+    // --log-format json: the node's own lines are JSON objects too.
+    let running = node
+        .log()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["fields"]["message"] == "node running")
+        .ok_or_else(|| anyhow!("no JSON 'node running' line in the log"))?;
+    ensure!(running["level"] == "INFO", "{running}");
 
     // `gateway top --once`: one frame with the same figures, rates over one interval.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

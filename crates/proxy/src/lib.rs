@@ -69,6 +69,14 @@
 //!   backend exchange runs inside the request's task. HTTP/2 (client prior knowledge, `h2c`
 //!   pools) goes through hyper.
 //!
+//! * **Metrics** (module `metrics`): answers by route, backend and status class, a latency
+//!   histogram per route, attempts and failures per backend, retries per pool, open connections
+//!   and WebSockets; relaxed atomic adds on counters kept across table swaps, read through the
+//!   [`Metrics`] handle ([`ProxyConfig::metrics`]). The node renders them; this crate knows
+//!   nothing of Prometheus.
+//! * **Access log** (module `access`, off by default): one line per request, JSON or the
+//!   common log format, as a `tracing` event with target [`ACCESS_TARGET`].
+//!
 //! # Model fields this crate reads beyond the basics
 //!
 //! * `Route`: `timeout_ms` (30 000), `retries` (2), `retry_delay_ms` (0), `headers`,
