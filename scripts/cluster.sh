@@ -91,7 +91,8 @@ else
   pool='{"balance":"round_robin","prefer_local":true,"backends":[
     {"id":"app1","address":"127.0.0.1:8201","node":1},
     {"id":"app2","address":"127.0.0.1:8202","node":2},
-    {"id":"app3","address":"127.0.0.1:8203","node":3}]}'
+    {"id":"app3","address":"127.0.0.1:8203","node":3}],
+    "health_check":{"type":"http","path":"/","interval_ms":1000,"timeout_ms":500},"eject":{}}'
   [ "$(req PUT 9101 /v1/pools/app "$pool" | head -n1)" = 200 ] || { echo "error: could not create the demo pool" >&2; exit 1; }
   [ "$(req PUT 9102 /v1/routes/app '{"pool":"app","path_prefix":"/","writes":"leader"}' | head -n1)" = 200 ] \
     || { echo "error: could not create the demo route" >&2; exit 1; }
@@ -123,6 +124,7 @@ Try:
   xdg-open http://127.0.0.1:9101/ui                       # the dashboard (log in with \$GATEWAY_TOKEN)
   $BIN top --admin 127.0.0.1:9101                        # the same figures in the terminal
   curl -H "Authorization: Bearer \$GATEWAY_TOKEN" 127.0.0.1:9101/metrics   # Prometheus metrics
+  $BIN backend list --server 127.0.0.1:7101               # each backend's health, as the cluster agreed
   kill -9 \$(pgrep -f "data-dir $DATA/$leader")    # kill the leader: another takes over, usually in under a second
 
 Press Ctrl-C to stop the cluster.

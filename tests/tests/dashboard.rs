@@ -5,8 +5,8 @@
 //! killed.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (listed in `.ci/packages`) and the binary
-//! (`cargo build -p gateway`). Set `GATEWAY_DASHBOARD_PNG=docs/dashboard.png` to keep a
-//! screenshot of the dashboard.
+//! (`cargo build -p gateway`). `GATEWAY_DASHBOARD_PNG=$PWD/docs/dashboard.png cargo test -p
+//! gateway-tests --test dashboard -- killed` writes the README's screenshot.
 
 use anyhow::{Context, Result, anyhow};
 use bytes::Bytes;
@@ -350,12 +350,6 @@ async fn dashboard_login_add_route_and_refuse_a_stale_edit() -> TestResult {
     };
     ensure!(pool["backends"][0]["drain"] == true, "drained: {pool}");
 
-    if let Ok(path) = std::env::var("GATEWAY_DASHBOARD_PNG") {
-        b.click("#route-cancel").await?;
-        let png = b.client.screenshot().await?;
-        std::fs::write(&path, png).with_context(|| format!("writing {path}"))?;
-        note!("screenshot written to {path}");
-    }
     browser.close().await;
     Ok(())
 }
@@ -381,6 +375,15 @@ async fn dashboard_shows_a_killed_backend_red() -> TestResult {
     )
     .await?;
     ensure!(s == 200, "pool with a health check: {s} {v}");
+    let (s, v) = admin(
+        &node,
+        "PUT",
+        "/v1/routes/shop",
+        &[],
+        Some(json!({"hosts": ["shop.example"], "pool": "hc"})),
+    )
+    .await?;
+    ensure!(s == 200, "route: {s} {v}");
     let browser = Browser::start().await?;
     let b = &browser;
     b.log_in(&node, READ).await?;
@@ -412,6 +415,19 @@ async fn dashboard_shows_a_killed_backend_red() -> TestResult {
         other.as_deref() == Some("up"),
         "backend a stays up: {other:?}"
     );
+    if let Ok(path) = std::env::var("GATEWAY_DASHBOARD_PNG") {
+        // Some traffic, so the requests/s columns have figures.
+        for _ in 0..30 {
+            call("GET", node.http_addr, "/", Some("shop.example"), &[], None).await?;
+        }
+        b.text_of("tr[data-route=shop] .rps", "a request rate", |t| {
+            t.parse::<f64>().is_ok_and(|r| r > 0.0)
+        })
+        .await?;
+        let png = b.client.screenshot().await?;
+        std::fs::write(&path, png).with_context(|| format!("writing {path}"))?;
+        note!("screenshot written to {path}");
+    }
     browser.close().await;
     Ok(())
 }

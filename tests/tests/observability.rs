@@ -406,7 +406,7 @@ async fn raft_figures_of_a_three_node_cluster() -> TestResult {
     Ok(())
 }
 
-/// Reads server-sent events from `/v1/events` until `want` matches one (`event`, `data`).
+/// Reads server-sent events from `/v1/stream` until `want` matches one (`event`, `data`).
 async fn next_event(
     body: &mut hyper::body::Incoming,
     buf: &mut String,
@@ -457,7 +457,7 @@ async fn event_stream_follows_changes_and_ends_on_shutdown() -> TestResult {
     .await?;
     let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .build_http::<http_body_util::Empty<bytes::Bytes>>();
-    let req = http::Request::get(format!("http://{}/v1/events", node.admin_addr))
+    let req = http::Request::get(format!("http://{}/v1/stream", node.admin_addr))
         .body(http_body_util::Empty::new())?;
     let resp = client.request(req).await?;
     ensure!(resp.status() == 200, "{}", resp.status());

@@ -2,7 +2,7 @@
 //! `/leader`, health and readiness), and the same API over gRPC on the cluster port (with a
 //! stream of configuration changes and server reflection), `/metrics` (Prometheus text format:
 //! the cluster's figures plus collectors the node hands in), and the web dashboard at `/ui`
-//! (assets compiled in, module `ui`) with its server-sent events at `/v1/events`.
+//! (assets compiled in, module `ui`) with its server-sent events at `/v1/stream`.
 //!
 //! Input is validated here, at the boundary, before anything is proposed; the state machine
 //! checks again when it applies. The HTTP status of every error is decided in [`error`], its

@@ -211,10 +211,21 @@ impl Collector for ClusterFigures {
         gauges(
             &mut enc,
             "gateway_backend_up",
-            "1 while the cluster's agreed health of a backend is up, 0 while it is marked down.",
-            backends().map(|(pool, backend, _)| {
-                let up = !st.is_down(&pool, &backend);
-                (vec![("pool", pool), ("backend", backend)], i64::from(up))
+            "The cluster's agreed health of a backend in a health-checked pool: 1 up, 0 down.",
+            st.pools.values().flat_map(|p| {
+                let verdicts = st.health.get(&p.name);
+                p.backends.iter().filter_map(move |b| {
+                    let up =
+                        match crate::rest::backend_state(p, verdicts.and_then(|m| m.get(&b.id))) {
+                            "up" => 1,
+                            "down" => 0,
+                            _ => return None,
+                        };
+                    Some((
+                        vec![("pool", p.name.clone()), ("backend", b.id.clone())],
+                        up,
+                    ))
+                })
             }),
         )?;
         gauges(

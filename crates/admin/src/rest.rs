@@ -13,7 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use gateway_cluster::{Cluster, Consistency};
 use gateway_model::{
-    Command, MAX_BATCH, Pool, Route, validate_name, validate_pool, validate_route,
+    AlertSink, Command, MAX_BATCH, Pool, Route, validate_alert_sink, validate_name, validate_pool,
+    validate_route,
 };
 use prometheus_client::collector::Collector;
 use serde::Deserialize;
@@ -38,6 +39,13 @@ pub struct AdminOptions {
     /// More figures for `GET /metrics` beside the cluster's own (the node hands in the data
     /// plane's); an empty list serves the cluster's alone.
     pub metrics: Vec<Arc<dyn Collector>>,
+    /// This node's own view of backend health (the backends its probes see down), shown in
+    /// `/status` as `sees_down`.
+    pub seen_down: Option<
+        tokio::sync::watch::Receiver<
+            std::sync::Arc<std::collections::BTreeSet<gateway_model::SeenDown>>,
+        >,
+    >,
 }
 
 #[derive(Clone)]
@@ -53,6 +61,11 @@ pub(crate) struct App {
     /// True once the server is shutting down: endless answers (event streams) end then, so
     /// that the graceful shutdown does not wait for them.
     pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
+    seen_down: Option<
+        tokio::sync::watch::Receiver<
+            std::sync::Arc<std::collections::BTreeSet<gateway_model::SeenDown>>,
+        >,
+    >,
 }
 
 type Result<T> = std::result::Result<T, ApiError>;
@@ -72,6 +85,7 @@ pub async fn serve(
         collectors: opts.metrics.into(),
         leader_changes: Arc::new(AtomicU64::new(0)),
         ejections: Arc::default(),
+        seen_down: opts.seen_down,
     };
     count_leader_changes(&app);
     count_ejections(&app);
@@ -86,13 +100,20 @@ pub async fn serve(
         .route("/v1/pools/{name}", get(get_pool).put(put_pool).delete(delete_pool))
         .route("/v1/routes", get(list_routes))
         .route("/v1/routes/{name}", get(get_route).put(put_route).delete(delete_route))
+        .route("/v1/health", get(health))
+        .route("/v1/events", get(events))
+        .route("/v1/alerts", get(list_alerts))
+        .route(
+            "/v1/alerts/{name}",
+            get(get_alert).put(put_alert).delete(delete_alert),
+        )
         .route("/v1/nodes", get(nodes))
         .route("/v1/nodes/{id}", axum::routing::delete(remove_node))
         .route("/v1/leave", post(leave))
         .route("/v1/transaction", post(transaction))
         .route("/v1/cluster/transfer-leader", post(transfer_leader))
         .route("/metrics", get(metrics))
-        .route("/v1/events", get(crate::ui::events))
+        .route("/v1/stream", get(crate::ui::stream))
         .route("/ui", get(crate::ui::page))
         .route("/ui/", get(crate::ui::page))
         .route("/ui/{asset}", get(crate::ui::asset))
@@ -413,7 +434,186 @@ async fn metrics(AxState(app): AxState<App>) -> Response {
 
 async fn status(AxState(app): AxState<App>) -> Response {
     let st = app.cluster.status().await;
-    ok(st.revision, json!(st))
+    let mut body = json!(st);
+    let state = app.cluster.state().borrow().clone();
+    body["backends"] = backend_health(&state);
+    body["lost_nodes"] = json!(state.lost);
+    if let Some(v) = &app.seen_down {
+        body["sees_down"] = json!(*v.borrow().clone());
+    }
+    ok(st.revision, body)
+}
+
+/// Every backend with the health the cluster agreed on: `up`, `down`, or `unknown` when its
+/// pool has no health check; whether it drains; the nodes that saw it down; the last
+/// transition (event id and time).
+/// A backend's health as the API shows it: `unknown` in a pool without a health check.
+pub(crate) fn backend_state(
+    pool: &gateway_model::Pool,
+    verdict: Option<&gateway_model::BackendHealth>,
+) -> &'static str {
+    match (&pool.health_check, verdict) {
+        (None, _) => "unknown",
+        (Some(_), Some(h)) if !h.up => "down",
+        (Some(_), _) => "up",
+    }
+}
+
+pub(crate) fn backend_health(st: &gateway_model::State) -> Value {
+    let mut out = Vec::new();
+    for pool in st.pools.values() {
+        let verdicts = st.health.get(&pool.name);
+        for b in &pool.backends {
+            let h = verdicts.and_then(|m| m.get(&b.id));
+            let state = backend_state(pool, h);
+            out.push(json!({
+                "pool": pool.name,
+                "backend": b.id,
+                "address": b.address,
+                "node": b.node,
+                "state": state,
+                "draining": b.drain,
+                "down_on": h.map(|h| h.down_on.clone()).unwrap_or_default(),
+                "since_ms": h.map_or(0, |h| h.since_ms),
+                "transition": h.map_or(0, |h| h.transition),
+            }));
+        }
+    }
+    Value::Array(out)
+}
+
+async fn health(
+    AxState(app): AxState<App>,
+    q: std::result::Result<Query<ReadParams>, QueryRejection>,
+) -> Result<Response> {
+    let st = app.cluster.read(consistency(q)?).await?;
+    Ok(ok(
+        st.revision,
+        json!({"revision": st.revision, "backends": backend_health(&st), "lost_nodes": st.lost}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventParams {
+    #[serde(default)]
+    after: u64,
+    #[serde(default)]
+    consistency: Option<String>,
+}
+
+async fn events(
+    AxState(app): AxState<App>,
+    q: std::result::Result<Query<EventParams>, QueryRejection>,
+) -> Result<Response> {
+    let Query(q) = q.map_err(|e| {
+        ApiError::bad(
+            "after",
+            format!("bad query: {e}; use ?after=EVENT_ID (and optionally &consistency=...)"),
+        )
+    })?;
+    let level = match q.consistency.as_deref() {
+        None | Some("linearizable") => Consistency::Linearizable,
+        Some("leader") => Consistency::Leader,
+        Some("stale") => Consistency::Stale,
+        Some(other) => {
+            return Err(ApiError::bad(
+                "consistency",
+                format!("consistency: '{other}' is not a level; use linearizable, leader or stale"),
+            ));
+        }
+    };
+    let st = app.cluster.read(level).await?;
+    let events: Vec<_> = st.events_after(q.after).collect();
+    Ok(ok(
+        st.revision,
+        json!({"revision": st.revision, "next_event": st.next_event.max(1), "events": events}),
+    ))
+}
+
+/// An alert sink as read APIs show it: the SMTP password is never returned.
+fn shown_sink(s: &AlertSink) -> AlertSink {
+    let mut s = s.clone();
+    if let Some(m) = &mut s.smtp {
+        m.password = None;
+    }
+    s
+}
+
+async fn list_alerts(
+    AxState(app): AxState<App>,
+    q: std::result::Result<Query<ReadParams>, QueryRejection>,
+) -> Result<Response> {
+    let st = app.cluster.read(consistency(q)?).await?;
+    let sinks: Vec<AlertSink> = st.alerts.values().map(shown_sink).collect();
+    Ok(ok(
+        st.revision,
+        json!({"revision": st.revision, "alerts": sinks, "delivered": st.delivered}),
+    ))
+}
+
+async fn get_alert(
+    AxState(app): AxState<App>,
+    Path(name): Path<String>,
+    q: std::result::Result<Query<ReadParams>, QueryRejection>,
+) -> Result<Response> {
+    checked_name(&name)?;
+    let st = app.cluster.read(consistency(q)?).await?;
+    match st.alerts.get(&name) {
+        Some(s) => Ok(with_etag(
+            ok(
+                st.revision,
+                json!({"revision": st.revision, "alert": shown_sink(s), "delivered": st.delivered.get(&name)}),
+            ),
+            s.revision,
+        )),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("alert sink '{name}' does not exist; list them with GET /v1/alerts"),
+        )
+        .at(st.revision)),
+    }
+}
+
+async fn put_alert(
+    AxState(app): AxState<App>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    let expect = expected(&headers)?;
+    let mut sink: AlertSink = parse(&body)?;
+    named(&name, &mut sink.name)?;
+    validate_alert_sink(&sink)?;
+    let mut shown = shown_sink(&sink);
+    let resp = propose(
+        &app,
+        request_id(&headers)?,
+        Command::PutAlertSink { sink, expect },
+        |rev| {
+            shown.revision = rev;
+            json!({"revision": rev, "alert": shown})
+        },
+    )
+    .await?;
+    let rev = revision_of(&resp);
+    Ok(with_etag(resp, rev))
+}
+
+async fn delete_alert(
+    AxState(app): AxState<App>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let expect = expected(&headers)?;
+    checked_name(&name)?;
+    propose(
+        &app,
+        request_id(&headers)?,
+        Command::DeleteAlertSink { name, expect },
+        |rev| json!({"revision": rev}),
+    )
+    .await
 }
 
 async fn readyz(AxState(app): AxState<App>) -> Result<&'static str> {

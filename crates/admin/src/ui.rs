@@ -1,10 +1,11 @@
 //! The web dashboard (`/ui`, assets compiled into the binary) and the server-sent events it
-//! lives on (`/v1/events`).
+//! lives on (`/v1/stream`).
 //!
 //! The page holds no data: it asks for a token (kept in the tab's session storage), then reads
-//! the REST API with it as a bearer header, and follows `/v1/events`: a `state` event with the
-//! configuration whenever this node applies a new revision, and a `tick` event every second
-//! with this node's status and the `/metrics` text (the page derives requests/s from it).
+//! the REST API with it as a bearer header, and follows `/v1/stream`: a `state` event with the
+//! configuration and each backend's health (as `/v1/health` shows it) whenever this node
+//! applies a new revision, and a `tick` event every second with this node's status and the
+//! `/metrics` text (the page derives requests/s from it).
 
 use crate::rest::App;
 use axum::extract::{Path, State as AxState};
@@ -21,7 +22,7 @@ const INDEX: &str = include_str!("../ui/index.html");
 const SCRIPT: &str = include_str!("../ui/app.js");
 const STYLE: &str = include_str!("../ui/app.css");
 
-/// How often `/v1/events` sends a `tick`.
+/// How often `/v1/stream` sends a `tick`.
 const TICK: Duration = Duration::from_secs(1);
 
 fn asset_response(content_type: &'static str, body: &'static str) -> Response {
@@ -66,7 +67,7 @@ fn state_event(app: &App) -> Event {
         "revision": st.revision,
         "pools": st.pools.values().collect::<Vec<_>>(),
         "routes": st.routes.values().collect::<Vec<_>>(),
-        "health": &st.health,
+        "backends": crate::rest::backend_health(&st),
     });
     Event::default().event("state").data(body.to_string())
 }
@@ -78,8 +79,8 @@ async fn tick_event(app: &App) -> Event {
     Event::default().event("tick").data(body.to_string())
 }
 
-/// `GET /v1/events`: server-sent events until the client goes away or the node stops.
-pub(crate) async fn events(AxState(app): AxState<App>) -> impl IntoResponse {
+/// `GET /v1/stream`: server-sent events until the client goes away or the node stops.
+pub(crate) async fn stream(AxState(app): AxState<App>) -> impl IntoResponse {
     let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(8);
     tokio::spawn(async move {
         let mut stopping = app.stopping.clone();

@@ -1,6 +1,6 @@
 // Gateway dashboard: plain JavaScript, no dependencies, served from the binary.
 // Reads the REST API with the token kept in this tab's session storage, and follows the
-// server-sent events of /v1/events (read with fetch, so the bearer header can be sent).
+// server-sent events of /v1/stream (read with fetch, so the bearer header can be sent).
 "use strict";
 
 const TOKEN_KEY = "gateway.token";
@@ -8,8 +8,6 @@ const $ = (sel) => document.querySelector(sel);
 
 let config = { revision: 0, pools: [], routes: [] };
 let status = null;
-let health = new Map(); // "pool/backend" -> state entry from /v1/health
-let healthAvailable = true;
 let rates = { backends: new Map(), routes: new Map() };
 let lastCounters = null; // { at, backends: Map, routes: Map }
 let editingRoute = null; // revision the route form was opened at (null: creating)
@@ -120,7 +118,7 @@ async function follow() {
   const headers = { Accept: "text/event-stream" };
   if (token()) headers["Authorization"] = "Bearer " + token();
   try {
-    const resp = await fetch("/v1/events", { headers, signal: ctl.signal });
+    const resp = await fetch("/v1/stream", { headers, signal: ctl.signal });
     if (resp.status === 401 || resp.status === 403) { showLogin("That token was refused."); return; }
     if (!resp.ok) throw new Error("HTTP " + resp.status);
     setLive(true);
@@ -164,7 +162,7 @@ function onEvent(type, data) {
   } else if (type === "tick") {
     status = v.status;
     counters(v.metrics);
-    pollHealth().then(render);
+    render();
   }
 }
 
@@ -192,14 +190,6 @@ function counters(text) {
     for (const [k, v] of now.routes) rates.routes.set(k, rate(v, lastCounters.routes.get(k)));
   }
   lastCounters = now;
-}
-
-async function pollHealth() {
-  if (!healthAvailable) return;
-  const r = await api("GET", "/v1/health?consistency=stale");
-  if (r.status === 404) { healthAvailable = false; return; }
-  if (!r.ok || !r.data || !Array.isArray(r.data.backends)) return;
-  health = new Map(r.data.backends.map((b) => [b.pool + "/" + b.backend, b]));
 }
 
 // ---- rendering ----
@@ -259,14 +249,11 @@ function renderRoutes() {
   names.replaceChildren(...config.pools.map((p) => el("option", { value: p.name })));
 }
 
-// The node's health report (/v1/health) when it has one; else the verdicts in the
-// replicated state (a backend the cluster never marked down has no verdict: unknown).
+// Each backend's health as /v1/health shows it (up, down, or unknown without a health check),
+// carried by the state events.
 function healthOf(pool, b) {
-  const h = health.get(pool + "/" + b.id);
-  if (h) return h.state;
-  const v = config.health && config.health[pool] && config.health[pool][b.id];
-  if (v && v.address === b.address) return v.up ? "up" : "down";
-  return "unknown";
+  const h = (config.backends || []).find((x) => x.pool === pool && x.backend === b.id);
+  return h ? h.state : "unknown";
 }
 
 function renderPools() {

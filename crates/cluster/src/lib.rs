@@ -14,6 +14,7 @@ mod elector;
 mod error;
 mod handle;
 mod network;
+pub mod overseer;
 mod service;
 
 pub use auth::Secret;

@@ -20,7 +20,7 @@ pub use config::{
 pub use error::{ApplyError, Invalid};
 pub use health::{
     AlertSink, BackendHealth, CheckKind, EVENT_TYPES, Ejection, Event, EventKind, HealthCheck,
-    HealthPolicy, SmtpSink, StatusRanges, validate_alert_sink,
+    HealthPolicy, SeenDown, SmtpSink, StatusRanges, validate_alert_sink,
 };
 pub use state::{Change, ChangeSet, Compacted, DEDUP_WINDOW, HISTORY, State};
 pub use validate::{validate_name, validate_pool, validate_route};

@@ -293,6 +293,9 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    // Every node probes the backends of pools with health checks and sends its view to the
+    // leader, which commits the cluster's verdict (crates/cluster/src/overseer.rs).
+    let monitor = gateway_proxy::Monitor::new(id);
     let (left_tx, mut left_rx) = mpsc::channel(1);
     let proxy_metrics = gateway_proxy::Metrics::new();
     let admin = tokio::spawn(gateway_admin::serve(
@@ -305,9 +308,17 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             metrics: vec![std::sync::Arc::new(crate::metrics::DataPlane(
                 proxy_metrics.clone(),
             ))],
+            seen_down: Some(monitor.view()),
         },
         stopped(stop_rx.clone()),
     ));
+    tokio::spawn(monitor.clone().run(cluster.state()));
+    tokio::spawn(report_health(
+        cluster.clone(),
+        monitor.view(),
+        stop_rx.clone(),
+    ));
+    tokio::spawn(crate::alerts::run(cluster.clone(), stop_rx.clone()));
     let proxy = tokio::spawn(gateway_proxy::serve(
         http_listener,
         cluster.state(),
@@ -317,6 +328,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             keep_alive_timeout: cfg.keep_alive_timeout,
             metrics: proxy_metrics,
             access_log: cfg.access_log,
+            health: Some(monitor.clone()),
             ..gateway_proxy::ProxyConfig::new(id, secret_obj.hop_key())
         },
         stopped(stop_rx.clone()),
@@ -352,6 +364,26 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     cluster.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Sends this node's view of backend health to the leader once a second, and at once when it
+/// changes, until the node stops.
+async fn report_health(
+    cluster: Cluster,
+    mut view: watch::Receiver<gateway_proxy::health::View>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let down = (**view.borrow_and_update()).clone();
+        if let Err(e) = cluster.report_health(down).await {
+            tracing::debug!("health report not delivered: {e}");
+        }
+        tokio::select! {
+            _ = view.changed() => {}
+            _ = tokio::time::sleep(gateway_cluster::overseer::REPORT_EVERY) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
 }
 
 /// The leader's data plane address, as the proxy wants it.

@@ -931,6 +931,7 @@ mod tests {
             closing: Closing::default(),
             metrics: crate::metrics::Metrics::new(),
             access_log: None,
+            health: None,
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let _client = TcpStream::connect(listener.local_addr().unwrap())

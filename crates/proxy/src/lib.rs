@@ -114,6 +114,7 @@ mod codec;
 mod conn;
 mod error;
 mod headers;
+pub mod health;
 mod hop;
 mod metrics;
 mod proxy;
@@ -124,6 +125,7 @@ mod upstream;
 
 pub use access::{ACCESS_TARGET, AccessLog};
 pub use cidr::{Cidr, CidrError};
+pub use health::Monitor;
 pub use metrics::{
     BackendSnapshot, HistogramSnapshot, LATENCY_BUCKETS, Metrics, PoolSnapshot, RouteSnapshot,
     Snapshot,
@@ -168,6 +170,9 @@ pub struct ProxyConfig {
     pub metrics: Metrics,
     /// One log line per request (target `access`), in this format; default off.
     pub access_log: Option<AccessLog>,
+    /// This node's health monitor: failures met in real traffic on pools with `eject` count
+    /// as failed probes there. None: passive failures only eject locally.
+    pub health: Option<std::sync::Arc<Monitor>>,
 }
 
 impl ProxyConfig {
@@ -183,6 +188,7 @@ impl ProxyConfig {
             keep_alive_timeout: DEFAULT_KEEP_ALIVE_TIMEOUT,
             metrics: Metrics::new(),
             access_log: None,
+            health: None,
         }
     }
 }

@@ -45,6 +45,19 @@ pub(crate) struct Shared {
     pub(crate) metrics: crate::metrics::Metrics,
     /// Access log format; `None`: off.
     pub(crate) access_log: Option<crate::access::AccessLog>,
+    /// This node's health monitor, told of passive ejections.
+    pub(crate) health: Option<Arc<crate::health::Monitor>>,
+}
+
+impl Shared {
+    /// Backend `idx` of `pool` was just ejected here: count it as a failed probe too.
+    fn ejected(&self, pool: &CompiledPool, idx: usize, why: &str) {
+        let b = &pool.backends[idx];
+        tracing::warn!(pool = %pool.name, backend = %b.id, address = %b.address, cooldown_ms = pool.eject.map_or(0, |e| e.cooldown_ms), "backend ejected on this node: {why}");
+        if let Some(m) = &self.health {
+            m.passive_failure(&pool.name, &b.id);
+        }
+    }
 }
 
 impl Shared {
@@ -398,7 +411,7 @@ fn proxy(
 
         let ctx = PickCtx { client_ip, pinned };
         let (resp, picked, in_flight) =
-            dispatch(route, pool, scope, &ctx, req, upgrade, served).await?;
+            dispatch(shared, route, pool, scope, &ctx, req, upgrade, served).await?;
 
         if let Some(replay) = replay
             && resp
@@ -418,7 +431,8 @@ fn proxy(
                     apply_route(route, &mut req);
                     return Box::pin(async {
                         let (resp, picked, in_flight) =
-                            dispatch(route, pool, Scope::Local, &ctx, req, false, served).await?;
+                            dispatch(shared, route, pool, Scope::Local, &ctx, req, false, served)
+                                .await?;
                         Ok(finish(resp, route, pool, picked, in_flight))
                     })
                     .await;
@@ -511,7 +525,7 @@ async fn acquire(
     ctx: &PickCtx,
     tried: &Tried,
 ) -> Result<Option<(Picked, InFlight)>, ProxyError> {
-    let Some(first) = pool.pick(scope, ctx, tried) else {
+    let Some(first) = pool.pick_live(scope, ctx, tried) else {
         return Ok(None);
     };
     if let Some(slot) = pool.try_enter(first.idx) {
@@ -569,8 +583,11 @@ async fn queue_for_slot(
 /// delivered (connection failures): on another backend, or after `retry_delay` on the same
 /// ones again, up to the route's `retries` and within the pool's retry budget.
 // Not an `async fn`, whose arguments would take room twice in the future.
-#[allow(clippy::manual_async_fn)]
+// `served` tells the caller (metrics, access log) which backend answered, without growing
+// the answer's type on every path.
+#[allow(clippy::manual_async_fn, clippy::too_many_arguments)]
 fn dispatch(
+    shared: &Shared,
     route: &CompiledRoute,
     pool: &CompiledPool,
     scope: Scope,
@@ -612,14 +629,25 @@ fn dispatch(
                 cause,
             };
             match tokio::time::timeout(route.timeout, backend.endpoint.send(req, upgrade)).await {
-                Ok(Ok(resp)) => return Ok((resp, picked, in_flight)),
+                Ok(Ok(resp)) => {
+                    if pool.answered(picked.idx, resp.status().as_u16()) {
+                        shared.ejected(pool, picked.idx, "a run of 5xx responses");
+                    }
+                    return Ok((resp, picked, in_flight));
+                }
                 Ok(Err(SendError::Failed(cause))) => {
                     backend.stats.failures.fetch_add(1, Relaxed);
+                    if pool.connect_failed(picked.idx) {
+                        shared.ejected(pool, picked.idx, &cause);
+                    }
                     return Err(failed(cause));
                 }
                 Ok(Err(SendError::NotSent { req: back, cause })) => {
                     drop(in_flight);
                     backend.stats.failures.fetch_add(1, Relaxed);
+                    if pool.connect_failed(picked.idx) {
+                        shared.ejected(pool, picked.idx, &cause);
+                    }
                     if retries_left == 0 {
                         return Err(failed(cause));
                     }

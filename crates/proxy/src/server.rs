@@ -50,6 +50,7 @@ pub async fn serve(
         closing: Closing::default(),
         metrics: config.metrics.clone(),
         access_log: config.access_log,
+        health: config.health.clone(),
     });
     shared.metrics.set_table(shared.live.load().table.clone());
     let watcher = tokio::spawn(watch_changes(
