@@ -415,6 +415,38 @@ async fn dashboard_shows_a_killed_backend_red() -> TestResult {
         other.as_deref() == Some("up"),
         "backend a stays up: {other:?}"
     );
+    // Once marked down it gets no more attempts (the route table left it out).
+    let attempts = async || -> Result<f64> {
+        let (s, text) = call(
+            "GET",
+            node.admin_addr,
+            "/metrics",
+            None,
+            &[("authorization", &format!("Bearer {READ}"))],
+            None,
+        )
+        .await?;
+        ensure!(s == 200, "{s}");
+        text.lines()
+            .find(|l| {
+                l.starts_with("gateway_backend_requests_total{")
+                    && l.contains("pool=\"hc\"")
+                    && l.contains("backend=\"b\"")
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .ok_or_else(|| anyhow!("no attempts counter for hc/b"))
+    };
+    let before = attempts().await?;
+    for _ in 0..10 {
+        let (s, body) = call("GET", node.http_addr, "/", Some("shop.example"), &[], None).await?;
+        ensure!(s == 200 && body.contains("from a"), "{s} {body}");
+    }
+    let after = attempts().await?;
+    ensure!(
+        after == before,
+        "backend b, marked down, still got {} attempts",
+        after - before
+    );
     if let Ok(path) = std::env::var("GATEWAY_DASHBOARD_PNG") {
         // Some traffic, so the requests/s columns have figures.
         for _ in 0..30 {

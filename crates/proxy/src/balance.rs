@@ -183,6 +183,16 @@ pub(crate) struct CompiledPool {
     all: Box<[u32]>,
     local: Box<[u32]>,
     pub(crate) shared: Arc<PoolShared>,
+    /// Backends of the pool left out of `backends` (draining, or marked down): their counters
+    /// stay in the registry (and in the metrics) until they serve again.
+    pub(crate) resting: Box<[RestingBackend]>,
+}
+
+/// A backend that is not picked now (draining or marked down), for the metrics.
+pub(crate) struct RestingBackend {
+    pub(crate) id: Box<str>,
+    pub(crate) address: Box<str>,
+    pub(crate) stats: Arc<BackendStats>,
 }
 
 /// What a balancer knows about the request.
@@ -247,6 +257,16 @@ impl CompiledPool {
         let serving: Vec<_> = pool.backends.iter().filter(|b| !b.drain).collect();
         let healthy: Vec<_> = serving.iter().copied().filter(|b| !down(&b.id)).collect();
         let chosen = if healthy.is_empty() { serving } else { healthy };
+        let resting = pool
+            .backends
+            .iter()
+            .filter(|b| !chosen.iter().any(|c| c.id == b.id))
+            .map(|b| RestingBackend {
+                id: b.id.as_str().into(),
+                address: b.address.as_str().into(),
+                stats: reg.backend(&pool.name, &b.id),
+            })
+            .collect();
         let backends: Box<[CompiledBackend]> = chosen
             .into_iter()
             .map(|b| {
@@ -302,6 +322,7 @@ impl CompiledPool {
             all,
             local,
             shared: reg.pool(&pool.name),
+            resting,
         }
     }
 

@@ -194,12 +194,14 @@ impl Metrics {
                 backends: pool
                     .backends
                     .iter()
-                    .map(|b| BackendSnapshot {
-                        backend: b.id.to_string(),
-                        address: b.address.to_string(),
-                        in_flight: b.stats.in_flight.load(Relaxed) as u64,
-                        requests_total: b.stats.requests.load(Relaxed),
-                        failures_total: b.stats.failures.load(Relaxed),
+                    .map(|b| (&b.id, &b.address, &b.stats))
+                    .chain(pool.resting.iter().map(|b| (&b.id, &b.address, &b.stats)))
+                    .map(|(id, address, stats)| BackendSnapshot {
+                        backend: id.to_string(),
+                        address: address.to_string(),
+                        in_flight: stats.in_flight.load(Relaxed) as u64,
+                        requests_total: stats.requests.load(Relaxed),
+                        failures_total: stats.failures.load(Relaxed),
                     })
                     .collect(),
             });

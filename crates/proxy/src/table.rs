@@ -108,9 +108,12 @@ pub(crate) fn same_routing(a: &State, b: &State) -> bool {
     if !a.routes.ptr_eq(&b.routes) && a.routes != b.routes {
         return false;
     }
-    b.routes
-        .values()
-        .all(|r| a.pools.get(&r.pool) == b.pools.get(&r.pool))
+    // A used pool's backends, and the cluster's health verdicts on them (a backend marked down
+    // leaves the compiled pool), must be the same.
+    b.routes.values().all(|r| {
+        a.pools.get(&r.pool) == b.pools.get(&r.pool)
+            && a.health.get(&r.pool) == b.health.get(&r.pool)
+    })
 }
 
 impl RouteTable {
@@ -588,5 +591,20 @@ mod tests {
         let mut d = b.clone();
         d.routes.get_mut("r").unwrap().path_prefix = "/x".into();
         assert!(!same_routing(&b, &d), "a route changed");
+        let mut e = b.clone();
+        e.health.entry("p".into()).or_default().insert(
+            "a".into(),
+            gateway_model::BackendHealth {
+                up: false,
+                address: "127.0.0.1:1".into(),
+                down_on: vec![1],
+                since_ms: 1,
+                transition: 1,
+            },
+        );
+        assert!(
+            !same_routing(&b, &e),
+            "a verdict on a used pool's backend changes routing"
+        );
     }
 }
