@@ -21,7 +21,8 @@ pub fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtim
 }
 
 /// Node logs go to stderr (text or JSON lines), filtered by `RUST_LOG`; access log lines
-/// (target `access`) go to stdout as they are, unless `RUST_LOG` turns them off (`access=off`).
+/// (target `access`, emitted only with `--access-log`) go to stdout as they are, whatever the
+/// level `RUST_LOG` sets, unless it names `access` itself (`RUST_LOG=info,access=off`).
 fn init_logging(json: bool) {
     use tracing_subscriber::filter::{EnvFilter, FilterFn};
     use tracing_subscriber::prelude::*;
@@ -43,6 +44,10 @@ fn init_logging(json: bool) {
     } else {
         logs.with_filter(not_access).with_filter(filter()).boxed()
     };
+    let access_filter = match std::env::var("RUST_LOG") {
+        Ok(v) if v.contains(gateway_proxy::ACCESS_TARGET) => filter(),
+        _ => EnvFilter::new("access=info"),
+    };
     let access = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stdout)
         .with_ansi(false)
@@ -50,7 +55,7 @@ fn init_logging(json: bool) {
         .with_level(false)
         .with_target(false)
         .with_filter(only_access)
-        .with_filter(filter());
+        .with_filter(access_filter);
     let _ = tracing_subscriber::registry()
         .with(logs)
         .with(access)
