@@ -9,7 +9,7 @@
 
 use anyhow::{Context, Result, anyhow};
 use gateway_tests::{
-    ELECTION, Node, SwitchBackend, TestCluster, TestResult, ensure, note, wait_for,
+    ELECTION, Node, SwitchBackend, TestCluster, TestResult, ensure, note, run_gateway, wait_for,
 };
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -288,6 +288,18 @@ async fn one_node_losing_a_backend_does_not_mark_it_down_under_majority() -> Tes
         status == 200 && by == "a",
         "fail-open: {status} from {by:?}"
     );
+    // The CLI shows the same verdict.
+    let server = c.node(3).cluster_addr.to_string();
+    let args = [
+        "backend", "list", "web", "--output", "json", "--server", &server,
+    ];
+    let out = run_gateway(&args, Duration::from_secs(90)).await?;
+    let listed: Value = serde_json::from_str(&out.stdout).context("backend list --output json")?;
+    let first = &listed["backends"][0];
+    ensure!(
+        first["state"] == "down" && first["down_on"] == json!([3]),
+        "{listed}"
+    );
     a.refuse_node(3, false);
     wait_agreed(&c, "web", "a", "up").await?;
     Ok(())
@@ -467,13 +479,32 @@ async fn alerts_reach_webhook_and_smtp_once_per_event_across_a_leader_kill() -> 
     let (smtp, mails) = smtp_sink().await?;
     let a = SwitchBackend::start("a").await?;
     let n1 = c.node(1);
-    put(
-        n1,
-        "/v1/alerts/ops",
-        json!({"webhook": url, "smtp": {"server": smtp,
-        "from": "gateway@example.com", "to": ["ops@example.com"]}}),
-    )
-    .await?;
+    // The sink is made with the CLI, through another node.
+    let server = c.node(2).cluster_addr.to_string();
+    let args = [
+        "alert",
+        "add",
+        "ops",
+        "--webhook",
+        &url,
+        "--smtp-server",
+        &smtp,
+        "--smtp-from",
+        "gateway@example.com",
+        "--smtp-to",
+        "ops@example.com",
+        "--server",
+        &server,
+    ];
+    let out = run_gateway(&args, Duration::from_secs(90)).await?;
+    ensure!(
+        out.status.success() && out.stdout.contains("alert sink ops created"),
+        "{out:?}"
+    );
+    let args = ["alert", "list", "--output", "json", "--server", &server];
+    let out = run_gateway(&args, Duration::from_secs(90)).await?;
+    let listed: Value = serde_json::from_str(&out.stdout).context("alert list --output json")?;
+    ensure!(listed["alerts"][0]["webhook"] == url.as_str(), "{listed}");
     put(
         n1,
         "/v1/pools/web",
@@ -488,6 +519,19 @@ async fn alerts_reach_webhook_and_smtp_once_per_event_across_a_leader_kill() -> 
     a.resume().await?;
     wait_agreed(&c, "web", "a", "up").await?;
 
+    // Every event so far is delivered before the kill (a leader killed between a send and
+    // the commit of its cursor would have the next leader send that one event again, with
+    // the same event id; see alerts.rs).
+    let all_delivered = || async {
+        let n = c.live().next().ok_or_else(|| anyhow!("no live node"))?;
+        let ev = n.get("/v1/events").await?.expect_json(200)?;
+        let last = ev["next_event"].as_u64().unwrap_or(1) - 1;
+        let al = n.get("/v1/alerts").await?.expect_json(200)?;
+        let done = al["delivered"]["ops"].as_u64().unwrap_or(0);
+        ensure!(done == last, "delivered up to {done} of {last}");
+        Ok(ev["events"].as_array().cloned().unwrap_or_default())
+    };
+    wait_for("the events so far to be delivered", VERDICT, all_delivered).await?;
     let old = c.leader().await?.id;
     note!("killing leader {old}");
     c.node(old).kill()?;
@@ -525,15 +569,7 @@ async fn alerts_reach_webhook_and_smtp_once_per_event_across_a_leader_kill() -> 
     .await?;
 
     // Every event is delivered: the cursor reaches the last one.
-    let events = wait_for("every event to be delivered", VERDICT, || async {
-        let ev = survivor.get("/v1/events").await?.expect_json(200)?;
-        let last = ev["next_event"].as_u64().unwrap_or(1) - 1;
-        let al = survivor.get("/v1/alerts").await?.expect_json(200)?;
-        let done = al["delivered"]["ops"].as_u64().unwrap_or(0);
-        ensure!(done == last, "delivered up to {done} of {last}");
-        Ok(ev["events"].as_array().cloned().unwrap_or_default())
-    })
-    .await?;
+    let events = wait_for("every event to be delivered", VERDICT, all_delivered).await?;
     let wanted: BTreeSet<u64> = events
         .iter()
         .filter_map(|e| e["id"].as_u64())

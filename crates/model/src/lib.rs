@@ -14,8 +14,8 @@ mod validate;
 
 pub use command::{Applied, Command, MAX_BATCH, Proposal, Request, Response};
 pub use config::{
-    Backend, Balance, ErrorPage, HeaderMatch, HeaderRules, NodeAddr, NodeId, Pool, Protocol, Route,
-    WritePolicy,
+    Backend, Balance, ErrorPage, HeaderMatch, HeaderRules, NodeAddr, NodeId, Pool, Protocol,
+    RateLimit, Route, WritePolicy,
 };
 pub use error::{ApplyError, Invalid};
 pub use health::{

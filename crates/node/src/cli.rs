@@ -1,7 +1,9 @@
 //! Command-line interface. Every node flag also reads a `GATEWAY_*` environment variable and a
 //! key of the `--config` TOML file (flag > env > file > data dir > default).
 
-use crate::ctl::{BackendCmd, ClientArgs, ClusterCmd, ConfigCmd, Ctl, NodeCmd, PoolCmd, RouteCmd};
+use crate::ctl::{
+    AlertCmd, BackendCmd, ClientArgs, ClusterCmd, ConfigCmd, Ctl, NodeCmd, PoolCmd, RouteCmd,
+};
 use crate::{client, config, ctl, demo, run, top};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
@@ -53,12 +55,19 @@ pub enum Command {
         #[command(subcommand)]
         command: PoolCmd,
     },
-    /// Add or remove one backend of a pool.
+    /// Add, remove, drain one backend of a pool; list backends' health.
     Backend {
         #[command(flatten)]
         client: ClientArgs,
         #[command(subcommand)]
         command: BackendCmd,
+    },
+    /// Alert sinks: where the leader sends backend, node and leader events (webhook, e-mail).
+    Alert {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: AlertCmd,
     },
     /// The cluster: status, members, leader.
     Cluster {
@@ -274,6 +283,7 @@ pub fn prepare(cli: Cli) -> anyhow::Result<Action> {
         )?)),
         Command::Route { client, command } => Action::Ctl(Box::new((client, Ctl::Route(command)))),
         Command::Pool { client, command } => Action::Ctl(Box::new((client, Ctl::Pool(command)))),
+        Command::Alert { client, command } => Action::Ctl(Box::new((client, Ctl::Alert(command)))),
         Command::Backend { client, command } => {
             Action::Ctl(Box::new((client, Ctl::Backend(command))))
         }

@@ -61,6 +61,14 @@ pub(crate) struct CompiledRoute {
     pub(crate) stats: Arc<RouteStats>,
     /// Answers by status class per backend of the pool (same order as its backends).
     pub(crate) per_backend: Box<[Arc<Classes>]>,
+    /// `max_body_bytes`.
+    pub(crate) max_body: Option<u64>,
+    /// `max_concurrent`; 0: no limit.
+    pub(crate) max_concurrent: usize,
+    /// Counters and buckets of this route name, carried across swaps.
+    pub(crate) shared: Arc<crate::limits::RouteShared>,
+    /// Per-client-IP token buckets, when the route has a `rate_limit`.
+    pub(crate) limiter: Option<Arc<crate::limits::RateLimiter>>,
 }
 
 impl CompiledRoute {
@@ -180,12 +188,21 @@ impl RouteTable {
                     .as_deref()
                     .and_then(|h| HeaderValue::from_str(h).ok()),
                 error_pages: ErrorPages::compile(&route.error_pages),
-                stats: reg.route(&route.name),
+                stats: reg.route_stats(&route.name),
                 per_backend: pools[pool]
                     .backends
                     .iter()
                     .map(|b| reg.route_backend(&route.name, &pools[pool].name, &b.id))
                     .collect(),
+                max_body: route.max_body_bytes,
+                max_concurrent: route.max_concurrent.map_or(0, |m| m as usize),
+                limiter: reg
+                    .route(&route.name)
+                    .limiter(route.rate_limit.as_ref().map(|r| crate::limits::Rate {
+                        per_second: f64::from(r.per_second),
+                        burst: f64::from(r.burst.unwrap_or(r.per_second).max(1)),
+                    })),
+                shared: reg.route(&route.name),
             });
             hosts_of.push(&route.hosts);
         }
@@ -291,9 +308,10 @@ impl RouteTable {
 #[derive(Default)]
 pub(crate) struct Registry {
     generation: u64,
+    routes: HashMap<String, (Arc<crate::limits::RouteShared>, u64)>,
     pools: HashMap<String, (Arc<PoolShared>, u64)>,
     backends: HashMap<(String, String), (Arc<BackendStats>, u64)>,
-    routes: HashMap<String, (Arc<RouteStats>, u64)>,
+    route_stats: HashMap<String, (Arc<RouteStats>, u64)>,
     route_backends: HashMap<(String, String, String), (Arc<Classes>, u64)>,
     pub(crate) endpoints: Endpoints,
 }
@@ -302,6 +320,13 @@ impl Registry {
     pub(crate) fn pool(&mut self, name: &str) -> Arc<PoolShared> {
         let generation = self.generation;
         let entry = self.pools.entry(name.to_string()).or_default();
+        entry.1 = generation;
+        entry.0.clone()
+    }
+
+    pub(crate) fn route(&mut self, name: &str) -> Arc<crate::limits::RouteShared> {
+        let generation = self.generation;
+        let entry = self.routes.entry(name.to_string()).or_default();
         entry.1 = generation;
         entry.0.clone()
     }
@@ -316,9 +341,9 @@ impl Registry {
         entry.0.clone()
     }
 
-    fn route(&mut self, name: &str) -> Arc<RouteStats> {
+    fn route_stats(&mut self, name: &str) -> Arc<RouteStats> {
         let generation = self.generation;
-        let entry = self.routes.entry(name.to_string()).or_default();
+        let entry = self.route_stats.entry(name.to_string()).or_default();
         entry.1 = generation;
         entry.0.clone()
     }
@@ -335,9 +360,10 @@ impl Registry {
 
     fn sweep(&mut self) {
         let generation = self.generation;
+        self.routes.retain(|_, e| e.1 == generation);
         self.pools.retain(|_, e| e.1 == generation);
         self.backends.retain(|_, e| e.1 == generation);
-        self.routes.retain(|_, e| e.1 == generation);
+        self.route_stats.retain(|_, e| e.1 == generation);
         self.route_backends.retain(|_, e| e.1 == generation);
         self.endpoints.purge();
     }

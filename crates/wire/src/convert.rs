@@ -12,8 +12,8 @@ use crate::admin;
 use gateway_model::{
     AlertSink, Backend, BackendHealth, Balance, Change, ChangeSet, CheckKind, Command, Ejection,
     ErrorPage, HeaderMatch, HeaderRules, HealthCheck, HealthPolicy, Invalid, MAX_BATCH, Pool,
-    Protocol, Route, SmtpSink, WritePolicy, validate_alert_sink, validate_name, validate_pool,
-    validate_route,
+    Protocol, RateLimit, Route, SmtpSink, WritePolicy, validate_alert_sink, validate_name,
+    validate_pool, validate_route,
 };
 use std::collections::BTreeMap;
 
@@ -559,6 +559,9 @@ pub fn route_to_wire(r: &Route) -> admin::Route {
         strip_prefix,
         host_rewrite,
         error_pages,
+        max_body_bytes,
+        max_concurrent,
+        rate_limit,
         revision,
     } = r;
     admin::Route {
@@ -586,6 +589,12 @@ pub fn route_to_wire(r: &Route) -> admin::Route {
             .iter()
             .map(|(k, p)| (k.clone(), error_page_to(p)))
             .collect(),
+        max_body_bytes: *max_body_bytes,
+        max_concurrent: *max_concurrent,
+        rate_limit: rate_limit.as_ref().map(|r| admin::RateLimit {
+            per_second: r.per_second,
+            burst: r.burst,
+        }),
         revision: *revision,
     }
 }
@@ -609,6 +618,9 @@ pub fn route_from_wire(r: admin::Route) -> Result<Route, Invalid> {
         strip_prefix,
         host_rewrite,
         error_pages,
+        max_body_bytes,
+        max_concurrent,
+        rate_limit,
         revision,
     } = r;
     let mut pages = BTreeMap::new();
@@ -642,6 +654,12 @@ pub fn route_from_wire(r: admin::Route) -> Result<Route, Invalid> {
         strip_prefix,
         host_rewrite,
         error_pages: pages,
+        max_body_bytes,
+        max_concurrent,
+        rate_limit: rate_limit.map(|r| RateLimit {
+            per_second: r.per_second,
+            burst: r.burst,
+        }),
         revision,
     })
 }
@@ -911,6 +929,12 @@ mod tests {
                     body: "down".into(),
                 },
             )]),
+            max_body_bytes: Some(1 << 20),
+            max_concurrent: Some(50),
+            rate_limit: Some(RateLimit {
+                per_second: 20,
+                burst: Some(40),
+            }),
             revision: 9,
         }
     }
