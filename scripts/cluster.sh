@@ -121,6 +121,9 @@ Try:
   $BIN route list --server 127.0.0.1:7102                 # the CLI (gRPC, any node)
   $BIN cluster status --server 127.0.0.1:7103
   $BIN watch --server 127.0.0.1:7101                      # every change, live
+  xdg-open http://127.0.0.1:9101/ui                       # the dashboard (log in with \$GATEWAY_TOKEN)
+  $BIN top --admin 127.0.0.1:9101                        # the same figures in the terminal
+  curl -H "Authorization: Bearer \$GATEWAY_TOKEN" 127.0.0.1:9101/metrics   # Prometheus metrics
   $BIN backend list --server 127.0.0.1:7101               # each backend's health, as the cluster agreed
   kill -9 \$(pgrep -f "data-dir $DATA/$leader")    # kill the leader: another takes over, usually in under a second
 

@@ -36,6 +36,65 @@ pub async fn holding_backend(
     Ok(addr)
 }
 
+/// A `gateway demo-backend` process (answers `<method> from NAME`); killed when dropped or
+/// with [`DemoBackend::kill`], and with the test process (`setpriv --pdeathsig`).
+pub struct DemoBackend {
+    pub name: String,
+    pub addr: std::net::SocketAddr,
+    child: tokio::process::Child,
+}
+
+impl DemoBackend {
+    /// Starts one on a free port and waits until it listens.
+    pub async fn start(name: &str) -> anyhow::Result<DemoBackend> {
+        use anyhow::Context;
+        let addr = crate::free_addr()?;
+        let bin = crate::gateway_bin()?;
+        let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists());
+        let mut cmd = match setpriv {
+            Some(w) => {
+                let mut c = tokio::process::Command::new(w);
+                c.args(["--pdeathsig", "KILL", "--"]).arg(&bin);
+                c
+            }
+            None => tokio::process::Command::new(&bin),
+        };
+        cmd.args([
+            "demo-backend",
+            "--listen",
+            &addr.to_string(),
+            "--name",
+            name,
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+        let child = cmd.spawn().context("spawning gateway demo-backend")?;
+        crate::wait_for(
+            &format!("demo backend {name} to listen on {addr}"),
+            crate::CATCH_UP,
+            || async {
+                tokio::net::TcpStream::connect(addr).await?;
+                Ok(())
+            },
+        )
+        .await?;
+        Ok(DemoBackend {
+            name: name.to_string(),
+            addr,
+            child,
+        })
+    }
+
+    /// Kills the process (SIGKILL) and waits until it is gone.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        self.child.kill().await?;
+        Ok(())
+    }
+}
 /// A backend in the test that can be stopped (listener and every connection closed, so new
 /// connections are refused, as after a kill) and started again on the same address. It answers
 /// every request `200 from NAME` with `x-backend: NAME`; `/healthz` answers 503 to health probes

@@ -1,6 +1,8 @@
 //! The admin plane: the REST API on the admin port (configuration, membership, status,
 //! `/leader`, health and readiness), and the same API over gRPC on the cluster port (with a
-//! stream of configuration changes and server reflection).
+//! stream of configuration changes and server reflection), `/metrics` (Prometheus text format:
+//! the cluster's figures plus collectors the node hands in), and the web dashboard at `/ui`
+//! (assets compiled in, module `ui`) with its server-sent events at `/v1/stream`.
 //!
 //! Input is validated here, at the boundary, before anything is proposed; the state machine
 //! checks again when it applies. The HTTP status of every error is decided in [`error`], its
@@ -10,7 +12,9 @@
 mod auth;
 mod error;
 mod grpc;
+pub mod metrics;
 mod rest;
+mod ui;
 
 pub use auth::{Denied, Role, Tokens};
 pub use grpc::{

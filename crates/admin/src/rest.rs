@@ -16,10 +16,14 @@ use gateway_model::{
     AlertSink, Command, MAX_BATCH, Pool, Route, validate_alert_sink, validate_name, validate_pool,
     validate_route,
 };
+use prometheus_client::collector::Collector;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
@@ -42,6 +46,9 @@ pub struct AdminOptions {
     /// This node's managed backend processes as its supervisor sees them, shown by `/status`
     /// as `managed`.
     pub managed: Option<watch::Receiver<Value>>,
+    /// More figures for `GET /metrics` beside the cluster's own (the node hands in the data
+    /// plane's); an empty list serves the cluster's alone.
+    pub metrics: Vec<Arc<dyn Collector>>,
     /// This node's own view of backend health (the backends its probes see down), shown in
     /// `/status` as `sees_down`.
     pub seen_down: Option<
@@ -52,14 +59,22 @@ pub struct AdminOptions {
 }
 
 #[derive(Clone)]
-struct App {
-    cluster: Cluster,
+pub(crate) struct App {
+    pub(crate) cluster: Cluster,
     memory_status: Option<StatusFn>,
     debug_ballast: bool,
     ballast: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
     left: mpsc::Sender<()>,
     tokens: Tokens,
     managed: Option<watch::Receiver<Value>>,
+    pub(crate) collectors: Arc<[Arc<dyn Collector>]>,
+    /// Times the known leader changed since this node started.
+    pub(crate) leader_changes: Arc<AtomicU64>,
+    /// Times each backend was marked down, as seen applied since this node started.
+    pub(crate) ejections: Arc<std::sync::Mutex<BTreeMap<(String, String), u64>>>,
+    /// True once the server is shutting down: endless answers (event streams) end then, so
+    /// that the graceful shutdown does not wait for them.
+    pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
     seen_down: Option<
         tokio::sync::watch::Receiver<
             std::sync::Arc<std::collections::BTreeSet<gateway_model::SeenDown>>,
@@ -75,16 +90,23 @@ pub async fn serve(
     opts: AdminOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let (stop_tx, stopping) = tokio::sync::watch::channel(false);
     let app = App {
+        stopping,
         cluster: opts.cluster,
         left: opts.left,
         tokens: opts.tokens,
         managed: opts.managed,
+        collectors: opts.metrics.into(),
+        leader_changes: Arc::new(AtomicU64::new(0)),
+        ejections: Arc::default(),
         seen_down: opts.seen_down,
         memory_status: opts.memory_status,
         debug_ballast: opts.debug_ballast,
         ballast: Default::default(),
     };
+    count_leader_changes(&app);
+    count_ejections(&app);
     let router = Router::new()
         .route("/leader", get(leader))
         .route("/status", get(status))
@@ -110,6 +132,11 @@ pub async fn serve(
         .route("/v1/leave", post(leave))
         .route("/v1/transaction", post(transaction))
         .route("/v1/cluster/transfer-leader", post(transfer_leader))
+        .route("/metrics", get(metrics))
+        .route("/v1/stream", get(crate::ui::stream))
+        .route("/ui", get(crate::ui::page))
+        .route("/ui/", get(crate::ui::page))
+        .route("/ui/{asset}", get(crate::ui::asset))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see /v1/config, /v1/pools, /v1/routes, /v1/nodes, /status, /leader")
         })
@@ -118,7 +145,10 @@ pub async fn serve(
         .layer(middleware::from_fn_with_state(app.clone(), stamp_revision))
         .with_state(app);
     axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        })
         .await
 }
 
@@ -130,7 +160,12 @@ async fn authorize(
     next: Next,
 ) -> Response {
     let path = req.uri().path();
-    if matches!(path, "/leader" | "/healthz" | "/readyz") || !app.tokens.enabled() {
+    // The dashboard's page and assets hold no data (it asks for a token, then reads the API
+    // with it), so they are open like `/leader`.
+    if matches!(path, "/leader" | "/healthz" | "/readyz" | "/ui")
+        || path.starts_with("/ui/")
+        || !app.tokens.enabled()
+    {
         return next.run(req).await;
     }
     let need = if matches!(*req.method(), Method::GET | Method::HEAD) {
@@ -339,6 +374,84 @@ async fn leader(AxState(app): AxState<App>) -> Result<Response> {
     }
 }
 
+/// Counts changes of the known leader (a new leader, or the same one in a new term).
+fn count_leader_changes(app: &App) {
+    let mut watch = app.cluster.leader_watch();
+    let counter = app.leader_changes.clone();
+    tokio::spawn(async move {
+        let mut last = watch.borrow_and_update().as_ref().map(|l| (l.id, l.term));
+        while watch.changed().await.is_ok() {
+            let now = watch.borrow_and_update().as_ref().map(|l| (l.id, l.term));
+            if now.is_some() && now != last {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            if now.is_some() {
+                last = now;
+            }
+        }
+    });
+}
+
+/// Counts every backend down-transition this node applies (each has its own event id).
+fn count_ejections(app: &App) {
+    let mut state = app.cluster.state();
+    let counts = app.ejections.clone();
+    tokio::spawn(async move {
+        // The transition already in force when the node started is not counted again.
+        let mut seen: BTreeMap<(String, String), u64> = BTreeMap::new();
+        let mut first = true;
+        loop {
+            {
+                let st = state.borrow_and_update();
+                let mut counts = counts.lock().unwrap_or_else(|e| e.into_inner());
+                for (pool, backends) in st.health.iter() {
+                    for (backend, h) in backends.iter() {
+                        let key = (pool.clone(), backend.clone());
+                        if h.up || seen.get(&key) == Some(&h.transition) {
+                            continue;
+                        }
+                        seen.insert(key.clone(), h.transition);
+                        if !first {
+                            *counts.entry(key).or_default() += 1;
+                        }
+                    }
+                }
+                first = false;
+            }
+            if state.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+/// The `/metrics` text.
+pub(crate) async fn metrics_text(app: &App) -> String {
+    let figures = crate::metrics::ClusterFigures {
+        status: app.cluster.status().await,
+        leader_changes: app.leader_changes.load(Ordering::Relaxed),
+        forwarded_writes: app.cluster.forwarded_writes(),
+        state: app.cluster.state().borrow().clone(),
+        ejections: app
+            .ejections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone(),
+    };
+    crate::metrics::render(figures, &app.collectors)
+}
+
+async fn metrics(AxState(app): AxState<App>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+        )],
+        metrics_text(&app).await,
+    )
+        .into_response()
+}
+
 async fn status(AxState(app): AxState<App>) -> Response {
     let st = app.cluster.status().await;
     let mut body = json!(st);
@@ -360,17 +473,25 @@ async fn status(AxState(app): AxState<App>) -> Response {
 /// Every backend with the health the cluster agreed on: `up`, `down`, or `unknown` when its
 /// pool has no health check; whether it drains; the nodes that saw it down; the last
 /// transition (event id and time).
-fn backend_health(st: &gateway_model::State) -> Value {
+/// A backend's health as the API shows it: `unknown` in a pool without a health check.
+pub(crate) fn backend_state(
+    pool: &gateway_model::Pool,
+    verdict: Option<&gateway_model::BackendHealth>,
+) -> &'static str {
+    match (&pool.health_check, verdict) {
+        (None, _) => "unknown",
+        (Some(_), Some(h)) if !h.up => "down",
+        (Some(_), _) => "up",
+    }
+}
+
+pub(crate) fn backend_health(st: &gateway_model::State) -> Value {
     let mut out = Vec::new();
     for pool in st.pools.values() {
         let verdicts = st.health.get(&pool.name);
         for b in &pool.backends {
             let h = verdicts.and_then(|m| m.get(&b.id));
-            let state = match (&pool.health_check, h) {
-                (None, _) => "unknown",
-                (Some(_), Some(h)) if !h.up => "down",
-                (Some(_), _) => "up",
-            };
+            let state = backend_state(pool, h);
             out.push(json!({
                 "pool": pool.name,
                 "backend": b.id,

@@ -146,6 +146,8 @@ pub(crate) struct Inner {
     log: LogStore,
     /// Writes to propose while this node leads ([`spawn_proposer`]).
     proposals: mpsc::UnboundedSender<Pending>,
+    /// Writes this node carried to the leader, in all (for metrics).
+    forwarded_writes: AtomicU64,
 }
 
 // One per forwarded call, never on the request path; boxing would buy nothing.
@@ -253,6 +255,7 @@ impl Cluster {
             log,
             proposals,
             stop,
+            forwarded_writes: AtomicU64::new(0),
         });
         spawn_server(
             inner.clone(),
@@ -536,6 +539,12 @@ impl Cluster {
     }
 
     /// Whether this node is the leader now.
+    /// Writes this node has carried to the leader since it started (attempts, retries
+    /// through elections included).
+    pub fn forwarded_writes(&self) -> u64 {
+        self.inner.forwarded_writes.load(Ordering::Relaxed)
+    }
+
     pub fn is_leader(&self) -> bool {
         self.inner.raft.metrics().borrow().state == ServerState::Leader
     }
@@ -831,7 +840,12 @@ impl Inner {
             let res = match target {
                 None => Err(ClusterError::NoLeader("no leader elected yet".into())),
                 Some((id, _)) if id == self.id => self.local(&op).await,
-                Some((_, addr)) => self.remote(&addr, &op).await,
+                Some((_, addr)) => {
+                    if matches!(op, Op::Write(_)) {
+                        self.forwarded_writes.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.remote(&addr, &op).await
+                }
             };
             match res {
                 Ok(out) => return Ok(out),

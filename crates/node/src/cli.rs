@@ -4,7 +4,7 @@
 use crate::ctl::{
     AlertCmd, BackendCmd, ClientArgs, ClusterCmd, ConfigCmd, Ctl, NodeCmd, PoolCmd, RouteCmd,
 };
-use crate::{client, config, ctl, demo, run};
+use crate::{client, config, ctl, demo, run, top};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -122,6 +122,27 @@ pub enum Command {
         #[arg(long, env = "GATEWAY_TOKEN_FILE")]
         token_file: Option<std::path::PathBuf>,
     },
+    /// A live terminal view of a node: cluster, routes, pools, backend health, requests/s.
+    #[command(
+        after_help = "Examples:\n  gateway top                                  # the node at 127.0.0.1:9101\n  gateway top --admin 127.0.0.1:9102 --token-file tokens\n  gateway top --once                           # one frame (rates over one interval), then exit"
+    )]
+    Top {
+        /// Admin address (REST) of the node to watch.
+        #[arg(long, env = "GATEWAY_ADMIN", default_value = "127.0.0.1:9101")]
+        admin: String,
+        /// Admin bearer token (a read token is enough) when the node runs with --admin-token-file.
+        #[arg(long, env = "GATEWAY_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// File holding the token (its first line, or the token of a `write TOKEN` line).
+        #[arg(long, env = "GATEWAY_TOKEN_FILE")]
+        token_file: Option<std::path::PathBuf>,
+        /// Time between readings, in milliseconds.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(100..))]
+        interval_ms: u64,
+        /// Print one frame and exit (for scripts; no terminal control codes).
+        #[arg(long)]
+        once: bool,
+    },
     /// A small HTTP backend for demos and tests: answers "<method> from NAME".
     DemoBackend {
         /// Address to listen on (host:port).
@@ -206,6 +227,14 @@ pub struct NodeArgs {
     /// [default: none].
     #[arg(long, env = "GATEWAY_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<String>,
+    /// One line per proxied request on stdout: `json` or `common` (the common log format
+    /// with route, backend, duration and forwarded fields) [default: off].
+    #[arg(long, env = "GATEWAY_ACCESS_LOG", value_parser = ["json", "common", "off"])]
+    pub access_log: Option<String>,
+    /// Format of the node's own log lines on stderr: `text` or `json` [default: text].
+    /// Filter them with RUST_LOG (e.g. RUST_LOG=info,gateway_proxy=debug).
+    #[arg(long, env = "GATEWAY_LOG_FORMAT", value_parser = ["text", "json"])]
+    pub log_format: Option<String>,
 }
 
 /// What to run, with the configuration resolved.
@@ -222,6 +251,12 @@ pub enum Action {
         listen: String,
         name: String,
     },
+    Top {
+        admin: String,
+        token: Option<String>,
+        interval: std::time::Duration,
+        once: bool,
+    },
 }
 
 impl Action {
@@ -230,7 +265,7 @@ impl Action {
         match self {
             Action::Node(cfg) => cfg.workers,
             // A client command makes a few calls: one worker is plenty.
-            Action::Ctl(_) | Action::Completions(_) => Some(1),
+            Action::Ctl(_) | Action::Completions(_) | Action::Top { .. } => Some(1),
             _ => None,
         }
     }
@@ -280,6 +315,18 @@ pub fn prepare(cli: Cli) -> anyhow::Result<Action> {
             token: client::token(token, token_file.as_deref())?,
         },
         Command::DemoBackend { listen, name } => Action::DemoBackend { listen, name },
+        Command::Top {
+            admin,
+            token,
+            token_file,
+            interval_ms,
+            once,
+        } => Action::Top {
+            admin,
+            token: client::token(token, token_file.as_deref())?,
+            interval: std::time::Duration::from_millis(interval_ms),
+            once,
+        },
     })
 }
 
@@ -298,5 +345,11 @@ pub async fn dispatch(action: Action) -> anyhow::Result<()> {
         }
         Action::Leave { server, token } => client::leave(&server, token.as_deref()).await,
         Action::DemoBackend { listen, name } => demo::run(&listen, &name).await,
+        Action::Top {
+            admin,
+            token,
+            interval,
+            once,
+        } => top::run(&admin, token.as_deref(), interval, once).await,
     }
 }

@@ -10,7 +10,7 @@ use hyper_util::rt::TokioExecutor;
 use std::time::Duration;
 
 /// Sends a body-less request; returns the status and the JSON (or text) answer.
-async fn call(
+pub(crate) async fn call(
     method: &str,
     server: &str,
     path: &str,

@@ -41,6 +41,8 @@ struct FileConfig {
     shutdown_grace_ms: Option<u64>,
     keep_alive_timeout_ms: Option<u64>,
     memory_limit: Option<String>,
+    access_log: Option<String>,
+    log_format: Option<String>,
 }
 
 /// A node's settings after merging flags, environment and file. Identity fields stay optional
@@ -70,6 +72,10 @@ pub struct NodeConfig {
     /// Resident memory limit in bytes (`--memory-limit`).
     pub memory_limit: Option<u64>,
     pub debug_ballast: bool,
+    /// The access log's format; `None`: off.
+    pub access_log: Option<gateway_proxy::AccessLog>,
+    /// Log lines as JSON objects rather than text.
+    pub log_json: bool,
 }
 
 pub fn resolve(args: NodeArgs, mode: Mode, peers: Vec<String>) -> anyhow::Result<NodeConfig> {
@@ -159,6 +165,17 @@ pub fn resolve(args: NodeArgs, mode: Mode, peers: Vec<String>) -> anyhow::Result
                 .map_err(|e| anyhow::anyhow!("--trusted-proxies: {e}"))
         })
         .collect::<anyhow::Result<Vec<gateway_proxy::Cidr>>>()?;
+    let access_log = match args.access_log.or(file.access_log).as_deref() {
+        None | Some("off") => None,
+        Some("json") => Some(gateway_proxy::AccessLog::Json),
+        Some("common") => Some(gateway_proxy::AccessLog::Common),
+        Some(other) => bail!("access_log: '{other}' is not a format; use json, common or off"),
+    };
+    let log_json = match args.log_format.or(file.log_format).as_deref() {
+        None | Some("text") => false,
+        Some("json") => true,
+        Some(other) => bail!("log_format: '{other}' is not a format; use text or json"),
+    };
     Ok(NodeConfig {
         mode,
         id,
@@ -184,5 +201,7 @@ pub fn resolve(args: NodeArgs, mode: Mode, peers: Vec<String>) -> anyhow::Result
         keep_alive_timeout: Duration::from_millis(keep_alive_ms),
         memory_limit,
         debug_ballast: args.debug_ballast,
+        access_log,
+        log_json,
     })
 }

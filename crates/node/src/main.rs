@@ -7,8 +7,10 @@ mod client;
 mod config;
 mod ctl;
 mod demo;
+mod metrics;
 mod run;
 mod supervisor;
+mod top;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -20,15 +20,45 @@ pub fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtim
     b.enable_all().build()
 }
 
-fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| {
-        EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tower=warn,hyper=warn")
-    });
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+/// Node logs go to stderr (text or JSON lines), filtered by `RUST_LOG`; access log lines
+/// (target `access`, emitted only with `--access-log`) go to stdout as they are, whatever the
+/// level `RUST_LOG` sets, unless it names `access` itself (`RUST_LOG=info,access=off`).
+fn init_logging(json: bool) {
+    use tracing_subscriber::filter::{EnvFilter, FilterFn};
+    use tracing_subscriber::prelude::*;
+    let filter = || {
+        EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| {
+            EnvFilter::new("info,openraft=warn,sled=warn,h2=warn,tower=warn,hyper=warn")
+        })
+    };
+    let not_access = FilterFn::new(|m| m.target() != gateway_proxy::ACCESS_TARGET);
+    let only_access = FilterFn::new(|m| m.target() == gateway_proxy::ACCESS_TARGET);
+    let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(!json && std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let logs = if json {
+        logs.json()
+            .with_filter(not_access)
+            .with_filter(filter())
+            .boxed()
+    } else {
+        logs.with_filter(not_access).with_filter(filter()).boxed()
+    };
+    let access_filter = match std::env::var("RUST_LOG") {
+        Ok(v) if v.contains(gateway_proxy::ACCESS_TARGET) => filter(),
+        _ => EnvFilter::new("access=info"),
+    };
+    let access = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stdout)
+        .with_ansi(false)
+        .without_time()
+        .with_level(false)
+        .with_target(false)
+        .with_filter(only_access)
+        .with_filter(access_filter);
+    let _ = tracing_subscriber::registry()
+        .with(logs)
+        .with(access)
         .try_init();
 }
 
@@ -82,7 +112,7 @@ fn write_new_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
 }
 
 pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
-    init_logging();
+    init_logging(cfg.log_json);
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
     let storage =
@@ -299,6 +329,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         f
     });
     let (left_tx, mut left_rx) = mpsc::channel(1);
+    let proxy_metrics = gateway_proxy::Metrics::new();
     let admin = tokio::spawn(gateway_admin::serve(
         admin_listener,
         gateway_admin::AdminOptions {
@@ -307,6 +338,9 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             max_body: 1 << 20,
             tokens,
             managed: Some(supervisor.status()),
+            metrics: vec![std::sync::Arc::new(crate::metrics::DataPlane(
+                proxy_metrics.clone(),
+            ))],
             seen_down: Some(monitor.view()),
             memory_status,
             debug_ballast: cfg.debug_ballast,
@@ -327,6 +361,8 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         gateway_proxy::ProxyConfig {
             trusted_proxies: cfg.trusted_proxies.clone(),
             keep_alive_timeout: cfg.keep_alive_timeout,
+            metrics: proxy_metrics,
+            access_log: cfg.access_log,
             health: Some(monitor.clone()),
             memory: memory.clone(),
             ..gateway_proxy::ProxyConfig::new(id, secret_obj.hop_key())

@@ -55,6 +55,10 @@ pub(crate) const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
 #[derive(Default, Debug)]
 pub(crate) struct BackendStats {
     pub(crate) in_flight: AtomicUsize,
+    /// Requests sent to this backend (attempts, retries included).
+    pub(crate) requests: std::sync::atomic::AtomicU64,
+    /// Attempts that failed: not connected, broken, timed out.
+    pub(crate) failures: std::sync::atomic::AtomicU64,
     /// Passive ejection: no new requests from this node until this time ([`now_ms`]); 0: none.
     ejected_until: AtomicU64,
     /// 5xx responses in a row, for `eject.consecutive_5xx`.
@@ -70,6 +74,8 @@ pub(crate) struct PoolShared {
     cursor: [AtomicUsize; 2],
     /// Serialises smooth weighted round robin, whose step reads and writes every weight.
     swrr: Mutex<()>,
+    /// Retries taken from the budget, in all.
+    pub(crate) retries: std::sync::atomic::AtomicU64,
     /// Requests and retries of the pool over the last seconds.
     pub(crate) budget: RetryBudget,
     /// Requests waiting for a slot on a backend at its `max_connections`.
@@ -186,6 +192,16 @@ pub(crate) struct CompiledPool {
     all: Box<[u32]>,
     local: Box<[u32]>,
     pub(crate) shared: Arc<PoolShared>,
+    /// Backends of the pool left out of `backends` (draining, or marked down): their counters
+    /// stay in the registry (and in the metrics) until they serve again.
+    pub(crate) resting: Box<[RestingBackend]>,
+}
+
+/// A backend that is not picked now (draining or marked down), for the metrics.
+pub(crate) struct RestingBackend {
+    pub(crate) id: Box<str>,
+    pub(crate) address: Box<str>,
+    pub(crate) stats: Arc<BackendStats>,
 }
 
 /// What a balancer knows about the request.
@@ -250,6 +266,16 @@ impl CompiledPool {
         let serving: Vec<_> = pool.backends.iter().filter(|b| !b.drain).collect();
         let healthy: Vec<_> = serving.iter().copied().filter(|b| !down(&b.id)).collect();
         let chosen = if healthy.is_empty() { serving } else { healthy };
+        let resting = pool
+            .backends
+            .iter()
+            .filter(|b| !chosen.iter().any(|c| c.id == b.id))
+            .map(|b| RestingBackend {
+                id: b.id.as_str().into(),
+                address: b.address.as_str().into(),
+                stats: reg.backend(&pool.name, &b.id),
+            })
+            .collect();
         let backends: Box<[CompiledBackend]> = chosen
             .into_iter()
             .map(|b| {
@@ -305,6 +331,7 @@ impl CompiledPool {
             all,
             local,
             shared: reg.pool(&pool.name),
+            resting,
         }
     }
 
@@ -378,7 +405,11 @@ impl CompiledPool {
 
     /// Takes a retry from the budget; `false` when retries would exceed it.
     pub(crate) fn try_retry(&self) -> bool {
-        self.shared.budget.try_retry(self.budget)
+        let ok = self.shared.budget.try_retry(self.budget);
+        if ok {
+            self.shared.retries.fetch_add(1, Relaxed);
+        }
+        ok
     }
 
     /// Reserves a slot on backend `idx` if it is below its `max_connections`.

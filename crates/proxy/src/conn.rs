@@ -281,6 +281,7 @@ pub(crate) struct Tracked(Arc<Shared>);
 impl Tracked {
     pub(crate) fn new(shared: &Arc<Shared>) -> Self {
         shared.closing.conns.fetch_add(1, Ordering::SeqCst);
+        shared.metrics.connection_opened();
         Tracked(shared.clone())
     }
 }
@@ -295,6 +296,7 @@ impl std::ops::Deref for Tracked {
 
 impl Drop for Tracked {
     fn drop(&mut self) {
+        self.0.metrics.connection_closed();
         if self.0.closing.conns.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.0.closing.gone.notify_waiters();
         }
@@ -807,6 +809,7 @@ async fn join(conn: Arc<Conn>, tunnel: Box<Tunnel>) {
         io: mut backend,
         leftover,
         in_flight,
+        _open,
     } = *tunnel;
     let result = async {
         if !early.is_empty() {
@@ -945,6 +948,8 @@ mod tests {
                 keep_alive: Duration::from_secs(1),
             },
             closing: Closing::default(),
+            metrics: crate::metrics::Metrics::new(),
+            access_log: None,
             health: None,
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

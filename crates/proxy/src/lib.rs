@@ -71,6 +71,14 @@
 //!   backend exchange runs inside the request's task. HTTP/2 (client prior knowledge, `h2c`
 //!   pools) goes through hyper.
 //!
+//! * **Metrics** (module `metrics`): answers by route, backend and status class, a latency
+//!   histogram per route, attempts and failures per backend, retries per pool, open connections
+//!   and WebSockets; relaxed atomic adds on counters kept across table swaps, read through the
+//!   [`Metrics`] handle ([`ProxyConfig::metrics`]). The node renders them; this crate knows
+//!   nothing of Prometheus.
+//! * **Access log** (module `access`, off by default): one line per request, JSON or the
+//!   common log format, as a `tracing` event with target [`ACCESS_TARGET`].
+//!
 //! # Model fields this crate reads beyond the basics
 //!
 //! * `Route`: `timeout_ms` (30 000), `retries` (2), `retry_delay_ms` (0), `headers`,
@@ -99,6 +107,7 @@
 //!   a private network (or, later, TLS).
 //! * `X-Forwarded-Proto` is `http`: this listener is plain HTTP.
 
+mod access;
 mod balance;
 mod body;
 mod budget;
@@ -111,14 +120,20 @@ pub mod health;
 mod hop;
 mod limits;
 pub mod memory;
+mod metrics;
 mod proxy;
 mod rules;
 mod server;
 mod table;
 mod upstream;
 
+pub use access::{ACCESS_TARGET, AccessLog};
 pub use cidr::{Cidr, CidrError};
 pub use health::Monitor;
+pub use metrics::{
+    BackendSnapshot, HistogramSnapshot, LATENCY_BUCKETS, Metrics, PoolSnapshot, RouteSnapshot,
+    Snapshot,
+};
 pub use server::serve;
 use std::time::Duration;
 
@@ -154,6 +169,11 @@ pub struct ProxyConfig {
     /// How long an HTTP/1.1 keep-alive connection may sit idle between requests before it is
     /// closed. Default 75 s.
     pub keep_alive_timeout: Duration,
+    /// Where the data plane counts requests, connections and retries; the admin plane reads
+    /// the same handle. Default: a fresh one.
+    pub metrics: Metrics,
+    /// One log line per request (target `access`), in this format; default off.
+    pub access_log: Option<AccessLog>,
     /// This node's health monitor: failures met in real traffic on pools with `eject` count
     /// as failed probes there. None: passive failures only eject locally.
     pub health: Option<std::sync::Arc<Monitor>>,
@@ -173,6 +193,8 @@ impl ProxyConfig {
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             keep_alive_timeout: DEFAULT_KEEP_ALIVE_TIMEOUT,
+            metrics: Metrics::new(),
+            access_log: None,
             health: None,
             memory: None,
         }
@@ -189,6 +211,7 @@ impl std::fmt::Debug for ProxyConfig {
             .field("max_header_bytes", &self.max_header_bytes)
             .field("header_read_timeout", &self.header_read_timeout)
             .field("keep_alive_timeout", &self.keep_alive_timeout)
+            .field("access_log", &self.access_log)
             .finish()
     }
 }

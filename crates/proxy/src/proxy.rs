@@ -23,7 +23,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Body;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering, Ordering::Relaxed};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -42,6 +42,10 @@ pub(crate) struct Shared {
     pub(crate) conn: crate::conn::ConnOpts,
     /// Wakes idle client connections (deadline ticks, shutdown).
     pub(crate) closing: crate::conn::Closing,
+    /// Counters the admin plane reads.
+    pub(crate) metrics: crate::metrics::Metrics,
+    /// Access log format; `None`: off.
+    pub(crate) access_log: Option<crate::access::AccessLog>,
     /// This node's health monitor, told of passive ejections.
     pub(crate) health: Option<Arc<crate::health::Monitor>>,
 }
@@ -60,6 +64,7 @@ impl Shared {
 impl Shared {
     /// Replaces the live table and leader, waking requests that wait for a change.
     pub(crate) fn swap(&self, live: Live) {
+        self.metrics.set_table(live.table.clone());
         self.live.store(Arc::new(live));
         self.swapped.notify_waiters();
     }
@@ -88,10 +93,22 @@ pub(crate) fn handle(
     req: Request<ProxyBody>,
 ) -> impl Future<Output = Response<ProxyBody>> {
     async move {
+        let start = Instant::now();
         let live = shared.live.load_full();
+        // Only with an access log: what its line needs of the request (taken before the
+        // request is handed on).
+        let mut logged = None;
         let route = {
             let mut buf = [0u8; 256];
             let host = request_host(&req, &mut buf);
+            if shared.access_log.is_some() {
+                logged = Some(Logged {
+                    method: req.method().clone(),
+                    uri: req.uri().clone(),
+                    version: req.version(),
+                    host: host.into(),
+                });
+            }
             match live
                 .table
                 .find(host, req.uri().path(), req.method(), req.headers())
@@ -102,15 +119,86 @@ pub(crate) fn handle(
                         host: host.to_string(),
                         path: req.uri().path().to_string(),
                     };
-                    return e.into_response(None);
+                    shared.metrics.no_route();
+                    let resp = e.into_response(None);
+                    if let Some(l) = &logged {
+                        log_access(shared, client, l, None, None, &resp, start);
+                    }
+                    return resp;
                 }
             }
         };
-        match proxy(shared, &live, route, client, req).await {
+        let served = AtomicU32::new(SERVED_NOBODY);
+        let resp = match proxy(shared, &live, route, client, req, &served).await {
             Ok(resp) => resp,
             Err(e) => e.into_response(Some(route)),
+        };
+        let served = served.load(Relaxed);
+        let status = resp.status().as_u16();
+        route.stats.latency.observe(start.elapsed());
+        match served {
+            SERVED_NOBODY => route.stats.unserved.record(status),
+            SERVED_LEADER => route.stats.to_leader.record(status),
+            i => match route.per_backend.get(i as usize) {
+                Some(c) => c.record(status),
+                None => route.stats.unserved.record(status),
+            },
         }
+        if let Some(l) = &logged {
+            let pool = &live.table.pools[route.pool];
+            let backend = match served {
+                SERVED_LEADER => Some("leader"),
+                i => pool.backends.get(i as usize).map(|b| &*b.id),
+            };
+            log_access(shared, client, l, Some(route), backend, &resp, start);
+        }
+        resp
     }
+}
+
+/// `served` when no backend was reached.
+const SERVED_NOBODY: u32 = u32::MAX;
+/// `served` when the request was carried to the leader node.
+const SERVED_LEADER: u32 = u32::MAX - 1;
+
+/// What the access log needs of a request.
+struct Logged {
+    method: Method,
+    uri: Uri,
+    version: http::Version,
+    host: Box<str>,
+}
+
+fn log_access(
+    shared: &Shared,
+    client: &ClientAddr,
+    l: &Logged,
+    route: Option<&CompiledRoute>,
+    backend: Option<&str>,
+    resp: &Response<ProxyBody>,
+    start: Instant,
+) {
+    let Some(format) = shared.access_log else {
+        return;
+    };
+    let bytes = resp
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .or_else(|| resp.body().size_hint().exact());
+    format.emit(&crate::access::Entry {
+        client: client.ip,
+        method: &l.method,
+        host: &l.host,
+        uri: &l.uri,
+        version: l.version,
+        route: route.map(|r| &*r.name),
+        backend,
+        status: resp.status(),
+        bytes,
+        duration: start.elapsed(),
+        forwarded: backend == Some("leader"),
+    });
 }
 
 fn is_write(m: &Method) -> bool {
@@ -237,6 +325,7 @@ fn proxy(
     route: &CompiledRoute,
     client: &ClientAddr,
     mut req: Request<ProxyBody>,
+    served: &AtomicU32,
 ) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> {
     async move {
         // A request relayed by another node carries a marker; a bad one is refused, not ignored,
@@ -320,6 +409,7 @@ fn proxy(
                 Some(leader) if leader.id != shared.node_id => {
                     // The leader applies the route's own rewrites when it serves the request.
                     prepare_request(&mut req, client, trusted_peer, false, false);
+                    served.store(SERVED_LEADER, Relaxed);
                     return Box::pin(forward_to_leader(shared, route, leader, req)).await;
                 }
                 Some(_) => {} // this node leads: served below by its own backends
@@ -370,7 +460,7 @@ fn proxy(
         };
 
         let ctx = PickCtx { client_ip, pinned };
-        let sent = dispatch(shared, route, pool, scope, &ctx, req, upgrade).await;
+        let sent = dispatch(shared, route, pool, scope, &ctx, req, upgrade, served).await;
         let (resp, picked, in_flight) = match sent {
             Err(_) if over.as_ref().is_some_and(|o| o.load(Ordering::Acquire)) => {
                 return Err(ProxyError::TooLarge {
@@ -392,6 +482,7 @@ fn proxy(
                 ReplayAction::Keep => {}
                 ReplayAction::ToLeader(leader, req) => {
                     drop((resp, in_flight));
+                    served.store(SERVED_LEADER, Relaxed);
                     return Box::pin(forward_to_leader(shared, route, leader, req)).await;
                 }
                 ReplayAction::Local(mut req) => {
@@ -399,7 +490,8 @@ fn proxy(
                     apply_route(route, &mut req);
                     return Box::pin(async {
                         let (resp, picked, in_flight) =
-                            dispatch(shared, route, pool, Scope::Local, &ctx, req, false).await?;
+                            dispatch(shared, route, pool, Scope::Local, &ctx, req, false, served)
+                                .await?;
                         Ok(finish(resp, route, pool, picked, in_flight))
                     })
                     .await;
@@ -428,6 +520,7 @@ fn proxy(
                 io,
                 leftover,
                 in_flight: Some(in_flight),
+                _open: Some(shared.metrics.tunnel()),
             };
             return Ok(Response::from_parts(
                 parts,
@@ -549,7 +642,9 @@ async fn queue_for_slot(
 /// delivered (connection failures): on another backend, or after `retry_delay` on the same
 /// ones again, up to the route's `retries` and within the pool's retry budget.
 // Not an `async fn`, whose arguments would take room twice in the future.
-#[allow(clippy::manual_async_fn)]
+// `served` tells the caller (metrics, access log) which backend answered, without growing
+// the answer's type on every path.
+#[allow(clippy::manual_async_fn, clippy::too_many_arguments)]
 fn dispatch(
     shared: &Shared,
     route: &CompiledRoute,
@@ -558,6 +653,7 @@ fn dispatch(
     ctx: &PickCtx,
     mut req: Request<ProxyBody>,
     upgrade: bool,
+    served: &AtomicU32,
 ) -> impl Future<Output = Result<(Response<Source>, Picked, InFlight), ProxyError>> {
     async move {
         pool.record_request();
@@ -583,6 +679,8 @@ fn dispatch(
             };
             tried.push(picked.idx);
             let backend = &pool.backends[picked.idx];
+            served.store(picked.idx as u32, Relaxed);
+            backend.stats.requests.fetch_add(1, Relaxed);
             let failed = |cause: String| ProxyError::Backend {
                 route: route.name.to_string(),
                 backend: backend.id.to_string(),
@@ -597,6 +695,7 @@ fn dispatch(
                     return Ok((resp, picked, in_flight));
                 }
                 Ok(Err(SendError::Failed(cause))) => {
+                    backend.stats.failures.fetch_add(1, Relaxed);
                     if pool.connect_failed(picked.idx) {
                         shared.ejected(pool, picked.idx, &cause);
                     }
@@ -607,6 +706,7 @@ fn dispatch(
                     | SendError::Resend { req: back, cause },
                 )) => {
                     drop(in_flight);
+                    backend.stats.failures.fetch_add(1, Relaxed);
                     if pool.connect_failed(picked.idx) {
                         shared.ejected(pool, picked.idx, &cause);
                     }
@@ -629,6 +729,7 @@ fn dispatch(
                     }
                 }
                 Err(_) => {
+                    backend.stats.failures.fetch_add(1, Relaxed);
                     return Err(ProxyError::BackendTimeout {
                         route: route.name.to_string(),
                         backend: backend.id.to_string(),

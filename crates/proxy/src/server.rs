@@ -49,8 +49,11 @@ pub async fn serve(
         swapped: Notify::new(),
         conn,
         closing: Closing::default(),
+        metrics: config.metrics.clone(),
+        access_log: config.access_log,
         health: config.health.clone(),
     });
+    shared.metrics.set_table(shared.live.load().table.clone());
     let watcher = tokio::spawn(watch_changes(
         shared.clone(),
         state,

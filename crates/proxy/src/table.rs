@@ -24,6 +24,7 @@
 
 use crate::balance::{BackendStats, CompiledPool, PoolShared};
 use crate::hop::HopKey;
+use crate::metrics::{Classes, RouteStats};
 use crate::rules::{ErrorPages, HeaderOps};
 use crate::upstream::Endpoints;
 use gateway_model::{State, WritePolicy};
@@ -56,6 +57,10 @@ pub(crate) struct CompiledRoute {
     pub(crate) strip_prefix: bool,
     pub(crate) host_rewrite: Option<HeaderValue>,
     pub(crate) error_pages: ErrorPages,
+    /// Counters kept across swaps by route name.
+    pub(crate) stats: Arc<RouteStats>,
+    /// Answers by status class per backend of the pool (same order as its backends).
+    pub(crate) per_backend: Box<[Arc<Classes>]>,
     /// `max_body_bytes`.
     pub(crate) max_body: Option<u64>,
     /// `max_concurrent`; 0: no limit.
@@ -184,6 +189,12 @@ impl RouteTable {
                     .as_deref()
                     .and_then(|h| HeaderValue::from_str(h).ok()),
                 error_pages: ErrorPages::compile(&route.error_pages),
+                stats: reg.route_stats(&route.name),
+                per_backend: pools[pool]
+                    .backends
+                    .iter()
+                    .map(|b| reg.route_backend(&route.name, &pools[pool].name, &b.id))
+                    .collect(),
                 max_body: route.max_body_bytes,
                 max_concurrent: route.max_concurrent.map_or(0, |m| m as usize),
                 limiter: reg
@@ -254,6 +265,11 @@ impl RouteTable {
             .find(|r| r.matches(path, method, headers))
     }
 
+    /// Every route, in name order.
+    pub(crate) fn routes(&self) -> &[CompiledRoute] {
+        &self.routes
+    }
+
     /// The pool named `name`, if this table has it.
     pub(crate) fn pool_named(&self, name: &str) -> Option<&CompiledPool> {
         self.pool_index.get(name).map(|&i| &self.pools[i])
@@ -296,6 +312,8 @@ pub(crate) struct Registry {
     routes: HashMap<String, (Arc<crate::limits::RouteShared>, u64)>,
     pools: HashMap<String, (Arc<PoolShared>, u64)>,
     backends: HashMap<(String, String), (Arc<BackendStats>, u64)>,
+    route_stats: HashMap<String, (Arc<RouteStats>, u64)>,
+    route_backends: HashMap<(String, String, String), (Arc<Classes>, u64)>,
     pub(crate) endpoints: Endpoints,
 }
 
@@ -324,11 +342,30 @@ impl Registry {
         entry.0.clone()
     }
 
+    fn route_stats(&mut self, name: &str) -> Arc<RouteStats> {
+        let generation = self.generation;
+        let entry = self.route_stats.entry(name.to_string()).or_default();
+        entry.1 = generation;
+        entry.0.clone()
+    }
+
+    fn route_backend(&mut self, route: &str, pool: &str, backend: &str) -> Arc<Classes> {
+        let generation = self.generation;
+        let entry = self
+            .route_backends
+            .entry((route.to_string(), pool.to_string(), backend.to_string()))
+            .or_default();
+        entry.1 = generation;
+        entry.0.clone()
+    }
+
     fn sweep(&mut self) {
         let generation = self.generation;
         self.routes.retain(|_, e| e.1 == generation);
         self.pools.retain(|_, e| e.1 == generation);
         self.backends.retain(|_, e| e.1 == generation);
+        self.route_stats.retain(|_, e| e.1 == generation);
+        self.route_backends.retain(|_, e| e.1 == generation);
         self.endpoints.purge();
     }
 }
@@ -538,10 +575,21 @@ mod tests {
         let a1 = t1.pools[0].backends[0].stats.clone();
         let t2 = RouteTable::compile(&s, 1, &key, &mut reg);
         assert!(Arc::ptr_eq(&a1, &t2.pools[0].backends[0].stats));
+        // Route counters (and per-backend answers of the route) are kept across swaps too.
+        assert!(Arc::ptr_eq(&t1.routes[0].stats, &t2.routes[0].stats));
+        assert!(Arc::ptr_eq(
+            &t1.routes[0].per_backend[0],
+            &t2.routes[0].per_backend[0]
+        ));
         let mut s2 = s.clone();
         s2.pools.get_mut("p").unwrap().backends[0].id = "z".into();
         let _t3 = RouteTable::compile(&s2, 1, &key, &mut reg);
         assert_eq!(reg.backends.len(), 1);
+        assert_eq!(
+            reg.route_backends.len(),
+            1,
+            "counters of the removed backend dropped"
+        );
         assert!(
             reg.backends
                 .contains_key(&("p".to_string(), "z".to_string()))

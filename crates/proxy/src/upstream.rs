@@ -125,6 +125,8 @@ pub(crate) struct Tunnel {
     /// Bytes the backend sent after its `101` head.
     pub(crate) leftover: BytesMut,
     pub(crate) in_flight: Option<InFlight>,
+    /// Counts the tunnel as an open WebSocket while it lives.
+    pub(crate) _open: Option<crate::metrics::TunnelGuard>,
 }
 
 /// A backend's HTTP/1.1 response body; returns the connection to its pool when complete.
