@@ -1,5 +1,6 @@
 //! Replicated commands: the only way the replicated state changes.
 
+use crate::cert::Cert;
 use crate::config::{NodeId, Pool, Route};
 use crate::error::ApplyError;
 use serde::{Deserialize, Serialize};
@@ -34,6 +35,18 @@ pub enum Command {
     },
     /// Delete a route.
     DeleteRoute {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<u64>,
+    },
+    /// Create or replace a TLS certificate (its names and validity are derived from the PEM).
+    PutCert {
+        cert: Cert,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<u64>,
+    },
+    /// Delete a TLS certificate.
+    DeleteCert {
         name: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         expect: Option<u64>,

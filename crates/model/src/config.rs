@@ -226,6 +226,11 @@ pub struct Route {
     /// or `"504"`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub error_pages: BTreeMap<String, ErrorPage>,
+    /// Answer requests that arrived over plain HTTP with this redirect status (301, 302, 307
+    /// or 308) to the same URL over HTTPS, instead of proxying them. Requests over HTTPS are
+    /// served as usual.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https_redirect: Option<u16>,
     /// The configuration revision that last changed this route; set by the cluster, ignored on input.
     #[serde(default)]
     pub revision: u64,

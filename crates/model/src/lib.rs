@@ -5,12 +5,14 @@
 //! depends on it, it depends on none of ours. `State::apply` is deterministic — no clock,
 //! randomness or I/O — so that every node that applies the same log reaches the same state.
 
+mod cert;
 mod command;
 mod config;
 mod error;
 mod state;
 mod validate;
 
+pub use cert::{Cert, CertInfo, MAX_PEM, check_cert_time, inspect_cert, validate_cert};
 pub use command::{Applied, Command, MAX_BATCH, Proposal, Request, Response};
 pub use config::{
     Backend, Balance, ErrorPage, HeaderMatch, HeaderRules, NodeAddr, NodeId, Pool, Protocol, Route,

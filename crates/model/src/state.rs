@@ -1,5 +1,6 @@
 //! The replicated state and its pure, deterministic transition function.
 
+use crate::cert::{Cert, validate_cert};
 use crate::command::{Applied, Command, MAX_BATCH, Proposal, Request, Response};
 use crate::config::{NodeId, Pool, Route};
 use crate::error::{ApplyError, Invalid};
@@ -27,6 +28,9 @@ pub enum Change {
     PutRoute { route: Route },
     DeleteRoute { name: String },
     RetireNode { id: NodeId },
+    /// The certificate without its key: history is shown to watchers.
+    PutCert { cert: Cert },
+    DeleteCert { name: String },
 }
 
 /// Everything one revision changed, in order.
@@ -56,6 +60,9 @@ pub struct State {
     pub revision: u64,
     pub pools: OrdMap<String, Pool>,
     pub routes: OrdMap<String, Route>,
+    /// TLS certificates, with their keys (read APIs show [`Cert::redacted`]).
+    #[serde(default)]
+    pub certs: OrdMap<String, Cert>,
     /// Node ids that have left the cluster and may never be used again.
     pub retired: BTreeSet<NodeId>,
     /// The changes of the last [`HISTORY`] revisions, oldest first.
@@ -72,6 +79,7 @@ pub struct State {
 struct Maps<'a> {
     pools: &'a mut OrdMap<String, Pool>,
     routes: &'a mut OrdMap<String, Route>,
+    certs: &'a mut OrdMap<String, Cert>,
 }
 
 fn expect_rev(
@@ -174,10 +182,53 @@ impl Maps<'_> {
                 self.routes.remove(name);
                 out.push(Change::DeleteRoute { name: name.clone() });
             }
+            Command::PutCert { cert, expect } => {
+                let info = validate_cert(cert)?;
+                expect_rev(
+                    "cert",
+                    &cert.name,
+                    *expect,
+                    self.certs.get(&cert.name).map(|c| c.revision),
+                )?;
+                if cert.default
+                    && let Some(other) = self
+                        .certs
+                        .values()
+                        .find(|c| c.default && c.name != cert.name)
+                {
+                    return Err(ApplyError::Conflict {
+                        message: format!(
+                            "certificate '{}' is already the default; unset its default first, or change both in one transaction",
+                            other.name
+                        ),
+                    });
+                }
+                let mut cert = cert.clone();
+                cert.names = info.names;
+                cert.not_before = info.not_before;
+                cert.not_after = info.not_after;
+                cert.revision = rev;
+                self.certs.insert(cert.name.clone(), cert.clone());
+                out.push(Change::PutCert {
+                    cert: cert.redacted(),
+                });
+            }
+            Command::DeleteCert { name, expect } => {
+                validate_name("name", name)?;
+                let Some(current) = self.certs.get(name) else {
+                    return Err(ApplyError::NotFound {
+                        what: "cert".into(),
+                        name: name.clone(),
+                    });
+                };
+                expect_rev("cert", name, *expect, Some(current.revision))?;
+                self.certs.remove(name);
+                out.push(Change::DeleteCert { name: name.clone() });
+            }
             Command::RetireNode { .. } | Command::Batch { .. } => {
                 return Err(Invalid::new(
                     "commands",
-                    "a batch may only hold pool and route changes",
+                    "a batch may only hold pool, route and certificate changes",
                     "send node changes and nested batches on their own",
                 )
                 .into());
@@ -277,6 +328,7 @@ impl State {
             revision: self.revision,
             pools: self.pools.clone(),
             routes: self.routes.clone(),
+            certs: self.certs.clone(),
             retired: self.retired.clone(),
             ..State::default()
         }
@@ -311,9 +363,11 @@ impl State {
                 }
                 // All or nothing: work on copies, keep them only if every command applies.
                 let (mut pools, mut routes) = (self.pools.clone(), self.routes.clone());
+                let mut certs = self.certs.clone();
                 let mut maps = Maps {
                     pools: &mut pools,
                     routes: &mut routes,
+                    certs: &mut certs,
                 };
                 for (i, c) in commands.iter().enumerate() {
                     maps.apply(c, rev, &mut changes)
@@ -321,11 +375,13 @@ impl State {
                 }
                 self.pools = pools;
                 self.routes = routes;
+                self.certs = certs;
             }
             single => {
                 let mut maps = Maps {
                     pools: &mut self.pools,
                     routes: &mut self.routes,
+                    certs: &mut self.certs,
                 };
                 maps.apply(single, rev, &mut changes)?;
             }
