@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use gateway_cluster::{Cluster, Consistency};
 use gateway_model::{
-    Command, MAX_BATCH, Pool, Route, validate_name, validate_pool, validate_route,
+    Cert, Command, MAX_BATCH, Pool, Route, validate_name, validate_pool, validate_route,
 };
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -64,13 +64,15 @@ pub async fn serve(
         .route("/v1/pools/{name}", get(get_pool).put(put_pool).delete(delete_pool))
         .route("/v1/routes", get(list_routes))
         .route("/v1/routes/{name}", get(get_route).put(put_route).delete(delete_route))
+        .route("/v1/certs", get(list_certs))
+        .route("/v1/certs/{name}", get(get_cert).put(put_cert).delete(delete_cert))
         .route("/v1/nodes", get(nodes))
         .route("/v1/nodes/{id}", axum::routing::delete(remove_node))
         .route("/v1/leave", post(leave))
         .route("/v1/transaction", post(transaction))
         .route("/v1/cluster/transfer-leader", post(transfer_leader))
         .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see /v1/config, /v1/pools, /v1/routes, /v1/nodes, /status, /leader")
+            ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see /v1/config, /v1/pools, /v1/routes, /v1/certs, /v1/nodes, /status, /leader")
         })
         .layer(DefaultBodyLimit::max(opts.max_body))
         .layer(middleware::from_fn_with_state(app.clone(), authorize))
@@ -507,6 +509,79 @@ async fn delete_route(
     .await
 }
 
+async fn list_certs(
+    AxState(app): AxState<App>,
+    q: std::result::Result<Query<ReadParams>, QueryRejection>,
+) -> Result<Response> {
+    let st = app.cluster.read(consistency(q)?).await?;
+    let certs: Vec<Cert> = st.certs.values().map(Cert::redacted).collect();
+    Ok(ok(
+        st.revision,
+        json!({"revision": st.revision, "certs": certs}),
+    ))
+}
+
+async fn get_cert(
+    AxState(app): AxState<App>,
+    Path(name): Path<String>,
+    q: std::result::Result<Query<ReadParams>, QueryRejection>,
+) -> Result<Response> {
+    checked_name(&name)?;
+    let st = app.cluster.read(consistency(q)?).await?;
+    match st.certs.get(&name) {
+        Some(c) => Ok(with_etag(
+            ok(st.revision, json!({"revision": st.revision, "cert": c.redacted()})),
+            c.revision,
+        )),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("cert '{name}' does not exist; list them with GET /v1/certs"),
+        )
+        .at(st.revision)),
+    }
+}
+
+/// Creates or replaces a certificate: `{"cert_pem": "...", "key_pem": "...", "default": false}`.
+async fn put_cert(
+    AxState(app): AxState<App>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    let expect = expected(&headers)?;
+    let mut cert: Cert = parse(&body)?;
+    named(&name, &mut cert.name)?;
+    let mut shown = crate::certs::checked_cert(&cert)?;
+    let resp = propose(
+        &app,
+        request_id(&headers)?,
+        Command::PutCert { cert, expect },
+        |rev| {
+            shown.revision = rev;
+            json!({"revision": rev, "cert": shown})
+        },
+    )
+    .await?;
+    let rev = revision_of(&resp);
+    Ok(with_etag(resp, rev))
+}
+
+async fn delete_cert(
+    AxState(app): AxState<App>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let expect = expected(&headers)?;
+    checked_name(&name)?;
+    propose(
+        &app,
+        request_id(&headers)?,
+        Command::DeleteCert { name, expect },
+        |rev| json!({"revision": rev}),
+    )
+    .await
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct TransferLeader {
@@ -551,14 +626,15 @@ async fn transaction(
         let checked = match c {
             Command::PutPool { pool, .. } => validate_pool(pool),
             Command::PutRoute { route, .. } => validate_route(route),
-            Command::DeletePool { name, .. } | Command::DeleteRoute { name, .. } => {
-                validate_name("name", name)
-            }
+            Command::PutCert { cert, .. } => crate::certs::checked_cert(cert).map(|_| ()),
+            Command::DeletePool { name, .. }
+            | Command::DeleteRoute { name, .. }
+            | Command::DeleteCert { name, .. } => validate_name("name", name),
             Command::RetireNode { .. } | Command::Batch { .. } => {
                 return Err(ApiError::bad(
                     &format!("commands[{i}].op"),
                     format!(
-                        "commands[{i}].op: only put_pool, delete_pool, put_route and delete_route go in a transaction"
+                        "commands[{i}].op: only put_pool, delete_pool, put_route, delete_route, put_cert and delete_cert go in a transaction"
                     ),
                 ));
             }

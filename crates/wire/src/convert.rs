@@ -10,7 +10,7 @@
 
 use crate::admin;
 use gateway_model::{
-    Backend, Balance, Change, ChangeSet, Command, ErrorPage, HeaderMatch, HeaderRules, Invalid,
+    Backend, Balance, Cert, Change, ChangeSet, Command, ErrorPage, HeaderMatch, HeaderRules, Invalid,
     MAX_BATCH, Pool, Protocol, Route, WritePolicy, validate_name, validate_pool, validate_route,
 };
 use std::collections::BTreeMap;
@@ -308,6 +308,34 @@ fn error_page_to(p: &ErrorPage) -> admin::ErrorPage {
     }
 }
 
+/// A certificate as replies carry it: never with its key.
+pub fn cert_to_wire(c: &Cert) -> admin::Cert {
+    admin::Cert {
+        name: c.name.clone(),
+        cert_pem: c.cert_pem.clone(),
+        key_pem: String::new(),
+        default: c.default,
+        names: c.names.clone(),
+        not_before: c.not_before,
+        not_after: c.not_after,
+        revision: c.revision,
+    }
+}
+
+/// A certificate from the wire, translated but not checked.
+pub fn cert_from_wire(c: admin::Cert) -> Cert {
+    Cert {
+        name: c.name,
+        cert_pem: c.cert_pem,
+        key_pem: c.key_pem,
+        default: c.default,
+        names: c.names,
+        not_before: c.not_before,
+        not_after: c.not_after,
+        revision: c.revision,
+    }
+}
+
 /// A route as the wire carries it.
 pub fn route_to_wire(r: &Route) -> admin::Route {
     let Route {
@@ -326,9 +354,11 @@ pub fn route_to_wire(r: &Route) -> admin::Route {
         strip_prefix,
         host_rewrite,
         error_pages,
+        https_redirect,
         revision,
     } = r;
     admin::Route {
+        https_redirect: https_redirect.map(u32::from),
         name: name.clone(),
         hosts: hosts.clone(),
         path_prefix: path_prefix.clone(),
@@ -377,7 +407,18 @@ pub fn route_from_wire(r: admin::Route) -> Result<Route, Invalid> {
         host_rewrite,
         error_pages,
         revision,
+        https_redirect,
     } = r;
+    let https_redirect = match https_redirect {
+        None => None,
+        Some(s) => Some(u16::try_from(s).map_err(|_| {
+            Invalid::new(
+                "https_redirect",
+                format!("{s} is not a redirect status"),
+                "use 308, 301, 302 or 307",
+            )
+        })?),
+    };
     let mut pages = BTreeMap::new();
     for (key, page) in error_pages {
         let page = error_page_from(&key, page)?;
@@ -409,6 +450,7 @@ pub fn route_from_wire(r: admin::Route) -> Result<Route, Invalid> {
         strip_prefix,
         host_rewrite,
         error_pages: pages,
+        https_redirect,
         revision,
     })
 }
@@ -508,7 +550,10 @@ pub fn command_to_wire(c: &Command) -> Option<admin::Operation> {
             name: name.clone(),
             if_revision: *expect,
         }),
-        Command::RetireNode { .. } | Command::Batch { .. } => return None,
+        Command::RetireNode { .. }
+        | Command::Batch { .. }
+        | Command::PutCert { .. }
+        | Command::DeleteCert { .. } => return None,
     };
     Some(admin::Operation { op: Some(op) })
 }
@@ -530,6 +575,8 @@ pub fn change_set_to_wire(c: &ChangeSet) -> admin::ChangeSet {
                     Change::PutRoute { route } => W::PutRoute(route_to_wire(route)),
                     Change::DeleteRoute { name } => W::DeleteRoute(name.clone()),
                     Change::RetireNode { id } => W::RetireNode(*id),
+                    Change::PutCert { cert } => W::PutCert(cert_to_wire(cert)),
+                    Change::DeleteCert { name } => W::DeleteCert(name.clone()),
                 }),
             })
             .collect(),
@@ -552,6 +599,10 @@ pub fn change_set_from_wire(c: admin::ChangeSet) -> Result<ChangeSet, Invalid> {
             },
             Some(W::DeleteRoute(name)) => Change::DeleteRoute { name },
             Some(W::RetireNode(id)) => Change::RetireNode { id },
+            Some(W::PutCert(c)) => Change::PutCert {
+                cert: cert_from_wire(c),
+            },
+            Some(W::DeleteCert(name)) => Change::DeleteCert { name },
             None => {
                 return Err(field(missing(
                     "change",

@@ -284,6 +284,10 @@ pub fn change_lines(set: &ChangeSet) -> Vec<String> {
                 ),
                 Change::DeleteRoute { name } => format!("delete route {name}"),
                 Change::RetireNode { id } => format!("retire node {id}"),
+                Change::PutCert { cert } => {
+                    format!("put cert {} ({})", cert.name, cert.names.join(","))
+                }
+                Change::DeleteCert { name } => format!("delete cert {name}"),
             };
             format!("{}  {what}", set.revision)
         })
