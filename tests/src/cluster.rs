@@ -102,12 +102,14 @@ pub struct NodeSpec {
     pub cluster_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// The HTTPS data plane (`--https-addr`); every test node listens on it.
+    pub https_addr: SocketAddr,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
 }
 
 impl NodeSpec {
-    /// The three address flags.
+    /// The four address flags.
     pub fn addr_args(&self) -> Vec<String> {
         vec![
             "--cluster-addr".into(),
@@ -116,6 +118,8 @@ impl NodeSpec {
             self.admin_addr.to_string(),
             "--http-addr".into(),
             self.http_addr.to_string(),
+            "--https-addr".into(),
+            self.https_addr.to_string(),
         ]
     }
 }
@@ -213,6 +217,7 @@ impl TestCluster {
             cluster_addr: free_addr()?,
             admin_addr: free_addr()?,
             http_addr: free_addr()?,
+            https_addr: free_addr()?,
             data_dir,
             log_path: base.join("gateway.log"),
         })

@@ -121,7 +121,7 @@ pub fn inspect_cert(cert_pem: &str, key_pem: &str) -> Result<CertInfo, Invalid> 
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| {
         Invalid::new(
             "key_pem",
-            format!("is not a PEM private key ({e})"),
+            format!("is not a PEM private key ({})", pem_problem(&e, "private key")),
             PEM_KEY_FIX,
         )
     })?;
@@ -205,7 +205,7 @@ fn parse_chain(pem: &str) -> Result<Vec<CertificateDer<'static>>, Invalid> {
             Err(e) => {
                 return Err(Invalid::new(
                     "cert_pem",
-                    format!("is not valid PEM ({e})"),
+                    format!("is not valid PEM ({})", pem_problem(&e, "certificate")),
                     PEM_CHAIN_FIX,
                 ));
             }
@@ -219,6 +219,19 @@ fn parse_chain(pem: &str) -> Result<Vec<CertificateDer<'static>>, Invalid> {
         ));
     }
     Ok(chain)
+}
+
+/// What is wrong with a PEM text, in words, without quoting any of it (it may be a key).
+fn pem_problem(e: &rustls_pki_types::pem::Error, what: &str) -> String {
+    use rustls_pki_types::pem::Error as E;
+    match e {
+        E::MissingSectionEnd { .. } => "a section has no END line: the text is cut short".into(),
+        E::IllegalSectionStart { .. } => "a BEGIN line is malformed".into(),
+        E::Base64Decode(_) => "a section's base64 does not decode".into(),
+        E::NoItemsFound => format!("no {what} section found"),
+        E::SectionTooLarge => "a section is too large".into(),
+        _ => "unreadable".into(),
+    }
 }
 
 /// Checks that a certificate is valid at `now` (Unix seconds). Uses the clock, so it runs at

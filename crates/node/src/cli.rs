@@ -156,6 +156,10 @@ pub struct NodeArgs {
     /// HTTP data plane address [default: 127.0.0.1:8101].
     #[arg(long, env = "GATEWAY_HTTP_ADDR")]
     pub http_addr: Option<String>,
+    /// HTTPS data plane address (TLS with the certificates of `gateway cert add` / PUT
+    /// /v1/certs, chosen by SNI) [default: none, no HTTPS]. Remembered in the data dir.
+    #[arg(long, env = "GATEWAY_HTTPS_ADDR")]
+    pub https_addr: Option<String>,
     /// File holding the shared cluster secret. On --init without it, one is generated into
     /// DATA_DIR/cluster-secret.
     #[arg(long, env = "GATEWAY_CLUSTER_SECRET_FILE")]

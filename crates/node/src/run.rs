@@ -206,6 +206,19 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         .filter(|ip| !ip.is_unspecified());
     let admin_listener = bind(&addr.admin_addr, "--admin-addr").await?;
     let http_listener = bind(&addr.http_addr, "--http-addr").await?;
+    // The HTTPS address given (remembered for restarts), else the one used before.
+    let https_addr = match &cfg.https_addr {
+        Some(a) => Some(a.clone()),
+        None => meta.get("https_addr")?,
+    };
+    let https_listener = match &https_addr {
+        Some(a) => Some(bind(a, "--https-addr").await?),
+        None => None,
+    };
+    let https_port = https_listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| a.port());
 
     let bootstrap = match &cfg.mode {
         Mode::Init => Bootstrap::Init,
@@ -253,6 +266,9 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     ] {
         meta.set(k, &v)?;
     }
+    if let Some(a) = &https_addr {
+        meta.set("https_addr", a)?;
+    }
     if let Some(path) = &token_file {
         let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
         meta.set("admin_token_file", &abs.to_string_lossy())?;
@@ -279,13 +295,17 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         },
         stopped(stop_rx.clone()),
     ));
-    let proxy = tokio::spawn(gateway_proxy::serve(
-        http_listener,
+    let proxy = tokio::spawn(gateway_proxy::serve_all(
+        gateway_proxy::Listeners {
+            http: http_listener,
+            https: https_listener,
+        },
         cluster.state(),
         leader_http(&cluster),
         gateway_proxy::ProxyConfig {
             trusted_proxies: cfg.trusted_proxies.clone(),
             keep_alive_timeout: cfg.keep_alive_timeout,
+            https_port,
             ..gateway_proxy::ProxyConfig::new(id, secret_obj.hop_key())
         },
         stopped(stop_rx.clone()),

@@ -109,11 +109,13 @@ mod hop;
 mod proxy;
 mod rules;
 mod server;
+mod stream;
 mod table;
+mod tls;
 mod upstream;
 
 pub use cidr::{Cidr, CidrError};
-pub use server::serve;
+pub use server::{Listeners, serve, serve_all};
 use std::time::Duration;
 
 /// Default for [`ProxyConfig::max_replay_body`]: 1 MiB.
@@ -148,6 +150,9 @@ pub struct ProxyConfig {
     /// How long an HTTP/1.1 keep-alive connection may sit idle between requests before it is
     /// closed. Default 75 s.
     pub keep_alive_timeout: Duration,
+    /// The port that routes' `https_redirect` send clients to; `None` for 443 (no port in
+    /// the `Location`). The node sets it from its `--https-addr`.
+    pub https_port: Option<u16>,
 }
 
 impl ProxyConfig {
@@ -161,6 +166,7 @@ impl ProxyConfig {
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             keep_alive_timeout: DEFAULT_KEEP_ALIVE_TIMEOUT,
+            https_port: None,
         }
     }
 }
@@ -175,6 +181,7 @@ impl std::fmt::Debug for ProxyConfig {
             .field("max_header_bytes", &self.max_header_bytes)
             .field("header_read_timeout", &self.header_read_timeout)
             .field("keep_alive_timeout", &self.keep_alive_timeout)
+            .field("https_port", &self.https_port)
             .finish()
     }
 }

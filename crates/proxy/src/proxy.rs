@@ -38,6 +38,8 @@ pub(crate) struct Shared {
     pub(crate) swapped: Notify,
     /// Settings of client connections.
     pub(crate) conn: crate::conn::ConnOpts,
+    /// The port HTTPS redirects name (`None`: the default, 443).
+    pub(crate) https_port: Option<u16>,
     /// Wakes idle client connections (deadline ticks, shutdown).
     pub(crate) closing: crate::conn::Closing,
 }
@@ -91,6 +93,11 @@ pub(crate) fn handle(
                 }
             }
         };
+        if let Some(status) = route.https_redirect
+            && !client.tls
+        {
+            return crate::tls::redirect_to_https(&req, status, shared.https_port);
+        }
         match proxy(shared, &live, route, client, req).await {
             Ok(resp) => resp,
             Err(e) => e.into_response(Some(route)),

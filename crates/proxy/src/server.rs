@@ -4,7 +4,10 @@
 use crate::conn::{Closing, ConnOpts, Tracked};
 use crate::hop::HopKey;
 use crate::proxy::{LeaderTarget, Live, Shared};
+use crate::stream::ClientStream;
 use crate::table::{Registry, RouteTable};
+use crate::tls::CertTable;
+use tokio_rustls::TlsAcceptor;
 use crate::{Leader, ProxyConfig};
 use arc_swap::ArcSwap;
 use gateway_model::{Protocol, State};
@@ -22,11 +25,41 @@ use tokio::sync::{Notify, watch};
 /// closed at once; upgraded connections such as WebSockets are not waited for).
 pub async fn serve(
     listener: TcpListener,
+    state: watch::Receiver<Arc<State>>,
+    leader: watch::Receiver<Option<Leader>>,
+    config: ProxyConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listeners = Listeners {
+        http: listener,
+        https: None,
+    };
+    serve_all(listeners, state, leader, config, shutdown).await
+}
+
+/// The data plane's listeners.
+pub struct Listeners {
+    /// Plain HTTP/1.1 and h2c.
+    pub http: TcpListener,
+    /// HTTPS (TLS with SNI from the replicated certificates; ALPN h2 and http/1.1).
+    pub https: Option<TcpListener>,
+}
+
+/// Like [`serve`], on every listener of `listeners`: the HTTPS one, if any, terminates TLS
+/// with the certificates of the replicated state (swapped in when they change, without
+/// touching open connections) and then serves HTTP/1.1 or, when the client chose `h2` by
+/// ALPN, HTTP/2, exactly as the plain listener does.
+pub async fn serve_all(
+    listeners: Listeners,
     mut state: watch::Receiver<Arc<State>>,
     mut leader: watch::Receiver<Option<Leader>>,
     config: ProxyConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let Listeners {
+        http: listener,
+        https,
+    } = listeners;
     let key = HopKey::new(&config.hop_key);
     let mut registry = Registry::default();
     let (live, compiled_from) =
@@ -47,14 +80,21 @@ pub async fn serve(
         live: ArcSwap::from_pointee(live),
         swapped: Notify::new(),
         conn,
+        https_port: config.https_port,
         closing: Closing::default(),
     });
+    let certs = Arc::new(ArcSwap::from_pointee(CertTable::compile(&compiled_from)));
+    let acceptor = TlsAcceptor::from(Arc::new(crate::tls::server_config(certs.clone())));
+    if let Some(l) = &https {
+        tracing::info!(addr = %l.local_addr()?, certs = certs.load().loaded, "HTTPS listening");
+    }
     let watcher = tokio::spawn(watch_changes(
         shared.clone(),
         state,
         leader,
         registry,
         compiled_from,
+        certs,
     ));
     tracing::info!(
         addr = %listener.local_addr()?,
@@ -76,28 +116,83 @@ pub async fn serve(
     });
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
-        let (stream, peer) = tokio::select! {
+        let (accepted, tls) = tokio::select! {
             () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = listener.accept() => (accepted, false),
+            accepted = accept_maybe(&https) => (accepted, true),
+        };
+        let (stream, peer) = match accepted {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(crate::conn::serve(Tracked::new(&shared), stream, peer));
+        if tls {
+            tokio::spawn(handshake(
+                Tracked::new(&shared),
+                acceptor.clone(),
+                stream,
+                peer,
+            ));
+        } else {
+            tokio::spawn(crate::conn::serve(
+                Tracked::new(&shared),
+                ClientStream::Plain(stream),
+                peer,
+            ));
+        }
     }
     drop(listener);
+    drop(https);
     tracing::info!("data plane shutting down");
     shared.closing.close();
     shared.closing.all_gone().await;
     watcher.abort();
     ticker.abort();
     Ok(())
+}
+
+/// Accepts on `listener`, or never when there is none.
+async fn accept_maybe(
+    listener: &Option<TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Completes a TLS handshake (within the header read timeout), then serves the connection
+/// as HTTP/2 if the client chose it by ALPN, else as HTTP/1.1.
+async fn handshake(
+    tracked: Tracked,
+    acceptor: TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+) {
+    let within = tracked.conn.header_timeout;
+    let tls = match tokio::time::timeout(within, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let stream = ClientStream::Tls(Box::new(tls));
+    if h2 {
+        crate::conn::serve_h2_tls(tracked, stream, peer).await;
+    } else {
+        crate::conn::serve(tracked, stream, peer).await;
+    }
 }
 
 fn compile(
@@ -133,6 +228,7 @@ async fn watch_changes(
     mut registry: Registry,
     // The state the live table was compiled from.
     mut compiled_from: Arc<State>,
+    certs: Arc<ArcSwap<CertTable>>,
 ) {
     let (mut state_open, mut leader_open) = (true, true);
     while state_open || leader_open {
@@ -143,7 +239,13 @@ async fn watch_changes(
                     continue;
                 }
                 let snapshot = state.borrow_and_update().clone();
+                if !compiled_from.certs.ptr_eq(&snapshot.certs) && compiled_from.certs != snapshot.certs {
+                    let table = CertTable::compile(&snapshot);
+                    tracing::info!(revision = snapshot.revision, certs = table.loaded, "certificates swapped");
+                    certs.store(Arc::new(table));
+                }
                 if crate::table::same_routing(&compiled_from, &snapshot) {
+                    compiled_from = snapshot;
                     continue;
                 }
                 let table = Arc::new(RouteTable::compile(&snapshot, shared.node_id, &shared.key, &mut registry));

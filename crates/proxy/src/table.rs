@@ -56,6 +56,8 @@ pub(crate) struct CompiledRoute {
     pub(crate) strip_prefix: bool,
     pub(crate) host_rewrite: Option<HeaderValue>,
     pub(crate) error_pages: ErrorPages,
+    /// Plain-HTTP requests get this redirect to HTTPS instead of being proxied.
+    pub(crate) https_redirect: Option<http::StatusCode>,
 }
 
 impl CompiledRoute {
@@ -170,6 +172,9 @@ impl RouteTable {
                     .as_deref()
                     .and_then(|h| HeaderValue::from_str(h).ok()),
                 error_pages: ErrorPages::compile(&route.error_pages),
+                https_redirect: route
+                    .https_redirect
+                    .and_then(|s| http::StatusCode::from_u16(s).ok()),
             });
             hosts_of.push(&route.hosts);
         }
