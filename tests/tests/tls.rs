@@ -371,6 +371,86 @@ async fn bad_certificates_are_refused_and_keys_never_shown() -> TestResult {
     Ok(())
 }
 
+/// `gateway cert add|list|get|rm` through any node: add from PEM files, a clear error for a
+/// key that does not match, a table without keys, removal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cert_commands_of_the_cli() -> TestResult {
+    let c = TestCluster::start(1).await?;
+    let server = c.node(1).cluster_addr.to_string();
+    let ca = Ca::new("test CA")?;
+    let (cert, key) = ca.leaf(&["cli.test", "*.cli.test"])?;
+    let (_, other_key) = ca.leaf(&["cli.test"])?;
+    let dir = c.dir();
+    for (f, text) in [("full.pem", &cert), ("key.pem", &key), ("other.pem", &other_key)] {
+        std::fs::write(dir.join(f), text)?;
+    }
+    let path = |f: &str| dir.join(f).display().to_string();
+    let run = |args: Vec<String>| {
+        let server = server.clone();
+        async move {
+            let mut all = args;
+            all.extend(["--server".to_string(), server]);
+            gateway_tests::run_gateway(&all, gateway_tests::REQUEST).await
+        }
+    };
+    let add = |key_file: String| {
+        vec![
+            "cert".to_string(),
+            "add".into(),
+            "site".into(),
+            "--cert".into(),
+            path("full.pem"),
+            "--key".into(),
+            key_file,
+        ]
+    };
+    let out = run(add(path("other.pem"))).await?;
+    ensure!(
+        !out.status.success() && out.stderr.starts_with("error: key_pem: does not match"),
+        "a mismatched key: {} {}",
+        out.status,
+        out.stderr
+    );
+    let out = run(add(path("key.pem"))).await?;
+    ensure!(
+        out.status.success() && out.stdout.contains("cert site created") && out.stdout.contains("*.cli.test,cli.test"),
+        "cert add: {} {}",
+        out.stdout,
+        out.stderr
+    );
+    let out = run(add(path("key.pem"))).await?;
+    ensure!(
+        !out.status.success() && out.stderr.contains("already exists"),
+        "a second add without --replace: {}",
+        out.stderr
+    );
+    let out = run(vec!["cert".into(), "list".into()]).await?;
+    ensure!(
+        out.status.success() && out.stdout.contains("NAME") && out.stdout.contains("site"),
+        "cert list: {}",
+        out.stdout
+    );
+    for args in [
+        vec!["cert".to_string(), "list".into(), "--output".into(), "json".into()],
+        vec!["cert".to_string(), "get".into(), "site".into(), "--output".into(), "json".into()],
+    ] {
+        let out = run(args).await?;
+        ensure!(
+            out.status.success()
+                && out.stdout.contains("BEGIN CERTIFICATE")
+                && !out.stdout.contains("PRIVATE")
+                && !out.stdout.contains("key_pem"),
+            "reads must not show the key: {}",
+            out.stdout
+        );
+    }
+    let out = run(vec!["cert".into(), "rm".into(), "site".into()]).await?;
+    ensure!(out.status.success(), "cert rm: {}", out.stderr);
+    let out = run(vec!["cert".into(), "list".into()]).await?;
+    ensure!(out.stdout.starts_with("no certificates"), "after rm: {}", out.stdout);
+    Ok(())
+}
+
 /// A TLS client that trusts `ca` and offers HTTP/1.1.
 fn tls_client(ca: CertificateDer<'static>) -> Result<tokio_rustls::TlsConnector> {
     let mut roots = rustls::RootCertStore::empty();

@@ -1,7 +1,7 @@
 //! Command-line interface. Every node flag also reads a `GATEWAY_*` environment variable and a
 //! key of the `--config` TOML file (flag > env > file > data dir > default).
 
-use crate::ctl::{BackendCmd, ClientArgs, ClusterCmd, ConfigCmd, Ctl, NodeCmd, PoolCmd, RouteCmd};
+use crate::ctl::{BackendCmd, CertCmd, ClientArgs, ClusterCmd, ConfigCmd, Ctl, NodeCmd, PoolCmd, RouteCmd};
 use crate::{client, config, ctl, demo, run};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
@@ -52,6 +52,13 @@ pub enum Command {
         client: ClientArgs,
         #[command(subcommand)]
         command: PoolCmd,
+    },
+    /// TLS certificates served by every node's HTTPS listener, chosen by SNI.
+    Cert {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: CertCmd,
     },
     /// Add or remove one backend of a pool.
     Backend {
@@ -243,6 +250,7 @@ pub fn prepare(cli: Cli) -> anyhow::Result<Action> {
         )?)),
         Command::Route { client, command } => Action::Ctl(Box::new((client, Ctl::Route(command)))),
         Command::Pool { client, command } => Action::Ctl(Box::new((client, Ctl::Pool(command)))),
+        Command::Cert { client, command } => Action::Ctl(Box::new((client, Ctl::Cert(command)))),
         Command::Backend { client, command } => {
             Action::Ctl(Box::new((client, Ctl::Backend(command))))
         }

@@ -944,10 +944,11 @@ mod tests {
                 header_timeout: Duration::from_secs(1),
                 keep_alive: Duration::from_secs(1),
             },
+            https_port: None,
             closing: Closing::default(),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let _client = TcpStream::connect(listener.local_addr().unwrap())
+        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
         let (stream, peer) = listener.accept().await.unwrap();
@@ -958,7 +959,7 @@ mod tests {
         let size = std::mem::size_of_val(&handle(&shared, &client, req));
         eprintln!("handle future: {size} bytes");
         assert!(size <= 8192, "the request future grew to {size} bytes");
-        let fut = serve(Tracked::new(&shared), stream, peer);
+        let fut = serve(Tracked::new(&shared), ClientStream::Plain(stream), peer);
         let size = std::mem::size_of_val(&fut);
         eprintln!("serve future: {size} bytes");
         // 280 bytes in release builds (288 in debug): with tokio's task header and trailer that is

@@ -170,3 +170,71 @@ pub(crate) fn redirect_to_https<B>(
     );
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert(name: &str, names: &[&str], default: bool, not_after: i64) -> Cert {
+        let k = rcgen::generate_simple_self_signed(
+            names.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        Cert {
+            name: name.into(),
+            cert_pem: k.cert.pem(),
+            key_pem: k.signing_key.serialize_pem(),
+            default,
+            names: names.iter().map(|s| s.to_string()).collect(),
+            not_after,
+            ..Default::default()
+        }
+    }
+
+    fn table(certs: Vec<Cert>) -> (CertTable, Vec<Vec<u8>>) {
+        let mut state = State::default();
+        let ders = certs
+            .iter()
+            .map(|c| {
+                CertificateDer::from_pem_slice(c.cert_pem.as_bytes())
+                    .unwrap()
+                    .to_vec()
+            })
+            .collect();
+        for c in certs {
+            state.certs.insert(c.name.clone(), c);
+        }
+        (CertTable::compile(&state), ders)
+    }
+
+    fn leaf(k: Option<Arc<CertifiedKey>>) -> Option<Vec<u8>> {
+        k.map(|k| k.cert[0].to_vec())
+    }
+
+    #[test]
+    fn exact_then_one_label_wildcard_then_default() {
+        let (t, der) = table(vec![
+            cert("a", &["a.test"], false, 10),
+            cert("w", &["*.b.test"], false, 10),
+            cert("d", &["fallback.test"], true, 10),
+        ]);
+        assert_eq!(t.loaded, 3);
+        assert_eq!(leaf(t.find(Some("A.test."))), Some(der[0].clone()));
+        assert_eq!(leaf(t.find(Some("x.b.test"))), Some(der[1].clone()));
+        // A wildcard covers one label: these fall to the default.
+        assert_eq!(leaf(t.find(Some("x.y.b.test"))), Some(der[2].clone()));
+        assert_eq!(leaf(t.find(Some("b.test"))), Some(der[2].clone()));
+        assert_eq!(leaf(t.find(None)), Some(der[2].clone()));
+    }
+
+    #[test]
+    fn no_default_means_no_certificate_and_latest_expiry_wins() {
+        let (t, der) = table(vec![
+            cert("old", &["a.test"], false, 10),
+            cert("new", &["a.test"], false, 20),
+        ]);
+        assert!(t.find(None).is_none());
+        assert!(t.find(Some("other.test")).is_none());
+        assert_eq!(leaf(t.find(Some("a.test"))), Some(der[1].clone()));
+    }
+}
