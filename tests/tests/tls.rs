@@ -243,7 +243,11 @@ async fn each_node_serves_each_name_its_certificate() -> TestResult {
         // Each name got its own certificate: the other CA does not vouch for it.
         let (ok, _, err) = curl(addr, "a.test", "/", &ca_b_file, &[]).await?;
         ensure!(!ok, "node {}: a.test verified against CA b", node.id);
-        note!("node {}: a.test against the wrong CA: {}", node.id, err.trim());
+        note!(
+            "node {}: a.test against the wrong CA: {}",
+            node.id,
+            err.trim()
+        );
         let (ok, _, _) = curl(addr, "x.b.test", "/", &ca_a_file, &[]).await?;
         ensure!(!ok, "node {}: x.b.test verified against CA a", node.id);
         // A wildcard covers one label only, and a name without a certificate gets none.
@@ -252,7 +256,13 @@ async fn each_node_serves_each_name_its_certificate() -> TestResult {
 
         // Plain HTTP on a redirecting route: 308 to the same URL over HTTPS.
         let out = tokio::process::Command::new("curl")
-            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}"])
+            .args([
+                "-sS",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{redirect_url}",
+            ])
             .args(["-H", "host: a.test"])
             .arg(format!("http://{}/path/x?y=1", node.http_addr))
             .stdin(Stdio::null())
@@ -297,7 +307,10 @@ async fn bad_certificates_are_refused_and_keys_never_shown() -> TestResult {
         let mut params = CertificateParams::new(vec!["old.test".to_string()])?;
         params.not_before = date_time_ymd(2001, 1, 1);
         params.not_after = date_time_ymd(2002, 1, 1);
-        (params.signed_by(&key, &ca.issuer)?.pem(), key.serialize_pem())
+        (
+            params.signed_by(&key, &ca.issuer)?.pem(),
+            key.serialize_pem(),
+        )
     };
     let cases: [(&str, Value, &str); 6] = [
         (
@@ -359,7 +372,9 @@ async fn bad_certificates_are_refused_and_keys_never_shown() -> TestResult {
     for path in ["/v1/certs", "/v1/certs/good"] {
         let text = node.get(path).await?.expect(200)?.text();
         ensure!(
-            text.contains("BEGIN CERTIFICATE") && !text.contains("PRIVATE") && !text.contains("key_pem"),
+            text.contains("BEGIN CERTIFICATE")
+                && !text.contains("PRIVATE")
+                && !text.contains("key_pem"),
             "{path} shows the key: {text}"
         );
     }
@@ -381,7 +396,11 @@ async fn cert_commands_of_the_cli() -> TestResult {
     let (cert, key) = ca.leaf(&["cli.test", "*.cli.test"])?;
     let (_, other_key) = ca.leaf(&["cli.test"])?;
     let dir = c.dir();
-    for (f, text) in [("full.pem", &cert), ("key.pem", &key), ("other.pem", &other_key)] {
+    for (f, text) in [
+        ("full.pem", &cert),
+        ("key.pem", &key),
+        ("other.pem", &other_key),
+    ] {
         std::fs::write(dir.join(f), text)?;
     }
     let path = |f: &str| dir.join(f).display().to_string();
@@ -413,7 +432,9 @@ async fn cert_commands_of_the_cli() -> TestResult {
     );
     let out = run(add(path("key.pem"))).await?;
     ensure!(
-        out.status.success() && out.stdout.contains("cert site created") && out.stdout.contains("*.cli.test,cli.test"),
+        out.status.success()
+            && out.stdout.contains("cert site created")
+            && out.stdout.contains("*.cli.test,cli.test"),
         "cert add: {} {}",
         out.stdout,
         out.stderr
@@ -431,8 +452,19 @@ async fn cert_commands_of_the_cli() -> TestResult {
         out.stdout
     );
     for args in [
-        vec!["cert".to_string(), "list".into(), "--output".into(), "json".into()],
-        vec!["cert".to_string(), "get".into(), "site".into(), "--output".into(), "json".into()],
+        vec![
+            "cert".to_string(),
+            "list".into(),
+            "--output".into(),
+            "json".into(),
+        ],
+        vec![
+            "cert".to_string(),
+            "get".into(),
+            "site".into(),
+            "--output".into(),
+            "json".into(),
+        ],
     ] {
         let out = run(args).await?;
         ensure!(
@@ -447,7 +479,11 @@ async fn cert_commands_of_the_cli() -> TestResult {
     let out = run(vec!["cert".into(), "rm".into(), "site".into()]).await?;
     ensure!(out.status.success(), "cert rm: {}", out.stderr);
     let out = run(vec!["cert".into(), "list".into()]).await?;
-    ensure!(out.stdout.starts_with("no certificates"), "after rm: {}", out.stdout);
+    ensure!(
+        out.stdout.starts_with("no certificates"),
+        "after rm: {}",
+        out.stdout
+    );
     Ok(())
 }
 
@@ -467,7 +503,11 @@ fn tls_client(ca: CertificateDer<'static>) -> Result<tokio_rustls::TlsConnector>
 type Tls = tokio_rustls::client::TlsStream<TcpStream>;
 
 /// A new TLS connection to `addr` for `host`; the leaf certificate it was given.
-async fn connect(tls: &tokio_rustls::TlsConnector, addr: SocketAddr, host: &str) -> Result<(Tls, Vec<u8>)> {
+async fn connect(
+    tls: &tokio_rustls::TlsConnector,
+    addr: SocketAddr,
+    host: &str,
+) -> Result<(Tls, Vec<u8>)> {
     let tcp = TcpStream::connect(addr).await?;
     let name = ServerName::try_from(host.to_string())?;
     let stream = tls.connect(name, tcp).await?;
@@ -491,7 +531,10 @@ async fn get(stream: &mut Tls, host: &str) -> Result<()> {
     let (head_end, length) = loop {
         let n = stream.read(&mut chunk).await?;
         if n == 0 {
-            bail!("connection closed before a full answer: {:?}", String::from_utf8_lossy(&buf));
+            bail!(
+                "connection closed before a full answer: {:?}",
+                String::from_utf8_lossy(&buf)
+            );
         }
         buf.extend_from_slice(&chunk[..n]);
         if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -574,7 +617,10 @@ async fn replacing_a_certificate_under_load_fails_no_request() -> TestResult {
                         }
                         Err(_) => {
                             failed.fetch_add(1, Ordering::SeqCst);
-                            errors.lock().await.push(format!("node {}: timed out", i + 1));
+                            errors
+                                .lock()
+                                .await
+                                .push(format!("node {}: timed out", i + 1));
                         }
                     }
                 }
@@ -612,8 +658,15 @@ async fn replacing_a_certificate_under_load_fails_no_request() -> TestResult {
     let (ok, failed) = (ok.load(Ordering::SeqCst), failed.load(Ordering::SeqCst));
     let errors = errors.lock().await;
     note!("{ok} requests served, {failed} failed");
-    ensure!(failed == 0, "{failed} requests failed: {:?}", &errors[..errors.len().min(10)]);
-    ensure!(ok >= 60, "only {ok} requests were made: the load was too light to show anything");
+    ensure!(
+        failed == 0,
+        "{failed} requests failed: {:?}",
+        &errors[..errors.len().min(10)]
+    );
+    ensure!(
+        ok >= 60,
+        "only {ok} requests were made: the load was too light to show anything"
+    );
     let seen = seen.lock().await;
     ensure!(
         seen.len() >= 3 && seen.contains(&last),

@@ -530,7 +530,10 @@ async fn get_cert(
     let st = app.cluster.read(consistency(q)?).await?;
     match st.certs.get(&name) {
         Some(c) => Ok(with_etag(
-            ok(st.revision, json!({"revision": st.revision, "cert": c.redacted()})),
+            ok(
+                st.revision,
+                json!({"revision": st.revision, "cert": c.redacted()}),
+            ),
             c.revision,
         )),
         None => Err(ApiError::new(

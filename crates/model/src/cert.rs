@@ -121,7 +121,10 @@ pub fn inspect_cert(cert_pem: &str, key_pem: &str) -> Result<CertInfo, Invalid> 
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| {
         Invalid::new(
             "key_pem",
-            format!("is not a PEM private key ({})", pem_problem(&e, "private key")),
+            format!(
+                "is not a PEM private key ({})",
+                pem_problem(&e, "private key")
+            ),
             PEM_KEY_FIX,
         )
     })?;
@@ -136,7 +139,10 @@ pub fn inspect_cert(cert_pem: &str, key_pem: &str) -> Result<CertInfo, Invalid> 
         if let Err(e) = x509_parser::parse_x509_certificate(der) {
             return Err(Invalid::new(
                 "cert_pem",
-                format!("certificate {} of the chain is not valid X.509 ({e})", i + 1),
+                format!(
+                    "certificate {} of the chain is not valid X.509 ({e})",
+                    i + 1
+                ),
                 PEM_CHAIN_FIX,
             ));
         }
@@ -265,8 +271,10 @@ mod tests {
     use super::*;
 
     fn make(names: &[&str]) -> (String, String) {
-        let k = rcgen::generate_simple_self_signed(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-            .unwrap();
+        let k = rcgen::generate_simple_self_signed(
+            names.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        )
+        .unwrap();
         (k.cert.pem(), k.signing_key.serialize_pem())
     }
 
@@ -274,7 +282,10 @@ mod tests {
     fn names_and_validity_are_derived() {
         let (cert, key) = make(&["a.test", "*.b.test"]);
         let info = inspect_cert(&cert, &key).unwrap();
-        assert_eq!(info.names, vec!["*.b.test".to_string(), "a.test".to_string()]);
+        assert_eq!(
+            info.names,
+            vec!["*.b.test".to_string(), "a.test".to_string()]
+        );
         assert!(info.not_after > info.not_before);
     }
 
@@ -300,7 +311,12 @@ mod tests {
             not_after: 200,
         };
         assert!(check_cert_time(&info, 150).is_ok());
-        assert!(check_cert_time(&info, 201).unwrap_err().problem.contains("expired"));
+        assert!(
+            check_cert_time(&info, 201)
+                .unwrap_err()
+                .problem
+                .contains("expired")
+        );
         assert!(check_cert_time(&info, 50).is_err());
     }
 
@@ -315,6 +331,9 @@ mod tests {
         };
         assert!(!format!("{c:?}").contains("PRIVATE"));
         let json = serde_json::to_string(&c.redacted()).unwrap();
-        assert!(!json.contains("PRIVATE") && !json.contains("key_pem"), "{json}");
+        assert!(
+            !json.contains("PRIVATE") && !json.contains("key_pem"),
+            "{json}"
+        );
     }
 }

@@ -23,14 +23,28 @@ pub const HISTORY: usize = 1_000;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Change {
-    PutPool { pool: Pool },
-    DeletePool { name: String },
-    PutRoute { route: Route },
-    DeleteRoute { name: String },
-    RetireNode { id: NodeId },
+    PutPool {
+        pool: Pool,
+    },
+    DeletePool {
+        name: String,
+    },
+    PutRoute {
+        route: Route,
+    },
+    DeleteRoute {
+        name: String,
+    },
+    RetireNode {
+        id: NodeId,
+    },
     /// The certificate without its key: history is shown to watchers.
-    PutCert { cert: Cert },
-    DeleteCert { name: String },
+    PutCert {
+        cert: Cert,
+    },
+    DeleteCert {
+        name: String,
+    },
 }
 
 /// Everything one revision changed, in order.

@@ -1,7 +1,9 @@
 //! Command-line interface. Every node flag also reads a `GATEWAY_*` environment variable and a
 //! key of the `--config` TOML file (flag > env > file > data dir > default).
 
-use crate::ctl::{BackendCmd, CertCmd, ClientArgs, ClusterCmd, ConfigCmd, Ctl, NodeCmd, PoolCmd, RouteCmd};
+use crate::ctl::{
+    BackendCmd, CertCmd, ClientArgs, ClusterCmd, ConfigCmd, Ctl, NodeCmd, PoolCmd, RouteCmd,
+};
 use crate::{client, config, ctl, demo, run};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;

@@ -30,6 +30,7 @@ use crate::codec::{self, Decoded, Decoder, HeadError, RequestHead};
 use crate::error::ProxyError;
 use crate::headers::{ClientAddr, connection_has};
 use crate::proxy::{Shared, handle};
+use crate::stream::ClientStream;
 use crate::upstream::Tunnel;
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
@@ -47,7 +48,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use crate::stream::ClientStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 

@@ -95,7 +95,16 @@
 //!   count separately.
 //! * The hop marker binds node, time, method and path but not the body: nodes should talk over
 //!   a private network (or, later, TLS).
-//! * `X-Forwarded-Proto` is `http`: this listener is plain HTTP.
+//! * `X-Forwarded-Proto` is `http` on the plain listener and `https` on the HTTPS one.
+//!
+//! # HTTPS
+//!
+//! [`serve_all`] also serves an HTTPS listener (module `tls`): rustls with the replicated
+//! certificates, chosen by SNI (exact names, one-label `*.` wildcards, then the default
+//! certificate) from a table swapped whole when certificates change; ALPN `h2` goes to the
+//! HTTP/2 server, anything else to the same HTTP/1.1 loop as plain connections (module
+//! `stream` makes it run over TCP or TLS). A route's `https_redirect` answers plain-HTTP
+//! requests with a redirect to HTTPS.
 
 mod balance;
 mod body;

@@ -7,7 +7,6 @@ use crate::proxy::{LeaderTarget, Live, Shared};
 use crate::stream::ClientStream;
 use crate::table::{Registry, RouteTable};
 use crate::tls::CertTable;
-use tokio_rustls::TlsAcceptor;
 use crate::{Leader, ProxyConfig};
 use arc_swap::ArcSwap;
 use gateway_model::{Protocol, State};
@@ -16,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
+use tokio_rustls::TlsAcceptor;
 
 /// Serves the data plane on `listener` until `shutdown` resolves (then stops accepting, lets in-flight requests finish).
 ///

@@ -40,7 +40,8 @@ fn load(c: &Cert) -> Result<CertifiedKey, String> {
     let chain = CertificateDer::pem_slice_iter(c.cert_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("chain: {e}"))?;
-    let key = PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes()).map_err(|e| format!("key: {e}"))?;
+    let key =
+        PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes()).map_err(|e| format!("key: {e}"))?;
     let provider = rustls::crypto::ring::default_provider();
     CertifiedKey::from_der(chain, key, &provider).map_err(|e| e.to_string())
 }
@@ -144,10 +145,7 @@ pub(crate) fn redirect_to_https<B>(
 ) -> Response<ProxyBody> {
     let mut buf = [0u8; 256];
     let host = crate::headers::request_host(req, &mut buf);
-    let target = req
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str());
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let host = if host.contains(':') && !host.starts_with('[') {
         format!("[{host}]")
     } else {

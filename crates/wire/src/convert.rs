@@ -10,8 +10,9 @@
 
 use crate::admin;
 use gateway_model::{
-    Backend, Balance, Cert, Change, ChangeSet, Command, ErrorPage, HeaderMatch, HeaderRules, Invalid,
-    MAX_BATCH, Pool, Protocol, Route, WritePolicy, validate_name, validate_pool, validate_route,
+    Backend, Balance, Cert, Change, ChangeSet, Command, ErrorPage, HeaderMatch, HeaderRules,
+    Invalid, MAX_BATCH, Pool, Protocol, Route, WritePolicy, validate_name, validate_pool,
+    validate_route,
 };
 use std::collections::BTreeMap;
 

@@ -297,7 +297,10 @@ pub enum CertCmd {
         consistency: ConsistencyArg,
     },
     /// Delete a certificate; new handshakes for its names no longer get it.
-    #[command(visible_alias = "remove", after_help = "Example:\n  gateway cert rm example")]
+    #[command(
+        visible_alias = "remove",
+        after_help = "Example:\n  gateway cert rm example"
+    )]
     Rm {
         name: String,
         #[command(flatten)]

@@ -7,7 +7,9 @@ use super::{AddMode, BackendCmd, CertCmd, ConsistencyArg, PoolCmd, RouteCmd};
 use anyhow::{Context, bail};
 use gateway_model::{Backend, Cert, Pool, Route};
 use gateway_wire::admin;
-use gateway_wire::convert::{cert_from_wire, pool_from_wire, pool_to_wire, route_from_wire, route_to_wire};
+use gateway_wire::convert::{
+    cert_from_wire, pool_from_wire, pool_to_wire, route_from_wire, route_to_wire,
+};
 use serde_json::json;
 use tonic::Code;
 
@@ -592,10 +594,7 @@ pub async fn cert(c: &mut Conn, out: Output, cmd: CertCmd) -> anyhow::Result<()>
             let shown = r.cert.map(cert_from_wire).unwrap_or_default();
             match out {
                 Output::Table => {
-                    outln!(
-                        "{}",
-                        output::table(CERT_HEADERS, &[cert_row(&shown)])
-                    );
+                    outln!("{}", output::table(CERT_HEADERS, &[cert_row(&shown)]));
                     outln!("{}", shown.cert_pem.trim_end());
                 }
                 Output::Json => print_json(&json!({"revision": r.revision, "cert": shown}))?,
