@@ -13,14 +13,14 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use gateway_cluster::{Cluster, Consistency};
 use gateway_model::{
-    Cert, Command, MAX_BATCH, Pool, Route, validate_name, validate_pool, validate_route,
+    Cert, Command, MAX_BATCH, Pool, Route, TcpListenerStatus, TcpRoute, validate_tcp_route, validate_name, validate_pool, validate_route,
 };
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use std::future::Future;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// What the admin server needs besides its listener.
 pub struct AdminOptions {
@@ -31,6 +31,8 @@ pub struct AdminOptions {
     pub max_body: usize,
     /// Who may read and write; `Tokens::open()` lets everyone.
     pub tokens: Tokens,
+    /// This node's TCP route listeners (listening, or why not), shown on `/status`.
+    pub tcp_listeners: watch::Receiver<Vec<TcpListenerStatus>>,
 }
 
 #[derive(Clone)]
@@ -38,6 +40,7 @@ struct App {
     cluster: Cluster,
     left: mpsc::Sender<()>,
     tokens: Tokens,
+    tcp_listeners: watch::Receiver<Vec<TcpListenerStatus>>,
 }
 
 type Result<T> = std::result::Result<T, ApiError>;
@@ -52,6 +55,7 @@ pub async fn serve(
         cluster: opts.cluster,
         left: opts.left,
         tokens: opts.tokens,
+        tcp_listeners: opts.tcp_listeners,
     };
     let router = Router::new()
         .route("/leader", get(leader))
@@ -66,13 +70,18 @@ pub async fn serve(
         .route("/v1/routes/{name}", get(get_route).put(put_route).delete(delete_route))
         .route("/v1/certs", get(list_certs))
         .route("/v1/certs/{name}", get(get_cert).put(put_cert).delete(delete_cert))
+        .route("/v1/tcp-routes", get(list_tcp_routes))
+        .route(
+            "/v1/tcp-routes/{name}",
+            get(get_tcp_route).put(put_tcp_route).delete(delete_tcp_route),
+        )
         .route("/v1/nodes", get(nodes))
         .route("/v1/nodes/{id}", axum::routing::delete(remove_node))
         .route("/v1/leave", post(leave))
         .route("/v1/transaction", post(transaction))
         .route("/v1/cluster/transfer-leader", post(transfer_leader))
         .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see /v1/config, /v1/pools, /v1/routes, /v1/certs, /v1/nodes, /status, /leader")
+            ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see /v1/config, /v1/pools, /v1/routes, /v1/certs, /v1/tcp-routes, /v1/nodes, /status, /leader")
         })
         .layer(DefaultBodyLimit::max(opts.max_body))
         .layer(middleware::from_fn_with_state(app.clone(), authorize))
@@ -302,7 +311,12 @@ async fn leader(AxState(app): AxState<App>) -> Result<Response> {
 
 async fn status(AxState(app): AxState<App>) -> Response {
     let st = app.cluster.status().await;
-    ok(st.revision, json!(st))
+    let mut body = json!(st);
+    if let Some(obj) = body.as_object_mut() {
+        let listeners = app.tcp_listeners.borrow().clone();
+        obj.insert("tcp_listeners".into(), json!(listeners));
+    }
+    ok(st.revision, body)
 }
 
 async fn readyz(AxState(app): AxState<App>) -> Result<&'static str> {
@@ -585,6 +599,78 @@ async fn delete_cert(
     .await
 }
 
+async fn list_tcp_routes(
+    AxState(app): AxState<App>,
+    q: std::result::Result<Query<ReadParams>, QueryRejection>,
+) -> Result<Response> {
+    let st = app.cluster.read(consistency(q)?).await?;
+    Ok(ok(
+        st.revision,
+        json!({"revision": st.revision, "tcp_routes": st.tcp_routes.values().collect::<Vec<_>>()}),
+    ))
+}
+
+async fn get_tcp_route(
+    AxState(app): AxState<App>,
+    Path(name): Path<String>,
+    q: std::result::Result<Query<ReadParams>, QueryRejection>,
+) -> Result<Response> {
+    checked_name(&name)?;
+    let st = app.cluster.read(consistency(q)?).await?;
+    match st.tcp_routes.get(&name) {
+        Some(r) => Ok(with_etag(
+            ok(st.revision, json!({"revision": st.revision, "tcp_route": r})),
+            r.revision,
+        )),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("TCP route '{name}' does not exist; list them with GET /v1/tcp-routes"),
+        )
+        .at(st.revision)),
+    }
+}
+
+async fn put_tcp_route(
+    AxState(app): AxState<App>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    let expect = expected(&headers)?;
+    let mut route: TcpRoute = parse(&body)?;
+    named(&name, &mut route.name)?;
+    validate_tcp_route(&route)?;
+    let mut shown = route.clone();
+    let resp = propose(
+        &app,
+        request_id(&headers)?,
+        Command::PutTcpRoute { route, expect },
+        |rev| {
+            shown.revision = rev;
+            json!({"revision": rev, "tcp_route": shown})
+        },
+    )
+    .await?;
+    let rev = revision_of(&resp);
+    Ok(with_etag(resp, rev))
+}
+
+async fn delete_tcp_route(
+    AxState(app): AxState<App>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let expect = expected(&headers)?;
+    checked_name(&name)?;
+    propose(
+        &app,
+        request_id(&headers)?,
+        Command::DeleteTcpRoute { name, expect },
+        |rev| json!({"revision": rev}),
+    )
+    .await
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct TransferLeader {
@@ -630,14 +716,16 @@ async fn transaction(
             Command::PutPool { pool, .. } => validate_pool(pool),
             Command::PutRoute { route, .. } => validate_route(route),
             Command::PutCert { cert, .. } => crate::certs::checked_cert(cert).map(|_| ()),
+            Command::PutTcpRoute { route, .. } => validate_tcp_route(route),
             Command::DeletePool { name, .. }
             | Command::DeleteRoute { name, .. }
-            | Command::DeleteCert { name, .. } => validate_name("name", name),
+            | Command::DeleteCert { name, .. }
+            | Command::DeleteTcpRoute { name, .. } => validate_name("name", name),
             Command::RetireNode { .. } | Command::Batch { .. } => {
                 return Err(ApiError::bad(
                     &format!("commands[{i}].op"),
                     format!(
-                        "commands[{i}].op: only put_pool, delete_pool, put_route, delete_route, put_cert and delete_cert go in a transaction"
+                        "commands[{i}].op: only put_pool, delete_pool, put_route, delete_route, put_cert, delete_cert, put_tcp_route and delete_tcp_route go in a transaction"
                     ),
                 ));
             }

@@ -3,6 +3,7 @@
 use crate::cert::Cert;
 use crate::config::{NodeId, Pool, Route};
 use crate::error::ApplyError;
+use crate::tcp::TcpRoute;
 use serde::{Deserialize, Serialize};
 
 /// A change to the replicated state.
@@ -47,6 +48,18 @@ pub enum Command {
     },
     /// Delete a TLS certificate.
     DeleteCert {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<u64>,
+    },
+    /// Create or replace a TCP route; its pool must exist and its listen address be free.
+    PutTcpRoute {
+        route: TcpRoute,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<u64>,
+    },
+    /// Delete a TCP route.
+    DeleteTcpRoute {
         name: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         expect: Option<u64>,

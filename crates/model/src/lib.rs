@@ -10,6 +10,7 @@ mod command;
 mod config;
 mod error;
 mod state;
+mod tcp;
 mod validate;
 
 pub use cert::{Cert, CertInfo, MAX_PEM, check_cert_time, inspect_cert, validate_cert};
@@ -20,4 +21,8 @@ pub use config::{
 };
 pub use error::{ApplyError, Invalid};
 pub use state::{Change, ChangeSet, Compacted, DEDUP_WINDOW, HISTORY, State};
+pub use tcp::{
+    DEFAULT_TCP_CONNECT_TIMEOUT_MS, DEFAULT_TCP_IDLE_TIMEOUT_MS, ProxyProtocol, TcpListenerStatus,
+    TcpRoute, validate_tcp_route,
+};
 pub use validate::{validate_name, validate_pool, validate_route};

@@ -4,6 +4,7 @@ use crate::cert::{Cert, validate_cert};
 use crate::command::{Applied, Command, MAX_BATCH, Proposal, Request, Response};
 use crate::config::{NodeId, Pool, Route};
 use crate::error::{ApplyError, Invalid};
+use crate::tcp::{TcpRoute, validate_tcp_route};
 use crate::validate::{validate_name, validate_pool, validate_route};
 use imbl::{HashMap, OrdMap, Vector};
 use serde::{Deserialize, Serialize};
@@ -17,34 +18,21 @@ pub const DEDUP_WINDOW: usize = 10_000;
 /// How many recent revisions keep their changes, for watchers that resume from a revision.
 pub const HISTORY: usize = 1_000;
 
-/// One change within a revision, as a watcher sees it.
+/// One change within a revision, as a watcher sees it. A certificate is shown without its key.
 // Changes are recorded once per write, never on the request path; boxing would buy nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Change {
-    PutPool {
-        pool: Pool,
-    },
-    DeletePool {
-        name: String,
-    },
-    PutRoute {
-        route: Route,
-    },
-    DeleteRoute {
-        name: String,
-    },
-    RetireNode {
-        id: NodeId,
-    },
-    /// The certificate without its key: history is shown to watchers.
-    PutCert {
-        cert: Cert,
-    },
-    DeleteCert {
-        name: String,
-    },
+    PutPool { pool: Pool },
+    DeletePool { name: String },
+    PutRoute { route: Route },
+    DeleteRoute { name: String },
+    RetireNode { id: NodeId },
+    PutCert { cert: Cert },
+    DeleteCert { name: String },
+    PutTcpRoute { route: TcpRoute },
+    DeleteTcpRoute { name: String },
 }
 
 /// Everything one revision changed, in order.
@@ -77,6 +65,9 @@ pub struct State {
     /// TLS certificates, with their keys (read APIs show [`Cert::redacted`]).
     #[serde(default)]
     pub certs: OrdMap<String, Cert>,
+    /// TCP routes.
+    #[serde(default)]
+    pub tcp_routes: OrdMap<String, TcpRoute>,
     /// Node ids that have left the cluster and may never be used again.
     pub retired: BTreeSet<NodeId>,
     /// The changes of the last [`HISTORY`] revisions, oldest first.
@@ -94,6 +85,7 @@ struct Maps<'a> {
     pools: &'a mut OrdMap<String, Pool>,
     routes: &'a mut OrdMap<String, Route>,
     certs: &'a mut OrdMap<String, Cert>,
+    tcp_routes: &'a mut OrdMap<String, TcpRoute>,
 }
 
 fn expect_rev(
@@ -151,6 +143,12 @@ impl Maps<'_> {
                     .values()
                     .filter(|r| &r.pool == name)
                     .map(|r| r.name.as_str())
+                    .chain(
+                        self.tcp_routes
+                            .values()
+                            .filter(|r| &r.pool == name)
+                            .map(|r| r.name.as_str()),
+                    )
                     .collect();
                 if !users.is_empty() {
                     return Err(ApplyError::Conflict {
@@ -238,6 +236,51 @@ impl Maps<'_> {
                 expect_rev("cert", name, *expect, Some(current.revision))?;
                 self.certs.remove(name);
                 out.push(Change::DeleteCert { name: name.clone() });
+            }
+            Command::PutTcpRoute { route, expect } => {
+                validate_tcp_route(route)?;
+                if !self.pools.contains_key(&route.pool) {
+                    return Err(Invalid::new(
+                        "pool",
+                        format!("pool '{}' does not exist", route.pool),
+                        "create the pool first (PUT /v1/pools/NAME) or name an existing one",
+                    )
+                    .into());
+                }
+                expect_rev(
+                    "tcp-route",
+                    &route.name,
+                    *expect,
+                    self.tcp_routes.get(&route.name).map(|r| r.revision),
+                )?;
+                if let Some(other) = self
+                    .tcp_routes
+                    .values()
+                    .find(|r| r.listen == route.listen && r.name != route.name)
+                {
+                    return Err(ApplyError::Conflict {
+                        message: format!(
+                            "TCP route '{}' already listens on {}; pick another address or change that route",
+                            other.name, route.listen
+                        ),
+                    });
+                }
+                let mut route = route.clone();
+                route.revision = rev;
+                self.tcp_routes.insert(route.name.clone(), route.clone());
+                out.push(Change::PutTcpRoute { route });
+            }
+            Command::DeleteTcpRoute { name, expect } => {
+                validate_name("name", name)?;
+                let Some(current) = self.tcp_routes.get(name) else {
+                    return Err(ApplyError::NotFound {
+                        what: "tcp-route".into(),
+                        name: name.clone(),
+                    });
+                };
+                expect_rev("tcp-route", name, *expect, Some(current.revision))?;
+                self.tcp_routes.remove(name);
+                out.push(Change::DeleteTcpRoute { name: name.clone() });
             }
             Command::RetireNode { .. } | Command::Batch { .. } => {
                 return Err(Invalid::new(
@@ -343,6 +386,7 @@ impl State {
             pools: self.pools.clone(),
             routes: self.routes.clone(),
             certs: self.certs.clone(),
+            tcp_routes: self.tcp_routes.clone(),
             retired: self.retired.clone(),
             ..State::default()
         }
@@ -378,10 +422,12 @@ impl State {
                 // All or nothing: work on copies, keep them only if every command applies.
                 let (mut pools, mut routes) = (self.pools.clone(), self.routes.clone());
                 let mut certs = self.certs.clone();
+                let mut tcp_routes = self.tcp_routes.clone();
                 let mut maps = Maps {
                     pools: &mut pools,
                     routes: &mut routes,
                     certs: &mut certs,
+                    tcp_routes: &mut tcp_routes,
                 };
                 for (i, c) in commands.iter().enumerate() {
                     maps.apply(c, rev, &mut changes)
@@ -390,12 +436,14 @@ impl State {
                 self.pools = pools;
                 self.routes = routes;
                 self.certs = certs;
+                self.tcp_routes = tcp_routes;
             }
             single => {
                 let mut maps = Maps {
                     pools: &mut self.pools,
                     routes: &mut self.routes,
                     certs: &mut self.certs,
+                    tcp_routes: &mut self.tcp_routes,
                 };
                 maps.apply(single, rev, &mut changes)?;
             }

@@ -285,6 +285,8 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         let _ = rx.wait_for(|s| *s).await;
     };
     let (left_tx, mut left_rx) = mpsc::channel(1);
+    // The data plane reports its TCP route listeners here; /status shows them.
+    let (tcp_status_tx, tcp_status_rx) = watch::channel(Vec::new());
     let admin = tokio::spawn(gateway_admin::serve(
         admin_listener,
         gateway_admin::AdminOptions {
@@ -292,6 +294,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             left: left_tx,
             max_body: 1 << 20,
             tokens,
+            tcp_listeners: tcp_status_rx,
         },
         stopped(stop_rx.clone()),
     ));
@@ -299,6 +302,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         gateway_proxy::Listeners {
             http: http_listener,
             https: https_listener,
+            tcp_status: Some(tcp_status_tx),
         },
         cluster.state(),
         leader_http(&cluster),

@@ -120,6 +120,7 @@ mod rules;
 mod server;
 mod stream;
 mod table;
+mod tcp;
 mod tls;
 mod upstream;
 

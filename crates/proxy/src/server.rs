@@ -6,7 +6,9 @@ use crate::hop::HopKey;
 use crate::proxy::{LeaderTarget, Live, Shared};
 use crate::stream::ClientStream;
 use crate::table::{Registry, RouteTable};
+use crate::tcp::TcpListeners;
 use crate::tls::CertTable;
+use gateway_model::TcpListenerStatus;
 use crate::{Leader, ProxyConfig};
 use arc_swap::ArcSwap;
 use gateway_model::{Protocol, State};
@@ -33,6 +35,7 @@ pub async fn serve(
     let listeners = Listeners {
         http: listener,
         https: None,
+        tcp_status: None,
     };
     serve_all(listeners, state, leader, config, shutdown).await
 }
@@ -43,6 +46,9 @@ pub struct Listeners {
     pub http: TcpListener,
     /// HTTPS (TLS with SNI from the replicated certificates; ALPN h2 and http/1.1).
     pub https: Option<TcpListener>,
+    /// Where the state of this node's TCP route listeners is published (listening, or why
+    /// not); TCP routes are served whether or not it is given.
+    pub tcp_status: Option<watch::Sender<Vec<TcpListenerStatus>>>,
 }
 
 /// Like [`serve`], on every listener of `listeners`: the HTTPS one, if any, terminates TLS
@@ -59,6 +65,7 @@ pub async fn serve_all(
     let Listeners {
         http: listener,
         https,
+        tcp_status,
     } = listeners;
     let key = HopKey::new(&config.hop_key);
     let mut registry = Registry::default();
@@ -88,7 +95,11 @@ pub async fn serve_all(
     if let Some(l) = &https {
         tracing::info!(addr = %l.local_addr()?, certs = certs.load().loaded, "HTTPS listening");
     }
+    let tcp_status = tcp_status.unwrap_or_else(|| watch::channel(Vec::new()).0);
+    let mut tcp = TcpListeners::new(config.node_id, tcp_status);
+    tcp.update(&compiled_from, &shared);
     let watcher = tokio::spawn(watch_changes(
+        tcp,
         shared.clone(),
         state,
         leader,
@@ -222,6 +233,7 @@ fn leader_target(leader: &Option<Leader>, registry: &mut Registry) -> Option<Lea
 
 /// Recompiles on every change until both senders are gone (the last config then stays).
 async fn watch_changes(
+    mut tcp: TcpListeners,
     shared: Arc<Shared>,
     mut state: watch::Receiver<Arc<State>>,
     mut leader: watch::Receiver<Option<Leader>>,
@@ -231,8 +243,14 @@ async fn watch_changes(
     certs: Arc<ArcSwap<CertTable>>,
 ) {
     let (mut state_open, mut leader_open) = (true, true);
+    // TCP listeners that could not bind are tried again on this tick (and on every change).
+    let mut rebind = tokio::time::interval(Duration::from_secs(2));
+    rebind.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     while state_open || leader_open {
         tokio::select! {
+            _ = rebind.tick(), if tcp.has_failures() => {
+                tcp.update(&compiled_from, &shared);
+            }
             changed = state.changed(), if state_open => {
                 if changed.is_err() {
                     state_open = false;
@@ -249,6 +267,7 @@ async fn watch_changes(
                     continue;
                 }
                 let table = Arc::new(RouteTable::compile(&snapshot, shared.node_id, &shared.key, &mut registry));
+                let tcp_changed = !compiled_from.tcp_routes.ptr_eq(&snapshot.tcp_routes);
                 compiled_from = snapshot.clone();
                 let leader = shared.live.load().leader.as_ref().map(|l| LeaderTarget {
                     id: l.id,
@@ -256,6 +275,10 @@ async fn watch_changes(
                     endpoint: l.endpoint.clone(),
                 });
                 shared.swap(Live { table, leader });
+                // After the swap: new TCP listeners find their pools in the live table.
+                if tcp_changed {
+                    tcp.update(&snapshot, &shared);
+                }
                 tracing::debug!(revision = snapshot.revision, "route table swapped");
             }
             changed = leader.changed(), if leader_open => {

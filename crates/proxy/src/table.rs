@@ -105,9 +105,15 @@ pub(crate) fn same_routing(a: &State, b: &State) -> bool {
     if !a.routes.ptr_eq(&b.routes) && a.routes != b.routes {
         return false;
     }
+    if !a.tcp_routes.ptr_eq(&b.tcp_routes) && a.tcp_routes != b.tcp_routes {
+        return false;
+    }
     b.routes
         .values()
         .all(|r| a.pools.get(&r.pool) == b.pools.get(&r.pool))
+        && b.tcp_routes
+            .values()
+            .all(|r| a.pools.get(&r.pool) == b.pools.get(&r.pool))
 }
 
 impl RouteTable {
@@ -206,6 +212,15 @@ impl RouteTable {
                 if list.last() != Some(&i) {
                     list.push(i);
                 }
+            }
+        }
+        // The pools of TCP routes too (module `tcp` picks their backends from this table).
+        for tcp in state.tcp_routes.values() {
+            if !pool_index.contains_key(tcp.pool.as_str())
+                && let Some(spec) = state.pools.get(&tcp.pool)
+            {
+                pool_index.insert(tcp.pool.as_str().into(), pools.len());
+                pools.push(CompiledPool::compile(spec, node_id, key, reg));
             }
         }
         reg.sweep();

@@ -11,7 +11,7 @@
 use crate::admin;
 use gateway_model::{
     Backend, Balance, Cert, Change, ChangeSet, Command, ErrorPage, HeaderMatch, HeaderRules,
-    Invalid, MAX_BATCH, Pool, Protocol, Route, WritePolicy, validate_name, validate_pool,
+    Invalid, MAX_BATCH, Pool, Protocol, ProxyProtocol, Route, TcpRoute, WritePolicy, validate_name, validate_pool,
     validate_route,
 };
 use std::collections::BTreeMap;
@@ -337,6 +337,52 @@ pub fn cert_from_wire(c: admin::Cert) -> Cert {
     }
 }
 
+/// A TCP route as the wire carries it.
+pub fn tcp_route_to_wire(r: &TcpRoute) -> admin::TcpRoute {
+    admin::TcpRoute {
+        name: r.name.clone(),
+        listen: r.listen.clone(),
+        pool: r.pool.clone(),
+        nodes: r.nodes.clone(),
+        idle_timeout_ms: r.idle_timeout_ms,
+        connect_timeout_ms: r.connect_timeout_ms,
+        max_connections: r.max_connections,
+        proxy_protocol: match r.proxy_protocol {
+            None => String::new(),
+            Some(ProxyProtocol::V1) => "v1".into(),
+            Some(ProxyProtocol::V2) => "v2".into(),
+        },
+        revision: r.revision,
+    }
+}
+
+/// A TCP route from the wire, translated but not validated.
+pub fn tcp_route_from_wire(r: admin::TcpRoute) -> Result<TcpRoute, Invalid> {
+    let proxy_protocol = match r.proxy_protocol.as_str() {
+        "" => None,
+        "v1" => Some(ProxyProtocol::V1),
+        "v2" => Some(ProxyProtocol::V2),
+        other => {
+            return Err(Invalid::new(
+                "proxy_protocol",
+                format!("'{other}' is not a PROXY protocol version"),
+                "use v1 or v2, or leave it empty",
+            ));
+        }
+    };
+    Ok(TcpRoute {
+        name: r.name,
+        listen: r.listen,
+        pool: r.pool,
+        nodes: r.nodes,
+        idle_timeout_ms: r.idle_timeout_ms,
+        connect_timeout_ms: r.connect_timeout_ms,
+        max_connections: r.max_connections,
+        proxy_protocol,
+        revision: r.revision,
+    })
+}
+
 /// A route as the wire carries it.
 pub fn route_to_wire(r: &Route) -> admin::Route {
     let Route {
@@ -554,7 +600,9 @@ pub fn command_to_wire(c: &Command) -> Option<admin::Operation> {
         Command::RetireNode { .. }
         | Command::Batch { .. }
         | Command::PutCert { .. }
-        | Command::DeleteCert { .. } => return None,
+        | Command::DeleteCert { .. }
+        | Command::PutTcpRoute { .. }
+        | Command::DeleteTcpRoute { .. } => return None,
     };
     Some(admin::Operation { op: Some(op) })
 }
@@ -578,6 +626,8 @@ pub fn change_set_to_wire(c: &ChangeSet) -> admin::ChangeSet {
                     Change::RetireNode { id } => W::RetireNode(*id),
                     Change::PutCert { cert } => W::PutCert(cert_to_wire(cert)),
                     Change::DeleteCert { name } => W::DeleteCert(name.clone()),
+                    Change::PutTcpRoute { route } => W::PutTcpRoute(tcp_route_to_wire(route)),
+                    Change::DeleteTcpRoute { name } => W::DeleteTcpRoute(name.clone()),
                 }),
             })
             .collect(),
@@ -604,6 +654,10 @@ pub fn change_set_from_wire(c: admin::ChangeSet) -> Result<ChangeSet, Invalid> {
                 cert: cert_from_wire(c),
             },
             Some(W::DeleteCert(name)) => Change::DeleteCert { name },
+            Some(W::PutTcpRoute(r)) => Change::PutTcpRoute {
+                route: tcp_route_from_wire(r).map_err(field)?,
+            },
+            Some(W::DeleteTcpRoute(name)) => Change::DeleteTcpRoute { name },
             None => {
                 return Err(field(missing(
                     "change",

@@ -288,6 +288,11 @@ pub fn change_lines(set: &ChangeSet) -> Vec<String> {
                     format!("put cert {} ({})", cert.name, cert.names.join(","))
                 }
                 Change::DeleteCert { name } => format!("delete cert {name}"),
+                Change::PutTcpRoute { route } => format!(
+                    "put tcp route {} (listen {}, pool {})",
+                    route.name, route.listen, route.pool
+                ),
+                Change::DeleteTcpRoute { name } => format!("delete tcp route {name}"),
             };
             format!("{}  {what}", set.revision)
         })
