@@ -15,7 +15,9 @@ mod error;
 mod handle;
 mod network;
 mod service;
+mod tls;
 
 pub use auth::Secret;
+pub use tls::{CLUSTER_SERVER_NAME, ClusterTls};
 pub use error::ClusterError;
 pub use handle::{Bootstrap, Cluster, ClusterOptions, Consistency, LeaderInfo, Member, Status};

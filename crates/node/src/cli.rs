@@ -122,6 +122,19 @@ pub enum Command {
         #[arg(long, env = "GATEWAY_TOKEN_FILE")]
         token_file: Option<std::path::PathBuf>,
     },
+    /// Make a throwaway cluster CA and certificates for cluster mutual TLS (--tls-ca,
+    /// --tls-cert, --tls-key): ca.pem, node-N.pem, client.pem and their keys.
+    #[command(
+        after_help = "Example:\n  gateway tls-gen --dir tls --nodes 3\n  gateway serve --id 1 --data-dir data/1 --init --tls-ca tls/ca.pem --tls-cert tls/node-1.pem --tls-key tls/node-1-key.pem\n  gateway cluster status --tls-ca tls/ca.pem --tls-cert tls/client.pem --tls-key tls/client-key.pem"
+    )]
+    TlsGen {
+        /// Folder to write into (created if missing; an existing ca.pem is never overwritten).
+        #[arg(long)]
+        dir: PathBuf,
+        /// How many node certificates.
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+    },
     /// A small HTTP backend for demos and tests: answers "<method> from NAME".
     DemoBackend {
         /// Address to listen on (host:port).
@@ -169,6 +182,17 @@ pub struct NodeArgs {
     /// /v1/certs, chosen by SNI) [default: none, no HTTPS]. Remembered in the data dir.
     #[arg(long, env = "GATEWAY_HTTPS_ADDR")]
     pub https_addr: Option<String>,
+    /// Cluster CA certificate (PEM): with --tls-cert and --tls-key, Raft and admin gRPC on
+    /// the cluster port use mutual TLS, and only certificates of this CA are accepted.
+    /// Remembered in the data dir.
+    #[arg(long, env = "GATEWAY_TLS_CA", requires_all = ["tls_cert", "tls_key"])]
+    pub tls_ca: Option<PathBuf>,
+    /// This node's certificate (PEM, signed by --tls-ca, with DNS name gateway.cluster).
+    #[arg(long, env = "GATEWAY_TLS_CERT", requires_all = ["tls_ca", "tls_key"])]
+    pub tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, env = "GATEWAY_TLS_KEY", requires_all = ["tls_ca", "tls_cert"])]
+    pub tls_key: Option<PathBuf>,
     /// File holding the shared cluster secret. On --init without it, one is generated into
     /// DATA_DIR/cluster-secret.
     #[arg(long, env = "GATEWAY_CLUSTER_SECRET_FILE")]
@@ -216,6 +240,10 @@ pub enum Action {
         listen: String,
         name: String,
     },
+    TlsGen {
+        dir: PathBuf,
+        nodes: u64,
+    },
 }
 
 impl Action {
@@ -224,7 +252,7 @@ impl Action {
         match self {
             Action::Node(cfg) => cfg.workers,
             // A client command makes a few calls: one worker is plenty.
-            Action::Ctl(_) | Action::Completions(_) => Some(1),
+            Action::Ctl(_) | Action::Completions(_) | Action::TlsGen { .. } => Some(1),
             _ => None,
         }
     }
@@ -274,6 +302,7 @@ pub fn prepare(cli: Cli) -> anyhow::Result<Action> {
             token: client::token(token, token_file.as_deref())?,
         },
         Command::DemoBackend { listen, name } => Action::DemoBackend { listen, name },
+        Command::TlsGen { dir, nodes } => Action::TlsGen { dir, nodes },
     })
 }
 
@@ -292,5 +321,6 @@ pub async fn dispatch(action: Action) -> anyhow::Result<()> {
         }
         Action::Leave { server, token } => client::leave(&server, token.as_deref()).await,
         Action::DemoBackend { listen, name } => demo::run(&listen, &name).await,
+        Action::TlsGen { dir, nodes } => crate::tlsgen::generate(&dir, nodes),
     }
 }

@@ -31,6 +31,9 @@ struct FileConfig {
     admin_addr: Option<String>,
     http_addr: Option<String>,
     https_addr: Option<String>,
+    tls_ca: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     cluster_secret_file: Option<PathBuf>,
     peers: Option<Vec<String>>,
     heartbeat_ms: Option<u64>,
@@ -57,6 +60,8 @@ pub struct NodeConfig {
     pub http_addr: Option<String>,
     /// HTTPS data plane address, if any.
     pub https_addr: Option<String>,
+    /// Cluster mutual TLS files: CA, certificate, key (all three or none).
+    pub tls: Option<[PathBuf; 3]>,
     pub secret_file: Option<PathBuf>,
     pub peers: Vec<String>,
     pub heartbeat: Duration,
@@ -151,8 +156,20 @@ pub fn resolve(args: NodeArgs, mode: Mode, peers: Vec<String>) -> anyhow::Result
                 .map_err(|e| anyhow::anyhow!("--trusted-proxies: {e}"))
         })
         .collect::<anyhow::Result<Vec<gateway_proxy::Cidr>>>()?;
+    let tls = match (
+        args.tls_ca.or(file.tls_ca),
+        args.tls_cert.or(file.tls_cert),
+        args.tls_key.or(file.tls_key),
+    ) {
+        (Some(ca), Some(cert), Some(key)) => Some([ca, cert, key]),
+        (None, None, None) => None,
+        _ => bail!(
+            "--tls-ca, --tls-cert and --tls-key go together: give all three (cluster mutual TLS) or none"
+        ),
+    };
     Ok(NodeConfig {
         mode,
+        tls,
         id,
         data_dir,
         cluster_addr: args.cluster_addr.or(file.cluster_addr),

@@ -7,6 +7,7 @@ mod config;
 mod ctl;
 mod demo;
 mod run;
+mod tlsgen;
 
 use clap::Parser;
 use std::process::ExitCode;

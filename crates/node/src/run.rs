@@ -47,6 +47,45 @@ fn remembered(
     })
 }
 
+/// Reads and checks the cluster TLS files: PEM, the key matching the certificate, the
+/// certificate naming `gateway.cluster`.
+fn load_cluster_tls(files: &[std::path::PathBuf; 3]) -> anyhow::Result<gateway_cluster::ClusterTls> {
+    let [ca, cert, key] = files;
+    let read = |p: &std::path::PathBuf, flag: &str| {
+        std::fs::read_to_string(p).with_context(|| format!("cannot read {flag} {}", p.display()))
+    };
+    let (ca_pem, cert_pem, key_pem) = (
+        read(ca, "--tls-ca")?,
+        read(cert, "--tls-cert")?,
+        read(key, "--tls-key")?,
+    );
+    let info = gateway_model::inspect_cert(&cert_pem, &key_pem)
+        .map_err(|e| anyhow::anyhow!("--tls-cert/--tls-key: {e}"))?;
+    if !info
+        .names
+        .iter()
+        .any(|n| n == gateway_cluster::CLUSTER_SERVER_NAME)
+    {
+        bail!(
+            "--tls-cert {} names {}, not {}: peers check that name; make node certificates with `gateway tls-gen`",
+            cert.display(),
+            info.names.join(","),
+            gateway_cluster::CLUSTER_SERVER_NAME
+        );
+    }
+    gateway_model::inspect_cert(&ca_pem, "")
+        .err()
+        .filter(|e| e.field == "cert_pem")
+        .map_or(Ok(()), |e| {
+            Err(anyhow::anyhow!("--tls-ca {}: {e}", ca.display()))
+        })?;
+    Ok(gateway_cluster::ClusterTls {
+        ca_pem: ca_pem.into_bytes(),
+        cert_pem: cert_pem.into_bytes(),
+        key_pem: key_pem.into_bytes(),
+    })
+}
+
 async fn bind(addr: &str, flag: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
@@ -167,6 +206,23 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         ),
     };
 
+    // Cluster mutual TLS: the files given (remembered for restarts), else the ones used before.
+    let tls_files: Option<[std::path::PathBuf; 3]> = match &cfg.tls {
+        Some(files) => Some(files.clone().map(|p| std::fs::canonicalize(&p).unwrap_or(p))),
+        None => match (
+            meta.get("tls_ca")?,
+            meta.get("tls_cert")?,
+            meta.get("tls_key")?,
+        ) {
+            (Some(a), Some(b), Some(c)) => Some([a.into(), b.into(), c.into()]),
+            _ => None,
+        },
+    };
+    let tls = match &tls_files {
+        Some(files) => Some(load_cluster_tls(files)?),
+        None => None,
+    };
+
     // Admin tokens: the file given (remembered for restarts), else the one used before.
     let token_file = match &cfg.admin_token_file {
         Some(p) => Some(p.clone()),
@@ -238,6 +294,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         snapshot_every: cfg.snapshot_every,
         source_ip,
         debug_stale_reads: cfg.debug_stale_reads,
+        tls,
     };
     // The admin gRPC API shares the cluster port; it answers "node is starting" until the
     // handle exists (Cluster::start returns once this node is a member).
@@ -268,6 +325,11 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     }
     if let Some(a) = &https_addr {
         meta.set("https_addr", a)?;
+    }
+    if let Some(files) = &tls_files {
+        for (k, p) in ["tls_ca", "tls_cert", "tls_key"].iter().zip(files) {
+            meta.set(k, &p.to_string_lossy())?;
+        }
     }
     if let Some(path) = &token_file {
         let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());

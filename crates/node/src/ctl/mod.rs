@@ -46,6 +46,16 @@ pub struct ClientArgs {
     /// [default: 30, but 5 when no server can be connected to at all].
     #[arg(long, global = true, value_name = "SECS")]
     pub timeout: Option<u64>,
+    /// Cluster CA (PEM), when the nodes run with cluster mutual TLS; with --tls-cert and
+    /// --tls-key (a certificate of that CA, e.g. from `gateway tls-gen`).
+    #[arg(long, global = true, env = "GATEWAY_TLS_CA", value_name = "FILE", requires_all = ["tls_cert", "tls_key"])]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) signed by the cluster CA.
+    #[arg(long, global = true, env = "GATEWAY_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, global = true, env = "GATEWAY_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl ClientArgs {
@@ -62,7 +72,24 @@ impl ClientArgs {
             Some(_) => timeout,
             None => conn::UNREACHABLE,
         };
-        Conn::new(&self.server, token, timeout, unreachable)
+        let tls = match (&self.tls_ca, &self.tls_cert, &self.tls_key) {
+            (Some(ca), Some(cert), Some(key)) => {
+                let read = |p: &PathBuf, flag: &str| {
+                    std::fs::read(p)
+                        .map_err(|e| anyhow::anyhow!("cannot read {flag} {}: {e}", p.display()))
+                };
+                Some(gateway_cluster::ClusterTls {
+                    ca_pem: read(ca, "--tls-ca")?,
+                    cert_pem: read(cert, "--tls-cert")?,
+                    key_pem: read(key, "--tls-key")?,
+                })
+            }
+            (None, None, None) => None,
+            _ => anyhow::bail!(
+                "--tls-ca, --tls-cert and --tls-key go together: give all three to talk to a cluster that runs with mutual TLS"
+            ),
+        };
+        Conn::new(&self.server, token, timeout, unreachable, tls.as_ref())
     }
 }
 
