@@ -350,7 +350,7 @@ impl Conn {
                     Err(s) if not_grpc(&s) => {
                         wrong_port += 1;
                         unreachable.push(format!(
-                            "{}: not a gateway cluster port ({}); is it the admin or HTTP address?",
+                            "{}: not a gateway cluster port ({}); is it the admin or HTTP address, or does the cluster run with TLS (--tls-ca, --tls-cert, --tls-key)?",
                             self.servers[i],
                             describe_status(&s)
                         ));
