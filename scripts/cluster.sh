@@ -106,7 +106,8 @@ else
   pool='{"balance":"round_robin","prefer_local":true,"backends":[
     {"id":"app1","address":"127.0.0.1:8201","node":1},
     {"id":"app2","address":"127.0.0.1:8202","node":2},
-    {"id":"app3","address":"127.0.0.1:8203","node":3}]}'
+    {"id":"app3","address":"127.0.0.1:8203","node":3}],
+    "health_check":{"type":"http","path":"/","interval_ms":1000,"timeout_ms":500},"eject":{}}'
   [ "$(req PUT 9101 /v1/pools/app "$pool" | head -n1)" = 200 ] || { echo "error: could not create the demo pool" >&2; exit 1; }
   [ "$(req PUT 9102 /v1/routes/app '{"pool":"app","path_prefix":"/","writes":"leader"}' | head -n1)" = 200 ] \
     || { echo "error: could not create the demo route" >&2; exit 1; }
@@ -137,6 +138,7 @@ Try:
   $BIN route list --server 127.0.0.1:7102$CLI_TLS                 # the CLI (gRPC, any node)
   $BIN cluster status --server 127.0.0.1:7103$CLI_TLS
   $BIN watch --server 127.0.0.1:7101$CLI_TLS                      # every change, live
+  $BIN backend list --server 127.0.0.1:7101$CLI_TLS               # each backend's health, as the cluster agreed
   $BIN cert add NAME --cert fullchain.pem --key key.pem --server 127.0.0.1:7101$CLI_TLS   # then HTTPS on 127.0.0.1:844N
   kill -9 \$(pgrep -f "data-dir $DATA/$leader")    # kill the leader: another takes over, usually in under a second
 

@@ -30,7 +30,7 @@ mod node;
 mod wait;
 
 mod backends;
-pub use backends::holding_backend;
+pub use backends::{SwitchBackend, holding_backend};
 pub use cli::{CliOutput, gateway_bin, run_gateway};
 pub use cluster::{
     Config, LeaderInfo, Member, NodeArgsFn, NodeSpec, Status, TestCluster, free_addr, free_port,

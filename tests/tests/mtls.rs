@@ -68,10 +68,12 @@ async fn cluster_port_speaks_mutual_tls_only_with_the_cluster_ca() -> TestResult
     let server = c.node(2).cluster_addr.to_string();
 
     // The CLI with a client certificate of the cluster CA.
-    let mut args = vec!["cluster", "members", "--server", &server, "--output", "json"]
-        .into_iter()
-        .map(String::from)
-        .collect::<Vec<_>>();
+    let mut args = vec![
+        "cluster", "members", "--server", &server, "--output", "json",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect::<Vec<_>>();
     let client = tls_args(
         &good.join("ca.pem"),
         &good.join("client.pem"),

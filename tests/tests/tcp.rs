@@ -38,7 +38,9 @@ impl Redis {
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .context("running redis-server (Debian package redis-server, listed in .ci/packages)")?;
+            .context(
+                "running redis-server (Debian package redis-server, listed in .ci/packages)",
+            )?;
         let r = Redis {
             addr,
             child: Some(child),
@@ -144,10 +146,14 @@ async fn redis_through_every_node_and_failover() -> TestResult {
     }
     converge(&c, rev).await?;
     for &(id, front) in &fronts {
-        wait_for(&format!("node {id} to listen on {front}"), CONVERGE, || async {
-            TcpStream::connect(front).await?;
-            Ok(())
-        })
+        wait_for(
+            &format!("node {id} to listen on {front}"),
+            CONVERGE,
+            || async {
+                TcpStream::connect(front).await?;
+                Ok(())
+            },
+        )
         .await?;
         let status = listeners(&c, id).await?;
         ensure!(
@@ -188,11 +194,17 @@ async fn redis_through_every_node_and_failover() -> TestResult {
         }
     }
     let direct = cli(redis[other].addr, &["GET", "after0-1"]).await?;
-    ensure!(direct == "x", "the surviving server took the writes: {direct}");
+    ensure!(
+        direct == "x",
+        "the surviving server took the writes: {direct}"
+    );
 
     // Removing a route closes its listener; adding it back opens it again.
     let (id, front) = fronts[0];
-    let resp = c.node(2).delete(&format!("/v1/tcp-routes/redis-{id}")).await?;
+    let resp = c
+        .node(2)
+        .delete(&format!("/v1/tcp-routes/redis-{id}"))
+        .await?;
     resp.expect(200)?;
     converge(&c, resp.revision_header()?).await?;
     wait_for(&format!("{front} to stop listening"), CONVERGE, || async {
@@ -200,7 +212,10 @@ async fn redis_through_every_node_and_failover() -> TestResult {
         Ok(())
     })
     .await?;
-    ensure!(listeners(&c, id).await?.is_empty(), "node {id} still lists the route");
+    ensure!(
+        listeners(&c, id).await?.is_empty(),
+        "node {id} still lists the route"
+    );
     let rev = put(
         &c,
         &format!("/v1/tcp-routes/redis-{id}"),
@@ -261,7 +276,10 @@ async fn bind_failures_on_status_and_proxy_protocol() -> TestResult {
         )
         .await?;
     }
-    note!("every node reports the taken address: {:?}", listeners(&c, 1).await?);
+    note!(
+        "every node reports the taken address: {:?}",
+        listeners(&c, 1).await?
+    );
     // Freed: exactly one node (they share 127.0.0.1) binds it on its next try.
     drop(taken);
     wait_for("one node to take the freed address", CONVERGE, || async {
@@ -329,7 +347,10 @@ async fn bind_failures_on_status_and_proxy_protocol() -> TestResult {
         client.local_addr()?.port(),
         front.port()
     );
-    ensure!(header.trim_end() == want, "header {header:?}, want {want:?}");
+    ensure!(
+        header.trim_end() == want,
+        "header {header:?}, want {want:?}"
+    );
     let first = lines.next_line().await?.unwrap_or_default();
     ensure!(first == "hello", "then the client's bytes: {first:?}");
     Ok(())

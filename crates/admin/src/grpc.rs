@@ -426,6 +426,92 @@ impl Admin for AdminService {
         Ok(with_revision(admin::DeleteReply { revision: rev }, rev))
     }
 
+    async fn list_health(
+        &self,
+        req: Request<admin::ReadRequest>,
+    ) -> std::result::Result<Response<admin::HealthList>, Status> {
+        let cluster = self.allow(&req, Role::Read)?;
+        let st = cluster
+            .read(consistency(req.get_ref().consistency)?)
+            .await
+            .map_err(Failure::from)?;
+        Ok(with_revision(convert::health_list(&st), st.revision))
+    }
+
+    async fn list_alert_sinks(
+        &self,
+        req: Request<admin::ReadRequest>,
+    ) -> std::result::Result<Response<admin::AlertSinkList>, Status> {
+        let cluster = self.allow(&req, Role::Read)?;
+        let st = cluster
+            .read(consistency(req.get_ref().consistency)?)
+            .await
+            .map_err(Failure::from)?;
+        let reply = admin::AlertSinkList {
+            revision: st.revision,
+            sinks: st
+                .alerts
+                .values()
+                .map(convert::alert_sink_to_wire)
+                .collect(),
+        };
+        Ok(with_revision(reply, st.revision))
+    }
+
+    async fn put_alert_sink(
+        &self,
+        req: Request<admin::PutAlertSinkRequest>,
+    ) -> std::result::Result<Response<admin::AlertSinkReply>, Status> {
+        let cluster = self.allow(&req, Role::Write)?;
+        let request_id = request_id(&req)?;
+        let req = req.into_inner();
+        let wire = req
+            .sink
+            .ok_or_else(|| Invalid::new("sink", "is missing", "send the alert sink to put"))
+            .map_err(Failure::from)?;
+        let sink = convert::checked_alert_sink(wire).map_err(Failure::from)?;
+        let mut shown = sink.clone();
+        let rev = self
+            .propose(
+                cluster,
+                request_id,
+                Command::PutAlertSink {
+                    sink,
+                    expect: req.if_revision,
+                },
+            )
+            .await?;
+        shown.revision = rev;
+        Ok(with_revision(
+            admin::AlertSinkReply {
+                revision: rev,
+                sink: Some(convert::alert_sink_to_wire(&shown)),
+            },
+            rev,
+        ))
+    }
+
+    async fn delete_alert_sink(
+        &self,
+        req: Request<admin::DeleteRequest>,
+    ) -> std::result::Result<Response<admin::DeleteReply>, Status> {
+        let cluster = self.allow(&req, Role::Write)?;
+        let request_id = request_id(&req)?;
+        let req = req.into_inner();
+        validate_name("name", &req.name).map_err(Failure::from)?;
+        let rev = self
+            .propose(
+                cluster,
+                request_id,
+                Command::DeleteAlertSink {
+                    name: req.name,
+                    expect: req.if_revision,
+                },
+            )
+            .await?;
+        Ok(with_revision(admin::DeleteReply { revision: rev }, rev))
+    }
+
     async fn list_routes(
         &self,
         req: Request<admin::ReadRequest>,

@@ -13,7 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use gateway_cluster::{Cluster, Consistency};
 use gateway_model::{
-    Cert, Command, MAX_BATCH, Pool, Route, TcpListenerStatus, TcpRoute, validate_tcp_route, validate_name, validate_pool, validate_route,
+    AlertSink, Cert, Command, MAX_BATCH, Pool, Route, TcpListenerStatus, TcpRoute,
+    validate_alert_sink, validate_name, validate_pool, validate_route, validate_tcp_route,
 };
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -33,6 +34,13 @@ pub struct AdminOptions {
     pub tokens: Tokens,
     /// This node's TCP route listeners (listening, or why not), shown on `/status`.
     pub tcp_listeners: watch::Receiver<Vec<TcpListenerStatus>>,
+    /// This node's own view of backend health (the backends its probes see down), shown in
+    /// `/status` as `sees_down`.
+    pub seen_down: Option<
+        tokio::sync::watch::Receiver<
+            std::sync::Arc<std::collections::BTreeSet<gateway_model::SeenDown>>,
+        >,
+    >,
 }
 
 #[derive(Clone)]
@@ -41,6 +49,11 @@ struct App {
     left: mpsc::Sender<()>,
     tokens: Tokens,
     tcp_listeners: watch::Receiver<Vec<TcpListenerStatus>>,
+    seen_down: Option<
+        tokio::sync::watch::Receiver<
+            std::sync::Arc<std::collections::BTreeSet<gateway_model::SeenDown>>,
+        >,
+    >,
 }
 
 type Result<T> = std::result::Result<T, ApiError>;
@@ -56,6 +69,7 @@ pub async fn serve(
         left: opts.left,
         tokens: opts.tokens,
         tcp_listeners: opts.tcp_listeners,
+        seen_down: opts.seen_down,
     };
     let router = Router::new()
         .route("/leader", get(leader))
@@ -74,6 +88,13 @@ pub async fn serve(
         .route(
             "/v1/tcp-routes/{name}",
             get(get_tcp_route).put(put_tcp_route).delete(delete_tcp_route),
+        )
+        .route("/v1/health", get(health))
+        .route("/v1/events", get(events))
+        .route("/v1/alerts", get(list_alerts))
+        .route(
+            "/v1/alerts/{name}",
+            get(get_alert).put(put_alert).delete(delete_alert),
         )
         .route("/v1/nodes", get(nodes))
         .route("/v1/nodes/{id}", axum::routing::delete(remove_node))
@@ -316,7 +337,177 @@ async fn status(AxState(app): AxState<App>) -> Response {
         let listeners = app.tcp_listeners.borrow().clone();
         obj.insert("tcp_listeners".into(), json!(listeners));
     }
+    let state = app.cluster.state().borrow().clone();
+    body["backends"] = backend_health(&state);
+    body["lost_nodes"] = json!(state.lost);
+    if let Some(v) = &app.seen_down {
+        body["sees_down"] = json!(*v.borrow().clone());
+    }
     ok(st.revision, body)
+}
+
+/// Every backend with the health the cluster agreed on: `up`, `down`, or `unknown` when its
+/// pool has no health check; whether it drains; the nodes that saw it down; the last
+/// transition (event id and time).
+fn backend_health(st: &gateway_model::State) -> Value {
+    let mut out = Vec::new();
+    for pool in st.pools.values() {
+        let verdicts = st.health.get(&pool.name);
+        for b in &pool.backends {
+            let h = verdicts.and_then(|m| m.get(&b.id));
+            let state = match (&pool.health_check, h) {
+                (None, _) => "unknown",
+                (Some(_), Some(h)) if !h.up => "down",
+                (Some(_), _) => "up",
+            };
+            out.push(json!({
+                "pool": pool.name,
+                "backend": b.id,
+                "address": b.address,
+                "node": b.node,
+                "state": state,
+                "draining": b.drain,
+                "down_on": h.map(|h| h.down_on.clone()).unwrap_or_default(),
+                "since_ms": h.map_or(0, |h| h.since_ms),
+                "transition": h.map_or(0, |h| h.transition),
+            }));
+        }
+    }
+    Value::Array(out)
+}
+
+async fn health(
+    AxState(app): AxState<App>,
+    q: std::result::Result<Query<ReadParams>, QueryRejection>,
+) -> Result<Response> {
+    let st = app.cluster.read(consistency(q)?).await?;
+    Ok(ok(
+        st.revision,
+        json!({"revision": st.revision, "backends": backend_health(&st), "lost_nodes": st.lost}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventParams {
+    #[serde(default)]
+    after: u64,
+    #[serde(default)]
+    consistency: Option<String>,
+}
+
+async fn events(
+    AxState(app): AxState<App>,
+    q: std::result::Result<Query<EventParams>, QueryRejection>,
+) -> Result<Response> {
+    let Query(q) = q.map_err(|e| {
+        ApiError::bad(
+            "after",
+            format!("bad query: {e}; use ?after=EVENT_ID (and optionally &consistency=...)"),
+        )
+    })?;
+    let level = match q.consistency.as_deref() {
+        None | Some("linearizable") => Consistency::Linearizable,
+        Some("leader") => Consistency::Leader,
+        Some("stale") => Consistency::Stale,
+        Some(other) => {
+            return Err(ApiError::bad(
+                "consistency",
+                format!("consistency: '{other}' is not a level; use linearizable, leader or stale"),
+            ));
+        }
+    };
+    let st = app.cluster.read(level).await?;
+    let events: Vec<_> = st.events_after(q.after).collect();
+    Ok(ok(
+        st.revision,
+        json!({"revision": st.revision, "next_event": st.next_event.max(1), "events": events}),
+    ))
+}
+
+/// An alert sink as read APIs show it: the SMTP password is never returned.
+fn shown_sink(s: &AlertSink) -> AlertSink {
+    let mut s = s.clone();
+    if let Some(m) = &mut s.smtp {
+        m.password = None;
+    }
+    s
+}
+
+async fn list_alerts(
+    AxState(app): AxState<App>,
+    q: std::result::Result<Query<ReadParams>, QueryRejection>,
+) -> Result<Response> {
+    let st = app.cluster.read(consistency(q)?).await?;
+    let sinks: Vec<AlertSink> = st.alerts.values().map(shown_sink).collect();
+    Ok(ok(
+        st.revision,
+        json!({"revision": st.revision, "alerts": sinks, "delivered": st.delivered}),
+    ))
+}
+
+async fn get_alert(
+    AxState(app): AxState<App>,
+    Path(name): Path<String>,
+    q: std::result::Result<Query<ReadParams>, QueryRejection>,
+) -> Result<Response> {
+    checked_name(&name)?;
+    let st = app.cluster.read(consistency(q)?).await?;
+    match st.alerts.get(&name) {
+        Some(s) => Ok(with_etag(
+            ok(
+                st.revision,
+                json!({"revision": st.revision, "alert": shown_sink(s), "delivered": st.delivered.get(&name)}),
+            ),
+            s.revision,
+        )),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("alert sink '{name}' does not exist; list them with GET /v1/alerts"),
+        )
+        .at(st.revision)),
+    }
+}
+
+async fn put_alert(
+    AxState(app): AxState<App>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    let expect = expected(&headers)?;
+    let mut sink: AlertSink = parse(&body)?;
+    named(&name, &mut sink.name)?;
+    validate_alert_sink(&sink)?;
+    let mut shown = shown_sink(&sink);
+    let resp = propose(
+        &app,
+        request_id(&headers)?,
+        Command::PutAlertSink { sink, expect },
+        |rev| {
+            shown.revision = rev;
+            json!({"revision": rev, "alert": shown})
+        },
+    )
+    .await?;
+    let rev = revision_of(&resp);
+    Ok(with_etag(resp, rev))
+}
+
+async fn delete_alert(
+    AxState(app): AxState<App>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let expect = expected(&headers)?;
+    checked_name(&name)?;
+    propose(
+        &app,
+        request_id(&headers)?,
+        Command::DeleteAlertSink { name, expect },
+        |rev| json!({"revision": rev}),
+    )
+    .await
 }
 
 async fn readyz(AxState(app): AxState<App>) -> Result<&'static str> {
@@ -619,7 +810,10 @@ async fn get_tcp_route(
     let st = app.cluster.read(consistency(q)?).await?;
     match st.tcp_routes.get(&name) {
         Some(r) => Ok(with_etag(
-            ok(st.revision, json!({"revision": st.revision, "tcp_route": r})),
+            ok(
+                st.revision,
+                json!({"revision": st.revision, "tcp_route": r}),
+            ),
             r.revision,
         )),
         None => Err(ApiError::new(
@@ -721,7 +915,7 @@ async fn transaction(
             | Command::DeleteRoute { name, .. }
             | Command::DeleteCert { name, .. }
             | Command::DeleteTcpRoute { name, .. } => validate_name("name", name),
-            Command::RetireNode { .. } | Command::Batch { .. } => {
+            _ => {
                 return Err(ApiError::bad(
                     &format!("commands[{i}].op"),
                     format!(

@@ -11,7 +11,7 @@ use gateway_wire::cluster::cluster_server::ClusterServer;
 use gateway_wire::cluster::raft_server::RaftServer;
 use gateway_wire::cluster::{
     CampaignRequest, HelloRequest, HoldElectionsRequest, JoinRequest, PreVoteReply, PreVoteRequest,
-    ReadIndexRequest, RemoveNodeRequest, TransferLeaderRequest, WriteRequest,
+    ReadIndexRequest, RemoveNodeRequest, ReportHealthRequest, TransferLeaderRequest, WriteRequest,
 };
 use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::storage::RaftLogStorage;
@@ -129,16 +129,18 @@ pub(crate) struct Inner {
     pub(crate) addr: NodeAddr,
     pub(crate) raft: Raft,
     pub(crate) cluster_id: Arc<OnceLock<String>>,
-    state: watch::Receiver<Arc<State>>,
+    pub(crate) state: watch::Receiver<Arc<State>>,
     meta: MetaStore,
     forward: Arc<Peers>,
     membership_lock: tokio::sync::Mutex<()>,
-    nonce: u64,
-    counter: AtomicU64,
+    pub(crate) nonce: u64,
+    pub(crate) counter: AtomicU64,
     stop: watch::Sender<bool>,
     debug_stale_reads: bool,
     /// Set while this leader hands over: new writes wait for the next leader.
-    transferring: std::sync::atomic::AtomicBool,
+    pub(crate) transferring: std::sync::atomic::AtomicBool,
+    /// Nodes' health reports, held while this node leads ([`crate::overseer`]).
+    pub(crate) reports: std::sync::Mutex<crate::overseer::Reports>,
     /// Last contact with a leader and any election hold, for the elector.
     pub(crate) contact: Contact,
     election_timeout_max: Duration,
@@ -164,6 +166,7 @@ pub(crate) enum Op {
     Transfer {
         to: Option<NodeId>,
     },
+    Report(crate::overseer::Report),
 }
 
 pub(crate) enum Out {
@@ -172,6 +175,7 @@ pub(crate) enum Out {
     Removed,
     ReadIndex(u64),
     Transferred(NodeId),
+    Reported,
 }
 
 impl Cluster {
@@ -245,6 +249,7 @@ impl Cluster {
             counter: AtomicU64::new(0),
             debug_stale_reads: opts.debug_stale_reads,
             transferring: std::sync::atomic::AtomicBool::new(false),
+            reports: std::sync::Mutex::new(Default::default()),
             contact: Contact::new(),
             election_timeout_max: opts.election_timeout * 2,
             log,
@@ -264,6 +269,7 @@ impl Cluster {
             Timing::from_election_timeout(opts.election_timeout),
             inner.stop.subscribe(),
         );
+        tokio::spawn(crate::overseer::run(inner.clone(), inner.stop.subscribe()));
         let leader = spawn_leader_watch(&inner.raft);
         let cluster = Cluster { inner, leader };
         match bootstrap {
@@ -412,6 +418,22 @@ impl Cluster {
     /// The cluster id (known once initialised or joined).
     pub fn cluster_id(&self) -> String {
         self.inner.cluster_id.get().cloned().unwrap_or_default()
+    }
+
+    /// Sends this node's view of backend health (the backends it sees down) to the leader,
+    /// which judges health from every node's view; it is also this node's liveness signal.
+    pub async fn report_health(
+        &self,
+        down: BTreeSet<gateway_model::SeenDown>,
+    ) -> Result<(), ClusterError> {
+        let op = Op::Report(crate::overseer::Report {
+            node: self.inner.id,
+            down,
+        });
+        self.inner
+            .leader_call(op, Duration::from_secs(2), false)
+            .await
+            .map(|_| ())
     }
 
     /// The replicated state, updated after every applied change.
@@ -863,6 +885,14 @@ impl Inner {
                 self.read_index_as_leader(*quorum).await.map(Out::ReadIndex)
             }
             Op::Transfer { to } => self.transfer_as_leader(*to).await.map(Out::Transferred),
+            Op::Report(r) => {
+                self.ensure_leader()?;
+                self.reports
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .put(r.node, r.down.clone());
+                Ok(Out::Reported)
+            }
         }
     }
 
@@ -923,6 +953,17 @@ impl Inner {
                         .await?
                         .leader_id,
                 )
+            }
+            Op::Report(r) => {
+                let report_json =
+                    serde_json::to_vec(r).map_err(|e| ClusterError::Protocol(e.to_string()))?;
+                timed(
+                    addr,
+                    t(2),
+                    client.report_health(fwd(ReportHealthRequest { report_json })),
+                )
+                .await?;
+                Out::Reported
             }
         })
     }

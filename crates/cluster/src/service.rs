@@ -7,8 +7,9 @@ use gateway_store::TypeConfig;
 use gateway_wire::cluster::{
     CampaignReply, CampaignRequest, HelloReply, HelloRequest, HoldElectionsReply,
     HoldElectionsRequest, JoinReply, JoinRequest, PreVoteReply, PreVoteRequest, RaftPayload,
-    ReadIndexReply, ReadIndexRequest, RemoveNodeReply, RemoveNodeRequest, TransferLeaderReply,
-    TransferLeaderRequest, WriteReply, WriteRequest, cluster_server, raft_server,
+    ReadIndexReply, ReadIndexRequest, RemoveNodeReply, RemoveNodeRequest, ReportHealthReply,
+    ReportHealthRequest, TransferLeaderReply, TransferLeaderRequest, WriteReply, WriteRequest,
+    cluster_server, raft_server,
 };
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
@@ -158,6 +159,22 @@ impl cluster_server::Cluster for ClusterService {
             .await?
         {
             Out::Transferred(leader_id) => Ok(Response::new(TransferLeaderReply { leader_id })),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn report_health(
+        &self,
+        req: Request<ReportHealthRequest>,
+    ) -> Result<Response<ReportHealthReply>, Status> {
+        let fwd = forwarded(&req);
+        let report = decode(&req.into_inner().report_json)?;
+        match self
+            .0
+            .leader_call(Op::Report(report), Duration::from_secs(2), fwd)
+            .await?
+        {
+            Out::Reported => Ok(Response::new(ReportHealthReply {})),
             _ => Err(unexpected()),
         }
     }

@@ -3,6 +3,7 @@
 use crate::cert::Cert;
 use crate::config::{NodeId, Pool, Route};
 use crate::error::ApplyError;
+use crate::health::{AlertSink, EventKind};
 use crate::tcp::TcpRoute;
 use serde::{Deserialize, Serialize};
 
@@ -69,6 +70,35 @@ pub enum Command {
     /// Several configuration changes applied as one: all of them, in order, under one new
     /// revision, or none of them.
     Batch { commands: Vec<Command> },
+    /// Proposed by the leader: the cluster's verdict on a backend's health. Changes nothing
+    /// (and takes no revision) when the backend is already in that state.
+    SetHealth {
+        pool: String,
+        backend: String,
+        up: bool,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        down_on: Vec<NodeId>,
+        at_ms: u64,
+    },
+    /// Proposed by the leader: records a cluster event for the alert sinks (node lost or back,
+    /// leader change, managed backend failed). Events are not configuration: they take an event
+    /// id, not a revision. A node already lost (or back) is not recorded twice.
+    Record { event: EventKind, at_ms: u64 },
+    /// Proposed by the leader: every event up to id `upto` was delivered to sink `sink`, so a
+    /// later leader does not send them again.
+    Delivered { sink: String, upto: u64 },
+    /// Create or replace an alert sink.
+    PutAlertSink {
+        sink: AlertSink,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<u64>,
+    },
+    /// Delete an alert sink.
+    DeleteAlertSink {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<u64>,
+    },
 }
 
 /// The most commands one batch may carry.

@@ -1,5 +1,6 @@
 //! The replicated configuration objects.
 
+pub use crate::health::{Ejection, HealthCheck};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -143,6 +144,13 @@ pub struct Pool {
     /// 10 when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_budget_min_per_second: Option<u32>,
+    /// Active health checks, run by every node; the cluster marks a backend down when the
+    /// check's `policy` is met. No active checks when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    /// Passive ejection from real traffic (connection failures, 5xx in a row); off when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eject: Option<Ejection>,
     /// The configuration revision that last changed this pool; set by the cluster, ignored on input.
     #[serde(default)]
     pub revision: u64,

@@ -9,6 +9,7 @@ mod cert;
 mod command;
 mod config;
 mod error;
+mod health;
 mod state;
 mod tcp;
 mod validate;
@@ -20,6 +21,10 @@ pub use config::{
     WritePolicy,
 };
 pub use error::{ApplyError, Invalid};
+pub use health::{
+    AlertSink, BackendHealth, CheckKind, EVENT_TYPES, Ejection, Event, EventKind, HealthCheck,
+    HealthPolicy, SeenDown, SmtpSink, StatusRanges, validate_alert_sink,
+};
 pub use state::{Change, ChangeSet, Compacted, DEDUP_WINDOW, HISTORY, State};
 pub use tcp::{
     DEFAULT_TCP_CONNECT_TIMEOUT_MS, DEFAULT_TCP_IDLE_TIMEOUT_MS, ProxyProtocol, TcpListenerStatus,

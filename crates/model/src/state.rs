@@ -4,6 +4,7 @@ use crate::cert::{Cert, validate_cert};
 use crate::command::{Applied, Command, MAX_BATCH, Proposal, Request, Response};
 use crate::config::{NodeId, Pool, Route};
 use crate::error::{ApplyError, Invalid};
+use crate::health::{AlertSink, BackendHealth, Event, EventKind, validate_alert_sink};
 use crate::tcp::{TcpRoute, validate_tcp_route};
 use crate::validate::{validate_name, validate_pool, validate_route};
 use imbl::{HashMap, OrdMap, Vector};
@@ -18,21 +19,56 @@ pub const DEDUP_WINDOW: usize = 10_000;
 /// How many recent revisions keep their changes, for watchers that resume from a revision.
 pub const HISTORY: usize = 1_000;
 
-/// One change within a revision, as a watcher sees it. A certificate is shown without its key.
+/// How many recent events (health transitions, node and leader changes) the state keeps for
+/// alert sinks that have not had them yet.
+pub const EVENTS: usize = 1_000;
+
+/// One change within a revision, as a watcher sees it.
 // Changes are recorded once per write, never on the request path; boxing would buy nothing.
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Change {
-    PutPool { pool: Pool },
-    DeletePool { name: String },
-    PutRoute { route: Route },
-    DeleteRoute { name: String },
-    RetireNode { id: NodeId },
-    PutCert { cert: Cert },
-    DeleteCert { name: String },
-    PutTcpRoute { route: TcpRoute },
-    DeleteTcpRoute { name: String },
+    PutPool {
+        pool: Pool,
+    },
+    DeletePool {
+        name: String,
+    },
+    PutRoute {
+        route: Route,
+    },
+    DeleteRoute {
+        name: String,
+    },
+    RetireNode {
+        id: NodeId,
+    },
+    /// The cluster's verdict on a backend changed.
+    Health {
+        pool: String,
+        backend: String,
+        health: BackendHealth,
+    },
+    PutAlertSink {
+        sink: AlertSink,
+    },
+    DeleteAlertSink {
+        name: String,
+    },
+    /// A certificate, without its key.
+    PutCert {
+        cert: Cert,
+    },
+    DeleteCert {
+        name: String,
+    },
+    PutTcpRoute {
+        route: TcpRoute,
+    },
+    DeleteTcpRoute {
+        name: String,
+    },
 }
 
 /// Everything one revision changed, in order.
@@ -70,6 +106,25 @@ pub struct State {
     pub tcp_routes: OrdMap<String, TcpRoute>,
     /// Node ids that have left the cluster and may never be used again.
     pub retired: BTreeSet<NodeId>,
+    /// The agreed health of backends that were ever marked down, by pool and backend id
+    /// (a backend without an entry is up). Entries go with their backend.
+    #[serde(default)]
+    pub health: OrdMap<String, OrdMap<String, BackendHealth>>,
+    /// Members the leader recorded as lost and not yet back.
+    #[serde(default)]
+    pub lost: BTreeSet<NodeId>,
+    /// Where alerts go.
+    #[serde(default)]
+    pub alerts: OrdMap<String, AlertSink>,
+    /// The last [`EVENTS`] events, oldest first.
+    #[serde(default)]
+    pub events: Vector<Event>,
+    /// The id the next event gets (ids start at 1).
+    #[serde(default)]
+    pub next_event: u64,
+    /// Per alert sink, the last event id delivered to it.
+    #[serde(default)]
+    pub delivered: OrdMap<String, u64>,
     /// The changes of the last [`HISTORY`] revisions, oldest first.
     history: Vector<ChangeSet>,
     /// Responses to the most recent requests, oldest first, for deduplication.
@@ -282,7 +337,7 @@ impl Maps<'_> {
                 self.tcp_routes.remove(name);
                 out.push(Change::DeleteTcpRoute { name: name.clone() });
             }
-            Command::RetireNode { .. } | Command::Batch { .. } => {
+            _ => {
                 return Err(Invalid::new(
                     "commands",
                     "a batch may only hold pool, route and certificate changes",
@@ -388,6 +443,9 @@ impl State {
             certs: self.certs.clone(),
             tcp_routes: self.tcp_routes.clone(),
             retired: self.retired.clone(),
+            health: self.health.clone(),
+            lost: self.lost.clone(),
+            alerts: self.alerts.clone(),
             ..State::default()
         }
     }
@@ -409,6 +467,138 @@ impl State {
                     return Ok(()); // already retired: nothing changes, no new revision
                 }
                 changes.push(Change::RetireNode { id: *id });
+            }
+            Command::SetHealth {
+                pool,
+                backend,
+                up,
+                down_on,
+                at_ms,
+            } => {
+                let Some(p) = self.pools.get(pool) else {
+                    return Err(ApplyError::NotFound {
+                        what: "pool".into(),
+                        name: pool.clone(),
+                    });
+                };
+                let Some(b) = p.backends.iter().find(|b| &b.id == backend) else {
+                    return Err(ApplyError::NotFound {
+                        what: "backend".into(),
+                        name: format!("{pool}/{backend}"),
+                    });
+                };
+                if p.health_check.is_none() {
+                    return Err(ApplyError::Conflict {
+                        message: format!(
+                            "pool '{pool}' has no health_check; its backends are always up"
+                        ),
+                    });
+                }
+                let address = b.address.clone();
+                let now_up = self
+                    .health
+                    .get(pool)
+                    .and_then(|m| m.get(backend))
+                    .is_none_or(|h| h.up);
+                if now_up == *up {
+                    return Ok(()); // already so: nothing changes, no new revision
+                }
+                let mut down_on = down_on.clone();
+                down_on.sort_unstable();
+                down_on.dedup();
+                let kind = if *up {
+                    EventKind::BackendUp {
+                        pool: pool.clone(),
+                        backend: backend.clone(),
+                        address: address.clone(),
+                    }
+                } else {
+                    EventKind::BackendDown {
+                        pool: pool.clone(),
+                        backend: backend.clone(),
+                        address: address.clone(),
+                        down_on: down_on.clone(),
+                    }
+                };
+                let transition = self.record(kind, *at_ms);
+                let health = BackendHealth {
+                    up: *up,
+                    address,
+                    down_on: if *up { Vec::new() } else { down_on },
+                    since_ms: *at_ms,
+                    transition,
+                };
+                self.health
+                    .entry(pool.clone())
+                    .or_default()
+                    .insert(backend.clone(), health.clone());
+                changes.push(Change::Health {
+                    pool: pool.clone(),
+                    backend: backend.clone(),
+                    health,
+                });
+            }
+            Command::Record { event, at_ms } => {
+                match event {
+                    EventKind::NodeLost { node } => {
+                        if !self.lost.insert(*node) {
+                            return Ok(());
+                        }
+                    }
+                    EventKind::NodeBack { node } => {
+                        if !self.lost.remove(node) {
+                            return Ok(());
+                        }
+                    }
+                    EventKind::LeaderChange { .. } | EventKind::BackendFailed { .. } => {}
+                    EventKind::BackendDown { .. } | EventKind::BackendUp { .. } => {
+                        return Err(Invalid::new(
+                            "event",
+                            "backend health is recorded by set_health",
+                            "propose set_health instead",
+                        )
+                        .into());
+                    }
+                }
+                self.record(event.clone(), *at_ms);
+                return Ok(()); // an event is not configuration: no new revision
+            }
+            Command::Delivered { sink, upto } => {
+                let upto = (*upto).min(self.next_event.saturating_sub(1));
+                let entry = self.delivered.entry(sink.clone()).or_insert(0);
+                *entry = (*entry).max(upto);
+                return Ok(()); // bookkeeping, not configuration
+            }
+            Command::PutAlertSink { sink, expect } => {
+                validate_alert_sink(sink)?;
+                expect_rev(
+                    "alert",
+                    &sink.name,
+                    *expect,
+                    self.alerts.get(&sink.name).map(|s| s.revision),
+                )?;
+                let mut sink = sink.clone();
+                sink.revision = rev;
+                if !self.alerts.contains_key(&sink.name) {
+                    // A new sink hears of events from now on, not of the whole backlog.
+                    self.delivered
+                        .insert(sink.name.clone(), self.next_event.saturating_sub(1));
+                }
+                self.alerts.insert(sink.name.clone(), sink.clone());
+                changes.push(Change::PutAlertSink { sink });
+            }
+            Command::DeleteAlertSink { name, expect } => {
+                validate_name("name", name)?;
+                let Some(current) = self.alerts.get(name) else {
+                    return Err(ApplyError::NotFound {
+                        what: "alert".into(),
+                        name: name.clone(),
+                    });
+                };
+                expect_rev("alert", name, *expect, Some(current.revision))?;
+                self.alerts.remove(name);
+                self.delivered.remove(name);
+                changes.push(Change::DeleteAlertSink { name: name.clone() });
             }
             Command::Batch { commands } => {
                 if commands.is_empty() || commands.len() > MAX_BATCH {
@@ -448,6 +638,12 @@ impl State {
                 maps.apply(single, rev, &mut changes)?;
             }
         }
+        if matches!(
+            cmd,
+            Command::PutPool { .. } | Command::DeletePool { .. } | Command::Batch { .. }
+        ) {
+            self.prune_health();
+        }
         self.revision = rev;
         if self.history.len() == HISTORY {
             self.history.pop_front();
@@ -457,6 +653,60 @@ impl State {
             changes,
         });
         Ok(())
+    }
+}
+
+impl State {
+    /// Records an event under the next id, keeping the last [`EVENTS`]; returns its id.
+    fn record(&mut self, kind: EventKind, at_ms: u64) -> u64 {
+        let id = self.next_event.max(1);
+        self.next_event = id + 1;
+        if self.events.len() == EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(Event { id, at_ms, kind });
+        id
+    }
+
+    /// Forgets verdicts on backends that are gone, have a new address, or whose pool no
+    /// longer checks health.
+    fn prune_health(&mut self) {
+        let pools = &self.pools;
+        let keep = |pool: &str, backend: &str, h: &BackendHealth| {
+            pools.get(pool).is_some_and(|p| {
+                p.health_check.is_some()
+                    && p.backends
+                        .iter()
+                        .any(|b| b.id == backend && b.address == h.address)
+            })
+        };
+        let mut pruned = self.health.clone();
+        for (pool, backends) in self.health.iter() {
+            let kept: OrdMap<String, BackendHealth> = backends
+                .iter()
+                .filter(|(b, h)| keep(pool, b, h))
+                .map(|(b, h)| (b.clone(), h.clone()))
+                .collect();
+            if kept.is_empty() {
+                pruned.remove(pool);
+            } else if kept.len() != backends.len() {
+                pruned.insert(pool.clone(), kept);
+            }
+        }
+        self.health = pruned;
+    }
+
+    /// Whether the cluster has marked this backend down.
+    pub fn is_down(&self, pool: &str, backend: &str) -> bool {
+        self.health
+            .get(pool)
+            .and_then(|m| m.get(backend))
+            .is_some_and(|h| !h.up)
+    }
+
+    /// The events after id `after`, oldest first.
+    pub fn events_after(&self, after: u64) -> impl Iterator<Item = &Event> {
+        self.events.iter().filter(move |e| e.id > after)
     }
 }
 
@@ -771,5 +1021,139 @@ mod tests {
         assert!(back.seen("id0").is_none(), "oldest ids leave the window");
         assert!(back.seen(&format!("id{}", DEDUP_WINDOW + 4)).is_some());
         assert_eq!(back, s);
+    }
+
+    fn checked_pool(name: &str) -> Pool {
+        Pool {
+            health_check: Some(crate::health::HealthCheck::default()),
+            ..pool(name)
+        }
+    }
+
+    fn set_health(up: bool, at_ms: u64) -> Command {
+        Command::SetHealth {
+            pool: "p".into(),
+            backend: "a".into(),
+            up,
+            down_on: vec![3, 1, 3],
+            at_ms,
+        }
+    }
+
+    #[test]
+    fn health_transitions_take_a_revision_and_an_event_once() {
+        let mut s = State::default();
+        s.apply(&req("1", put_pool(pool("p")))).outcome.unwrap();
+        // A pool without a health check cannot have its backends marked down.
+        let r = s.apply(&req("2", set_health(false, 10)));
+        assert!(matches!(r.outcome, Err(ApplyError::Conflict { .. })));
+        s.apply(&req("3", put_pool(checked_pool("p"))))
+            .outcome
+            .unwrap();
+        assert_eq!(s.revision, 2);
+        // Up while up: nothing.
+        s.apply(&req("4", set_health(true, 11))).outcome.unwrap();
+        assert_eq!((s.revision, s.events.len()), (2, 0));
+        s.apply(&req("5", set_health(false, 12))).outcome.unwrap();
+        assert_eq!(s.revision, 3);
+        assert!(s.is_down("p", "a"));
+        let h = &s.health["p"]["a"];
+        assert_eq!(
+            (h.down_on.clone(), h.since_ms, h.transition),
+            (vec![1, 3], 12, 1)
+        );
+        // Down while down: nothing.
+        s.apply(&req("6", set_health(false, 13))).outcome.unwrap();
+        assert_eq!((s.revision, s.events.len()), (3, 1));
+        s.apply(&req("7", set_health(true, 14))).outcome.unwrap();
+        assert!(!s.is_down("p", "a"));
+        assert_eq!(
+            s.events.iter().map(|e| e.id).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        assert!(matches!(s.events[1].kind, EventKind::BackendUp { .. }));
+        let missing = Command::SetHealth {
+            pool: "p".into(),
+            backend: "zz".into(),
+            up: false,
+            down_on: vec![],
+            at_ms: 1,
+        };
+        assert!(matches!(
+            s.apply(&req("8", missing)).outcome,
+            Err(ApplyError::NotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn a_verdict_goes_with_its_backend_address_or_check() {
+        let mut s = State::default();
+        s.apply(&req("1", put_pool(checked_pool("p"))))
+            .outcome
+            .unwrap();
+        s.apply(&req("2", set_health(false, 1))).outcome.unwrap();
+        // Same backend, same address: the verdict stays.
+        let mut p = checked_pool("p");
+        p.backends[0].weight = 5;
+        s.apply(&req("3", put_pool(p.clone()))).outcome.unwrap();
+        assert!(s.is_down("p", "a"));
+        // A new address starts afresh.
+        p.backends[0].address = "127.0.0.1:9999".into();
+        s.apply(&req("4", put_pool(p.clone()))).outcome.unwrap();
+        assert!(!s.is_down("p", "a"));
+        s.apply(&req("5", set_health(false, 2))).outcome.unwrap();
+        // Without a health check every backend is up.
+        p.health_check = None;
+        s.apply(&req("6", put_pool(p))).outcome.unwrap();
+        assert!(s.health.is_empty());
+    }
+
+    #[test]
+    fn events_and_deliveries_are_recorded_without_revisions() {
+        let mut s = State::default();
+        let lost = |n| Command::Record {
+            event: EventKind::NodeLost { node: n },
+            at_ms: 5,
+        };
+        s.apply(&req("1", lost(2))).outcome.unwrap();
+        s.apply(&req("2", lost(2))).outcome.unwrap(); // already lost
+        assert_eq!((s.revision, s.events.len(), s.next_event), (0, 1, 2));
+        let sink = AlertSink {
+            name: "ops".into(),
+            webhook: Some("http://127.0.0.1:1/h".into()),
+            ..Default::default()
+        };
+        s.apply(&req(
+            "3",
+            Command::PutAlertSink {
+                sink,
+                expect: Some(0),
+            },
+        ))
+        .outcome
+        .unwrap();
+        // A new sink starts after the events already recorded.
+        assert_eq!(s.delivered["ops"], 1);
+        s.apply(&req(
+            "4",
+            Command::Record {
+                event: EventKind::NodeBack { node: 2 },
+                at_ms: 6,
+            },
+        ))
+        .outcome
+        .unwrap();
+        assert_eq!(s.events_after(s.delivered["ops"]).count(), 1);
+        s.apply(&req(
+            "5",
+            Command::Delivered {
+                sink: "ops".into(),
+                upto: 99,
+            },
+        ))
+        .outcome
+        .unwrap();
+        assert_eq!(s.delivered["ops"], 2); // never past the last event
+        assert_eq!(s.revision, 1);
     }
 }

@@ -164,6 +164,12 @@ pub fn validate_pool(pool: &Pool) -> Result<(), Invalid> {
             "use 0 to 10000, or leave it out for the default of 10",
         ));
     }
+    if let Some(c) = &pool.health_check {
+        crate::health::validate_health_check(c)?;
+    }
+    if let Some(e) = &pool.eject {
+        crate::health::validate_ejection(e)?;
+    }
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! The `gateway` binary: command line, configuration, logging, and the wiring of cluster,
 //! admin plane and data plane. The work itself lives in the library crates.
 
+mod alerts;
 mod cli;
 mod client;
 mod config;

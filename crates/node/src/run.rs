@@ -49,7 +49,9 @@ fn remembered(
 
 /// Reads and checks the cluster TLS files: PEM, the key matching the certificate, the
 /// certificate naming `gateway.cluster`.
-fn load_cluster_tls(files: &[std::path::PathBuf; 3]) -> anyhow::Result<gateway_cluster::ClusterTls> {
+fn load_cluster_tls(
+    files: &[std::path::PathBuf; 3],
+) -> anyhow::Result<gateway_cluster::ClusterTls> {
     let [ca, cert, key] = files;
     let read = |p: &std::path::PathBuf, flag: &str| {
         std::fs::read_to_string(p).with_context(|| format!("cannot read {flag} {}", p.display()))
@@ -208,7 +210,11 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
 
     // Cluster mutual TLS: the files given (remembered for restarts), else the ones used before.
     let tls_files: Option<[std::path::PathBuf; 3]> = match &cfg.tls {
-        Some(files) => Some(files.clone().map(|p| std::fs::canonicalize(&p).unwrap_or(p))),
+        Some(files) => Some(
+            files
+                .clone()
+                .map(|p| std::fs::canonicalize(&p).unwrap_or(p)),
+        ),
         None => match (
             meta.get("tls_ca")?,
             meta.get("tls_cert")?,
@@ -346,6 +352,9 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    // Every node probes the backends of pools with health checks and sends its view to the
+    // leader, which commits the cluster's verdict (crates/cluster/src/overseer.rs).
+    let monitor = gateway_proxy::Monitor::new(id);
     let (left_tx, mut left_rx) = mpsc::channel(1);
     // The data plane reports its TCP route listeners here; /status shows them.
     let (tcp_status_tx, tcp_status_rx) = watch::channel(Vec::new());
@@ -357,9 +366,17 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             max_body: 1 << 20,
             tokens,
             tcp_listeners: tcp_status_rx,
+            seen_down: Some(monitor.view()),
         },
         stopped(stop_rx.clone()),
     ));
+    tokio::spawn(monitor.clone().run(cluster.state()));
+    tokio::spawn(report_health(
+        cluster.clone(),
+        monitor.view(),
+        stop_rx.clone(),
+    ));
+    tokio::spawn(crate::alerts::run(cluster.clone(), stop_rx.clone()));
     let proxy = tokio::spawn(gateway_proxy::serve_all(
         gateway_proxy::Listeners {
             http: http_listener,
@@ -372,6 +389,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             trusted_proxies: cfg.trusted_proxies.clone(),
             keep_alive_timeout: cfg.keep_alive_timeout,
             https_port,
+            health: Some(monitor.clone()),
             ..gateway_proxy::ProxyConfig::new(id, secret_obj.hop_key())
         },
         stopped(stop_rx.clone()),
@@ -407,6 +425,26 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     cluster.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Sends this node's view of backend health to the leader once a second, and at once when it
+/// changes, until the node stops.
+async fn report_health(
+    cluster: Cluster,
+    mut view: watch::Receiver<gateway_proxy::health::View>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let down = (**view.borrow_and_update()).clone();
+        if let Err(e) = cluster.report_health(down).await {
+            tracing::debug!("health report not delivered: {e}");
+        }
+        tokio::select! {
+            _ = view.changed() => {}
+            _ = tokio::time::sleep(gateway_cluster::overseer::REPORT_EVERY) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
 }
 
 /// The leader's data plane address, as the proxy wants it.

@@ -40,7 +40,9 @@ use gateway_model::{Balance, Pool};
 use http::HeaderValue;
 use rand::Rng;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst};
+use std::sync::atomic::{
+    AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed, Ordering::SeqCst,
+};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -53,6 +55,10 @@ pub(crate) const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
 #[derive(Default, Debug)]
 pub(crate) struct BackendStats {
     pub(crate) in_flight: AtomicUsize,
+    /// Passive ejection: no new requests from this node until this time ([`now_ms`]); 0: none.
+    ejected_until: AtomicU64,
+    /// 5xx responses in a row, for `eject.consecutive_5xx`.
+    fives: AtomicU32,
     /// Smooth weighted round robin current weight, per view (all, local).
     current_weight: [AtomicI64; 2],
 }
@@ -140,9 +146,29 @@ pub(crate) enum Scope {
     Local,
 }
 
+/// Milliseconds on a monotonic clock shared by the whole process (never 0).
+pub(crate) fn now_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+        + 1
+}
+
+/// A pool's passive ejection settings.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct EjectPolicy {
+    pub(crate) connect_failure: bool,
+    pub(crate) consecutive_5xx: u32,
+    pub(crate) cooldown_ms: u64,
+}
+
 /// A pool as the request path sees it.
 pub(crate) struct CompiledPool {
     pub(crate) name: Box<str>,
+    /// Passive ejection; None: off.
+    pub(crate) eject: Option<EjectPolicy>,
     pub(crate) balance: Balance,
     pub(crate) backends: Box<[CompiledBackend]>,
     pub(crate) prefer_local: bool,
@@ -195,13 +221,28 @@ impl Tried {
 }
 
 impl CompiledPool {
+    #[cfg(test)]
     pub(crate) fn compile(pool: &Pool, node_id: u64, key: &HopKey, reg: &mut Registry) -> Self {
+        Self::compile_with(pool, node_id, key, reg, &|_| false)
+    }
+
+    /// Compiles a pool without its draining backends and without those the cluster marked
+    /// down (`down`), unless every backend left is down: then the pool fails open and uses
+    /// them all, since a wrong verdict must not take a whole service away.
+    pub(crate) fn compile_with(
+        pool: &Pool,
+        node_id: u64,
+        key: &HopKey,
+        reg: &mut Registry,
+        down: &dyn Fn(&str) -> bool,
+    ) -> Self {
         // A draining backend takes no new requests; those it serves keep their connection and
         // counters (kept in the registry), so they finish.
-        let backends: Box<[CompiledBackend]> = pool
-            .backends
-            .iter()
-            .filter(|b| !b.drain)
+        let serving: Vec<_> = pool.backends.iter().filter(|b| !b.drain).collect();
+        let healthy: Vec<_> = serving.iter().copied().filter(|b| !down(&b.id)).collect();
+        let chosen = if healthy.is_empty() { serving } else { healthy };
+        let backends: Box<[CompiledBackend]> = chosen
+            .into_iter()
             .map(|b| {
                 let cookie_sig = key.cookie_sig(&pool.name, &b.id);
                 let sig = std::str::from_utf8(&cookie_sig).expect("hex");
@@ -233,6 +274,11 @@ impl CompiledPool {
             .collect();
         CompiledPool {
             name: pool.name.as_str().into(),
+            eject: pool.eject.as_ref().map(|e| EjectPolicy {
+                connect_failure: e.connect_failure,
+                consecutive_5xx: e.consecutive_5xx,
+                cooldown_ms: e.cooldown_ms,
+            }),
             balance: pool.balance,
             backends,
             prefer_local: pool.prefer_local,
@@ -251,6 +297,69 @@ impl CompiledPool {
             local,
             shared: reg.pool(&pool.name),
         }
+    }
+
+    /// Whether this node has ejected backend `idx` (passive ejection) for now.
+    pub(crate) fn is_ejected(&self, idx: usize) -> bool {
+        let until = self.backends[idx].stats.ejected_until.load(Relaxed);
+        until != 0 && until > now_ms()
+    }
+
+    /// A connection to backend `idx` failed: eject it if the pool says so. `true` when this
+    /// ejected it (it was not ejected already).
+    pub(crate) fn connect_failed(&self, idx: usize) -> bool {
+        match self.eject {
+            Some(p) if p.connect_failure => self.eject_for(idx, p.cooldown_ms),
+            _ => false,
+        }
+    }
+
+    /// Backend `idx` answered with `status`: a run of 5xx ejects it if the pool says so.
+    /// `true` when this ejected it.
+    pub(crate) fn answered(&self, idx: usize, status: u16) -> bool {
+        let Some(p) = self.eject else { return false };
+        if p.consecutive_5xx == 0 {
+            return false;
+        }
+        let stats = &self.backends[idx].stats;
+        if status < 500 {
+            if stats.fives.load(Relaxed) != 0 {
+                stats.fives.store(0, Relaxed);
+            }
+            return false;
+        }
+        if stats.fives.fetch_add(1, Relaxed) + 1 >= p.consecutive_5xx {
+            stats.fives.store(0, Relaxed);
+            return self.eject_for(idx, p.cooldown_ms);
+        }
+        false
+    }
+
+    fn eject_for(&self, idx: usize, cooldown_ms: u64) -> bool {
+        let now = now_ms();
+        let prev = self.backends[idx]
+            .stats
+            .ejected_until
+            .swap(now + cooldown_ms, Relaxed);
+        prev <= now
+    }
+
+    /// Like [`CompiledPool::pick`], but passes over backends this node has ejected, unless
+    /// every candidate is ejected (then the balancer's own choice stands).
+    pub(crate) fn pick_live(&self, scope: Scope, ctx: &PickCtx, tried: &Tried) -> Option<Picked> {
+        let first = self.pick(scope, ctx, tried)?;
+        if self.eject.is_none() || !self.is_ejected(first.idx) {
+            return Some(first);
+        }
+        let mut skip = tried.clone();
+        skip.push(first.idx);
+        while let Some(next) = self.pick(scope, ctx, &skip) {
+            if !self.is_ejected(next.idx) {
+                return Some(next);
+            }
+            skip.push(next.idx);
+        }
+        Some(first)
     }
 
     /// Counts a request in the retry budget.

@@ -946,6 +946,7 @@ mod tests {
             },
             https_port: None,
             closing: Closing::default(),
+            health: None,
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())

@@ -114,6 +114,7 @@ mod codec;
 mod conn;
 mod error;
 mod headers;
+pub mod health;
 mod hop;
 mod proxy;
 mod rules;
@@ -125,6 +126,7 @@ mod tls;
 mod upstream;
 
 pub use cidr::{Cidr, CidrError};
+pub use health::Monitor;
 pub use server::{Listeners, serve, serve_all};
 use std::time::Duration;
 
@@ -163,6 +165,9 @@ pub struct ProxyConfig {
     /// The port that routes' `https_redirect` send clients to; `None` for 443 (no port in
     /// the `Location`). The node sets it from its `--https-addr`.
     pub https_port: Option<u16>,
+    /// This node's health monitor: failures met in real traffic on pools with `eject` count
+    /// as failed probes there. None: passive failures only eject locally.
+    pub health: Option<std::sync::Arc<Monitor>>,
 }
 
 impl ProxyConfig {
@@ -177,6 +182,7 @@ impl ProxyConfig {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             keep_alive_timeout: DEFAULT_KEEP_ALIVE_TIMEOUT,
             https_port: None,
+            health: None,
         }
     }
 }

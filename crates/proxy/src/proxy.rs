@@ -42,6 +42,19 @@ pub(crate) struct Shared {
     pub(crate) https_port: Option<u16>,
     /// Wakes idle client connections (deadline ticks, shutdown).
     pub(crate) closing: crate::conn::Closing,
+    /// This node's health monitor, told of passive ejections.
+    pub(crate) health: Option<Arc<crate::health::Monitor>>,
+}
+
+impl Shared {
+    /// Backend `idx` of `pool` was just ejected here: count it as a failed probe too.
+    fn ejected(&self, pool: &CompiledPool, idx: usize, why: &str) {
+        let b = &pool.backends[idx];
+        tracing::warn!(pool = %pool.name, backend = %b.id, address = %b.address, cooldown_ms = pool.eject.map_or(0, |e| e.cooldown_ms), "backend ejected on this node: {why}");
+        if let Some(m) = &self.health {
+            m.passive_failure(&pool.name, &b.id);
+        }
+    }
 }
 
 impl Shared {
@@ -313,7 +326,8 @@ fn proxy(
         };
 
         let ctx = PickCtx { client_ip, pinned };
-        let (resp, picked, in_flight) = dispatch(route, pool, scope, &ctx, req, upgrade).await?;
+        let (resp, picked, in_flight) =
+            dispatch(shared, route, pool, scope, &ctx, req, upgrade).await?;
 
         if let Some(replay) = replay
             && resp
@@ -332,7 +346,7 @@ fn proxy(
                     apply_route(route, &mut req);
                     return Box::pin(async {
                         let (resp, picked, in_flight) =
-                            dispatch(route, pool, Scope::Local, &ctx, req, false).await?;
+                            dispatch(shared, route, pool, Scope::Local, &ctx, req, false).await?;
                         Ok(finish(resp, route, pool, picked, in_flight))
                     })
                     .await;
@@ -424,7 +438,7 @@ async fn acquire(
     ctx: &PickCtx,
     tried: &Tried,
 ) -> Result<Option<(Picked, InFlight)>, ProxyError> {
-    let Some(first) = pool.pick(scope, ctx, tried) else {
+    let Some(first) = pool.pick_live(scope, ctx, tried) else {
         return Ok(None);
     };
     if let Some(slot) = pool.try_enter(first.idx) {
@@ -484,6 +498,7 @@ async fn queue_for_slot(
 // Not an `async fn`, whose arguments would take room twice in the future.
 #[allow(clippy::manual_async_fn)]
 fn dispatch(
+    shared: &Shared,
     route: &CompiledRoute,
     pool: &CompiledPool,
     scope: Scope,
@@ -522,10 +537,23 @@ fn dispatch(
                 cause,
             };
             match tokio::time::timeout(route.timeout, backend.endpoint.send(req, upgrade)).await {
-                Ok(Ok(resp)) => return Ok((resp, picked, in_flight)),
-                Ok(Err(SendError::Failed(cause))) => return Err(failed(cause)),
+                Ok(Ok(resp)) => {
+                    if pool.answered(picked.idx, resp.status().as_u16()) {
+                        shared.ejected(pool, picked.idx, "a run of 5xx responses");
+                    }
+                    return Ok((resp, picked, in_flight));
+                }
+                Ok(Err(SendError::Failed(cause))) => {
+                    if pool.connect_failed(picked.idx) {
+                        shared.ejected(pool, picked.idx, &cause);
+                    }
+                    return Err(failed(cause));
+                }
                 Ok(Err(SendError::NotSent { req: back, cause })) => {
                     drop(in_flight);
+                    if pool.connect_failed(picked.idx) {
+                        shared.ejected(pool, picked.idx, &cause);
+                    }
                     if retries_left == 0 {
                         return Err(failed(cause));
                     }

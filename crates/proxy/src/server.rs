@@ -8,9 +8,9 @@ use crate::stream::ClientStream;
 use crate::table::{Registry, RouteTable};
 use crate::tcp::TcpListeners;
 use crate::tls::CertTable;
-use gateway_model::TcpListenerStatus;
 use crate::{Leader, ProxyConfig};
 use arc_swap::ArcSwap;
+use gateway_model::TcpListenerStatus;
 use gateway_model::{Protocol, State};
 use std::future::Future;
 use std::sync::Arc;
@@ -89,6 +89,7 @@ pub async fn serve_all(
         conn,
         https_port: config.https_port,
         closing: Closing::default(),
+        health: config.health.clone(),
     });
     let certs = Arc::new(ArcSwap::from_pointee(CertTable::compile(&compiled_from)));
     let acceptor = TlsAcceptor::from(Arc::new(crate::tls::server_config(certs.clone())));

@@ -140,7 +140,9 @@ impl RouteTable {
                         continue;
                     };
                     pool_index.insert(route.pool.as_str().into(), pools.len());
-                    pools.push(CompiledPool::compile(spec, node_id, key, reg));
+                    let verdicts = state.health.get(&spec.name);
+                    let down = |id: &str| verdicts.and_then(|m| m.get(id)).is_some_and(|h| !h.up);
+                    pools.push(CompiledPool::compile_with(spec, node_id, key, reg, &down));
                     pools.len() - 1
                 }
             };
@@ -220,7 +222,9 @@ impl RouteTable {
                 && let Some(spec) = state.pools.get(&tcp.pool)
             {
                 pool_index.insert(tcp.pool.as_str().into(), pools.len());
-                pools.push(CompiledPool::compile(spec, node_id, key, reg));
+                let verdicts = state.health.get(&spec.name);
+                let down = |id: &str| verdicts.and_then(|m| m.get(id)).is_some_and(|h| !h.up);
+                pools.push(CompiledPool::compile_with(spec, node_id, key, reg, &down));
             }
         }
         reg.sweep();

@@ -245,7 +245,11 @@ async fn serve(
 }
 
 /// The PROXY protocol header announcing a connection from `client` to `local`.
-fn proxy_header(version: ProxyProtocol, client: SocketAddr, local: SocketAddr) -> io::Result<Vec<u8>> {
+fn proxy_header(
+    version: ProxyProtocol,
+    client: SocketAddr,
+    local: SocketAddr,
+) -> io::Result<Vec<u8>> {
     // Both addresses in one family: an IPv4 client on an IPv6 socket is shown as mapped.
     let (client, local) = match (client, local) {
         (SocketAddr::V4(_), SocketAddr::V4(_)) | (SocketAddr::V6(_), SocketAddr::V6(_)) => {
@@ -290,9 +294,9 @@ async fn pipe(client: TcpStream, backend: TcpStream, idle: Duration) -> io::Resu
     let watchdog = async {
         loop {
             tokio::time::sleep(every).await;
-            let quiet = start.elapsed().saturating_sub(Duration::from_millis(
-                last.load(Ordering::Relaxed),
-            ));
+            let quiet = start
+                .elapsed()
+                .saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
             if quiet >= idle {
                 return;
             }

@@ -10,9 +10,10 @@
 
 use crate::admin;
 use gateway_model::{
-    Backend, Balance, Cert, Change, ChangeSet, Command, ErrorPage, HeaderMatch, HeaderRules,
-    Invalid, MAX_BATCH, Pool, Protocol, ProxyProtocol, Route, TcpRoute, WritePolicy, validate_name, validate_pool,
-    validate_route,
+    AlertSink, Backend, BackendHealth, Balance, Cert, Change, ChangeSet, CheckKind, Command,
+    Ejection, ErrorPage, HeaderMatch, HeaderRules, HealthCheck, HealthPolicy, Invalid, MAX_BATCH,
+    Pool, Protocol, ProxyProtocol, Route, SmtpSink, TcpRoute, WritePolicy, validate_alert_sink,
+    validate_name, validate_pool, validate_route,
 };
 use std::collections::BTreeMap;
 
@@ -185,6 +186,8 @@ pub fn pool_to_wire(p: &Pool) -> admin::Pool {
         queue_timeout_ms,
         retry_budget_percent,
         retry_budget_min_per_second,
+        health_check,
+        eject,
         revision,
     } = p;
     admin::Pool {
@@ -196,6 +199,8 @@ pub fn pool_to_wire(p: &Pool) -> admin::Pool {
         queue_timeout_ms: *queue_timeout_ms,
         retry_budget_percent: *retry_budget_percent,
         retry_budget_min_per_second: *retry_budget_min_per_second,
+        health_check: health_check.as_ref().map(check_to),
+        eject: eject.as_ref().map(eject_to),
         revision: *revision,
     }
 }
@@ -211,6 +216,8 @@ pub fn pool_from_wire(p: admin::Pool) -> Result<Pool, Invalid> {
         queue_timeout_ms,
         retry_budget_percent,
         retry_budget_min_per_second,
+        health_check,
+        eject,
         revision,
     } = p;
     Ok(Pool {
@@ -222,8 +229,233 @@ pub fn pool_from_wire(p: admin::Pool) -> Result<Pool, Invalid> {
         queue_timeout_ms,
         retry_budget_percent,
         retry_budget_min_per_second,
+        health_check: health_check.map(check_from).transpose()?,
+        eject: eject.map(eject_from),
         revision,
     })
+}
+
+fn check_to(c: &HealthCheck) -> admin::HealthCheck {
+    let HealthCheck {
+        kind,
+        path,
+        status,
+        body,
+        host,
+        interval_ms,
+        timeout_ms,
+        rise,
+        fall,
+        policy,
+    } = c;
+    admin::HealthCheck {
+        r#type: match kind {
+            CheckKind::Http => "http",
+            CheckKind::Tcp => "tcp",
+        }
+        .into(),
+        path: Some(path.clone()),
+        status: Some(status.clone()),
+        body: body.clone(),
+        host: host.clone(),
+        interval_ms: Some(*interval_ms),
+        timeout_ms: Some(*timeout_ms),
+        rise: Some(*rise),
+        fall: Some(*fall),
+        policy: match policy {
+            HealthPolicy::Majority => "majority",
+            HealthPolicy::Any => "any",
+        }
+        .into(),
+    }
+}
+
+fn check_from(c: admin::HealthCheck) -> Result<HealthCheck, Invalid> {
+    let admin::HealthCheck {
+        r#type,
+        path,
+        status,
+        body,
+        host,
+        interval_ms,
+        timeout_ms,
+        rise,
+        fall,
+        policy,
+    } = c;
+    let d = HealthCheck::default();
+    Ok(HealthCheck {
+        kind: match r#type.as_str() {
+            "" | "http" => CheckKind::Http,
+            "tcp" => CheckKind::Tcp,
+            other => {
+                return Err(Invalid::new(
+                    "health_check.type",
+                    format!("'{other}' is not a check type"),
+                    "use http or tcp",
+                ));
+            }
+        },
+        path: path.unwrap_or(d.path),
+        status: status.unwrap_or(d.status),
+        body,
+        host,
+        interval_ms: interval_ms.unwrap_or(d.interval_ms),
+        timeout_ms: timeout_ms.unwrap_or(d.timeout_ms),
+        rise: rise.unwrap_or(d.rise),
+        fall: fall.unwrap_or(d.fall),
+        policy: match policy.as_str() {
+            "" | "majority" => HealthPolicy::Majority,
+            "any" => HealthPolicy::Any,
+            other => {
+                return Err(Invalid::new(
+                    "health_check.policy",
+                    format!("'{other}' is not a policy"),
+                    "use majority or any",
+                ));
+            }
+        },
+    })
+}
+
+fn eject_to(e: &Ejection) -> admin::Ejection {
+    let Ejection {
+        connect_failure,
+        consecutive_5xx,
+        cooldown_ms,
+    } = e;
+    admin::Ejection {
+        connect_failure: Some(*connect_failure),
+        consecutive_5xx: *consecutive_5xx,
+        cooldown_ms: Some(*cooldown_ms),
+    }
+}
+
+fn eject_from(e: admin::Ejection) -> Ejection {
+    let admin::Ejection {
+        connect_failure,
+        consecutive_5xx,
+        cooldown_ms,
+    } = e;
+    let d = Ejection::default();
+    Ejection {
+        connect_failure: connect_failure.unwrap_or(d.connect_failure),
+        consecutive_5xx,
+        cooldown_ms: cooldown_ms.unwrap_or(d.cooldown_ms),
+    }
+}
+
+// ---- health and alerts -------------------------------------------------------------------
+
+/// One backend's agreed health, as the wire carries it.
+pub fn backend_status(
+    pool: &Pool,
+    backend: &Backend,
+    health: Option<&BackendHealth>,
+) -> admin::BackendStatus {
+    let state = match (&pool.health_check, health) {
+        (None, _) => "unknown",
+        (Some(_), Some(h)) if !h.up => "down",
+        (Some(_), _) => "up",
+    };
+    admin::BackendStatus {
+        pool: pool.name.clone(),
+        backend: backend.id.clone(),
+        address: backend.address.clone(),
+        state: state.into(),
+        draining: backend.drain,
+        down_on: health.map(|h| h.down_on.clone()).unwrap_or_default(),
+        since_ms: health.map_or(0, |h| h.since_ms),
+        transition: health.map_or(0, |h| h.transition),
+        node: backend.node,
+    }
+}
+
+/// Every backend of a state with its agreed health.
+pub fn health_list(state: &gateway_model::State) -> admin::HealthList {
+    let mut backends = Vec::new();
+    for pool in state.pools.values() {
+        let verdicts = state.health.get(&pool.name);
+        for b in &pool.backends {
+            backends.push(backend_status(pool, b, verdicts.and_then(|m| m.get(&b.id))));
+        }
+    }
+    admin::HealthList {
+        revision: state.revision,
+        backends,
+    }
+}
+
+/// An alert sink as read APIs show it: without the SMTP password.
+pub fn alert_sink_to_wire(s: &AlertSink) -> admin::AlertSink {
+    let AlertSink {
+        name,
+        webhook,
+        headers,
+        smtp,
+        events,
+        revision,
+    } = s;
+    admin::AlertSink {
+        name: name.clone(),
+        webhook: webhook.clone(),
+        headers: headers.clone().into_iter().collect(),
+        smtp: smtp.as_ref().map(|m| {
+            let SmtpSink {
+                server,
+                from,
+                to,
+                security,
+                username,
+                password: _,
+            } = m;
+            admin::SmtpSink {
+                server: server.clone(),
+                from: from.clone(),
+                to: to.clone(),
+                security: security.clone(),
+                username: username.clone(),
+                password: None,
+            }
+        }),
+        events: events.clone(),
+        revision: *revision,
+    }
+}
+
+/// An alert sink from the wire, translated but not validated.
+pub fn alert_sink_from_wire(s: admin::AlertSink) -> AlertSink {
+    let admin::AlertSink {
+        name,
+        webhook,
+        headers,
+        smtp,
+        events,
+        revision,
+    } = s;
+    AlertSink {
+        name,
+        webhook,
+        headers: headers.into_iter().collect(),
+        smtp: smtp.map(|m| SmtpSink {
+            server: m.server,
+            from: m.from,
+            to: m.to,
+            security: m.security,
+            username: m.username,
+            password: m.password,
+        }),
+        events,
+        revision,
+    }
+}
+
+/// An alert sink sent as input: valid, revision cleared.
+pub fn checked_alert_sink(s: admin::AlertSink) -> Result<AlertSink, Invalid> {
+    let mut sink = alert_sink_from_wire(s);
+    sink.revision = 0;
+    validate_alert_sink(&sink)?;
+    Ok(sink)
 }
 
 /// A pool sent as input: within the wire's limits and valid; its revision is cleared (the
@@ -597,12 +829,7 @@ pub fn command_to_wire(c: &Command) -> Option<admin::Operation> {
             name: name.clone(),
             if_revision: *expect,
         }),
-        Command::RetireNode { .. }
-        | Command::Batch { .. }
-        | Command::PutCert { .. }
-        | Command::DeleteCert { .. }
-        | Command::PutTcpRoute { .. }
-        | Command::DeleteTcpRoute { .. } => return None,
+        _ => return None,
     };
     Some(admin::Operation { op: Some(op) })
 }
@@ -628,6 +855,23 @@ pub fn change_set_to_wire(c: &ChangeSet) -> admin::ChangeSet {
                     Change::DeleteCert { name } => W::DeleteCert(name.clone()),
                     Change::PutTcpRoute { route } => W::PutTcpRoute(tcp_route_to_wire(route)),
                     Change::DeleteTcpRoute { name } => W::DeleteTcpRoute(name.clone()),
+                    Change::Health {
+                        pool,
+                        backend,
+                        health,
+                    } => W::Health(admin::BackendStatus {
+                        pool: pool.clone(),
+                        backend: backend.clone(),
+                        address: health.address.clone(),
+                        state: if health.up { "up" } else { "down" }.into(),
+                        draining: false,
+                        down_on: health.down_on.clone(),
+                        since_ms: health.since_ms,
+                        transition: health.transition,
+                        node: None,
+                    }),
+                    Change::PutAlertSink { sink } => W::PutAlertSink(alert_sink_to_wire(sink)),
+                    Change::DeleteAlertSink { name } => W::DeleteAlertSink(name.clone()),
                 }),
             })
             .collect(),
@@ -658,6 +902,21 @@ pub fn change_set_from_wire(c: admin::ChangeSet) -> Result<ChangeSet, Invalid> {
                 route: tcp_route_from_wire(r).map_err(field)?,
             },
             Some(W::DeleteTcpRoute(name)) => Change::DeleteTcpRoute { name },
+            Some(W::Health(h)) => Change::Health {
+                pool: h.pool,
+                backend: h.backend,
+                health: BackendHealth {
+                    up: h.state != "down",
+                    address: h.address,
+                    down_on: h.down_on,
+                    since_ms: h.since_ms,
+                    transition: h.transition,
+                },
+            },
+            Some(W::PutAlertSink(s)) => Change::PutAlertSink {
+                sink: alert_sink_from_wire(s),
+            },
+            Some(W::DeleteAlertSink(name)) => Change::DeleteAlertSink { name },
             None => {
                 return Err(field(missing(
                     "change",
@@ -700,6 +959,20 @@ mod tests {
             queue_timeout_ms: Some(250),
             retry_budget_percent: Some(30),
             retry_budget_min_per_second: Some(3),
+            health_check: Some(HealthCheck {
+                kind: CheckKind::Tcp,
+                body: Some("ok".into()),
+                host: Some("app.internal".into()),
+                interval_ms: 500,
+                timeout_ms: 200,
+                policy: HealthPolicy::Any,
+                ..HealthCheck::default()
+            }),
+            eject: Some(Ejection {
+                connect_failure: false,
+                consecutive_5xx: 5,
+                cooldown_ms: 2500,
+            }),
             revision: 7,
         }
     }

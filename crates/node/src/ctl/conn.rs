@@ -177,9 +177,9 @@ impl Conn {
                 return Err(bad());
             }
             let ep = match tls {
-                Some(t) => ep.tls_config(t.client()).map_err(|e| {
-                    anyhow::anyhow!("--tls-ca/--tls-cert/--tls-key: {e}")
-                })?,
+                Some(t) => ep
+                    .tls_config(t.client())
+                    .map_err(|e| anyhow::anyhow!("--tls-ca/--tls-cert/--tls-key: {e}"))?,
                 None => ep,
             };
             endpoints.push(

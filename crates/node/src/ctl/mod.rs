@@ -374,6 +374,18 @@ pub enum BackendCmd {
         #[command(flatten)]
         cond: IfRevision,
     },
+    /// Every backend with the health the cluster agreed on: up, down (and the nodes that saw
+    /// it down), or unknown when its pool has no health check; draining; the last transition.
+    #[command(
+        visible_alias = "ls",
+        after_help = "Examples:\n  gateway backend list\n  gateway backend list web --output json"
+    )]
+    List {
+        /// Only this pool's backends.
+        pool: Option<String>,
+        #[arg(long, value_enum, default_value_t)]
+        consistency: ConsistencyArg,
+    },
     /// Remove a backend from a pool.
     #[command(
         visible_alias = "remove",

@@ -361,7 +361,82 @@ async fn pool_for_change(c: &mut Conn, name: &str) -> anyhow::Result<Pool> {
     }
 }
 
+/// `gateway backend list`: each backend's agreed health.
+async fn backend_list(
+    c: &mut Conn,
+    out: Output,
+    pool: Option<String>,
+    consistency: ConsistencyArg,
+) -> anyhow::Result<()> {
+    let msg = admin::ReadRequest {
+        consistency: consistency.wire(),
+    };
+    let r = c
+        .call(msg, |mut cl, r| async move { cl.list_health(r).await })
+        .await?
+        .into_inner();
+    let rows: Vec<_> = r
+        .backends
+        .iter()
+        .filter(|b| pool.as_ref().is_none_or(|p| &b.pool == p))
+        .collect();
+    match out {
+        Output::Table if rows.is_empty() => outln!("no backends (revision {})", r.revision),
+        Output::Table => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let rows: Vec<Vec<String>> = rows
+                .iter()
+                .map(|b| {
+                    vec![
+                        b.pool.clone(),
+                        b.backend.clone(),
+                        b.address.clone(),
+                        b.state.to_uppercase(),
+                        if b.draining { "yes" } else { "" }.into(),
+                        b.down_on
+                            .iter()
+                            .map(u64::to_string)
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        if b.since_ms == 0 {
+                            String::new()
+                        } else {
+                            format!("{}s ago", now.saturating_sub(b.since_ms) / 1000)
+                        },
+                    ]
+                })
+                .collect();
+            outln!(
+                "{}",
+                output::table(
+                    &[
+                        "POOL", "BACKEND", "ADDRESS", "STATE", "DRAINING", "DOWN_ON", "SINCE"
+                    ],
+                    &rows
+                )
+            );
+        }
+        Output::Json => {
+            let list: Vec<_> = rows
+                .iter()
+                .map(|b| {
+                    json!({"pool": b.pool, "backend": b.backend, "address": b.address,
+                        "node": b.node, "state": b.state, "draining": b.draining,
+                        "down_on": b.down_on, "since_ms": b.since_ms, "transition": b.transition})
+                })
+                .collect();
+            print_json(&json!({"revision": r.revision, "backends": list}))?
+        }
+    }
+    Ok(())
+}
+
 pub async fn backend(c: &mut Conn, out: Output, cmd: BackendCmd) -> anyhow::Result<()> {
+    if let BackendCmd::List { pool, consistency } = cmd {
+        return backend_list(c, out, pool, consistency).await;
+    }
     // Read the pool, change it, write it back expecting the revision read; if someone changed
     // the pool meanwhile, start over (unless the caller fixed the revision with --if-revision).
     // A write retried after a broken connection may have been applied already: a later
@@ -370,6 +445,7 @@ pub async fn backend(c: &mut Conn, out: Output, cmd: BackendCmd) -> anyhow::Resu
         BackendCmd::Add { pool, id, .. }
         | BackendCmd::Rm { pool, id, .. }
         | BackendCmd::Drain { pool, id, .. } => (pool.clone(), id.clone()),
+        BackendCmd::List { .. } => unreachable!("listed above"),
     };
     for attempt in 0..RMW_ATTEMPTS {
         let mut pool = pool_for_change(c, &pool_name).await?;
@@ -432,6 +508,7 @@ pub async fn backend(c: &mut Conn, out: Output, cmd: BackendCmd) -> anyhow::Resu
                 b.drain = want;
                 (cond.if_revision, verb)
             }
+            BackendCmd::List { .. } => unreachable!("listed above"),
             BackendCmd::Rm { cond, .. } => {
                 let before = pool.backends.len();
                 pool.backends.retain(|b| b.id != id);

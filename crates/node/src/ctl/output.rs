@@ -293,6 +293,27 @@ pub fn change_lines(set: &ChangeSet) -> Vec<String> {
                     route.name, route.listen, route.pool
                 ),
                 Change::DeleteTcpRoute { name } => format!("delete tcp route {name}"),
+                Change::Health {
+                    pool,
+                    backend,
+                    health,
+                } if health.up => format!("backend {pool}/{backend} ({}) up", health.address),
+                Change::Health {
+                    pool,
+                    backend,
+                    health,
+                } => format!(
+                    "backend {pool}/{backend} ({}) down (seen down by node(s) {})",
+                    health.address,
+                    health
+                        .down_on
+                        .iter()
+                        .map(u64::to_string)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+                Change::PutAlertSink { sink } => format!("put alert sink {}", sink.name),
+                Change::DeleteAlertSink { name } => format!("delete alert sink {name}"),
             };
             format!("{}  {what}", set.revision)
         })
