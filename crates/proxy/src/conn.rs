@@ -132,9 +132,13 @@ impl ClientBody {
                     }
                 }
             }
-            if let Poll::Pending = Pin::new(&mut io.stream).poll_flush(cx) {
-                io.continue_at = Some(at);
-                return Poll::Pending;
+            match Pin::new(&mut io.stream).poll_flush(cx) {
+                Poll::Pending => {
+                    io.continue_at = Some(at);
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(Ok(())) => {}
             }
             io.continue_at = None;
         }

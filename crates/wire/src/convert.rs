@@ -1003,6 +1003,7 @@ mod tests {
             },
             strip_prefix: true,
             host_rewrite: Some("app.internal:8080".into()),
+            https_redirect: Some(308),
             error_pages: BTreeMap::from([(
                 "503".into(),
                 ErrorPage {
