@@ -239,9 +239,32 @@ pub struct Route {
     /// served as usual.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub https_redirect: Option<u16>,
+    /// Largest request body accepted, in bytes (1 to 2^40); larger ones get 413. Unlimited
+    /// when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<u64>,
+    /// Most requests of this route one node serves at once (1 to 1,000,000); beyond it, 503
+    /// with `Retry-After`. Unlimited when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u32>,
+    /// Per-client-IP rate limit (token bucket), counted on each node; beyond it, 429 with
+    /// `Retry-After`. None when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
     /// The configuration revision that last changed this route; set by the cluster, ignored on input.
     #[serde(default)]
     pub revision: u64,
+}
+
+/// A token bucket per client IP: `per_second` requests a second on average, up to `burst` at
+/// once (`per_second` when omitted). The client IP is the TCP peer's, or behind
+/// `--trusted-proxies` the last untrusted `X-Forwarded-For` entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub per_second: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
 }
 
 /// A header condition of a route: the request must carry header `name` (any case) with

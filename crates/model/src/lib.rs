@@ -17,8 +17,8 @@ mod validate;
 pub use cert::{Cert, CertInfo, MAX_PEM, check_cert_time, inspect_cert, validate_cert};
 pub use command::{Applied, Command, MAX_BATCH, Proposal, Request, Response};
 pub use config::{
-    Backend, Balance, ErrorPage, HeaderMatch, HeaderRules, NodeAddr, NodeId, Pool, Protocol, Route,
-    WritePolicy,
+    Backend, Balance, ErrorPage, HeaderMatch, HeaderRules, NodeAddr, NodeId, Pool, Protocol,
+    RateLimit, Route, WritePolicy,
 };
 pub use error::{ApplyError, Invalid};
 pub use health::{

@@ -427,6 +427,42 @@ pub fn validate_route(route: &Route) -> Result<(), Invalid> {
         ));
     }
     validate_name("pool", &route.pool)?;
+    if let Some(m) = route.max_body_bytes
+        && !(1..=1u64 << 40).contains(&m)
+    {
+        return Err(Invalid::new(
+            "max_body_bytes",
+            format!("{m} is out of range"),
+            "use 1 to 1099511627776 bytes, or leave it out for no limit",
+        ));
+    }
+    if let Some(m) = route.max_concurrent
+        && !(1..=1_000_000).contains(&m)
+    {
+        return Err(Invalid::new(
+            "max_concurrent",
+            format!("{m} is out of range"),
+            "use 1 to 1000000 requests at once, or leave it out for no limit",
+        ));
+    }
+    if let Some(r) = &route.rate_limit {
+        if !(1..=1_000_000).contains(&r.per_second) {
+            return Err(Invalid::new(
+                "rate_limit.per_second",
+                format!("{} is out of range", r.per_second),
+                "use 1 to 1000000 requests per second",
+            ));
+        }
+        if let Some(b) = r.burst
+            && !(1..=1_000_000).contains(&b)
+        {
+            return Err(Invalid::new(
+                "rate_limit.burst",
+                format!("{b} is out of range"),
+                "use 1 to 1000000 requests, or leave it out to use per_second",
+            ));
+        }
+    }
     Ok(())
 }
 

@@ -8,7 +8,7 @@
 //! carries the same `X-Gateway-Event-Id` (and `Idempotency-Key`), so a receiver can drop it.
 
 use bytes::Bytes;
-use gateway_cluster::Cluster;
+use gateway_cluster::{Cluster, Consistency};
 use gateway_model::{AlertSink, Command, Event, SmtpSink};
 use http_body_util::Full;
 use std::collections::HashMap;
@@ -36,8 +36,27 @@ pub async fn run(cluster: Cluster, mut stop: watch::Receiver<bool>) {
     let mut workers: HashMap<String, JoinHandle<()>> = HashMap::new();
     loop {
         workers.retain(|_, h| !h.is_finished());
-        if cluster.is_leader() {
-            let st = state.borrow_and_update().clone();
+        let local = state.borrow_and_update().clone();
+        let idle_with_work =
+            |st: &gateway_model::State, workers: &HashMap<String, JoinHandle<()>>| {
+                st.alerts.values().any(|s| {
+                    !workers.contains_key(&s.name)
+                        && st
+                            .events_after(st.delivered.get(&s.name).copied().unwrap_or(0))
+                            .next()
+                            .is_some()
+                })
+            };
+        if cluster.is_leader() && idle_with_work(&local, &workers) {
+            // A new leader may not have applied every cursor its predecessor committed:
+            // read linearizably before sending, so nothing delivered is sent again.
+            let st = match cluster.read(Consistency::Linearizable).await {
+                Ok(st) => st,
+                Err(e) => {
+                    tracing::debug!("alerts wait for an up-to-date state: {e}");
+                    local
+                }
+            };
             for sink in st.alerts.values() {
                 if workers.contains_key(&sink.name) {
                     continue;
@@ -55,7 +74,7 @@ pub async fn run(cluster: Cluster, mut stop: watch::Receiver<bool>) {
                 ));
                 workers.insert(sink.name.clone(), task);
             }
-        } else {
+        } else if !cluster.is_leader() {
             for (_, h) in workers.drain() {
                 h.abort();
             }
@@ -95,13 +114,26 @@ async fn deliver(cluster: Cluster, client: Client, sink: AlertSink, events: Vec<
                 }
             }
         }
-        let done = Command::Delivered {
-            sink: sink.name.clone(),
-            upto: event.id,
-        };
-        if let Err(e) = cluster.write(done).await {
-            tracing::warn!(sink = %sink.name, event = event.id, "could not record the delivery: {e}");
-            return;
+        // Record the delivery; keep trying while this node leads, rather than sending the
+        // event again.
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let done = Command::Delivered {
+                sink: sink.name.clone(),
+                upto: event.id,
+            };
+            match cluster.write(done).await {
+                Ok(_) => break,
+                Err(e) if cluster.is_leader() => {
+                    tracing::warn!(sink = %sink.name, event = event.id, "could not record the delivery ({e}); retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Err(e) => {
+                    tracing::warn!(sink = %sink.name, event = event.id, "could not record the delivery: {e}; the next leader sends it again");
+                    return;
+                }
+            }
         }
     }
 }

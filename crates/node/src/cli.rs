@@ -2,7 +2,8 @@
 //! key of the `--config` TOML file (flag > env > file > data dir > default).
 
 use crate::ctl::{
-    BackendCmd, CertCmd, ClientArgs, ClusterCmd, ConfigCmd, Ctl, NodeCmd, PoolCmd, RouteCmd,
+    AlertCmd, BackendCmd, CertCmd, ClientArgs, ClusterCmd, ConfigCmd, Ctl, NodeCmd, PoolCmd,
+    RouteCmd,
 };
 use crate::{client, config, ctl, demo, run};
 use clap::{Args, CommandFactory, Parser, Subcommand};
@@ -62,12 +63,19 @@ pub enum Command {
         #[command(subcommand)]
         command: CertCmd,
     },
-    /// Add or remove one backend of a pool.
+    /// Add, remove, drain one backend of a pool; list backends' health.
     Backend {
         #[command(flatten)]
         client: ClientArgs,
         #[command(subcommand)]
         command: BackendCmd,
+    },
+    /// Alert sinks: where the leader sends backend, node and leader events (webhook, e-mail).
+    Alert {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: AlertCmd,
     },
     /// The cluster: status, members, leader.
     Cluster {
@@ -281,6 +289,7 @@ pub fn prepare(cli: Cli) -> anyhow::Result<Action> {
         Command::Route { client, command } => Action::Ctl(Box::new((client, Ctl::Route(command)))),
         Command::Pool { client, command } => Action::Ctl(Box::new((client, Ctl::Pool(command)))),
         Command::Cert { client, command } => Action::Ctl(Box::new((client, Ctl::Cert(command)))),
+        Command::Alert { client, command } => Action::Ctl(Box::new((client, Ctl::Alert(command)))),
         Command::Backend { client, command } => {
             Action::Ctl(Box::new((client, Ctl::Backend(command))))
         }

@@ -84,6 +84,8 @@ pub(crate) struct InFlight {
     stats: Arc<BackendStats>,
     /// The pool to wake when the backend is limited.
     limited: Option<Arc<PoolShared>>,
+    /// The request's place in its route's `max_concurrent`, held as long as this.
+    route: Option<crate::limits::RouteGuard>,
 }
 
 impl InFlight {
@@ -93,7 +95,14 @@ impl InFlight {
         InFlight {
             stats: stats.clone(),
             limited: None,
+            route: None,
         }
+    }
+
+    /// Holds the request's route slot until the response is done.
+    pub(crate) fn hold(mut self, route: Option<crate::limits::RouteGuard>) -> Self {
+        self.route = route;
+        self
     }
 }
 
@@ -392,6 +401,7 @@ impl CompiledPool {
                     return Some(InFlight {
                         stats: b.stats.clone(),
                         limited: Some(self.shared.clone()),
+                        route: None,
                     });
                 }
                 Err(now) => cur = now,

@@ -63,6 +63,13 @@ pub(crate) enum ProxyBody {
     /// The answer to an HTTP/1.1 upgrade (`101`): no body; the client connection is joined to
     /// this backend connection once the head is written.
     Tunnel(Box<Tunnel>),
+    /// A request body cut at a route's `max_body_bytes`: past it the stream fails and `over`
+    /// is set, so the request is answered 413.
+    Limited {
+        inner: Box<ProxyBody>,
+        left: u64,
+        over: Arc<std::sync::atomic::AtomicBool>,
+    },
 }
 
 impl ProxyBody {
@@ -91,6 +98,19 @@ impl ProxyBody {
         }
     }
 
+    /// This body, failing once more than `max` bytes have come (a streamed body only: a body
+    /// with a length was checked before it was sent).
+    pub(crate) fn limited(self, max: u64, over: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        match self {
+            b @ (ProxyBody::Stream(_) | ProxyBody::Recorded(..)) => ProxyBody::Limited {
+                inner: Box::new(b),
+                left: max,
+                over,
+            },
+            other => other,
+        }
+    }
+
     /// This body with a copy kept in `rec` as it streams by.
     pub(crate) fn recorded(self, rec: Arc<Recorder>) -> Self {
         match self {
@@ -113,6 +133,22 @@ impl Body for ProxyBody {
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             ProxyBody::Stream(inner) | ProxyBody::Upstream { body: inner, .. } => {
                 inner.poll_frame(cx)
+            }
+            ProxyBody::Limited { inner, left, over } => {
+                let frame = ready!(Pin::new(inner.as_mut()).poll_frame(cx));
+                if let Some(Ok(f)) = &frame
+                    && let Some(data) = f.data_ref()
+                {
+                    let n = data.len() as u64;
+                    if n > *left {
+                        over.store(true, std::sync::atomic::Ordering::Release);
+                        return Poll::Ready(Some(Err(
+                            "the request body is larger than the route's max_body_bytes".into(),
+                        )));
+                    }
+                    *left -= n;
+                }
+                Poll::Ready(frame)
             }
             ProxyBody::Recorded(inner, rec) => {
                 let frame = ready!(inner.poll_frame(cx));
@@ -137,6 +173,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Empty | ProxyBody::Tunnel(_) => true,
             ProxyBody::Full(b) => b.is_none(),
+            ProxyBody::Limited { inner, .. } => inner.is_end_stream(),
             ProxyBody::Stream(inner)
             | ProxyBody::Recorded(inner, _)
             | ProxyBody::Upstream { body: inner, .. } => inner.is_end_stream(),
@@ -147,6 +184,7 @@ impl Body for ProxyBody {
         match self {
             ProxyBody::Empty | ProxyBody::Tunnel(_) => SizeHint::with_exact(0),
             ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            ProxyBody::Limited { inner, .. } => inner.size_hint(),
             ProxyBody::Stream(inner)
             | ProxyBody::Recorded(inner, _)
             | ProxyBody::Upstream { body: inner, .. } => inner.size_hint(),

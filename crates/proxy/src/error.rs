@@ -58,6 +58,16 @@ pub(crate) enum ProxyError {
         address: String,
         after: Duration,
     },
+    #[error("route {route}: too many requests from {client}; retry after {retry_after:?}")]
+    RateLimited {
+        route: String,
+        client: std::net::IpAddr,
+        retry_after: Duration,
+    },
+    #[error("route {route}: {limit} requests are already in progress (its max_concurrent)")]
+    RouteBusy { route: String, limit: usize },
+    #[error("route {route}: the request body is larger than {limit} bytes (its max_body_bytes)")]
+    TooLarge { route: String, limit: u64 },
 }
 
 impl ProxyError {
@@ -68,7 +78,10 @@ impl ProxyError {
             ProxyError::BadHop { .. } => StatusCode::FORBIDDEN,
             ProxyError::NoLeader { .. }
             | ProxyError::NoBackends { .. }
-            | ProxyError::Saturated { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | ProxyError::Saturated { .. }
+            | ProxyError::RouteBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::Backend { .. } | ProxyError::Leader { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::BackendTimeout { .. } | ProxyError::LeaderTimeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
@@ -81,7 +94,10 @@ impl ProxyError {
     pub(crate) fn into_response(self, route: Option<&CompiledRoute>) -> Response<ProxyBody> {
         let status = self.status();
         match status {
-            StatusCode::NOT_FOUND => tracing::debug!(status = status.as_u16(), "{self}"),
+            // Answers to clients over their limits are their own doing, and could flood the log.
+            StatusCode::NOT_FOUND | StatusCode::TOO_MANY_REQUESTS => {
+                tracing::debug!(status = status.as_u16(), "{self}")
+            }
             _ => tracing::warn!(status = status.as_u16(), "{self}"),
         }
         let page = route.and_then(|r| r.error_pages.get(status));
@@ -103,12 +119,19 @@ impl ProxyError {
                 resp
             }
         };
-        match self {
-            ProxyError::NoLeader { .. } | ProxyError::Saturated { .. } => {
+        match &self {
+            ProxyError::NoLeader { .. }
+            | ProxyError::Saturated { .. }
+            | ProxyError::RouteBusy { .. } => {
                 resp.headers_mut()
                     .insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }
-            ProxyError::BadRequest { .. } => {
+            ProxyError::RateLimited { retry_after, .. } => {
+                let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                resp.headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(secs));
+            }
+            ProxyError::BadRequest { .. } | ProxyError::TooLarge { .. } => {
                 resp.headers_mut()
                     .insert(CONNECTION, HeaderValue::from_static("close"));
             }

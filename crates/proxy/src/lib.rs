@@ -39,8 +39,10 @@
 //!   pooled connection closed before the request was written) is retried, after the route's
 //!   `retry_delay_ms` (0 by default), on another backend — or, with a delay, on the same ones
 //!   again — up to the route's `retries` (2 by default). The request is handed back by the
-//!   connection layer untouched, so this needs no buffering and is safe for every method; a
-//!   request that failed after it was written is never retried. Retries draw on a per-pool
+//!   connection layer untouched, so this needs no buffering and is safe for every method. A
+//!   request that failed after it was written is retried only when it is idempotent, had no
+//!   body and no answer had begun (its head is kept until the answer starts); others never
+//!   are. Retries draw on a per-pool
 //!   **budget**: at most `retry_budget_percent` (20) % of the pool's requests over the last
 //!   10 s, plus `retry_budget_min_per_second` (10) per second, so retries cannot multiply the
 //!   load on a failing pool. When a pool has **no backend at all** and the route has a
@@ -116,6 +118,7 @@ mod error;
 mod headers;
 pub mod health;
 mod hop;
+mod limits;
 mod proxy;
 mod rules;
 mod server;

@@ -11,6 +11,7 @@ use crate::headers::{
     relayed_client_ip, request_host,
 };
 use crate::hop::{COOKIE_NAME, HOP_HEADER, HopKey, unix_now};
+use crate::limits::RouteGuard;
 use crate::rules::strip_prefix;
 use crate::table::{CompiledRoute, RouteTable};
 use crate::upstream::{Endpoint, SendError, Tunnel};
@@ -22,6 +23,7 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Body;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -263,6 +265,55 @@ fn proxy(
         let peer = client.ip;
         let trusted_peer = !shared.trusted.is_empty() && any_contains(&shared.trusted, peer);
 
+        // Limits, on the node that received the request (a relayed one was counted there).
+        let mut slot = None;
+        let mut over = None;
+        if !relayed {
+            if let Some(limiter) = &route.limiter {
+                let ip = client_ip(req.headers(), peer, &shared.trusted);
+                limiter
+                    .take(ip, std::time::Instant::now())
+                    .map_err(|retry_after| ProxyError::RateLimited {
+                        route: route.name.to_string(),
+                        client: ip,
+                        retry_after,
+                    })?;
+            }
+            if route.max_concurrent != 0 {
+                slot = Some(
+                    RouteGuard::enter(&route.shared, route.max_concurrent).ok_or_else(|| {
+                        ProxyError::RouteBusy {
+                            route: route.name.to_string(),
+                            limit: route.max_concurrent,
+                        }
+                    })?,
+                );
+            }
+            if let Some(max) = route.max_body {
+                let too_large = || ProxyError::TooLarge {
+                    route: route.name.to_string(),
+                    limit: max,
+                };
+                match req.headers().get(http::header::CONTENT_LENGTH) {
+                    Some(v) => {
+                        if v.to_str()
+                            .ok()
+                            .and_then(|v| v.parse::<u64>().ok())
+                            .unwrap_or(u64::MAX)
+                            > max
+                        {
+                            return Err(too_large());
+                        }
+                    }
+                    None => {
+                        let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                        req = req.map(|b| b.limited(max, flag.clone()));
+                        over = Some(flag);
+                    }
+                }
+            }
+        }
+
         let leader_route = route.writes == WritePolicy::Leader;
         let write = is_write(req.method());
         if leader_route && write && !relayed {
@@ -326,8 +377,17 @@ fn proxy(
         };
 
         let ctx = PickCtx { client_ip, pinned };
-        let (resp, picked, in_flight) =
-            dispatch(shared, route, pool, scope, &ctx, req, upgrade).await?;
+        let sent = dispatch(shared, route, pool, scope, &ctx, req, upgrade).await;
+        let (resp, picked, in_flight) = match sent {
+            Err(_) if over.as_ref().is_some_and(|o| o.load(Ordering::Acquire)) => {
+                return Err(ProxyError::TooLarge {
+                    route: route.name.to_string(),
+                    limit: route.max_body.unwrap_or(0),
+                });
+            }
+            other => other?,
+        };
+        let in_flight = in_flight.hold(slot);
 
         if let Some(replay) = replay
             && resp
@@ -549,7 +609,10 @@ fn dispatch(
                     }
                     return Err(failed(cause));
                 }
-                Ok(Err(SendError::NotSent { req: back, cause })) => {
+                Ok(Err(
+                    SendError::NotSent { req: back, cause }
+                    | SendError::Resend { req: back, cause },
+                )) => {
                     drop(in_flight);
                     if pool.connect_failed(picked.idx) {
                         shared.ejected(pool, picked.idx, &cause);
@@ -634,9 +697,9 @@ async fn forward_to_leader(
                 _in_flight: None,
             }))
         }
-        Ok(Err(SendError::Failed(cause))) | Ok(Err(SendError::NotSent { cause, .. })) => {
-            Err(failed(cause))
-        }
+        Ok(Err(SendError::Failed(cause)))
+        | Ok(Err(SendError::NotSent { cause, .. }))
+        | Ok(Err(SendError::Resend { cause, .. })) => Err(failed(cause)),
         Err(_) => Err(ProxyError::LeaderTimeout {
             route: route.name.to_string(),
             leader: leader.id,

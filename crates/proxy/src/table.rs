@@ -58,6 +58,14 @@ pub(crate) struct CompiledRoute {
     pub(crate) error_pages: ErrorPages,
     /// Plain-HTTP requests get this redirect to HTTPS instead of being proxied.
     pub(crate) https_redirect: Option<http::StatusCode>,
+    /// `max_body_bytes`.
+    pub(crate) max_body: Option<u64>,
+    /// `max_concurrent`; 0: no limit.
+    pub(crate) max_concurrent: usize,
+    /// Counters and buckets of this route name, carried across swaps.
+    pub(crate) shared: Arc<crate::limits::RouteShared>,
+    /// Per-client-IP token buckets, when the route has a `rate_limit`.
+    pub(crate) limiter: Option<Arc<crate::limits::RateLimiter>>,
 }
 
 impl CompiledRoute {
@@ -106,6 +114,10 @@ pub(crate) fn same_routing(a: &State, b: &State) -> bool {
         return false;
     }
     if !a.tcp_routes.ptr_eq(&b.tcp_routes) && a.tcp_routes != b.tcp_routes {
+        return false;
+    }
+    // The agreed health decides which backends a pool uses.
+    if !a.health.ptr_eq(&b.health) && a.health != b.health {
         return false;
     }
     b.routes
@@ -183,6 +195,15 @@ impl RouteTable {
                 https_redirect: route
                     .https_redirect
                     .and_then(|s| http::StatusCode::from_u16(s).ok()),
+                max_body: route.max_body_bytes,
+                max_concurrent: route.max_concurrent.map_or(0, |m| m as usize),
+                limiter: reg
+                    .route(&route.name)
+                    .limiter(route.rate_limit.as_ref().map(|r| crate::limits::Rate {
+                        per_second: f64::from(r.per_second),
+                        burst: f64::from(r.burst.unwrap_or(r.per_second).max(1)),
+                    })),
+                shared: reg.route(&route.name),
             });
             hosts_of.push(&route.hosts);
         }
@@ -294,6 +315,7 @@ impl RouteTable {
 #[derive(Default)]
 pub(crate) struct Registry {
     generation: u64,
+    routes: HashMap<String, (Arc<crate::limits::RouteShared>, u64)>,
     pools: HashMap<String, (Arc<PoolShared>, u64)>,
     backends: HashMap<(String, String), (Arc<BackendStats>, u64)>,
     pub(crate) endpoints: Endpoints,
@@ -303,6 +325,13 @@ impl Registry {
     pub(crate) fn pool(&mut self, name: &str) -> Arc<PoolShared> {
         let generation = self.generation;
         let entry = self.pools.entry(name.to_string()).or_default();
+        entry.1 = generation;
+        entry.0.clone()
+    }
+
+    pub(crate) fn route(&mut self, name: &str) -> Arc<crate::limits::RouteShared> {
+        let generation = self.generation;
+        let entry = self.routes.entry(name.to_string()).or_default();
         entry.1 = generation;
         entry.0.clone()
     }
@@ -319,6 +348,7 @@ impl Registry {
 
     fn sweep(&mut self) {
         let generation = self.generation;
+        self.routes.retain(|_, e| e.1 == generation);
         self.pools.retain(|_, e| e.1 == generation);
         self.backends.retain(|_, e| e.1 == generation);
         self.endpoints.purge();
@@ -562,5 +592,19 @@ mod tests {
         let mut d = b.clone();
         d.routes.get_mut("r").unwrap().path_prefix = "/x".into();
         assert!(!same_routing(&b, &d), "a route changed");
+        let mut e = b.clone();
+        let mut verdicts = e.health.get("p").cloned().unwrap_or_default();
+        verdicts.insert(
+            "a".to_string(),
+            gateway_model::BackendHealth {
+                up: false,
+                address: "127.0.0.1:1".into(),
+                down_on: vec![1],
+                since_ms: 1,
+                transition: 1,
+            },
+        );
+        e.health.insert("p".into(), verdicts);
+        assert!(!same_routing(&b, &e), "a backend was marked down");
     }
 }

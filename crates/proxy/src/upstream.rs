@@ -79,6 +79,12 @@ pub(crate) enum SendError {
     },
     /// The request was (maybe partly) sent and then the exchange failed.
     Failed(String),
+    /// The request was sent and the connection failed before any answer, but the request is
+    /// idempotent and had no body: it is handed back, and may be sent again elsewhere.
+    Resend {
+        req: Box<Request<ProxyBody>>,
+        cause: String,
+    },
 }
 
 /// An HTTP/1.1 connection to a backend and the bytes read from it but not yet used.
@@ -594,7 +600,19 @@ impl Endpoint {
             } else {
                 Method::GET
             };
-            let body = req.into_body();
+            // An idempotent request without a body may be sent again if the connection fails
+            // before any answer (RFC 9110 §9.2.2): keep its head until the answer starts.
+            let idempotent = matches!(
+                *req.method(),
+                Method::GET
+                    | Method::HEAD
+                    | Method::OPTIONS
+                    | Method::TRACE
+                    | Method::PUT
+                    | Method::DELETE
+            );
+            let (parts, body) = req.into_parts();
+            let mut again = (idempotent && framing.is_none()).then_some(parts);
             let mut pump = Pump {
                 body: framing.is_some().then_some(body),
                 chunked: framing == Some(Framing::Chunked),
@@ -633,7 +651,14 @@ impl Endpoint {
                 }
             })
             .await
-            .map_err(SendError::Failed)?;
+            .map_err(|cause| match again.take() {
+                Some(parts) => SendError::Resend {
+                    req: Box::new(Request::from_parts(parts, ProxyBody::Empty)),
+                    cause,
+                },
+                None => SendError::Failed(cause),
+            })?;
+            drop(again);
             let sent = pump.sent();
             drop(pump);
 

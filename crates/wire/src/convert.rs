@@ -12,8 +12,8 @@ use crate::admin;
 use gateway_model::{
     AlertSink, Backend, BackendHealth, Balance, Cert, Change, ChangeSet, CheckKind, Command,
     Ejection, ErrorPage, HeaderMatch, HeaderRules, HealthCheck, HealthPolicy, Invalid, MAX_BATCH,
-    Pool, Protocol, ProxyProtocol, Route, SmtpSink, TcpRoute, WritePolicy, validate_alert_sink,
-    validate_name, validate_pool, validate_route,
+    Pool, Protocol, ProxyProtocol, RateLimit, Route, SmtpSink, TcpRoute, WritePolicy,
+    validate_alert_sink, validate_name, validate_pool, validate_route,
 };
 use std::collections::BTreeMap;
 
@@ -634,6 +634,9 @@ pub fn route_to_wire(r: &Route) -> admin::Route {
         host_rewrite,
         error_pages,
         https_redirect,
+        max_body_bytes,
+        max_concurrent,
+        rate_limit,
         revision,
     } = r;
     admin::Route {
@@ -662,6 +665,12 @@ pub fn route_to_wire(r: &Route) -> admin::Route {
             .iter()
             .map(|(k, p)| (k.clone(), error_page_to(p)))
             .collect(),
+        max_body_bytes: *max_body_bytes,
+        max_concurrent: *max_concurrent,
+        rate_limit: rate_limit.as_ref().map(|r| admin::RateLimit {
+            per_second: r.per_second,
+            burst: r.burst,
+        }),
         revision: *revision,
     }
 }
@@ -685,6 +694,9 @@ pub fn route_from_wire(r: admin::Route) -> Result<Route, Invalid> {
         strip_prefix,
         host_rewrite,
         error_pages,
+        max_body_bytes,
+        max_concurrent,
+        rate_limit,
         revision,
         https_redirect,
     } = r;
@@ -730,6 +742,12 @@ pub fn route_from_wire(r: admin::Route) -> Result<Route, Invalid> {
         host_rewrite,
         error_pages: pages,
         https_redirect,
+        max_body_bytes,
+        max_concurrent,
+        rate_limit: rate_limit.map(|r| RateLimit {
+            per_second: r.per_second,
+            burst: r.burst,
+        }),
         revision,
     })
 }
@@ -1012,6 +1030,12 @@ mod tests {
                     body: "down".into(),
                 },
             )]),
+            max_body_bytes: Some(1 << 20),
+            max_concurrent: Some(50),
+            rate_limit: Some(RateLimit {
+                per_second: 20,
+                burst: Some(40),
+            }),
             revision: 9,
         }
     }

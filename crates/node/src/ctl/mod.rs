@@ -399,6 +399,65 @@ pub enum BackendCmd {
     },
 }
 
+#[derive(Args, Debug, Clone)]
+pub struct AlertAdd {
+    pub name: String,
+    /// http://host:port/path that gets one JSON POST per event.
+    #[arg(long)]
+    pub webhook: Option<String>,
+    /// A header sent with each webhook POST, NAME=VALUE (repeatable).
+    #[arg(long = "header", value_name = "NAME=VALUE")]
+    pub headers: Vec<String>,
+    /// SMTP server host:port.
+    #[arg(long)]
+    pub smtp_server: Option<String>,
+    #[arg(long)]
+    pub smtp_from: Option<String>,
+    /// A recipient (repeatable).
+    #[arg(long)]
+    pub smtp_to: Vec<String>,
+    /// none, starttls or tls.
+    #[arg(long)]
+    pub smtp_security: Option<String>,
+    #[arg(long)]
+    pub smtp_user: Option<String>,
+    /// A file holding the SMTP password (never given on the command line).
+    #[arg(long)]
+    pub smtp_password_file: Option<PathBuf>,
+    /// Only these event types (repeatable): backend_down, backend_up, node_lost, node_back,
+    /// leader_change, backend_failed.
+    #[arg(long = "event")]
+    pub events: Vec<String>,
+    #[command(flatten)]
+    pub mode: AddMode,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum AlertCmd {
+    /// Create an alert sink (a webhook, e-mail over SMTP, or both); with --replace or
+    /// --if-revision, replace it.
+    #[command(
+        after_help = "Examples:\n  gateway alert add ops --webhook http://127.0.0.1:9000/hook\n  gateway alert add mail --smtp-server mail.example.com:587 --smtp-security starttls \\\n      --smtp-from gw@example.com --smtp-to ops@example.com --smtp-user gw --smtp-password-file pw.txt \\\n      --event backend_down --event node_lost"
+    )]
+    Add(Box<AlertAdd>),
+    /// List the alert sinks and how far each has been sent the events.
+    #[command(visible_alias = "ls", after_help = "Example:\n  gateway alert list")]
+    List {
+        #[arg(long, value_enum, default_value_t)]
+        consistency: ConsistencyArg,
+    },
+    /// Delete an alert sink.
+    #[command(
+        visible_alias = "remove",
+        after_help = "Example:\n  gateway alert rm ops"
+    )]
+    Rm {
+        name: String,
+        #[command(flatten)]
+        cond: IfRevision,
+    },
+}
+
 #[derive(Subcommand, Debug, Clone)]
 pub enum ClusterCmd {
     /// The answering node's view: role, term, log indexes, members.
@@ -466,6 +525,7 @@ pub enum Ctl {
     Pool(PoolCmd),
     Cert(CertCmd),
     Backend(BackendCmd),
+    Alert(AlertCmd),
     Cluster(ClusterCmd),
     Node(NodeCmd),
     Config(ConfigCmd),
@@ -481,6 +541,7 @@ pub async fn run(args: ClientArgs, cmd: Ctl) -> anyhow::Result<()> {
         Ctl::Pool(c) => objects::pool(&mut conn, out, c).await,
         Ctl::Cert(c) => objects::cert(&mut conn, out, c).await,
         Ctl::Backend(c) => objects::backend(&mut conn, out, c).await,
+        Ctl::Alert(c) => objects::alert(&mut conn, out, c).await,
         Ctl::Cluster(c) => cluster::cluster(&mut conn, out, c).await,
         Ctl::Node(NodeCmd::Remove { id }) => cluster::remove_node(&mut conn, out, id).await,
         Ctl::Config(ConfigCmd::Export { consistency }) => {

@@ -3,12 +3,13 @@
 use super::conn::{Conn, Failed, has_code};
 use super::output::outln;
 use super::output::{self, Output, print_json};
-use super::{AddMode, BackendCmd, CertCmd, ConsistencyArg, PoolCmd, RouteCmd};
+use super::{AddMode, AlertAdd, AlertCmd, BackendCmd, CertCmd, ConsistencyArg, PoolCmd, RouteCmd};
 use anyhow::{Context, bail};
 use gateway_model::{Backend, Cert, Pool, Route};
 use gateway_wire::admin;
 use gateway_wire::convert::{
-    cert_from_wire, pool_from_wire, pool_to_wire, route_from_wire, route_to_wire,
+    alert_sink_from_wire, cert_from_wire, pool_from_wire, pool_to_wire, route_from_wire,
+    route_to_wire,
 };
 use serde_json::json;
 use tonic::Code;
@@ -560,6 +561,142 @@ fn done(out: Output, what: &str, pool: &Pool) -> anyhow::Result<()> {
         Output::Table => outln!("{what} (revision {})", pool.revision),
         Output::Json => print_json(&json!({"revision": pool.revision, "pool": pool}))
             .context("printing the pool")?,
+    }
+    Ok(())
+}
+
+/// `gateway alert ...`.
+pub async fn alert(c: &mut Conn, out: Output, cmd: AlertCmd) -> anyhow::Result<()> {
+    match cmd {
+        AlertCmd::Add(add) => {
+            let AlertAdd {
+                name,
+                webhook,
+                headers,
+                smtp_server,
+                smtp_from,
+                smtp_to,
+                smtp_security,
+                smtp_user,
+                smtp_password_file,
+                events,
+                mode,
+            } = *add;
+            let mut hdrs = std::collections::BTreeMap::new();
+            for h in &headers {
+                let Some((k, v)) = h.split_once('=') else {
+                    bail!("--header '{h}' is not NAME=VALUE");
+                };
+                hdrs.insert(k.trim().to_string(), v.to_string());
+            }
+            let password = match &smtp_password_file {
+                Some(f) => Some(
+                    std::fs::read_to_string(f)
+                        .with_context(|| format!("reading --smtp-password-file {}", f.display()))?
+                        .trim_end_matches(['\r', '\n'])
+                        .to_string(),
+                ),
+                None => None,
+            };
+            let smtp = match smtp_server {
+                Some(server) => Some(admin::SmtpSink {
+                    server,
+                    from: smtp_from.unwrap_or_default(),
+                    to: smtp_to,
+                    security: smtp_security,
+                    username: smtp_user,
+                    password,
+                }),
+                None if smtp_from.is_some() || !smtp_to.is_empty() => {
+                    bail!("--smtp-from and --smtp-to need --smtp-server HOST:PORT")
+                }
+                None => None,
+            };
+            let expect = expect_of(&mode);
+            let msg = admin::PutAlertSinkRequest {
+                sink: Some(admin::AlertSink {
+                    name: name.clone(),
+                    webhook,
+                    headers: hdrs,
+                    smtp,
+                    events,
+                    revision: 0,
+                }),
+                if_revision: expect,
+            };
+            let r = c
+                .call(msg, |mut cl, r| async move { cl.put_alert_sink(r).await })
+                .await
+                .map_err(exists_hint)?
+                .into_inner();
+            match out {
+                Output::Table => outln!("{}", saved("alert sink", &name, expect, r.revision)),
+                Output::Json => print_json(&json!({"revision": r.revision}))?,
+            }
+        }
+        AlertCmd::List { consistency } => {
+            let msg = admin::ReadRequest {
+                consistency: consistency.wire(),
+            };
+            let r = c
+                .call(msg, |mut cl, r| async move { cl.list_alert_sinks(r).await })
+                .await?
+                .into_inner();
+            let sinks: Vec<_> = r.sinks.into_iter().map(alert_sink_from_wire).collect();
+            match out {
+                Output::Table if sinks.is_empty() => outln!(
+                    "no alert sinks (revision {}); add one with `gateway alert add`",
+                    r.revision
+                ),
+                Output::Table => {
+                    let rows: Vec<Vec<String>> = sinks
+                        .iter()
+                        .map(|s| {
+                            vec![
+                                s.name.clone(),
+                                s.webhook.clone().unwrap_or_default(),
+                                s.smtp
+                                    .as_ref()
+                                    .map(|m| format!("{} -> {}", m.server, m.to.join(",")))
+                                    .unwrap_or_default(),
+                                if s.events.is_empty() {
+                                    "*".into()
+                                } else {
+                                    s.events.join(",")
+                                },
+                                s.revision.to_string(),
+                            ]
+                        })
+                        .collect();
+                    outln!(
+                        "{}",
+                        output::table(&["NAME", "WEBHOOK", "SMTP", "EVENTS", "REVISION"], &rows)
+                    );
+                }
+                Output::Json => print_json(&json!({"revision": r.revision, "alerts": sinks}))?,
+            }
+        }
+        AlertCmd::Rm { name, cond } => {
+            let msg = admin::DeleteRequest {
+                name: name.clone(),
+                if_revision: cond.if_revision,
+            };
+            let revision = match c
+                .call(
+                    msg,
+                    |mut cl, r| async move { cl.delete_alert_sink(r).await },
+                )
+                .await
+            {
+                Ok(r) => r.into_inner().revision,
+                Err(e) if c.retried() && has_code(&e, Code::NotFound) => gone_at(c).await?,
+                Err(e) => return Err(e),
+            };
+            match out {
+                Output::Table => outln!("alert sink {name} removed (revision {revision})"),
+                Output::Json => print_json(&json!({"revision": revision}))?,
+            }
+        }
     }
     Ok(())
 }

@@ -1,8 +1,9 @@
 //! Per-backend `max_connections`: spill-over to backends with room, the queue, and 503 with
-//! Retry-After when the queue timeout passes.
+//! Retry-After when the queue timeout passes. Per-route limits: per-client-IP rate limiting
+//! (429 with Retry-After), `max_concurrent` (503), `max_body_bytes` (413), changed at runtime.
 
 use crate::common::*;
-use gateway_model::{Backend, Balance, Pool};
+use gateway_model::{Backend, Balance, Pool, RateLimit, Route};
 use http::StatusCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -148,4 +149,127 @@ async fn requests_spill_over_to_backends_with_room_unless_the_pool_is_sticky() {
     let pinned = held.await.unwrap().headers["x-backend"].clone();
     let r = get(&cl, &p.url("/fast"), Some("sticky.test")).await;
     assert_eq!(r.headers["x-backend"], pinned);
+}
+
+#[tokio::test]
+async fn route_limits_answer_429_503_and_413_and_change_at_runtime() {
+    let gate = Arc::new(Semaphore::new(0));
+    let entered = Arc::new(AtomicUsize::new(0));
+    let a = backend_with("a", gated(gate.clone(), entered.clone())).await;
+    let pools = || {
+        vec![pool(
+            "p",
+            Balance::RoundRobin,
+            vec![be("a", &a.address, None)],
+        )]
+    };
+    let limited_route = |per_second: u32| Route {
+        rate_limit: Some(RateLimit {
+            per_second,
+            burst: Some(3),
+        }),
+        max_concurrent: Some(1),
+        max_body_bytes: Some(10),
+        ..route("r", &["r.test"], "/", "p")
+    };
+    let p = proxy(1, state(pools(), vec![limited_route(1)]), None).await;
+    let cl = client();
+
+    // A burst of 3, then 429 with Retry-After (1 per second: the next token in about 1 s).
+    for i in 0..3 {
+        let r = get(&cl, &p.url("/x"), Some("r.test")).await;
+        assert_eq!(r.status, StatusCode::OK, "request {i}: {}", r.body);
+    }
+    let r = get(&cl, &p.url("/x"), Some("r.test")).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.body);
+    assert_eq!(r.headers["retry-after"], "1");
+    assert!(
+        r.body
+            .starts_with("route r: too many requests from 127.0.0.1"),
+        "{}",
+        r.body
+    );
+
+    // Raised at runtime: the same client gets through at once (a new rate starts new buckets).
+    p.set_state(state(pools(), vec![limited_route(1000)]));
+    eventually("the new rate applies", || {
+        let cl = cl.clone();
+        let url = p.url("/x");
+        async move { get(&cl, &url, Some("r.test")).await.status == StatusCode::OK }
+    })
+    .await;
+
+    // One request at a time: a second one while the first is held gets 503.
+    let (c, url) = (cl.clone(), p.url("/slow"));
+    let held = tokio::spawn(async move { get(&c, &url, Some("r.test")).await });
+    let before = entered.load(Ordering::SeqCst);
+    eventually("the held request reaches the backend", || {
+        let e = entered.clone();
+        async move { e.load(Ordering::SeqCst) > before }
+    })
+    .await;
+    let r = get(&cl, &p.url("/x"), Some("r.test")).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.body);
+    assert_eq!(r.headers["retry-after"], "1");
+    assert!(r.body.contains("max_concurrent"), "{}", r.body);
+    gate.add_permits(1);
+    assert_eq!(held.await.unwrap().status, StatusCode::OK);
+    // The slot is free again once the first response is done.
+    assert_eq!(
+        get(&cl, &p.url("/x"), Some("r.test")).await.status,
+        StatusCode::OK
+    );
+
+    // Bodies: over 10 bytes by Content-Length is refused before the backend sees it ...
+    let seen = entered.load(Ordering::SeqCst);
+    let r = send(
+        &cl,
+        http::Method::POST,
+        &p.url("/up"),
+        Some("r.test"),
+        &[],
+        "eleven byte",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", r.body);
+    assert!(r.body.contains("max_body_bytes"), "{}", r.body);
+    assert_eq!(entered.load(Ordering::SeqCst), seen);
+    // ... and a chunked one is cut where it passes the limit.
+    let raw = raw_exchange(
+        p.addr,
+        b"POST /up HTTP/1.1\r\nHost: r.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n8\r\n12345678\r\n8\r\n12345678\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(raw.starts_with("HTTP/1.1 413"), "{raw}");
+    let r = send(
+        &cl,
+        http::Method::POST,
+        &p.url("/up"),
+        Some("r.test"),
+        &[],
+        "ten bytes!",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+
+    // Lifted at runtime.
+    p.set_state(state(pools(), vec![route("r", &["r.test"], "/", "p")]));
+    eventually("the limits are gone", || {
+        let cl = cl.clone();
+        let url = p.url("/up");
+        async move {
+            send(
+                &cl,
+                http::Method::POST,
+                &url,
+                Some("r.test"),
+                &[],
+                "well over ten bytes",
+            )
+            .await
+            .status
+                == StatusCode::OK
+        }
+    })
+    .await;
 }

@@ -1,5 +1,5 @@
 //! Retries: the delay between them, the per-pool budget, waiting for a pool without backends,
-//! and never retrying a request that reached a backend.
+//! and retrying a request that reached a backend only when it is idempotent and bodiless.
 
 use crate::common::*;
 use gateway_model::{Balance, Pool, Route};
@@ -220,7 +220,7 @@ async fn hang_up_backend() -> (String, Arc<AtomicUsize>) {
 }
 
 #[tokio::test]
-async fn a_request_that_reached_a_backend_is_never_retried() {
+async fn a_request_that_reached_a_backend_is_retried_only_if_idempotent_and_bodiless() {
     let (addr, conns) = hang_up_backend().await;
     let live = backend("live").await;
     let s = state(
@@ -246,4 +246,14 @@ async fn a_request_that_reached_a_backend_is_never_retried() {
     );
     assert_eq!(conns.load(Ordering::SeqCst), 1);
     assert_eq!(live.hits(), 0, "the POST was not sent again elsewhere");
+    // A GET whose connection fails before any answer is sent again, to the live backend.
+    for _ in 0..4 {
+        let r = get(&cl, &p.url("/read"), None).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    }
+    assert!(
+        conns.load(Ordering::SeqCst) >= 2,
+        "a GET reached the hang-up backend too"
+    );
+    assert_eq!(live.hits(), 4);
 }
