@@ -102,12 +102,14 @@ pub struct NodeSpec {
     pub cluster_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// The HTTPS data plane (`--https-addr`); every test node listens on it.
+    pub https_addr: SocketAddr,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
 }
 
 impl NodeSpec {
-    /// The three address flags.
+    /// The four address flags.
     pub fn addr_args(&self) -> Vec<String> {
         vec![
             "--cluster-addr".into(),
@@ -116,6 +118,8 @@ impl NodeSpec {
             self.admin_addr.to_string(),
             "--http-addr".into(),
             self.http_addr.to_string(),
+            "--https-addr".into(),
+            self.https_addr.to_string(),
         ]
     }
 }
@@ -149,7 +153,12 @@ pub struct TestCluster {
     root_path: PathBuf,
     http: Http,
     seq: AtomicU64,
+    /// Extra arguments for node `id`'s `serve --init` and `join` (e.g. its TLS files).
+    node_args: Option<NodeArgsFn>,
 }
+
+/// Extra arguments per node id.
+pub type NodeArgsFn = Box<dyn Fn(u64) -> Vec<String> + Send + Sync>;
 
 impl TestCluster {
     /// A temporary directory with a secret file, and no node yet.
@@ -167,6 +176,7 @@ impl TestCluster {
             root_path,
             http: Http::default(),
             seq: AtomicU64::new(0),
+            node_args: None,
         };
         cluster.write_secret(&cluster.secret_file)?;
         crate::cli::gateway_bin()?;
@@ -178,6 +188,20 @@ impl TestCluster {
     pub async fn start(n: u64) -> Result<Self> {
         ensure!(n >= 1, "a cluster needs at least one node");
         let mut c = TestCluster::new()?;
+        c.init(1).await?;
+        for id in 2..=n {
+            c.join(id).await?;
+        }
+        c.wait_ready().await?;
+        note!("cluster of {n} ready in {}", c.root_path.display());
+        Ok(c)
+    }
+
+    /// Like [`TestCluster::start`], every node started with the extra arguments `args(id)`.
+    pub async fn start_with(n: u64, args: NodeArgsFn) -> Result<Self> {
+        ensure!(n >= 1, "a cluster needs at least one node");
+        let mut c = TestCluster::new()?;
+        c.node_args = Some(args);
         c.init(1).await?;
         for id in 2..=n {
             c.join(id).await?;
@@ -213,6 +237,7 @@ impl TestCluster {
             cluster_addr: free_addr()?,
             admin_addr: free_addr()?,
             http_addr: free_addr()?,
+            https_addr: free_addr()?,
             data_dir,
             log_path: base.join("gateway.log"),
         })
@@ -233,6 +258,9 @@ impl TestCluster {
             "--cluster-secret-file".into(),
             self.secret_file.display().to_string(),
         ]);
+        if let Some(extra) = &self.node_args {
+            args.extend(extra(spec.id));
+        }
         args
     }
 
@@ -251,6 +279,9 @@ impl TestCluster {
         args.extend(["--cluster-secret-file".into(), secret.display().to_string()]);
         if learner {
             args.push("--learner".into());
+        }
+        if let Some(extra) = &self.node_args {
+            args.extend(extra(spec.id));
         }
         args
     }

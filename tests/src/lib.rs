@@ -33,7 +33,7 @@ mod backends;
 pub use backends::{DemoBackend, SwitchBackend, holding_backend};
 pub use cli::{CliOutput, gateway_bin, run_gateway};
 pub use cluster::{
-    Config, LeaderInfo, Member, NodeSpec, Status, TestCluster, free_addr, free_port,
+    Config, LeaderInfo, Member, NodeArgsFn, NodeSpec, Status, TestCluster, free_addr, free_port,
 };
 pub use failure::{Failure, TestResult, test_failed};
 pub use http::{Http, Resp};

@@ -24,6 +24,7 @@ pub struct Node {
     pub cluster_addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    pub https_addr: SocketAddr,
     pub data_dir: PathBuf,
     /// stdout and stderr of every run of this node, appended.
     pub log_path: PathBuf,
@@ -42,6 +43,7 @@ impl Node {
             cluster_addr: spec.cluster_addr,
             admin_addr: spec.admin_addr,
             http_addr: spec.http_addr,
+            https_addr: spec.https_addr,
             data_dir: spec.data_dir.clone(),
             log_path: spec.log_path.clone(),
             child: Mutex::new(None),

@@ -658,6 +658,103 @@ impl Admin for AdminService {
         Ok(with_revision(admin::DeleteReply { revision: rev }, rev))
     }
 
+    async fn list_certs(
+        &self,
+        req: Request<admin::ReadRequest>,
+    ) -> std::result::Result<Response<admin::CertList>, Status> {
+        let cluster = self.allow(&req, Role::Read)?;
+        let st = cluster
+            .read(consistency(req.get_ref().consistency)?)
+            .await
+            .map_err(Failure::from)?;
+        let reply = admin::CertList {
+            revision: st.revision,
+            certs: st.certs.values().map(convert::cert_to_wire).collect(),
+        };
+        Ok(with_revision(reply, st.revision))
+    }
+
+    async fn get_cert(
+        &self,
+        req: Request<admin::GetRequest>,
+    ) -> std::result::Result<Response<admin::CertReply>, Status> {
+        let cluster = self.allow(&req, Role::Read)?;
+        let req = req.into_inner();
+        validate_name("name", &req.name).map_err(Failure::from)?;
+        let st = cluster
+            .read(consistency(req.consistency)?)
+            .await
+            .map_err(Failure::from)?;
+        match st.certs.get(&req.name) {
+            Some(c) => Ok(with_revision(
+                admin::CertReply {
+                    revision: st.revision,
+                    cert: Some(convert::cert_to_wire(c)),
+                },
+                st.revision,
+            )),
+            None => Err(Failure::Missing {
+                what: "cert",
+                name: req.name,
+            }
+            .into()),
+        }
+    }
+
+    async fn put_cert(
+        &self,
+        req: Request<admin::PutCertRequest>,
+    ) -> std::result::Result<Response<admin::CertReply>, Status> {
+        let cluster = self.allow(&req, Role::Write)?;
+        let request_id = request_id(&req)?;
+        let req = req.into_inner();
+        let wire = req
+            .cert
+            .ok_or_else(|| Invalid::new("cert", "is missing", "send the certificate to put"))
+            .map_err(Failure::from)?;
+        let cert = convert::cert_from_wire(wire);
+        let mut shown = crate::certs::checked_cert(&cert).map_err(Failure::from)?;
+        let rev = self
+            .propose(
+                cluster,
+                request_id,
+                Command::PutCert {
+                    cert,
+                    expect: req.if_revision,
+                },
+            )
+            .await?;
+        shown.revision = rev;
+        Ok(with_revision(
+            admin::CertReply {
+                revision: rev,
+                cert: Some(convert::cert_to_wire(&shown)),
+            },
+            rev,
+        ))
+    }
+
+    async fn delete_cert(
+        &self,
+        req: Request<admin::DeleteRequest>,
+    ) -> std::result::Result<Response<admin::DeleteReply>, Status> {
+        let cluster = self.allow(&req, Role::Write)?;
+        let request_id = request_id(&req)?;
+        let req = req.into_inner();
+        validate_name("name", &req.name).map_err(Failure::from)?;
+        let rev = self
+            .propose(
+                cluster,
+                request_id,
+                Command::DeleteCert {
+                    name: req.name,
+                    expect: req.if_revision,
+                },
+            )
+            .await?;
+        Ok(with_revision(admin::DeleteReply { revision: rev }, rev))
+    }
+
     async fn transaction(
         &self,
         req: Request<admin::TransactionRequest>,

@@ -10,6 +10,7 @@
 //! Depends on the model and the cluster handle; it must not depend on the proxy or on sled.
 
 mod auth;
+mod certs;
 mod error;
 mod grpc;
 pub mod metrics;

@@ -13,8 +13,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use gateway_cluster::{Cluster, Consistency};
 use gateway_model::{
-    AlertSink, Command, MAX_BATCH, Pool, Route, validate_alert_sink, validate_name, validate_pool,
-    validate_route,
+    AlertSink, Cert, Command, MAX_BATCH, Pool, Route, TcpListenerStatus, TcpRoute,
+    validate_alert_sink, validate_name, validate_pool, validate_route, validate_tcp_route,
 };
 use prometheus_client::collector::Collector;
 use serde::Deserialize;
@@ -49,6 +49,8 @@ pub struct AdminOptions {
     /// More figures for `GET /metrics` beside the cluster's own (the node hands in the data
     /// plane's); an empty list serves the cluster's alone.
     pub metrics: Vec<Arc<dyn Collector>>,
+    /// This node's TCP route listeners (listening, or why not), shown on `/status`.
+    pub tcp_listeners: watch::Receiver<Vec<TcpListenerStatus>>,
     /// This node's own view of backend health (the backends its probes see down), shown in
     /// `/status` as `sees_down`.
     pub seen_down: Option<
@@ -75,6 +77,7 @@ pub(crate) struct App {
     /// True once the server is shutting down: endless answers (event streams) end then, so
     /// that the graceful shutdown does not wait for them.
     pub(crate) stopping: tokio::sync::watch::Receiver<bool>,
+    tcp_listeners: watch::Receiver<Vec<TcpListenerStatus>>,
     seen_down: Option<
         tokio::sync::watch::Receiver<
             std::sync::Arc<std::collections::BTreeSet<gateway_model::SeenDown>>,
@@ -100,6 +103,7 @@ pub async fn serve(
         collectors: opts.metrics.into(),
         leader_changes: Arc::new(AtomicU64::new(0)),
         ejections: Arc::default(),
+        tcp_listeners: opts.tcp_listeners,
         seen_down: opts.seen_down,
         memory_status: opts.memory_status,
         debug_ballast: opts.debug_ballast,
@@ -119,6 +123,13 @@ pub async fn serve(
         .route("/v1/pools/{name}/restart", get(get_restart).post(restart_pool))
         .route("/v1/routes", get(list_routes))
         .route("/v1/routes/{name}", get(get_route).put(put_route).delete(delete_route))
+        .route("/v1/certs", get(list_certs))
+        .route("/v1/certs/{name}", get(get_cert).put(put_cert).delete(delete_cert))
+        .route("/v1/tcp-routes", get(list_tcp_routes))
+        .route(
+            "/v1/tcp-routes/{name}",
+            get(get_tcp_route).put(put_tcp_route).delete(delete_tcp_route),
+        )
         .route("/v1/health", get(health))
         .route("/debug/ballast", post(ballast))
         .route("/v1/events", get(events))
@@ -138,7 +149,7 @@ pub async fn serve(
         .route("/ui/", get(crate::ui::page))
         .route("/ui/{asset}", get(crate::ui::asset))
         .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see /v1/config, /v1/pools, /v1/routes, /v1/nodes, /status, /leader")
+            ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see /v1/config, /v1/pools, /v1/routes, /v1/certs, /v1/tcp-routes, /v1/nodes, /status, /leader")
         })
         .layer(DefaultBodyLimit::max(opts.max_body))
         .layer(middleware::from_fn_with_state(app.clone(), authorize))
@@ -455,6 +466,10 @@ async fn metrics(AxState(app): AxState<App>) -> Response {
 async fn status(AxState(app): AxState<App>) -> Response {
     let st = app.cluster.status().await;
     let mut body = json!(st);
+    if let Some(obj) = body.as_object_mut() {
+        let listeners = app.tcp_listeners.borrow().clone();
+        obj.insert("tcp_listeners".into(), json!(listeners));
+    }
     let state = app.cluster.state().borrow().clone();
     body["backends"] = backend_health(&state);
     body["lost_nodes"] = json!(state.lost);
@@ -927,6 +942,157 @@ async fn delete_route(
     .await
 }
 
+async fn list_certs(
+    AxState(app): AxState<App>,
+    q: std::result::Result<Query<ReadParams>, QueryRejection>,
+) -> Result<Response> {
+    let st = app.cluster.read(consistency(q)?).await?;
+    let certs: Vec<Cert> = st.certs.values().map(Cert::redacted).collect();
+    Ok(ok(
+        st.revision,
+        json!({"revision": st.revision, "certs": certs}),
+    ))
+}
+
+async fn get_cert(
+    AxState(app): AxState<App>,
+    Path(name): Path<String>,
+    q: std::result::Result<Query<ReadParams>, QueryRejection>,
+) -> Result<Response> {
+    checked_name(&name)?;
+    let st = app.cluster.read(consistency(q)?).await?;
+    match st.certs.get(&name) {
+        Some(c) => Ok(with_etag(
+            ok(
+                st.revision,
+                json!({"revision": st.revision, "cert": c.redacted()}),
+            ),
+            c.revision,
+        )),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("cert '{name}' does not exist; list them with GET /v1/certs"),
+        )
+        .at(st.revision)),
+    }
+}
+
+/// Creates or replaces a certificate: `{"cert_pem": "...", "key_pem": "...", "default": false}`.
+async fn put_cert(
+    AxState(app): AxState<App>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    let expect = expected(&headers)?;
+    let mut cert: Cert = parse(&body)?;
+    named(&name, &mut cert.name)?;
+    let mut shown = crate::certs::checked_cert(&cert)?;
+    let resp = propose(
+        &app,
+        request_id(&headers)?,
+        Command::PutCert { cert, expect },
+        |rev| {
+            shown.revision = rev;
+            json!({"revision": rev, "cert": shown})
+        },
+    )
+    .await?;
+    let rev = revision_of(&resp);
+    Ok(with_etag(resp, rev))
+}
+
+async fn delete_cert(
+    AxState(app): AxState<App>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let expect = expected(&headers)?;
+    checked_name(&name)?;
+    propose(
+        &app,
+        request_id(&headers)?,
+        Command::DeleteCert { name, expect },
+        |rev| json!({"revision": rev}),
+    )
+    .await
+}
+
+async fn list_tcp_routes(
+    AxState(app): AxState<App>,
+    q: std::result::Result<Query<ReadParams>, QueryRejection>,
+) -> Result<Response> {
+    let st = app.cluster.read(consistency(q)?).await?;
+    Ok(ok(
+        st.revision,
+        json!({"revision": st.revision, "tcp_routes": st.tcp_routes.values().collect::<Vec<_>>()}),
+    ))
+}
+
+async fn get_tcp_route(
+    AxState(app): AxState<App>,
+    Path(name): Path<String>,
+    q: std::result::Result<Query<ReadParams>, QueryRejection>,
+) -> Result<Response> {
+    checked_name(&name)?;
+    let st = app.cluster.read(consistency(q)?).await?;
+    match st.tcp_routes.get(&name) {
+        Some(r) => Ok(with_etag(
+            ok(
+                st.revision,
+                json!({"revision": st.revision, "tcp_route": r}),
+            ),
+            r.revision,
+        )),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("TCP route '{name}' does not exist; list them with GET /v1/tcp-routes"),
+        )
+        .at(st.revision)),
+    }
+}
+
+async fn put_tcp_route(
+    AxState(app): AxState<App>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    let expect = expected(&headers)?;
+    let mut route: TcpRoute = parse(&body)?;
+    named(&name, &mut route.name)?;
+    validate_tcp_route(&route)?;
+    let mut shown = route.clone();
+    let resp = propose(
+        &app,
+        request_id(&headers)?,
+        Command::PutTcpRoute { route, expect },
+        |rev| {
+            shown.revision = rev;
+            json!({"revision": rev, "tcp_route": shown})
+        },
+    )
+    .await?;
+    let rev = revision_of(&resp);
+    Ok(with_etag(resp, rev))
+}
+
+async fn delete_tcp_route(
+    AxState(app): AxState<App>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let expect = expected(&headers)?;
+    checked_name(&name)?;
+    propose(
+        &app,
+        request_id(&headers)?,
+        Command::DeleteTcpRoute { name, expect },
+        |rev| json!({"revision": rev}),
+    )
+    .await
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct TransferLeader {
@@ -971,14 +1137,17 @@ async fn transaction(
         let checked = match c {
             Command::PutPool { pool, .. } => validate_pool(pool),
             Command::PutRoute { route, .. } => validate_route(route),
-            Command::DeletePool { name, .. } | Command::DeleteRoute { name, .. } => {
-                validate_name("name", name)
-            }
+            Command::PutCert { cert, .. } => crate::certs::checked_cert(cert).map(|_| ()),
+            Command::PutTcpRoute { route, .. } => validate_tcp_route(route),
+            Command::DeletePool { name, .. }
+            | Command::DeleteRoute { name, .. }
+            | Command::DeleteCert { name, .. }
+            | Command::DeleteTcpRoute { name, .. } => validate_name("name", name),
             _ => {
                 return Err(ApiError::bad(
                     &format!("commands[{i}].op"),
                     format!(
-                        "commands[{i}].op: only put_pool, delete_pool, put_route and delete_route go in a transaction"
+                        "commands[{i}].op: only put_pool, delete_pool, put_route, delete_route, put_cert, delete_cert, put_tcp_route and delete_tcp_route go in a transaction"
                     ),
                 ));
             }

@@ -47,6 +47,8 @@ pub struct ClusterOptions {
     /// FOR TESTING THE CHECKERS ONLY: answer every read from local state, without asking the
     /// leader, which breaks linearizability on followers. A fault-injection run with it must fail.
     pub debug_stale_reads: bool,
+    /// Mutual TLS on the cluster port (server and peer clients); plaintext when `None`.
+    pub tls: Option<crate::tls::ClusterTls>,
 }
 
 /// How a node enters the cluster on start.
@@ -228,7 +230,7 @@ impl Cluster {
         .map_err(|e| ClusterError::Refused(format!("invalid raft timing: {e}")))?;
         let state = storage.sm.subscribe();
         let network = Network {
-            peers: Peers::new(client_auth.clone(), opts.source_ip),
+            peers: Peers::new(client_auth.clone(), opts.source_ip, opts.tls.clone()),
         };
         let log = storage.log.clone();
         let raft = Raft::new(opts.id, Arc::new(config), network, storage.log, storage.sm)
@@ -243,7 +245,7 @@ impl Cluster {
             cluster_id: cluster_id.clone(),
             state,
             meta: storage.meta,
-            forward: Peers::new(client_auth, opts.source_ip),
+            forward: Peers::new(client_auth, opts.source_ip, opts.tls.clone()),
             membership_lock: tokio::sync::Mutex::new(()),
             nonce: rand::random(),
             counter: AtomicU64::new(0),
@@ -263,6 +265,7 @@ impl Cluster {
             ServerAuth::new(&opts.secret, cluster_id),
             extra,
             stop_rx,
+            opts.tls.clone(),
         );
         elector::spawn(
             inner.clone(),
@@ -635,6 +638,7 @@ fn spawn_server(
     auth: ServerAuth,
     extra: tonic::service::Routes,
     mut stop: watch::Receiver<bool>,
+    tls: Option<crate::tls::ClusterTls>,
 ) {
     let raft_svc = RaftServer::new(RaftService(inner.clone()))
         .max_decoding_message_size(MAX_MESSAGE)
@@ -644,8 +648,17 @@ fn spawn_server(
         .max_encoding_message_size(MAX_MESSAGE);
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tokio::spawn(async move {
-        let res = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
+        let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
+        if let Some(tls) = &tls {
+            builder = match builder.tls_config(tls.server()) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::error!("cluster port: TLS configuration refused: {e}");
+                    return;
+                }
+            };
+        }
+        let res = builder
             .add_routes(extra)
             .add_service(InterceptedService::new(raft_svc, auth.clone()))
             .add_service(InterceptedService::new(cluster_svc, auth))

@@ -16,7 +16,9 @@ mod handle;
 mod network;
 pub mod overseer;
 mod service;
+mod tls;
 
 pub use auth::Secret;
 pub use error::ClusterError;
 pub use handle::{Bootstrap, Cluster, ClusterOptions, Consistency, LeaderInfo, Member, Status};
+pub use tls::{CLUSTER_SERVER_NAME, ClusterTls};

@@ -34,14 +34,21 @@ pub(crate) type AuthedChannel = InterceptedService<Channel, ClientAuth>;
 /// failure, so one per peer is enough. The lock is never held across an await.
 pub(crate) struct Peers {
     auth: ClientAuth,
+    /// Mutual TLS to peers, when the cluster runs with it.
+    tls: Option<crate::tls::ClusterTls>,
     source_ip: Option<std::net::IpAddr>,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
 impl Peers {
-    pub(crate) fn new(auth: ClientAuth, source_ip: Option<std::net::IpAddr>) -> Arc<Self> {
+    pub(crate) fn new(
+        auth: ClientAuth,
+        source_ip: Option<std::net::IpAddr>,
+        tls: Option<crate::tls::ClusterTls>,
+    ) -> Arc<Self> {
         Arc::new(Peers {
             auth,
+            tls,
             source_ip,
             channels: Mutex::new(HashMap::new()),
         })
@@ -52,7 +59,12 @@ impl Peers {
         if let Some(c) = map.get(addr) {
             return Ok(c.clone());
         }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))?
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut ep = Endpoint::from_shared(format!("{scheme}://{addr}"))?;
+        if let Some(tls) = &self.tls {
+            ep = ep.tls_config(tls.client())?;
+        }
+        let ch = ep
             .connect_timeout(Duration::from_millis(500))
             .tcp_nodelay(true)
             .local_address(self.source_ip)

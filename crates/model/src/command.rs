@@ -1,8 +1,10 @@
 //! Replicated commands: the only way the replicated state changes.
 
+use crate::cert::Cert;
 use crate::config::{Backend, NodeId, Pool, Route};
 use crate::error::ApplyError;
 use crate::health::{AlertSink, EventKind};
+use crate::tcp::TcpRoute;
 use serde::{Deserialize, Serialize};
 
 /// A change to the replicated state.
@@ -35,6 +37,30 @@ pub enum Command {
     },
     /// Delete a route.
     DeleteRoute {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<u64>,
+    },
+    /// Create or replace a TLS certificate (its names and validity are derived from the PEM).
+    PutCert {
+        cert: Cert,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<u64>,
+    },
+    /// Delete a TLS certificate.
+    DeleteCert {
+        name: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<u64>,
+    },
+    /// Create or replace a TCP route; its pool must exist and its listen address be free.
+    PutTcpRoute {
+        route: TcpRoute,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<u64>,
+    },
+    /// Delete a TCP route.
+    DeleteTcpRoute {
         name: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         expect: Option<u64>,

@@ -238,6 +238,11 @@ pub struct Route {
     /// or `"504"`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub error_pages: BTreeMap<String, ErrorPage>,
+    /// Answer requests that arrived over plain HTTP with this redirect status (301, 302, 307
+    /// or 308) to the same URL over HTTPS, instead of proxying them. Requests over HTTPS are
+    /// served as usual.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https_redirect: Option<u16>,
     /// Largest request body accepted, in bytes (1 to 2^40); larger ones get 413. Unlimited
     /// when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]

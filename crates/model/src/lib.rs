@@ -5,14 +5,17 @@
 //! depends on it, it depends on none of ours. `State::apply` is deterministic — no clock,
 //! randomness or I/O — so that every node that applies the same log reaches the same state.
 
+mod cert;
 mod command;
 mod config;
 mod error;
 mod health;
 mod process;
 mod state;
+mod tcp;
 mod validate;
 
+pub use cert::{Cert, CertInfo, MAX_PEM, check_cert_time, inspect_cert, validate_cert};
 pub use command::{Applied, Command, MAX_BATCH, Proposal, Request, Response};
 pub use config::{
     Backend, Balance, ErrorPage, HeaderMatch, HeaderRules, NodeAddr, NodeId, Pool, Protocol,
@@ -25,4 +28,8 @@ pub use health::{
 };
 pub use process::{ProcessSpec, RollingRestart, is_managed, managed_id, managed_index};
 pub use state::{Change, ChangeSet, Compacted, DEDUP_WINDOW, HISTORY, State};
+pub use tcp::{
+    DEFAULT_TCP_CONNECT_TIMEOUT_MS, DEFAULT_TCP_IDLE_TIMEOUT_MS, ProxyProtocol, TcpListenerStatus,
+    TcpRoute, validate_tcp_route,
+};
 pub use validate::{validate_name, validate_pool, validate_route};

@@ -1,10 +1,12 @@
 //! The replicated state and its pure, deterministic transition function.
 
+use crate::cert::{Cert, validate_cert};
 use crate::command::{Applied, Command, MAX_BATCH, Proposal, Request, Response};
 use crate::config::{NodeId, Pool, Route};
 use crate::error::{ApplyError, Invalid};
 use crate::health::{AlertSink, BackendHealth, Event, EventKind, validate_alert_sink};
 use crate::process::{RollingRestart, is_managed, managed_index};
+use crate::tcp::{TcpRoute, validate_tcp_route};
 use crate::validate::{validate_name, validate_pool, validate_route};
 use imbl::{HashMap, OrdMap, Vector};
 use serde::{Deserialize, Serialize};
@@ -55,6 +57,19 @@ pub enum Change {
     DeleteAlertSink {
         name: String,
     },
+    /// A certificate, without its key.
+    PutCert {
+        cert: Cert,
+    },
+    DeleteCert {
+        name: String,
+    },
+    PutTcpRoute {
+        route: TcpRoute,
+    },
+    DeleteTcpRoute {
+        name: String,
+    },
 }
 
 /// Everything one revision changed, in order.
@@ -84,6 +99,12 @@ pub struct State {
     pub revision: u64,
     pub pools: OrdMap<String, Pool>,
     pub routes: OrdMap<String, Route>,
+    /// TLS certificates, with their keys (read APIs show [`Cert::redacted`]).
+    #[serde(default)]
+    pub certs: OrdMap<String, Cert>,
+    /// TCP routes.
+    #[serde(default)]
+    pub tcp_routes: OrdMap<String, TcpRoute>,
     /// Node ids that have left the cluster and may never be used again.
     pub retired: BTreeSet<NodeId>,
     /// The agreed health of backends that were ever marked down, by pool and backend id
@@ -123,6 +144,8 @@ pub struct State {
 struct Maps<'a> {
     pools: &'a mut OrdMap<String, Pool>,
     routes: &'a mut OrdMap<String, Route>,
+    certs: &'a mut OrdMap<String, Cert>,
+    tcp_routes: &'a mut OrdMap<String, TcpRoute>,
 }
 
 fn expect_rev(
@@ -180,6 +203,12 @@ impl Maps<'_> {
                     .values()
                     .filter(|r| &r.pool == name)
                     .map(|r| r.name.as_str())
+                    .chain(
+                        self.tcp_routes
+                            .values()
+                            .filter(|r| &r.pool == name)
+                            .map(|r| r.name.as_str()),
+                    )
                     .collect();
                 if !users.is_empty() {
                     return Err(ApplyError::Conflict {
@@ -225,10 +254,98 @@ impl Maps<'_> {
                 self.routes.remove(name);
                 out.push(Change::DeleteRoute { name: name.clone() });
             }
+            Command::PutCert { cert, expect } => {
+                let info = validate_cert(cert)?;
+                expect_rev(
+                    "cert",
+                    &cert.name,
+                    *expect,
+                    self.certs.get(&cert.name).map(|c| c.revision),
+                )?;
+                if cert.default
+                    && let Some(other) = self
+                        .certs
+                        .values()
+                        .find(|c| c.default && c.name != cert.name)
+                {
+                    return Err(ApplyError::Conflict {
+                        message: format!(
+                            "certificate '{}' is already the default; unset its default first, or change both in one transaction",
+                            other.name
+                        ),
+                    });
+                }
+                let mut cert = cert.clone();
+                cert.names = info.names;
+                cert.not_before = info.not_before;
+                cert.not_after = info.not_after;
+                cert.revision = rev;
+                self.certs.insert(cert.name.clone(), cert.clone());
+                out.push(Change::PutCert {
+                    cert: cert.redacted(),
+                });
+            }
+            Command::DeleteCert { name, expect } => {
+                validate_name("name", name)?;
+                let Some(current) = self.certs.get(name) else {
+                    return Err(ApplyError::NotFound {
+                        what: "cert".into(),
+                        name: name.clone(),
+                    });
+                };
+                expect_rev("cert", name, *expect, Some(current.revision))?;
+                self.certs.remove(name);
+                out.push(Change::DeleteCert { name: name.clone() });
+            }
+            Command::PutTcpRoute { route, expect } => {
+                validate_tcp_route(route)?;
+                if !self.pools.contains_key(&route.pool) {
+                    return Err(Invalid::new(
+                        "pool",
+                        format!("pool '{}' does not exist", route.pool),
+                        "create the pool first (PUT /v1/pools/NAME) or name an existing one",
+                    )
+                    .into());
+                }
+                expect_rev(
+                    "tcp-route",
+                    &route.name,
+                    *expect,
+                    self.tcp_routes.get(&route.name).map(|r| r.revision),
+                )?;
+                if let Some(other) = self
+                    .tcp_routes
+                    .values()
+                    .find(|r| r.listen == route.listen && r.name != route.name)
+                {
+                    return Err(ApplyError::Conflict {
+                        message: format!(
+                            "TCP route '{}' already listens on {}; pick another address or change that route",
+                            other.name, route.listen
+                        ),
+                    });
+                }
+                let mut route = route.clone();
+                route.revision = rev;
+                self.tcp_routes.insert(route.name.clone(), route.clone());
+                out.push(Change::PutTcpRoute { route });
+            }
+            Command::DeleteTcpRoute { name, expect } => {
+                validate_name("name", name)?;
+                let Some(current) = self.tcp_routes.get(name) else {
+                    return Err(ApplyError::NotFound {
+                        what: "tcp-route".into(),
+                        name: name.clone(),
+                    });
+                };
+                expect_rev("tcp-route", name, *expect, Some(current.revision))?;
+                self.tcp_routes.remove(name);
+                out.push(Change::DeleteTcpRoute { name: name.clone() });
+            }
             _ => {
                 return Err(Invalid::new(
                     "commands",
-                    "a batch may only hold pool and route changes",
+                    "a batch may only hold pool, route and certificate changes",
                     "send node changes and nested batches on their own",
                 )
                 .into());
@@ -328,6 +445,8 @@ impl State {
             revision: self.revision,
             pools: self.pools.clone(),
             routes: self.routes.clone(),
+            certs: self.certs.clone(),
+            tcp_routes: self.tcp_routes.clone(),
             retired: self.retired.clone(),
             health: self.health.clone(),
             lost: self.lost.clone(),
@@ -595,9 +714,13 @@ impl State {
                 }
                 // All or nothing: work on copies, keep them only if every command applies.
                 let (mut pools, mut routes) = (self.pools.clone(), self.routes.clone());
+                let mut certs = self.certs.clone();
+                let mut tcp_routes = self.tcp_routes.clone();
                 let mut maps = Maps {
                     pools: &mut pools,
                     routes: &mut routes,
+                    certs: &mut certs,
+                    tcp_routes: &mut tcp_routes,
                 };
                 for (i, c) in commands.iter().enumerate() {
                     maps.apply(c, rev, &mut changes)
@@ -605,11 +728,15 @@ impl State {
                 }
                 self.pools = pools;
                 self.routes = routes;
+                self.certs = certs;
+                self.tcp_routes = tcp_routes;
             }
             single => {
                 let mut maps = Maps {
                     pools: &mut self.pools,
                     routes: &mut self.routes,
+                    certs: &mut self.certs,
+                    tcp_routes: &mut self.tcp_routes,
                 };
                 maps.apply(single, rev, &mut changes)?;
             }

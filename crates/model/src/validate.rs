@@ -380,6 +380,15 @@ pub fn validate_route(route: &Route) -> Result<(), Invalid> {
             "use a host name or host:port, e.g. app.internal or app.internal:8080",
         ));
     }
+    if let Some(st) = route.https_redirect
+        && !matches!(st, 301 | 302 | 307 | 308)
+    {
+        return Err(Invalid::new(
+            "https_redirect",
+            format!("{st} is not a redirect status"),
+            "use 308 (keeps the method and body), 301, 302 or 307",
+        ));
+    }
     for (key, page) in &route.error_pages {
         let field = format!("error_pages.{key}");
         if !matches!(key.as_str(), "502" | "503" | "504") {

@@ -2,7 +2,8 @@
 //! key of the `--config` TOML file (flag > env > file > data dir > default).
 
 use crate::ctl::{
-    AlertCmd, BackendCmd, ClientArgs, ClusterCmd, ConfigCmd, Ctl, NodeCmd, PoolCmd, RouteCmd,
+    AlertCmd, BackendCmd, CertCmd, ClientArgs, ClusterCmd, ConfigCmd, Ctl, NodeCmd, PoolCmd,
+    RouteCmd,
 };
 use crate::{client, config, ctl, demo, run, top};
 use clap::{Args, CommandFactory, Parser, Subcommand};
@@ -54,6 +55,13 @@ pub enum Command {
         client: ClientArgs,
         #[command(subcommand)]
         command: PoolCmd,
+    },
+    /// TLS certificates served by every node's HTTPS listener, chosen by SNI.
+    Cert {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: CertCmd,
     },
     /// Add, remove, drain one backend of a pool; list backends' health.
     Backend {
@@ -143,6 +151,19 @@ pub enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// Make a throwaway cluster CA and certificates for cluster mutual TLS (--tls-ca,
+    /// --tls-cert, --tls-key): ca.pem, node-N.pem, client.pem and their keys.
+    #[command(
+        after_help = "Example:\n  gateway tls-gen --dir tls --nodes 3\n  gateway serve --id 1 --data-dir data/1 --init --tls-ca tls/ca.pem --tls-cert tls/node-1.pem --tls-key tls/node-1-key.pem\n  gateway cluster status --tls-ca tls/ca.pem --tls-cert tls/client.pem --tls-key tls/client-key.pem"
+    )]
+    TlsGen {
+        /// Folder to write into (created if missing; an existing ca.pem is never overwritten).
+        #[arg(long)]
+        dir: PathBuf,
+        /// How many node certificates.
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+    },
     /// A small HTTP backend for demos and tests: answers "<method> from NAME".
     DemoBackend {
         /// Address to listen on (host:port).
@@ -196,6 +217,21 @@ pub struct NodeArgs {
     /// HTTP data plane address [default: 127.0.0.1:8101].
     #[arg(long, env = "GATEWAY_HTTP_ADDR")]
     pub http_addr: Option<String>,
+    /// HTTPS data plane address (TLS with the certificates of `gateway cert add` / PUT
+    /// /v1/certs, chosen by SNI) [default: none, no HTTPS]. Remembered in the data dir.
+    #[arg(long, env = "GATEWAY_HTTPS_ADDR")]
+    pub https_addr: Option<String>,
+    /// Cluster CA certificate (PEM): with --tls-cert and --tls-key, Raft and admin gRPC on
+    /// the cluster port use mutual TLS, and only certificates of this CA are accepted.
+    /// Remembered in the data dir.
+    #[arg(long, env = "GATEWAY_TLS_CA", requires_all = ["tls_cert", "tls_key"])]
+    pub tls_ca: Option<PathBuf>,
+    /// This node's certificate (PEM, signed by --tls-ca, with DNS name gateway.cluster).
+    #[arg(long, env = "GATEWAY_TLS_CERT", requires_all = ["tls_ca", "tls_key"])]
+    pub tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, env = "GATEWAY_TLS_KEY", requires_all = ["tls_ca", "tls_cert"])]
+    pub tls_key: Option<PathBuf>,
     /// File holding the shared cluster secret. On --init without it, one is generated into
     /// DATA_DIR/cluster-secret.
     #[arg(long, env = "GATEWAY_CLUSTER_SECRET_FILE")]
@@ -257,6 +293,10 @@ pub enum Action {
         interval: std::time::Duration,
         once: bool,
     },
+    TlsGen {
+        dir: PathBuf,
+        nodes: u64,
+    },
 }
 
 impl Action {
@@ -265,7 +305,10 @@ impl Action {
         match self {
             Action::Node(cfg) => cfg.workers,
             // A client command makes a few calls: one worker is plenty.
-            Action::Ctl(_) | Action::Completions(_) | Action::Top { .. } => Some(1),
+            Action::Ctl(_)
+            | Action::Completions(_)
+            | Action::Top { .. }
+            | Action::TlsGen { .. } => Some(1),
             _ => None,
         }
     }
@@ -293,6 +336,7 @@ pub fn prepare(cli: Cli) -> anyhow::Result<Action> {
         )?)),
         Command::Route { client, command } => Action::Ctl(Box::new((client, Ctl::Route(command)))),
         Command::Pool { client, command } => Action::Ctl(Box::new((client, Ctl::Pool(command)))),
+        Command::Cert { client, command } => Action::Ctl(Box::new((client, Ctl::Cert(command)))),
         Command::Alert { client, command } => Action::Ctl(Box::new((client, Ctl::Alert(command)))),
         Command::Backend { client, command } => {
             Action::Ctl(Box::new((client, Ctl::Backend(command))))
@@ -327,6 +371,7 @@ pub fn prepare(cli: Cli) -> anyhow::Result<Action> {
             interval: std::time::Duration::from_millis(interval_ms),
             once,
         },
+        Command::TlsGen { dir, nodes } => Action::TlsGen { dir, nodes },
     })
 }
 
@@ -351,5 +396,6 @@ pub async fn dispatch(action: Action) -> anyhow::Result<()> {
             interval,
             once,
         } => top::run(&admin, token.as_deref(), interval, once).await,
+        Action::TlsGen { dir, nodes } => crate::tlsgen::generate(&dir, nodes),
     }
 }

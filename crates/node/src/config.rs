@@ -30,6 +30,10 @@ struct FileConfig {
     cluster_advertise_addr: Option<String>,
     admin_addr: Option<String>,
     http_addr: Option<String>,
+    https_addr: Option<String>,
+    tls_ca: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     cluster_secret_file: Option<PathBuf>,
     peers: Option<Vec<String>>,
     heartbeat_ms: Option<u64>,
@@ -57,6 +61,10 @@ pub struct NodeConfig {
     pub debug_stale_reads: bool,
     pub admin_addr: Option<String>,
     pub http_addr: Option<String>,
+    /// HTTPS data plane address, if any.
+    pub https_addr: Option<String>,
+    /// Cluster mutual TLS files: CA, certificate, key (all three or none).
+    pub tls: Option<[PathBuf; 3]>,
     pub secret_file: Option<PathBuf>,
     pub peers: Vec<String>,
     pub heartbeat: Duration,
@@ -176,8 +184,20 @@ pub fn resolve(args: NodeArgs, mode: Mode, peers: Vec<String>) -> anyhow::Result
         Some("json") => true,
         Some(other) => bail!("log_format: '{other}' is not a format; use text or json"),
     };
+    let tls = match (
+        args.tls_ca.or(file.tls_ca),
+        args.tls_cert.or(file.tls_cert),
+        args.tls_key.or(file.tls_key),
+    ) {
+        (Some(ca), Some(cert), Some(key)) => Some([ca, cert, key]),
+        (None, None, None) => None,
+        _ => bail!(
+            "--tls-ca, --tls-cert and --tls-key go together: give all three (cluster mutual TLS) or none"
+        ),
+    };
     Ok(NodeConfig {
         mode,
+        tls,
         id,
         data_dir,
         cluster_addr: args.cluster_addr.or(file.cluster_addr),
@@ -185,6 +205,7 @@ pub fn resolve(args: NodeArgs, mode: Mode, peers: Vec<String>) -> anyhow::Result
         debug_stale_reads: args.debug_stale_reads,
         admin_addr: args.admin_addr.or(file.admin_addr),
         http_addr: args.http_addr.or(file.http_addr),
+        https_addr: args.https_addr.or(file.https_addr),
         secret_file: args.cluster_secret_file.or(file.cluster_secret_file),
         peers,
         heartbeat: Duration::from_millis(heartbeat_ms),

@@ -10,6 +10,7 @@ mod demo;
 mod metrics;
 mod run;
 mod supervisor;
+mod tlsgen;
 mod top;
 
 use clap::Parser;

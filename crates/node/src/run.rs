@@ -77,6 +77,47 @@ fn remembered(
     })
 }
 
+/// Reads and checks the cluster TLS files: PEM, the key matching the certificate, the
+/// certificate naming `gateway.cluster`.
+fn load_cluster_tls(
+    files: &[std::path::PathBuf; 3],
+) -> anyhow::Result<gateway_cluster::ClusterTls> {
+    let [ca, cert, key] = files;
+    let read = |p: &std::path::PathBuf, flag: &str| {
+        std::fs::read_to_string(p).with_context(|| format!("cannot read {flag} {}", p.display()))
+    };
+    let (ca_pem, cert_pem, key_pem) = (
+        read(ca, "--tls-ca")?,
+        read(cert, "--tls-cert")?,
+        read(key, "--tls-key")?,
+    );
+    let info = gateway_model::inspect_cert(&cert_pem, &key_pem)
+        .map_err(|e| anyhow::anyhow!("--tls-cert/--tls-key: {e}"))?;
+    if !info
+        .names
+        .iter()
+        .any(|n| n == gateway_cluster::CLUSTER_SERVER_NAME)
+    {
+        bail!(
+            "--tls-cert {} names {}, not {}: peers check that name; make node certificates with `gateway tls-gen`",
+            cert.display(),
+            info.names.join(","),
+            gateway_cluster::CLUSTER_SERVER_NAME
+        );
+    }
+    gateway_model::inspect_cert(&ca_pem, "")
+        .err()
+        .filter(|e| e.field == "cert_pem")
+        .map_or(Ok(()), |e| {
+            Err(anyhow::anyhow!("--tls-ca {}: {e}", ca.display()))
+        })?;
+    Ok(gateway_cluster::ClusterTls {
+        ca_pem: ca_pem.into_bytes(),
+        cert_pem: cert_pem.into_bytes(),
+        key_pem: key_pem.into_bytes(),
+    })
+}
+
 async fn bind(addr: &str, flag: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
@@ -197,6 +238,27 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         ),
     };
 
+    // Cluster mutual TLS: the files given (remembered for restarts), else the ones used before.
+    let tls_files: Option<[std::path::PathBuf; 3]> = match &cfg.tls {
+        Some(files) => Some(
+            files
+                .clone()
+                .map(|p| std::fs::canonicalize(&p).unwrap_or(p)),
+        ),
+        None => match (
+            meta.get("tls_ca")?,
+            meta.get("tls_cert")?,
+            meta.get("tls_key")?,
+        ) {
+            (Some(a), Some(b), Some(c)) => Some([a.into(), b.into(), c.into()]),
+            _ => None,
+        },
+    };
+    let tls = match &tls_files {
+        Some(files) => Some(load_cluster_tls(files)?),
+        None => None,
+    };
+
     // Admin tokens: the file given (remembered for restarts), else the one used before.
     let token_file = match &cfg.admin_token_file {
         Some(p) => Some(p.clone()),
@@ -236,6 +298,19 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         .filter(|ip| !ip.is_unspecified());
     let admin_listener = bind(&addr.admin_addr, "--admin-addr").await?;
     let http_listener = bind(&addr.http_addr, "--http-addr").await?;
+    // The HTTPS address given (remembered for restarts), else the one used before.
+    let https_addr = match &cfg.https_addr {
+        Some(a) => Some(a.clone()),
+        None => meta.get("https_addr")?,
+    };
+    let https_listener = match &https_addr {
+        Some(a) => Some(bind(a, "--https-addr").await?),
+        None => None,
+    };
+    let https_port = https_listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| a.port());
 
     let bootstrap = match &cfg.mode {
         Mode::Init => Bootstrap::Init,
@@ -255,6 +330,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         snapshot_every: cfg.snapshot_every,
         source_ip,
         debug_stale_reads: cfg.debug_stale_reads,
+        tls,
     };
     // The admin gRPC API shares the cluster port; it answers "node is starting" until the
     // handle exists (Cluster::start returns once this node is a member).
@@ -282,6 +358,14 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         ),
     ] {
         meta.set(k, &v)?;
+    }
+    if let Some(a) = &https_addr {
+        meta.set("https_addr", a)?;
+    }
+    if let Some(files) = &tls_files {
+        for (k, p) in ["tls_ca", "tls_cert", "tls_key"].iter().zip(files) {
+            meta.set(k, &p.to_string_lossy())?;
+        }
     }
     if let Some(path) = &token_file {
         let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.clone());
@@ -330,6 +414,8 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     });
     let (left_tx, mut left_rx) = mpsc::channel(1);
     let proxy_metrics = gateway_proxy::Metrics::new();
+    // The data plane reports its TCP route listeners here; /status shows them.
+    let (tcp_status_tx, tcp_status_rx) = watch::channel(Vec::new());
     let admin = tokio::spawn(gateway_admin::serve(
         admin_listener,
         gateway_admin::AdminOptions {
@@ -341,6 +427,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             metrics: vec![std::sync::Arc::new(crate::metrics::DataPlane(
                 proxy_metrics.clone(),
             ))],
+            tcp_listeners: tcp_status_rx,
             seen_down: Some(monitor.view()),
             memory_status,
             debug_ballast: cfg.debug_ballast,
@@ -354,8 +441,12 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         stop_rx.clone(),
     ));
     tokio::spawn(crate::alerts::run(cluster.clone(), stop_rx.clone()));
-    let proxy = tokio::spawn(gateway_proxy::serve(
-        http_listener,
+    let proxy = tokio::spawn(gateway_proxy::serve_all(
+        gateway_proxy::Listeners {
+            http: http_listener,
+            https: https_listener,
+            tcp_status: Some(tcp_status_tx),
+        },
         cluster.state(),
         leader_http(&cluster),
         gateway_proxy::ProxyConfig {
@@ -363,6 +454,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             keep_alive_timeout: cfg.keep_alive_timeout,
             metrics: proxy_metrics,
             access_log: cfg.access_log,
+            https_port,
             health: Some(monitor.clone()),
             memory: memory.clone(),
             ..gateway_proxy::ProxyConfig::new(id, secret_obj.hop_key())

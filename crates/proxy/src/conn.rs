@@ -30,6 +30,7 @@ use crate::codec::{self, Decoded, Decoder, HeadError, RequestHead};
 use crate::error::ProxyError;
 use crate::headers::{ClientAddr, connection_has};
 use crate::proxy::{Shared, handle};
+use crate::stream::ClientStream;
 use crate::upstream::Tunnel;
 use bytes::{Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
@@ -47,7 +48,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -71,7 +71,7 @@ pub(crate) struct ConnOpts {
 /// A client connection's socket and read state, shared by the connection loop and the body
 /// of its current request (locked only within a poll, never across an await).
 struct ConnIo {
-    stream: TcpStream,
+    stream: ClientStream,
     /// Bytes received and not yet used; no allocation while the connection is idle.
     buf: BytesMut,
     /// The body of the current request.
@@ -131,6 +131,14 @@ impl ClientBody {
                         return Poll::Pending;
                     }
                 }
+            }
+            match Pin::new(&mut io.stream).poll_flush(cx) {
+                Poll::Pending => {
+                    io.continue_at = Some(at);
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(Ok(())) => {}
             }
             io.continue_at = None;
         }
@@ -322,10 +330,10 @@ pub(crate) fn tick_interval(opts: &ConnOpts) -> Duration {
 /// stored in the future a second time.)
 pub(crate) fn serve(
     shared: Tracked,
-    mut stream: TcpStream,
+    mut stream: ClientStream,
     peer: SocketAddr,
 ) -> impl Future<Output = ()> + Send {
-    let client = ClientAddr::new(peer.ip());
+    let client = ClientAddr::new(peer.ip()).over_tls(stream.is_tls());
     async move {
         let opts = &shared.conn;
         // Bytes of pipelined requests (boxed: rare, and this future is what an idle
@@ -604,7 +612,8 @@ async fn write_all(conn: &Conn, parts: &[&[u8]]) -> io::Result<()> {
                 Err(e) => return Poll::Ready(Err(e)),
             }
         }
-        Poll::Ready(Ok(()))
+        // A no-op on TCP; TLS may hold encrypted bytes the socket did not take yet.
+        Pin::new(&mut io.stream).poll_flush(cx)
     })
     .await
 }
@@ -830,7 +839,7 @@ async fn join(conn: Arc<Conn>, tunnel: Box<Tunnel>) {
 /// A connection whose first bytes were already read.
 struct Prefixed {
     prefix: BytesMut,
-    io: TcpStream,
+    io: ClientStream,
 }
 
 impl AsyncRead for Prefixed {
@@ -882,7 +891,6 @@ impl AsyncWrite for Prefixed {
 /// Serves an HTTP/2 (prior knowledge) connection with hyper until it ends; on shutdown it is
 /// closed gracefully (streams under way finish).
 async fn serve_h2(tracked: Tracked, conn: Arc<Conn>, client: ClientAddr) {
-    let shared = tracked.0.clone();
     let Ok(conn) = Arc::try_unwrap(conn) else {
         return;
     };
@@ -891,6 +899,21 @@ async fn serve_h2(tracked: Tracked, conn: Arc<Conn>, client: ClientAddr) {
         prefix: io.buf,
         io: io.stream,
     };
+    serve_h2_io(tracked, io, client).await
+}
+
+/// Serves a TLS connection that chose `h2` by ALPN.
+pub(crate) async fn serve_h2_tls(tracked: Tracked, stream: ClientStream, peer: SocketAddr) {
+    let client = ClientAddr::new(peer.ip()).over_tls(stream.is_tls());
+    let io = Prefixed {
+        prefix: BytesMut::new(),
+        io: stream,
+    };
+    serve_h2_io(tracked, io, client).await
+}
+
+async fn serve_h2_io(tracked: Tracked, io: Prefixed, client: ClientAddr) {
+    let shared = tracked.0.clone();
     let client = Arc::new(client);
     let max_head = u32::try_from(shared.conn.max_head).unwrap_or(u32::MAX);
     let closing = shared.clone();
@@ -947,13 +970,14 @@ mod tests {
                 header_timeout: Duration::from_secs(1),
                 keep_alive: Duration::from_secs(1),
             },
+            https_port: None,
             closing: Closing::default(),
             metrics: crate::metrics::Metrics::new(),
             access_log: None,
             health: None,
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let _client = TcpStream::connect(listener.local_addr().unwrap())
+        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
         let (stream, peer) = listener.accept().await.unwrap();
@@ -964,7 +988,7 @@ mod tests {
         let size = std::mem::size_of_val(&handle(&shared, &client, req));
         eprintln!("handle future: {size} bytes");
         assert!(size <= 8192, "the request future grew to {size} bytes");
-        let fut = serve(Tracked::new(&shared), stream, peer);
+        let fut = serve(Tracked::new(&shared), ClientStream::Plain(stream), peer);
         let size = std::mem::size_of_val(&fut);
         eprintln!("serve future: {size} bytes");
         // 280 bytes in release builds (288 in debug): with tokio's task header and trailer that is

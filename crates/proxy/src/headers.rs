@@ -106,6 +106,8 @@ pub(crate) struct ClientAddr {
     pub(crate) ip: IpAddr,
     text: [u8; 46],
     len: u8,
+    /// The client came over TLS (the HTTPS listener).
+    pub(crate) tls: bool,
 }
 
 impl ClientAddr {
@@ -118,7 +120,19 @@ impl ClientAddr {
             ip: peer,
             text,
             len,
+            tls: false,
         }
+    }
+
+    /// Marks the connection as one that came over TLS.
+    pub(crate) fn over_tls(mut self, tls: bool) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// `X-Forwarded-Proto` and `Forwarded: proto=` for this client.
+    fn proto(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
     }
 
     fn text(&self) -> &[u8] {
@@ -223,7 +237,8 @@ fn forwarded_element(client: &ClientAddr, host: Option<&HeaderValue>) -> Vec<u8>
             e.push(b'"');
         }
     }
-    e.extend_from_slice(b";proto=http");
+    e.extend_from_slice(b";proto=");
+    e.extend_from_slice(client.proto().as_bytes());
     e
 }
 
@@ -238,7 +253,7 @@ fn set_forwarding(headers: &mut HeaderMap, client: &ClientAddr, trusted_peer: bo
     if trusted_peer {
         append_forwarded_for(headers, client);
         if !headers.contains_key(&X_FORWARDED_PROTO) {
-            headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+            headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(client.proto()));
         }
         if !headers.contains_key(&X_FORWARDED_HOST)
             && let Some(host) = host
@@ -259,7 +274,7 @@ fn set_forwarding(headers: &mut HeaderMap, client: &ClientAddr, trusted_peer: bo
         }
     } else {
         headers.insert(&X_FORWARDED_FOR, client.xff());
-        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(client.proto()));
         match host {
             Some(host) => headers.insert(&X_FORWARDED_HOST, host),
             None => headers.remove(&X_FORWARDED_HOST),

@@ -105,7 +105,16 @@
 //!   count separately.
 //! * The hop marker binds node, time, method and path but not the body: nodes should talk over
 //!   a private network (or, later, TLS).
-//! * `X-Forwarded-Proto` is `http`: this listener is plain HTTP.
+//! * `X-Forwarded-Proto` is `http` on the plain listener and `https` on the HTTPS one.
+//!
+//! # HTTPS
+//!
+//! [`serve_all`] also serves an HTTPS listener (module `tls`): rustls with the replicated
+//! certificates, chosen by SNI (exact names, one-label `*.` wildcards, then the default
+//! certificate) from a table swapped whole when certificates change; ALPN `h2` goes to the
+//! HTTP/2 server, anything else to the same HTTP/1.1 loop as plain connections (module
+//! `stream` makes it run over TCP or TLS). A route's `https_redirect` answers plain-HTTP
+//! requests with a redirect to HTTPS.
 
 mod access;
 mod balance;
@@ -124,7 +133,10 @@ mod metrics;
 mod proxy;
 mod rules;
 mod server;
+mod stream;
 mod table;
+mod tcp;
+mod tls;
 mod upstream;
 
 pub use access::{ACCESS_TARGET, AccessLog};
@@ -134,7 +146,7 @@ pub use metrics::{
     BackendSnapshot, HistogramSnapshot, LATENCY_BUCKETS, Metrics, PoolSnapshot, RouteSnapshot,
     Snapshot,
 };
-pub use server::serve;
+pub use server::{Listeners, serve, serve_all};
 use std::time::Duration;
 
 /// Default for [`ProxyConfig::max_replay_body`]: 1 MiB.
@@ -174,6 +186,9 @@ pub struct ProxyConfig {
     pub metrics: Metrics,
     /// One log line per request (target `access`), in this format; default off.
     pub access_log: Option<AccessLog>,
+    /// The port that routes' `https_redirect` send clients to; `None` for 443 (no port in
+    /// the `Location`). The node sets it from its `--https-addr`.
+    pub https_port: Option<u16>,
     /// This node's health monitor: failures met in real traffic on pools with `eject` count
     /// as failed probes there. None: passive failures only eject locally.
     pub health: Option<std::sync::Arc<Monitor>>,
@@ -195,6 +210,7 @@ impl ProxyConfig {
             keep_alive_timeout: DEFAULT_KEEP_ALIVE_TIMEOUT,
             metrics: Metrics::new(),
             access_log: None,
+            https_port: None,
             health: None,
             memory: None,
         }
@@ -212,6 +228,7 @@ impl std::fmt::Debug for ProxyConfig {
             .field("header_read_timeout", &self.header_read_timeout)
             .field("keep_alive_timeout", &self.keep_alive_timeout)
             .field("access_log", &self.access_log)
+            .field("https_port", &self.https_port)
             .finish()
     }
 }

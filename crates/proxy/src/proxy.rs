@@ -40,6 +40,8 @@ pub(crate) struct Shared {
     pub(crate) swapped: Notify,
     /// Settings of client connections.
     pub(crate) conn: crate::conn::ConnOpts,
+    /// The port HTTPS redirects name (`None`: the default, 443).
+    pub(crate) https_port: Option<u16>,
     /// Wakes idle client connections (deadline ticks, shutdown).
     pub(crate) closing: crate::conn::Closing,
     /// Counters the admin plane reads.
@@ -128,6 +130,11 @@ pub(crate) fn handle(
                 }
             }
         };
+        if let Some(status) = route.https_redirect
+            && !client.tls
+        {
+            return crate::tls::redirect_to_https(&req, status, shared.https_port);
+        }
         let served = AtomicU32::new(SERVED_NOBODY);
         let resp = match proxy(shared, &live, route, client, req, &served).await {
             Ok(resp) => resp,

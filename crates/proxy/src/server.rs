@@ -5,15 +5,20 @@ use crate::conn::{Closing, ConnOpts, Tracked};
 use crate::hop::HopKey;
 use crate::memory::Pressure;
 use crate::proxy::{LeaderTarget, Live, Shared};
+use crate::stream::ClientStream;
 use crate::table::{Registry, RouteTable};
+use crate::tcp::TcpListeners;
+use crate::tls::CertTable;
 use crate::{Leader, ProxyConfig};
 use arc_swap::ArcSwap;
+use gateway_model::TcpListenerStatus;
 use gateway_model::{Protocol, State};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
+use tokio_rustls::TlsAcceptor;
 
 /// Serves the data plane on `listener` until `shutdown` resolves (then stops accepting, lets in-flight requests finish).
 ///
@@ -23,11 +28,46 @@ use tokio::sync::{Notify, watch};
 /// closed at once; upgraded connections such as WebSockets are not waited for).
 pub async fn serve(
     listener: TcpListener,
+    state: watch::Receiver<Arc<State>>,
+    leader: watch::Receiver<Option<Leader>>,
+    config: ProxyConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let listeners = Listeners {
+        http: listener,
+        https: None,
+        tcp_status: None,
+    };
+    serve_all(listeners, state, leader, config, shutdown).await
+}
+
+/// The data plane's listeners.
+pub struct Listeners {
+    /// Plain HTTP/1.1 and h2c.
+    pub http: TcpListener,
+    /// HTTPS (TLS with SNI from the replicated certificates; ALPN h2 and http/1.1).
+    pub https: Option<TcpListener>,
+    /// Where the state of this node's TCP route listeners is published (listening, or why
+    /// not); TCP routes are served whether or not it is given.
+    pub tcp_status: Option<watch::Sender<Vec<TcpListenerStatus>>>,
+}
+
+/// Like [`serve`], on every listener of `listeners`: the HTTPS one, if any, terminates TLS
+/// with the certificates of the replicated state (swapped in when they change, without
+/// touching open connections) and then serves HTTP/1.1 or, when the client chose `h2` by
+/// ALPN, HTTP/2, exactly as the plain listener does.
+pub async fn serve_all(
+    listeners: Listeners,
     mut state: watch::Receiver<Arc<State>>,
     mut leader: watch::Receiver<Option<Leader>>,
     config: ProxyConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let Listeners {
+        http: listener,
+        https,
+        tcp_status,
+    } = listeners;
     let key = HopKey::new(&config.hop_key);
     let mut registry = Registry::default();
     let (live, compiled_from) =
@@ -48,18 +88,29 @@ pub async fn serve(
         live: ArcSwap::from_pointee(live),
         swapped: Notify::new(),
         conn,
+        https_port: config.https_port,
         closing: Closing::default(),
         metrics: config.metrics.clone(),
         access_log: config.access_log,
         health: config.health.clone(),
     });
     shared.metrics.set_table(shared.live.load().table.clone());
+    let certs = Arc::new(ArcSwap::from_pointee(CertTable::compile(&compiled_from)));
+    let acceptor = TlsAcceptor::from(Arc::new(crate::tls::server_config(certs.clone())));
+    if let Some(l) = &https {
+        tracing::info!(addr = %l.local_addr()?, certs = certs.load().loaded, "HTTPS listening");
+    }
+    let tcp_status = tcp_status.unwrap_or_else(|| watch::channel(Vec::new()).0);
+    let mut tcp = TcpListeners::new(config.node_id, tcp_status);
+    tcp.update(&compiled_from, &shared);
     let watcher = tokio::spawn(watch_changes(
+        tcp,
         shared.clone(),
         state,
         leader,
         registry,
         compiled_from,
+        certs,
     ));
     tracing::info!(
         addr = %listener.local_addr()?,
@@ -115,34 +166,54 @@ pub async fn serve(
                 None => std::future::pending::<()>().await,
             }
         };
-        let (stream, peer) = tokio::select! {
+        let (accepted, tls) = tokio::select! {
             () = &mut shutdown => break,
             // Look again: at the limit, stop accepting at once.
             () = pressure_changed => continue,
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = listener.accept() => (accepted, false),
+            accepted = accept_maybe(&https) => (accepted, true),
+        };
+        let (stream, peer) = match accepted {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
         if pressure
             .as_ref()
             .is_some_and(|p| *p.borrow() != Pressure::Normal)
         {
-            tokio::spawn(shed(stream));
+            // Under memory pressure: a fast 503 in plain HTTP; a TLS connection is closed
+            // before its handshake (that costs less than answering it).
+            if !tls {
+                tokio::spawn(shed(stream));
+            }
             continue;
         }
-        tokio::spawn(crate::conn::serve(Tracked::new(&shared), stream, peer));
+        if tls {
+            tokio::spawn(handshake(
+                Tracked::new(&shared),
+                acceptor.clone(),
+                stream,
+                peer,
+            ));
+        } else {
+            tokio::spawn(crate::conn::serve(
+                Tracked::new(&shared),
+                ClientStream::Plain(stream),
+                peer,
+            ));
+        }
     }
     if let Some(s) = shedder {
         s.abort();
     }
     drop(listener);
+    drop(https);
     tracing::info!("data plane shutting down");
     shared.closing.close();
     shared.closing.all_gone().await;
@@ -173,6 +244,45 @@ async fn shed(mut stream: tokio::net::TcpStream) {
     .await;
 }
 
+/// Accepts on `listener`, or never when there is none.
+async fn accept_maybe(
+    listener: &Option<TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Completes a TLS handshake (within the header read timeout), then serves the connection
+/// as HTTP/2 if the client chose it by ALPN, else as HTTP/1.1.
+async fn handshake(
+    tracked: Tracked,
+    acceptor: TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+) {
+    let within = tracked.conn.header_timeout;
+    let tls = match tokio::time::timeout(within, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let stream = ClientStream::Tls(Box::new(tls));
+    if h2 {
+        crate::conn::serve_h2_tls(tracked, stream, peer).await;
+    } else {
+        crate::conn::serve(tracked, stream, peer).await;
+    }
+}
+
 fn compile(
     state: &mut watch::Receiver<Arc<State>>,
     leader: &mut watch::Receiver<Option<Leader>>,
@@ -200,26 +310,41 @@ fn leader_target(leader: &Option<Leader>, registry: &mut Registry) -> Option<Lea
 
 /// Recompiles on every change until both senders are gone (the last config then stays).
 async fn watch_changes(
+    mut tcp: TcpListeners,
     shared: Arc<Shared>,
     mut state: watch::Receiver<Arc<State>>,
     mut leader: watch::Receiver<Option<Leader>>,
     mut registry: Registry,
     // The state the live table was compiled from.
     mut compiled_from: Arc<State>,
+    certs: Arc<ArcSwap<CertTable>>,
 ) {
     let (mut state_open, mut leader_open) = (true, true);
+    // TCP listeners that could not bind are tried again on this tick (and on every change).
+    let mut rebind = tokio::time::interval(Duration::from_secs(2));
+    rebind.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     while state_open || leader_open {
         tokio::select! {
+            _ = rebind.tick(), if tcp.has_failures() => {
+                tcp.update(&compiled_from, &shared);
+            }
             changed = state.changed(), if state_open => {
                 if changed.is_err() {
                     state_open = false;
                     continue;
                 }
                 let snapshot = state.borrow_and_update().clone();
+                if !compiled_from.certs.ptr_eq(&snapshot.certs) && compiled_from.certs != snapshot.certs {
+                    let table = CertTable::compile(&snapshot);
+                    tracing::info!(revision = snapshot.revision, certs = table.loaded, "certificates swapped");
+                    certs.store(Arc::new(table));
+                }
                 if crate::table::same_routing(&compiled_from, &snapshot) {
+                    compiled_from = snapshot;
                     continue;
                 }
                 let table = Arc::new(RouteTable::compile(&snapshot, shared.node_id, &shared.key, &mut registry));
+                let tcp_changed = !compiled_from.tcp_routes.ptr_eq(&snapshot.tcp_routes);
                 compiled_from = snapshot.clone();
                 let leader = shared.live.load().leader.as_ref().map(|l| LeaderTarget {
                     id: l.id,
@@ -227,6 +352,10 @@ async fn watch_changes(
                     endpoint: l.endpoint.clone(),
                 });
                 shared.swap(Live { table, leader });
+                // After the swap: new TCP listeners find their pools in the live table.
+                if tcp_changed {
+                    tcp.update(&snapshot, &shared);
+                }
                 tracing::debug!(revision = snapshot.revision, "route table swapped");
             }
             changed = leader.changed(), if leader_open => {

@@ -61,6 +61,8 @@ pub(crate) struct CompiledRoute {
     pub(crate) stats: Arc<RouteStats>,
     /// Answers by status class per backend of the pool (same order as its backends).
     pub(crate) per_backend: Box<[Arc<Classes>]>,
+    /// Plain-HTTP requests get this redirect to HTTPS instead of being proxied.
+    pub(crate) https_redirect: Option<http::StatusCode>,
     /// `max_body_bytes`.
     pub(crate) max_body: Option<u64>,
     /// `max_concurrent`; 0: no limit.
@@ -116,6 +118,9 @@ pub(crate) fn same_routing(a: &State, b: &State) -> bool {
     if !a.routes.ptr_eq(&b.routes) && a.routes != b.routes {
         return false;
     }
+    if !a.tcp_routes.ptr_eq(&b.tcp_routes) && a.tcp_routes != b.tcp_routes {
+        return false;
+    }
     // The agreed health decides which backends a pool uses.
     if !a.health.ptr_eq(&b.health) && a.health != b.health {
         return false;
@@ -123,6 +128,9 @@ pub(crate) fn same_routing(a: &State, b: &State) -> bool {
     b.routes
         .values()
         .all(|r| a.pools.get(&r.pool) == b.pools.get(&r.pool))
+        && b.tcp_routes
+            .values()
+            .all(|r| a.pools.get(&r.pool) == b.pools.get(&r.pool))
 }
 
 impl RouteTable {
@@ -195,6 +203,9 @@ impl RouteTable {
                     .iter()
                     .map(|b| reg.route_backend(&route.name, &pools[pool].name, &b.id))
                     .collect(),
+                https_redirect: route
+                    .https_redirect
+                    .and_then(|s| http::StatusCode::from_u16(s).ok()),
                 max_body: route.max_body_bytes,
                 max_concurrent: route.max_concurrent.map_or(0, |m| m as usize),
                 limiter: reg
@@ -235,6 +246,17 @@ impl RouteTable {
                 if list.last() != Some(&i) {
                     list.push(i);
                 }
+            }
+        }
+        // The pools of TCP routes too (module `tcp` picks their backends from this table).
+        for tcp in state.tcp_routes.values() {
+            if !pool_index.contains_key(tcp.pool.as_str())
+                && let Some(spec) = state.pools.get(&tcp.pool)
+            {
+                pool_index.insert(tcp.pool.as_str().into(), pools.len());
+                let verdicts = state.health.get(&spec.name);
+                let down = |id: &str| verdicts.and_then(|m| m.get(id)).is_some_and(|h| !h.up);
+                pools.push(CompiledPool::compile_with(spec, node_id, key, reg, &down));
             }
         }
         reg.sweep();

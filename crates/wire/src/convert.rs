@@ -10,10 +10,10 @@
 
 use crate::admin;
 use gateway_model::{
-    AlertSink, Backend, BackendHealth, Balance, Change, ChangeSet, CheckKind, Command, Ejection,
-    ErrorPage, HeaderMatch, HeaderRules, HealthCheck, HealthPolicy, Invalid, MAX_BATCH, Pool,
-    ProcessSpec, Protocol, RateLimit, RollingRestart, Route, SmtpSink, WritePolicy,
-    validate_alert_sink, validate_name, validate_pool, validate_route,
+    AlertSink, Backend, BackendHealth, Balance, Cert, Change, ChangeSet, CheckKind, Command,
+    Ejection, ErrorPage, HeaderMatch, HeaderRules, HealthCheck, HealthPolicy, Invalid, MAX_BATCH,
+    Pool, ProcessSpec, Protocol, ProxyProtocol, RateLimit, RollingRestart, Route, SmtpSink,
+    TcpRoute, WritePolicy, validate_alert_sink, validate_name, validate_pool, validate_route,
 };
 use std::collections::BTreeMap;
 
@@ -632,6 +632,80 @@ fn error_page_to(p: &ErrorPage) -> admin::ErrorPage {
     }
 }
 
+/// A certificate as replies carry it: never with its key.
+pub fn cert_to_wire(c: &Cert) -> admin::Cert {
+    admin::Cert {
+        name: c.name.clone(),
+        cert_pem: c.cert_pem.clone(),
+        key_pem: String::new(),
+        default: c.default,
+        names: c.names.clone(),
+        not_before: c.not_before,
+        not_after: c.not_after,
+        revision: c.revision,
+    }
+}
+
+/// A certificate from the wire, translated but not checked.
+pub fn cert_from_wire(c: admin::Cert) -> Cert {
+    Cert {
+        name: c.name,
+        cert_pem: c.cert_pem,
+        key_pem: c.key_pem,
+        default: c.default,
+        names: c.names,
+        not_before: c.not_before,
+        not_after: c.not_after,
+        revision: c.revision,
+    }
+}
+
+/// A TCP route as the wire carries it.
+pub fn tcp_route_to_wire(r: &TcpRoute) -> admin::TcpRoute {
+    admin::TcpRoute {
+        name: r.name.clone(),
+        listen: r.listen.clone(),
+        pool: r.pool.clone(),
+        nodes: r.nodes.clone(),
+        idle_timeout_ms: r.idle_timeout_ms,
+        connect_timeout_ms: r.connect_timeout_ms,
+        max_connections: r.max_connections,
+        proxy_protocol: match r.proxy_protocol {
+            None => String::new(),
+            Some(ProxyProtocol::V1) => "v1".into(),
+            Some(ProxyProtocol::V2) => "v2".into(),
+        },
+        revision: r.revision,
+    }
+}
+
+/// A TCP route from the wire, translated but not validated.
+pub fn tcp_route_from_wire(r: admin::TcpRoute) -> Result<TcpRoute, Invalid> {
+    let proxy_protocol = match r.proxy_protocol.as_str() {
+        "" => None,
+        "v1" => Some(ProxyProtocol::V1),
+        "v2" => Some(ProxyProtocol::V2),
+        other => {
+            return Err(Invalid::new(
+                "proxy_protocol",
+                format!("'{other}' is not a PROXY protocol version"),
+                "use v1 or v2, or leave it empty",
+            ));
+        }
+    };
+    Ok(TcpRoute {
+        name: r.name,
+        listen: r.listen,
+        pool: r.pool,
+        nodes: r.nodes,
+        idle_timeout_ms: r.idle_timeout_ms,
+        connect_timeout_ms: r.connect_timeout_ms,
+        max_connections: r.max_connections,
+        proxy_protocol,
+        revision: r.revision,
+    })
+}
+
 /// A route as the wire carries it.
 pub fn route_to_wire(r: &Route) -> admin::Route {
     let Route {
@@ -650,12 +724,14 @@ pub fn route_to_wire(r: &Route) -> admin::Route {
         strip_prefix,
         host_rewrite,
         error_pages,
+        https_redirect,
         max_body_bytes,
         max_concurrent,
         rate_limit,
         revision,
     } = r;
     admin::Route {
+        https_redirect: https_redirect.map(u32::from),
         name: name.clone(),
         hosts: hosts.clone(),
         path_prefix: path_prefix.clone(),
@@ -713,7 +789,18 @@ pub fn route_from_wire(r: admin::Route) -> Result<Route, Invalid> {
         max_concurrent,
         rate_limit,
         revision,
+        https_redirect,
     } = r;
+    let https_redirect = match https_redirect {
+        None => None,
+        Some(s) => Some(u16::try_from(s).map_err(|_| {
+            Invalid::new(
+                "https_redirect",
+                format!("{s} is not a redirect status"),
+                "use 308, 301, 302 or 307",
+            )
+        })?),
+    };
     let mut pages = BTreeMap::new();
     for (key, page) in error_pages {
         let page = error_page_from(&key, page)?;
@@ -745,6 +832,7 @@ pub fn route_from_wire(r: admin::Route) -> Result<Route, Invalid> {
         strip_prefix,
         host_rewrite,
         error_pages: pages,
+        https_redirect,
         max_body_bytes,
         max_concurrent,
         rate_limit: rate_limit.map(|r| RateLimit {
@@ -872,6 +960,10 @@ pub fn change_set_to_wire(c: &ChangeSet) -> admin::ChangeSet {
                     Change::PutRoute { route } => W::PutRoute(route_to_wire(route)),
                     Change::DeleteRoute { name } => W::DeleteRoute(name.clone()),
                     Change::RetireNode { id } => W::RetireNode(*id),
+                    Change::PutCert { cert } => W::PutCert(cert_to_wire(cert)),
+                    Change::DeleteCert { name } => W::DeleteCert(name.clone()),
+                    Change::PutTcpRoute { route } => W::PutTcpRoute(tcp_route_to_wire(route)),
+                    Change::DeleteTcpRoute { name } => W::DeleteTcpRoute(name.clone()),
                     Change::Health {
                         pool,
                         backend,
@@ -911,6 +1003,14 @@ pub fn change_set_from_wire(c: admin::ChangeSet) -> Result<ChangeSet, Invalid> {
             },
             Some(W::DeleteRoute(name)) => Change::DeleteRoute { name },
             Some(W::RetireNode(id)) => Change::RetireNode { id },
+            Some(W::PutCert(c)) => Change::PutCert {
+                cert: cert_from_wire(c),
+            },
+            Some(W::DeleteCert(name)) => Change::DeleteCert { name },
+            Some(W::PutTcpRoute(r)) => Change::PutTcpRoute {
+                route: tcp_route_from_wire(r).map_err(field)?,
+            },
+            Some(W::DeleteTcpRoute(name)) => Change::DeleteTcpRoute { name },
             Some(W::Health(h)) => Change::Health {
                 pool: h.pool,
                 backend: h.backend,
@@ -1033,6 +1133,7 @@ mod tests {
             },
             strip_prefix: true,
             host_rewrite: Some("app.internal:8080".into()),
+            https_redirect: Some(308),
             error_pages: BTreeMap::from([(
                 "503".into(),
                 ErrorPage {

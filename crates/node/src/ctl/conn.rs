@@ -146,6 +146,7 @@ impl Conn {
         token: Option<String>,
         timeout: Duration,
         unreachable: Duration,
+        tls: Option<&gateway_cluster::ClusterTls>,
     ) -> anyhow::Result<Conn> {
         let servers: Vec<String> = servers
             .iter()
@@ -161,6 +162,8 @@ impl Conn {
         for s in &servers {
             let uri = if s.contains("://") {
                 s.clone()
+            } else if tls.is_some() {
+                format!("https://{s}")
             } else {
                 format!("http://{s}")
             };
@@ -173,6 +176,12 @@ impl Conn {
             if ep.uri().port_u16().is_none() || ep.uri().host().is_none_or(str::is_empty) {
                 return Err(bad());
             }
+            let ep = match tls {
+                Some(t) => ep
+                    .tls_config(t.client())
+                    .map_err(|e| anyhow::anyhow!("--tls-ca/--tls-cert/--tls-key: {e}"))?,
+                None => ep,
+            };
             endpoints.push(
                 ep.connect_timeout(Duration::from_secs(3))
                     .tcp_nodelay(true)
@@ -341,7 +350,7 @@ impl Conn {
                     Err(s) if not_grpc(&s) => {
                         wrong_port += 1;
                         unreachable.push(format!(
-                            "{}: not a gateway cluster port ({}); is it the admin or HTTP address?",
+                            "{}: not a gateway cluster port ({}); is it the admin or HTTP address, or does the cluster run with TLS (--tls-ca, --tls-cert, --tls-key)?",
                             self.servers[i],
                             describe_status(&s)
                         ));
@@ -395,7 +404,7 @@ mod tests {
         let t = Duration::from_secs(1);
         let conn = |servers: &[&str], token: Option<&str>| {
             let servers: Vec<String> = servers.iter().map(|s| s.to_string()).collect();
-            Conn::new(&servers, token.map(str::to_string), t, t)
+            Conn::new(&servers, token.map(str::to_string), t, t, None)
         };
         assert!(conn(&["127.0.0.1:7101", "node2:7102"], None).is_ok());
         for bad in ["127.0.0.1", "no spaces:1", ""] {

@@ -46,6 +46,16 @@ pub struct ClientArgs {
     /// [default: 30, but 5 when no server can be connected to at all].
     #[arg(long, global = true, value_name = "SECS")]
     pub timeout: Option<u64>,
+    /// Cluster CA (PEM), when the nodes run with cluster mutual TLS; with --tls-cert and
+    /// --tls-key (a certificate of that CA, e.g. from `gateway tls-gen`).
+    #[arg(long, global = true, env = "GATEWAY_TLS_CA", value_name = "FILE", requires_all = ["tls_cert", "tls_key"])]
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) signed by the cluster CA.
+    #[arg(long, global = true, env = "GATEWAY_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, global = true, env = "GATEWAY_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
 }
 
 impl ClientArgs {
@@ -62,7 +72,24 @@ impl ClientArgs {
             Some(_) => timeout,
             None => conn::UNREACHABLE,
         };
-        Conn::new(&self.server, token, timeout, unreachable)
+        let tls = match (&self.tls_ca, &self.tls_cert, &self.tls_key) {
+            (Some(ca), Some(cert), Some(key)) => {
+                let read = |p: &PathBuf, flag: &str| {
+                    std::fs::read(p)
+                        .map_err(|e| anyhow::anyhow!("cannot read {flag} {}: {e}", p.display()))
+                };
+                Some(gateway_cluster::ClusterTls {
+                    ca_pem: read(ca, "--tls-ca")?,
+                    cert_pem: read(cert, "--tls-cert")?,
+                    key_pem: read(key, "--tls-key")?,
+                })
+            }
+            (None, None, None) => None,
+            _ => anyhow::bail!(
+                "--tls-ca, --tls-cert and --tls-key go together: give all three to talk to a cluster that runs with mutual TLS"
+            ),
+        };
+        Conn::new(&self.server, token, timeout, unreachable, tls.as_ref())
     }
 }
 
@@ -277,6 +304,53 @@ pub enum PoolCmd {
 }
 
 #[derive(Subcommand, Debug, Clone)]
+pub enum CertCmd {
+    /// Upload a TLS certificate (chain and key, PEM) that every node's HTTPS listener serves
+    /// for the names in it; with --replace or --if-revision, replace it (open connections keep
+    /// the old one, new handshakes get the new one).
+    #[command(
+        after_help = "Examples:\n  gateway cert add example --cert fullchain.pem --key key.pem\n  gateway cert add example --cert new-fullchain.pem --key new-key.pem --replace\n  gateway cert add fallback --cert fallback.pem --key fallback-key.pem --default\n\nRefused when the files are not PEM, the key does not belong to the first certificate,\nor the certificate has expired or is not valid yet."
+    )]
+    Add {
+        name: String,
+        /// PEM file with the certificate first, then its intermediates (fullchain.pem).
+        #[arg(long = "cert", value_name = "FILE")]
+        cert: std::path::PathBuf,
+        /// PEM file with the certificate's private key.
+        #[arg(long = "key", value_name = "FILE")]
+        key: std::path::PathBuf,
+        /// Serve it to clients whose SNI names no certificate (or who send none).
+        #[arg(long)]
+        default: bool,
+        #[command(flatten)]
+        mode: AddMode,
+    },
+    /// Show one certificate: names, validity, chain (never the key).
+    #[command(after_help = "Example:\n  gateway cert get example --output json")]
+    Get {
+        name: String,
+        #[arg(long, value_enum, default_value_t)]
+        consistency: ConsistencyArg,
+    },
+    /// List the certificates with their names and expiry.
+    #[command(visible_alias = "ls", after_help = "Example:\n  gateway cert list")]
+    List {
+        #[arg(long, value_enum, default_value_t)]
+        consistency: ConsistencyArg,
+    },
+    /// Delete a certificate; new handshakes for its names no longer get it.
+    #[command(
+        visible_alias = "remove",
+        after_help = "Example:\n  gateway cert rm example"
+    )]
+    Rm {
+        name: String,
+        #[command(flatten)]
+        cond: IfRevision,
+    },
+}
+
+#[derive(Subcommand, Debug, Clone)]
 pub enum BackendCmd {
     /// Add a backend to a pool (read, change, write back with compare-and-set; retried when
     /// someone else changed the pool meanwhile).
@@ -464,6 +538,7 @@ pub enum ConfigCmd {
 pub enum Ctl {
     Route(RouteCmd),
     Pool(PoolCmd),
+    Cert(CertCmd),
     Backend(BackendCmd),
     Alert(AlertCmd),
     Cluster(ClusterCmd),
@@ -479,6 +554,7 @@ pub async fn run(args: ClientArgs, cmd: Ctl) -> anyhow::Result<()> {
     match cmd {
         Ctl::Route(c) => objects::route(&mut conn, out, c).await,
         Ctl::Pool(c) => objects::pool(&mut conn, out, c).await,
+        Ctl::Cert(c) => objects::cert(&mut conn, out, c).await,
         Ctl::Backend(c) => objects::backend(&mut conn, out, c).await,
         Ctl::Alert(c) => objects::alert(&mut conn, out, c).await,
         Ctl::Cluster(c) => cluster::cluster(&mut conn, out, c).await,

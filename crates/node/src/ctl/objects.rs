@@ -3,12 +3,13 @@
 use super::conn::{Conn, Failed, has_code};
 use super::output::outln;
 use super::output::{self, Output, print_json};
-use super::{AddMode, AlertAdd, AlertCmd, BackendCmd, ConsistencyArg, PoolCmd, RouteCmd};
+use super::{AddMode, AlertAdd, AlertCmd, BackendCmd, CertCmd, ConsistencyArg, PoolCmd, RouteCmd};
 use anyhow::{Context, bail};
-use gateway_model::{Backend, Pool, Route};
+use gateway_model::{Backend, Cert, Pool, Route};
 use gateway_wire::admin;
 use gateway_wire::convert::{
-    alert_sink_from_wire, pool_from_wire, pool_to_wire, route_from_wire, route_to_wire,
+    alert_sink_from_wire, cert_from_wire, pool_from_wire, pool_to_wire, route_from_wire,
+    route_to_wire,
 };
 use serde_json::json;
 use tonic::Code;
@@ -804,5 +805,144 @@ mod tests {
             let e = parse_backend(bad).unwrap_err().to_string();
             assert!(e.starts_with("--backend '"), "{e}");
         }
+    }
+}
+
+/// A Unix time as `YYYY-MM-DD` (UTC).
+fn day(unix: i64) -> String {
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = unix.div_euclid(86_400) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+fn cert_row(c: &Cert) -> Vec<String> {
+    vec![
+        c.name.clone(),
+        c.names.join(","),
+        day(c.not_after),
+        if c.default { "yes" } else { "" }.to_string(),
+        c.revision.to_string(),
+    ]
+}
+
+const CERT_HEADERS: &[&str] = &["NAME", "SERVES", "EXPIRES", "DEFAULT", "REVISION"];
+
+/// `gateway cert ...`: certificates through the admin gRPC API.
+pub async fn cert(c: &mut Conn, out: Output, cmd: CertCmd) -> anyhow::Result<()> {
+    match cmd {
+        CertCmd::Add {
+            name,
+            cert,
+            key,
+            default,
+            mode,
+        } => {
+            let expect = expect_of(&mode);
+            let cert_pem = std::fs::read_to_string(&cert)
+                .with_context(|| format!("cannot read --cert {}", cert.display()))?;
+            let key_pem = std::fs::read_to_string(&key)
+                .with_context(|| format!("cannot read --key {}", key.display()))?;
+            let msg = admin::PutCertRequest {
+                cert: Some(admin::Cert {
+                    name: name.clone(),
+                    cert_pem,
+                    key_pem,
+                    default,
+                    ..Default::default()
+                }),
+                if_revision: expect,
+            };
+            let r = c
+                .call(msg, |mut cl, r| async move { cl.put_cert(r).await })
+                .await
+                .map_err(exists_hint)?
+                .into_inner();
+            let shown = r.cert.map(cert_from_wire).unwrap_or_default();
+            match out {
+                Output::Table => outln!(
+                    "{}; serves {}, expires {}",
+                    saved("cert", &name, expect, r.revision),
+                    shown.names.join(","),
+                    day(shown.not_after)
+                ),
+                Output::Json => print_json(&json!({"revision": r.revision, "cert": shown}))?,
+            }
+        }
+        CertCmd::Get { name, consistency } => {
+            let msg = admin::GetRequest {
+                name,
+                consistency: consistency.wire(),
+            };
+            let r = c
+                .call(msg, |mut cl, r| async move { cl.get_cert(r).await })
+                .await?
+                .into_inner();
+            let shown = r.cert.map(cert_from_wire).unwrap_or_default();
+            match out {
+                Output::Table => {
+                    outln!("{}", output::table(CERT_HEADERS, &[cert_row(&shown)]));
+                    outln!("{}", shown.cert_pem.trim_end());
+                }
+                Output::Json => print_json(&json!({"revision": r.revision, "cert": shown}))?,
+            }
+        }
+        CertCmd::List { consistency } => {
+            let msg = admin::ReadRequest {
+                consistency: consistency.wire(),
+            };
+            let r = c
+                .call(msg, |mut cl, r| async move { cl.list_certs(r).await })
+                .await?
+                .into_inner();
+            let certs: Vec<Cert> = r.certs.into_iter().map(cert_from_wire).collect();
+            match out {
+                Output::Table if certs.is_empty() => outln!(
+                    "no certificates (revision {}); add one with `gateway cert add`",
+                    r.revision
+                ),
+                Output::Table => {
+                    let rows: Vec<_> = certs.iter().map(cert_row).collect();
+                    outln!("{}", output::table(CERT_HEADERS, &rows));
+                }
+                Output::Json => print_json(&json!({"revision": r.revision, "certs": certs}))?,
+            }
+        }
+        CertCmd::Rm { name, cond } => {
+            let msg = admin::DeleteRequest {
+                name: name.clone(),
+                if_revision: cond.if_revision,
+            };
+            let revision = match c
+                .call(msg, |mut cl, r| async move { cl.delete_cert(r).await })
+                .await
+            {
+                Ok(r) => r.into_inner().revision,
+                Err(e) if c.retried() && has_code(&e, Code::NotFound) => gone_at(c).await?,
+                Err(e) => return Err(e),
+            };
+            match out {
+                Output::Table => outln!("cert {name} removed (revision {revision})"),
+                Output::Json => print_json(&json!({"revision": revision}))?,
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod cert_tests {
+    #[test]
+    fn days_are_civil_dates() {
+        assert_eq!(super::day(0), "1970-01-01");
+        assert_eq!(super::day(1_009_843_200), "2002-01-01");
+        assert_eq!(super::day(1_709_164_800), "2024-02-29");
     }
 }

@@ -297,6 +297,15 @@ pub fn change_lines(set: &ChangeSet) -> Vec<String> {
                 ),
                 Change::DeleteRoute { name } => format!("delete route {name}"),
                 Change::RetireNode { id } => format!("retire node {id}"),
+                Change::PutCert { cert } => {
+                    format!("put cert {} ({})", cert.name, cert.names.join(","))
+                }
+                Change::DeleteCert { name } => format!("delete cert {name}"),
+                Change::PutTcpRoute { route } => format!(
+                    "put tcp route {} (listen {}, pool {})",
+                    route.name, route.listen, route.pool
+                ),
+                Change::DeleteTcpRoute { name } => format!("delete tcp route {name}"),
                 Change::Health {
                     pool,
                     backend,

@@ -1,0 +1,357 @@
+//! TCP routes on real `gateway` processes: a real Redis server (Debian's `redis-server`,
+//! driven with `redis-cli`, both in `.ci/packages`) behind TCP routes on every node, with a
+//! backend killed mid-run; listeners added and removed at runtime; an address that cannot be
+//! bound reported on `/status`; the PROXY protocol header a backend receives.
+//!
+//! Every node of the test cluster runs on 127.0.0.1, so each node gets its own TCP route
+//! (`nodes: [id]`) on its own port, as a real deployment would give every node the same port
+//! on its own address. Build the binary first: `cargo build -p gateway`.
+
+use anyhow::{Context, Result, bail};
+use gateway_tests::{TestCluster, TestResult, ensure, free_addr, note, wait_for};
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+/// How long a server process may take to start listening.
+const START: Duration = Duration::from_secs(30);
+/// How long a committed change may take to reach every node.
+const CONVERGE: Duration = Duration::from_secs(30);
+
+/// A `redis-server` on a free loopback port, without persistence; killed when dropped.
+struct Redis {
+    addr: SocketAddr,
+    child: Option<tokio::process::Child>,
+}
+
+impl Redis {
+    async fn start() -> Result<Redis> {
+        let addr = free_addr()?;
+        let child = tokio::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &addr.port().to_string()])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context(
+                "running redis-server (Debian package redis-server, listed in .ci/packages)",
+            )?;
+        let r = Redis {
+            addr,
+            child: Some(child),
+        };
+        wait_for(&format!("redis-server on {addr}"), START, || async {
+            let out = cli(addr, &["PING"]).await?;
+            ensure!(out == "PONG", "PING answered {out:?}");
+            Ok(())
+        })
+        .await?;
+        Ok(r)
+    }
+
+    async fn kill(&mut self) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            c.kill().await?;
+        }
+        Ok(())
+    }
+}
+
+/// `redis-cli -h 127.0.0.1 -p PORT ARGS`: its output, trimmed (empty for a missing key); an
+/// error if it failed.
+async fn cli(addr: SocketAddr, args: &[&str]) -> Result<String> {
+    let run = tokio::process::Command::new("redis-cli")
+        .args(["-h", &addr.ip().to_string(), "-p", &addr.port().to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(20), run)
+        .await
+        .context("redis-cli took over 20 s")?
+        .context("running redis-cli (Debian package redis-tools, listed in .ci/packages)")?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if !out.status.success() || text.starts_with("Could not connect") || text.starts_with("Error") {
+        bail!(
+            "redis-cli -p {} {}: {text} {}",
+            addr.port(),
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(text)
+}
+
+/// Waits until every node has applied `revision`.
+async fn converge(c: &TestCluster, revision: u64) -> Result<()> {
+    for node in c.nodes() {
+        wait_for(
+            &format!("node {} to apply revision {revision}", node.id),
+            CONVERGE,
+            || async {
+                let st = node.status().await?;
+                ensure!(st.revision >= revision, "at revision {}", st.revision);
+                Ok(())
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// PUT through node 1; the revision it answered with.
+async fn put(c: &TestCluster, path: &str, body: Value) -> Result<u64> {
+    let resp = c.node(1).put(path, &body).await?;
+    resp.expect(200)?;
+    resp.revision_header()
+}
+
+/// This node's TCP listeners as `/status` shows them.
+async fn listeners(c: &TestCluster, id: u64) -> Result<Vec<Value>> {
+    let st = c.node(id).get("/status").await?.expect_json(200)?;
+    Ok(st["tcp_listeners"].as_array().cloned().unwrap_or_default())
+}
+
+/// Redis through a TCP route on each of 3 nodes: keys set through one node are read through
+/// every other (client-IP affinity picks the same backend everywhere); when that backend is
+/// killed, new connections through every node fail over to the other one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_through_every_node_and_failover() -> TestResult {
+    let c = TestCluster::start(3).await?;
+    let mut redis = [Redis::start().await?, Redis::start().await?];
+    put(
+        &c,
+        "/v1/pools/redis",
+        json!({"balance": "ip_hash", "backends": [
+            {"id": "r1", "address": redis[0].addr.to_string()},
+            {"id": "r2", "address": redis[1].addr.to_string()}]}),
+    )
+    .await?;
+    let mut fronts = Vec::new();
+    let mut rev = 0;
+    for id in c.ids() {
+        let listen = free_addr()?;
+        rev = put(
+            &c,
+            &format!("/v1/tcp-routes/redis-{id}"),
+            json!({"listen": listen.to_string(), "pool": "redis", "nodes": [id],
+                   "idle_timeout_ms": 60000, "max_connections": 100}),
+        )
+        .await?;
+        fronts.push((id, listen));
+    }
+    converge(&c, rev).await?;
+    for &(id, front) in &fronts {
+        wait_for(
+            &format!("node {id} to listen on {front}"),
+            CONVERGE,
+            || async {
+                TcpStream::connect(front).await?;
+                Ok(())
+            },
+        )
+        .await?;
+        let status = listeners(&c, id).await?;
+        ensure!(
+            status.len() == 1 && status[0]["listening"] == json!(true),
+            "node {id} /status tcp_listeners: {status:?}"
+        );
+    }
+
+    for &(id, front) in &fronts {
+        let set = cli(front, &["SET", &format!("k{id}"), &format!("v{id}")]).await?;
+        ensure!(set == "OK", "SET through node {id}: {set}");
+    }
+    for &(id, front) in &fronts {
+        for &(other, _) in &fronts {
+            let got = cli(front, &["GET", &format!("k{other}")]).await?;
+            ensure!(
+                got == format!("v{other}"),
+                "GET k{other} through node {id}: {got}"
+            );
+        }
+    }
+    // Which server holds them: the one to kill.
+    let holder = if cli(redis[0].addr, &["GET", "k1"]).await? == "v1" {
+        0
+    } else {
+        1
+    };
+    let other = 1 - holder;
+    note!("the keys are on redis {}; killing it", redis[holder].addr);
+    redis[holder].kill().await?;
+    for round in 0..3 {
+        for &(id, front) in &fronts {
+            let key = format!("after{round}-{id}");
+            let set = cli(front, &["SET", &key, "x"]).await?;
+            ensure!(set == "OK", "SET through node {id} after the kill: {set}");
+            let got = cli(front, &["GET", &key]).await?;
+            ensure!(got == "x", "GET through node {id} after the kill: {got}");
+        }
+    }
+    let direct = cli(redis[other].addr, &["GET", "after0-1"]).await?;
+    ensure!(
+        direct == "x",
+        "the surviving server took the writes: {direct}"
+    );
+
+    // Removing a route closes its listener; adding it back opens it again.
+    let (id, front) = fronts[0];
+    let resp = c
+        .node(2)
+        .delete(&format!("/v1/tcp-routes/redis-{id}"))
+        .await?;
+    resp.expect(200)?;
+    converge(&c, resp.revision_header()?).await?;
+    wait_for(&format!("{front} to stop listening"), CONVERGE, || async {
+        ensure!(TcpStream::connect(front).await.is_err(), "still accepting");
+        Ok(())
+    })
+    .await?;
+    ensure!(
+        listeners(&c, id).await?.is_empty(),
+        "node {id} still lists the route"
+    );
+    let rev = put(
+        &c,
+        &format!("/v1/tcp-routes/redis-{id}"),
+        json!({"listen": front.to_string(), "pool": "redis", "nodes": [id]}),
+    )
+    .await?;
+    converge(&c, rev).await?;
+    wait_for(&format!("{front} to serve again"), CONVERGE, || async {
+        ensure!(cli(front, &["PING"]).await? == "PONG", "no PONG");
+        Ok(())
+    })
+    .await?;
+    Ok(())
+}
+
+/// A listen address taken by another process is reported on each node's `/status` (and
+/// retried: once it is free the node listens); a route whose pool does not exist, or a second
+/// route on the same address, is refused; the backend receives a PROXY protocol v1 header
+/// naming the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_failures_on_status_and_proxy_protocol() -> TestResult {
+    let c = TestCluster::start(3).await?;
+    let backend = TcpListener::bind("127.0.0.1:0").await?;
+    let baddr = backend.local_addr()?;
+    put(
+        &c,
+        "/v1/pools/raw",
+        json!({"backends": [{"id": "b", "address": baddr.to_string()}]}),
+    )
+    .await?;
+
+    let taken = TcpListener::bind("127.0.0.1:0").await?;
+    let taken_addr = taken.local_addr()?;
+    let rev = put(
+        &c,
+        "/v1/tcp-routes/blocked",
+        json!({"listen": taken_addr.to_string(), "pool": "raw"}),
+    )
+    .await?;
+    converge(&c, rev).await?;
+    for id in c.ids() {
+        wait_for(
+            &format!("node {id} to report {taken_addr} on /status"),
+            CONVERGE,
+            || async {
+                let l = listeners(&c, id).await?;
+                ensure!(
+                    l.len() == 1
+                        && l[0]["route"] == json!("blocked")
+                        && l[0]["listening"] == json!(false)
+                        && l[0]["error"]
+                            .as_str()
+                            .is_some_and(|e| e.contains("cannot listen")),
+                    "tcp_listeners: {l:?}"
+                );
+                Ok(())
+            },
+        )
+        .await?;
+    }
+    note!(
+        "every node reports the taken address: {:?}",
+        listeners(&c, 1).await?
+    );
+    // Freed: exactly one node (they share 127.0.0.1) binds it on its next try.
+    drop(taken);
+    wait_for("one node to take the freed address", CONVERGE, || async {
+        let mut listening = 0;
+        for id in c.ids() {
+            listening += listeners(&c, id)
+                .await?
+                .iter()
+                .filter(|l| l["listening"] == json!(true))
+                .count();
+        }
+        ensure!(listening == 1, "{listening} nodes listen");
+        Ok(())
+    })
+    .await?;
+
+    for (what, path, body, says) in [
+        (
+            "a missing pool",
+            "/v1/tcp-routes/x",
+            json!({"listen": "127.0.0.1:1", "pool": "nope"}),
+            "pool 'nope' does not exist",
+        ),
+        (
+            "an address in use by another route",
+            "/v1/tcp-routes/y",
+            json!({"listen": taken_addr.to_string(), "pool": "raw"}),
+            "already listens",
+        ),
+        (
+            "a host name",
+            "/v1/tcp-routes/z",
+            json!({"listen": "localhost:6380", "pool": "raw"}),
+            "listen",
+        ),
+    ] {
+        let resp = c.node(2).put(path, &body).await?;
+        ensure!(
+            (400..500).contains(&resp.status.as_u16()) && resp.text().contains(says),
+            "{what}: {} {}",
+            resp.status,
+            resp.text()
+        );
+    }
+
+    // PROXY protocol v1 through node 3.
+    let front = free_addr()?;
+    let rev = put(
+        &c,
+        "/v1/tcp-routes/pp",
+        json!({"listen": front.to_string(), "pool": "raw", "nodes": [3], "proxy_protocol": "v1"}),
+    )
+    .await?;
+    converge(&c, rev).await?;
+    let mut client = wait_for(&format!("{front} to listen"), CONVERGE, || async {
+        Ok(TcpStream::connect(front).await?)
+    })
+    .await?;
+    client.write_all(b"hello\n").await?;
+    let (conn, _) = tokio::time::timeout(Duration::from_secs(20), backend.accept()).await??;
+    let mut lines = BufReader::new(conn).lines();
+    let header = lines.next_line().await?.unwrap_or_default();
+    let want = format!(
+        "PROXY TCP4 127.0.0.1 127.0.0.1 {} {}",
+        client.local_addr()?.port(),
+        front.port()
+    );
+    ensure!(
+        header.trim_end() == want,
+        "header {header:?}, want {want:?}"
+    );
+    let first = lines.next_line().await?.unwrap_or_default();
+    ensure!(first == "hello", "then the client's bytes: {first:?}");
+    Ok(())
+}
