@@ -163,16 +163,16 @@ async fn route_limits_answer_429_503_and_413_and_change_at_runtime() {
             vec![be("a", &a.address, None)],
         )]
     };
-    let limited_route = |per_second: u32| Route {
+    let limited_route = |per_second: u32, burst: u32| Route {
         rate_limit: Some(RateLimit {
             per_second,
-            burst: Some(3),
+            burst: Some(burst),
         }),
         max_concurrent: Some(1),
         max_body_bytes: Some(10),
         ..route("r", &["r.test"], "/", "p")
     };
-    let p = proxy(1, state(pools(), vec![limited_route(1)]), None).await;
+    let p = proxy(1, state(pools(), vec![limited_route(1, 3)]), None).await;
     let cl = client();
 
     // A burst of 3, then 429 with Retry-After (1 per second: the next token in about 1 s).
@@ -191,7 +191,7 @@ async fn route_limits_answer_429_503_and_413_and_change_at_runtime() {
     );
 
     // Raised at runtime: the same client gets through at once (a new rate starts new buckets).
-    p.set_state(state(pools(), vec![limited_route(1000)]));
+    p.set_state(state(pools(), vec![limited_route(100_000, 100_000)]));
     eventually("the new rate applies", || {
         let cl = cl.clone();
         let url = p.url("/x");
