@@ -89,6 +89,11 @@ impl DemoBackend {
         })
     }
 
+    /// The address as a pool names it.
+    pub fn address(&self) -> String {
+        self.addr.to_string()
+    }
+
     /// Kills the process (SIGKILL) and waits until it is gone.
     pub async fn kill(&mut self) -> anyhow::Result<()> {
         self.child.kill().await?;

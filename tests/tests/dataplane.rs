@@ -10,6 +10,7 @@
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
+use gateway_tests::DemoBackend as Demo;
 use gateway_tests::{
     ELECTION, Node, Resp, TestCluster, TestResult, ensure, free_addr, note, wait_for,
 };
@@ -21,73 +22,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-/// How long a backend process may take to start listening.
-const START: Duration = Duration::from_secs(30);
 /// How long a committed change may take to reach every node.
 const CONVERGE: Duration = Duration::from_secs(30);
-
-/// A `gateway demo-backend` process; killed when dropped.
-struct Demo {
-    name: String,
-    addr: SocketAddr,
-    _child: tokio::process::Child,
-}
-
-impl Demo {
-    async fn start(name: &str) -> Result<Demo> {
-        let addr = free_addr()?;
-        let bin = gateway_tests::gateway_bin()?;
-        // Dies with the test process even if that is killed (as the harness's nodes do).
-        let setpriv = ["/usr/bin/setpriv", "/bin/setpriv"]
-            .into_iter()
-            .find(|p| std::path::Path::new(p).exists());
-        let mut cmd = match setpriv {
-            Some(w) => {
-                let mut c = tokio::process::Command::new(w);
-                c.args(["--pdeathsig", "KILL", "--"]).arg(&bin);
-                c
-            }
-            None => tokio::process::Command::new(&bin),
-        };
-        cmd.args([
-            "demo-backend",
-            "--listen",
-            &addr.to_string(),
-            "--name",
-            name,
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
-        let child = cmd.spawn().context("spawning gateway demo-backend")?;
-        wait_for(
-            &format!("demo backend {name} to listen on {addr}"),
-            START,
-            || async {
-                TcpStream::connect(addr).await?;
-                Ok(())
-            },
-        )
-        .await?;
-        Ok(Demo {
-            name: name.to_string(),
-            addr,
-            _child: child,
-        })
-    }
-
-    fn address(&self) -> String {
-        self.addr.to_string()
-    }
-}
 
 /// A client for the data plane (keep-alive connections pooled).
 fn client() -> Client<HttpConnector, Full<Bytes>> {

@@ -10,7 +10,8 @@
 //! to count every failed handshake. Build the binary first: `cargo build -p gateway`.
 
 use anyhow::{Context, Result, anyhow, bail};
-use gateway_tests::{TestCluster, TestResult, ensure, free_addr, note, wait_for};
+use gateway_tests::DemoBackend as Demo;
+use gateway_tests::{TestCluster, TestResult, ensure, note, wait_for};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, date_time_ymd,
 };
@@ -27,8 +28,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
-/// How long a backend process may take to start listening.
-const START: Duration = Duration::from_secs(30);
 /// How long a committed change may take to reach every node.
 const CONVERGE: Duration = Duration::from_secs(30);
 
@@ -62,45 +61,6 @@ impl Ca {
             CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok((cert.pem(), key.serialize_pem()))
-    }
-}
-
-/// A `gateway demo-backend` process; killed when dropped.
-struct Demo {
-    addr: SocketAddr,
-    _child: tokio::process::Child,
-}
-
-impl Demo {
-    async fn start(name: &str) -> Result<Demo> {
-        let addr = free_addr()?;
-        let bin = gateway_tests::gateway_bin()?;
-        let mut cmd = tokio::process::Command::new(&bin);
-        cmd.args([
-            "demo-backend",
-            "--listen",
-            &addr.to_string(),
-            "--name",
-            name,
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true);
-        let child = cmd.spawn().context("spawning gateway demo-backend")?;
-        wait_for(
-            &format!("demo backend {name} to listen on {addr}"),
-            START,
-            || async {
-                TcpStream::connect(addr).await?;
-                Ok(())
-            },
-        )
-        .await?;
-        Ok(Demo {
-            addr,
-            _child: child,
-        })
     }
 }
 
