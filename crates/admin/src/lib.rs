@@ -24,9 +24,4 @@ pub use grpc::{
 };
 pub use rest::{AdminOptions, StatusFn, serve};
 
-/// Wall-clock milliseconds since the Unix epoch, chosen before proposing (never in `apply`).
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub(crate) use gateway_cluster::unix_ms as now_ms;

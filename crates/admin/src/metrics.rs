@@ -216,7 +216,7 @@ impl Collector for ClusterFigures {
                 let verdicts = st.health.get(&p.name);
                 p.backends.iter().filter_map(move |b| {
                     let up =
-                        match crate::rest::backend_state(p, verdicts.and_then(|m| m.get(&b.id))) {
+                        match gateway_model::health_state(p, verdicts.and_then(|m| m.get(&b.id))) {
                             "up" => 1,
                             "down" => 0,
                             _ => return None,

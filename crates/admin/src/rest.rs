@@ -488,25 +488,13 @@ async fn status(AxState(app): AxState<App>) -> Response {
 /// Every backend with the health the cluster agreed on: `up`, `down`, or `unknown` when its
 /// pool has no health check; whether it drains; the nodes that saw it down; the last
 /// transition (event id and time).
-/// A backend's health as the API shows it: `unknown` in a pool without a health check.
-pub(crate) fn backend_state(
-    pool: &gateway_model::Pool,
-    verdict: Option<&gateway_model::BackendHealth>,
-) -> &'static str {
-    match (&pool.health_check, verdict) {
-        (None, _) => "unknown",
-        (Some(_), Some(h)) if !h.up => "down",
-        (Some(_), _) => "up",
-    }
-}
-
 pub(crate) fn backend_health(st: &gateway_model::State) -> Value {
     let mut out = Vec::new();
     for pool in st.pools.values() {
         let verdicts = st.health.get(&pool.name);
         for b in &pool.backends {
             let h = verdicts.and_then(|m| m.get(&b.id));
-            let state = backend_state(pool, h);
+            let state = gateway_model::health_state(pool, h);
             out.push(json!({
                 "pool": pool.name,
                 "backend": b.id,

@@ -21,4 +21,5 @@ mod tls;
 pub use auth::Secret;
 pub use error::ClusterError;
 pub use handle::{Bootstrap, Cluster, ClusterOptions, Consistency, LeaderInfo, Member, Status};
+pub use overseer::unix_ms;
 pub use tls::{CLUSTER_SERVER_NAME, ClusterTls};

@@ -45,7 +45,9 @@ pub(crate) struct Report {
     pub(crate) down: BTreeSet<SeenDown>,
 }
 
-fn unix_ms() -> u64 {
+/// Wall-clock milliseconds since the Unix epoch, for times chosen before proposing (never in
+/// `apply`, which must stay pure).
+pub fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

@@ -291,6 +291,16 @@ pub struct BackendHealth {
     pub transition: u64,
 }
 
+/// A backend's health as read APIs name it, from its pool and the cluster's verdict: `up`,
+/// `down`, or `unknown` when the pool has no health check.
+pub fn health_state(pool: &crate::config::Pool, verdict: Option<&BackendHealth>) -> &'static str {
+    match (&pool.health_check, verdict) {
+        (None, _) => "unknown",
+        (Some(_), Some(h)) if !h.up => "down",
+        (Some(_), _) => "up",
+    }
+}
+
 /// Something alert-worthy the cluster agreed on.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]

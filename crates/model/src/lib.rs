@@ -24,7 +24,7 @@ pub use config::{
 pub use error::{ApplyError, Invalid};
 pub use health::{
     AlertSink, BackendHealth, CheckKind, EVENT_TYPES, Ejection, Event, EventKind, HealthCheck,
-    HealthPolicy, SeenDown, SmtpSink, StatusRanges, validate_alert_sink,
+    HealthPolicy, SeenDown, SmtpSink, StatusRanges, health_state, validate_alert_sink,
 };
 pub use process::{ProcessSpec, RollingRestart, is_managed, managed_id, managed_index};
 pub use state::{Change, ChangeSet, Compacted, DEDUP_WINDOW, HISTORY, State};

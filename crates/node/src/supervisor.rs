@@ -128,11 +128,7 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+use gateway_cluster::unix_ms as now_ms;
 
 struct InstanceTask {
     stop: watch::Sender<bool>,

@@ -444,11 +444,7 @@ pub fn backend_status(
     backend: &Backend,
     health: Option<&BackendHealth>,
 ) -> admin::BackendStatus {
-    let state = match (&pool.health_check, health) {
-        (None, _) => "unknown",
-        (Some(_), Some(h)) if !h.up => "down",
-        (Some(_), _) => "up",
-    };
+    let state = gateway_model::health_state(pool, health);
     admin::BackendStatus {
         pool: pool.name.clone(),
         backend: backend.id.clone(),
