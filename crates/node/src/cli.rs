@@ -247,7 +247,7 @@ pub struct NodeArgs {
     /// surviving voter campaigns after 2.5T of silence [default: 100].
     #[arg(long, env = "GATEWAY_ELECTION_TIMEOUT_MS")]
     pub election_timeout_ms: Option<u64>,
-    /// Snapshot (and purge the log) every this many entries [default: 500].
+    /// Snapshot (and purge the log) every this many entries [default: 10000].
     #[arg(long, env = "GATEWAY_SNAPSHOT_EVERY")]
     pub snapshot_every: Option<u64>,
     /// Runtime worker threads [default: all cores].

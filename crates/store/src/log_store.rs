@@ -1,8 +1,8 @@
 //! The Raft log and the Raft metadata (vote, committed id, last purged id) in sled.
 //!
 //! Every write completes a sled flush before openraft is told it is done: `save_vote`,
-//! `truncate`, `purge` and `save_committed` return after the flush, and `append` calls its
-//! [`LogFlushed`] callback only after the flush.
+//! `truncate` and `purge` return after the flush, and `append` calls its [`LogFlushed`]
+//! callback only after the flush. `save_committed` alone is not flushed (see there).
 #![allow(
     clippy::result_large_err,
     reason = "openraft's StorageError is the error type its storage traits require"
@@ -14,8 +14,10 @@ use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, LogState, OptionalSend, RaftLogReader};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
+use std::sync::{Arc, Mutex};
 
 /// Keys of the raft metadata tree.
 const KEY_VOTE: &str = "vote";
@@ -39,6 +41,100 @@ pub struct LogStore {
     raft: sled::Tree,
     /// Appends waiting for their flush (group commit, see [`group_commit`]).
     flusher: std::sync::mpsc::Sender<(sled::Db, LogFlushed<TypeConfig>)>,
+    /// The newest entries, decoded (see [`Recent`]).
+    recent: Arc<Mutex<Recent>>,
+}
+
+/// How many of the newest entries [`Recent`] keeps, and up to how many encoded bytes.
+const RECENT_ENTRIES: usize = 4096;
+const RECENT_BYTES: usize = 16 << 20;
+
+/// The newest log entries as appended, with their encoded sizes: a contiguous run of indexes
+/// ending at the last entry of the log (every append goes through it). Replication reads each
+/// entry back once per follower right after it was appended; from here that is a clone instead
+/// of a sled read and a JSON decode, which were a tenth of a leader's CPU under write load.
+#[derive(Default)]
+struct Recent {
+    entries: VecDeque<(Entry, usize)>,
+    bytes: usize,
+}
+
+impl Recent {
+    fn first_index(&self) -> Option<u64> {
+        self.entries.front().map(|(e, _)| e.log_id.index)
+    }
+
+    fn push(&mut self, entry: Entry, size: usize) {
+        let follows = self
+            .entries
+            .back()
+            .is_none_or(|(last, _)| last.log_id.index + 1 == entry.log_id.index);
+        if !follows {
+            self.entries.clear();
+            self.bytes = 0;
+        }
+        self.bytes += size;
+        self.entries.push_back((entry, size));
+        while self.entries.len() > RECENT_ENTRIES || self.bytes > RECENT_BYTES {
+            match self.entries.pop_front() {
+                Some((_, n)) => self.bytes -= n,
+                None => break,
+            }
+        }
+    }
+
+    /// Drops entries at and above `index` (truncate).
+    fn truncate(&mut self, index: u64) {
+        while self
+            .entries
+            .back()
+            .is_some_and(|(e, _)| e.log_id.index >= index)
+        {
+            let (_, n) = self.entries.pop_back().expect("checked");
+            self.bytes -= n;
+        }
+    }
+
+    /// Drops entries at and below `index` (purge).
+    fn purge(&mut self, index: u64) {
+        while self
+            .entries
+            .front()
+            .is_some_and(|(e, _)| e.log_id.index <= index)
+        {
+            let (_, n) = self.entries.pop_front().expect("checked");
+            self.bytes -= n;
+        }
+    }
+
+    /// The entries of `[start, end)` (`end == None`: to the last), if all are here.
+    fn get(&self, start: u64, end: Option<u64>, budget: Option<usize>) -> Option<Vec<Entry>> {
+        let first = self.first_index()?;
+        if start < first {
+            return None;
+        }
+        let last = first + self.entries.len() as u64 - 1;
+        if end.is_some_and(|e| e - 1 > last) {
+            return None;
+        }
+        let end = end.map_or(last + 1, |e| e.min(last + 1));
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for (entry, size) in self
+            .entries
+            .range((start - first) as usize..(end.max(start) - first) as usize)
+        {
+            if let Some(budget) = budget
+                && !out.is_empty()
+                && bytes + size > budget
+            {
+                break;
+            }
+            bytes += size;
+            out.push(entry.clone());
+        }
+        Some(out)
+    }
 }
 
 /// Group commit: appends hand their durability callback to this thread and return at once, so
@@ -77,7 +173,12 @@ impl LogStore {
             logs,
             raft,
             flusher,
+            recent: Arc::default(),
         }
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        self.recent.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Removes entries at or below the last purged index that a crash between recording the
@@ -211,6 +312,9 @@ impl LogStore {
         let Some((start, end)) = key_range(range) else {
             return Ok(Vec::new());
         };
+        if let Some(entries) = self.recent().get(start, end, budget) {
+            return Ok(entries);
+        }
         let iter = match end {
             Some(end) => self.logs.range(index_key(start)..index_key(end)),
             None => self.logs.range(index_key(start)..),
@@ -304,18 +408,59 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .await
     }
 
+    /// The vote as saved, except that it is never returned as committed: a node that led before
+    /// it stopped campaigns again rather than resuming as leader (see `save_committed`).
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        self.read_meta(KEY_VOTE, ErrorSubject::Vote)
+        Ok(self
+            .read_meta::<Vote>(KEY_VOTE, ErrorSubject::Vote)?
+            .map(|v| Vote::new(v.leader_id.term, v.leader_id.node_id)))
     }
 
+    /// Recorded, not flushed: openraft calls this on every advance of the commit index, inside
+    /// its core loop, and a flush there stalled the core for every batch of writes. The id
+    /// becomes durable with the next flush of appended entries (or sled's own, every 500 ms),
+    /// so after a crash it may lag. That is safe because nothing trusts it beyond applying
+    /// entries on start-up, which are committed whatever the id says: a restarted node learns
+    /// the rest from the leader. The one thing that did trust it was openraft resuming a
+    /// restarted leader from its own committed vote, without an election, and answering read
+    /// indexes from this id; a whole-cluster kill -9 then served a linearizable read one write
+    /// behind (cluster test `whole_cluster_killed_and_restarted_keeps_its_state`). `read_vote`
+    /// therefore hands the vote back uncommitted, so such a node wins a new election first, and
+    /// its new term's first entry commits everything acknowledged before.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Flushed like the rest, although openraft calls this on every advance of the commit
-        // index: a leader that restarts takes its leadership back from its own committed vote,
-        // without an election, and answers read indexes from this id. Left to lag (tried once),
-        // a whole-cluster kill -9 and restart served a linearizable read one write behind
-        // (cluster test `whole_cluster_killed_and_restarted_keeps_its_state`).
-        self.write_meta(KEY_COMMITTED, committed.as_ref(), ErrorSubject::Store)
-            .await
+        let res = match committed {
+            Some(id) => serde_json::to_vec(&id)
+                .map_err(|e| {
+                    io_err(
+                        ErrorSubject::Store,
+                        ErrorVerb::Write,
+                        "encode the committed log id",
+                        openraft::AnyError::new(&e),
+                    )
+                })
+                .and_then(|bytes| {
+                    self.raft
+                        .insert(KEY_COMMITTED, bytes)
+                        .map(|_| ())
+                        .map_err(|e| {
+                            sled_err(
+                                ErrorSubject::Store,
+                                ErrorVerb::Write,
+                                "write the committed log id",
+                                e,
+                            )
+                        })
+                }),
+            None => self.raft.remove(KEY_COMMITTED).map(|_| ()).map_err(|e| {
+                sled_err(
+                    ErrorSubject::Store,
+                    ErrorVerb::Write,
+                    "remove the committed log id",
+                    e,
+                )
+            }),
+        };
+        res
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
@@ -333,6 +478,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let mut batch = sled::Batch::default();
         let mut last = None;
+        let mut appended = Vec::new();
         for entry in entries {
             let value = serde_json::to_vec(&entry).map_err(|e| {
                 io_err(
@@ -342,14 +488,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     openraft::AnyError::new(&e),
                 )
             })?;
+            let size = value.len();
             batch.insert(&index_key(entry.log_id.index), value);
             last = Some(entry.log_id);
+            appended.push((entry, size));
         }
         let subject = || last.map_or(ErrorSubject::Logs, ErrorSubject::Log);
         if let Err(e) = self.logs.apply_batch(batch) {
             let err = sled_err(subject(), ErrorVerb::Write, "append log entries", e);
             callback.log_io_completed(Err(std::io::Error::other(err.to_string())));
             return Err(err);
+        }
+        {
+            let mut recent = self.recent();
+            for (entry, size) in appended {
+                recent.push(entry, size);
+            }
         }
         // Durable later, in a group flush; openraft waits for the callback, not for this call.
         if let Err(std::sync::mpsc::SendError((_, callback))) =
@@ -372,6 +526,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.recent().truncate(log_id.index);
         let subject = ErrorSubject::Log(log_id);
         let batch = self.delete_batch(log_id.index..).map_err(|e| {
             sled_err(
@@ -393,6 +548,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let subject = ErrorSubject::Log(log_id);
         // Record the purge durably first: a crash after this point leaves at most some entries
         // below the purged id, which `open` deletes; never a purged id that is too low.
+        self.recent().purge(log_id.index);
         let current: Option<LogId> = self.read_meta(KEY_LAST_PURGED, ErrorSubject::Logs)?;
         if current < Some(log_id) {
             self.write_meta(KEY_LAST_PURGED, Some(&log_id), subject.clone())
@@ -412,5 +568,59 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         flush(&self.db)
             .await
             .map_err(|e| io_err(subject, ErrorVerb::Delete, "flush purged log", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blank(index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: openraft::EntryPayload::Blank,
+        }
+    }
+
+    fn indexes(v: Option<Vec<Entry>>) -> Option<Vec<u64>> {
+        v.map(|v| v.iter().map(|e| e.log_id.index).collect())
+    }
+
+    #[test]
+    fn recent_entries_stay_contiguous_and_answer_only_what_they_hold() {
+        let mut r = Recent::default();
+        for i in 5..=9 {
+            r.push(blank(i), 10);
+        }
+        assert_eq!(indexes(r.get(6, Some(8), None)), Some(vec![6, 7]));
+        assert_eq!(indexes(r.get(7, None, None)), Some(vec![7, 8, 9]));
+        assert_eq!(indexes(r.get(4, Some(6), None)), None, "4 is not held");
+        assert_eq!(
+            indexes(r.get(8, Some(12), None)),
+            None,
+            "10 and 11 are not held"
+        );
+        assert_eq!(
+            indexes(r.get(5, None, Some(25))),
+            Some(vec![5, 6]),
+            "the byte budget"
+        );
+        assert_eq!(
+            indexes(r.get(5, None, Some(1))),
+            Some(vec![5]),
+            "always one entry"
+        );
+        r.truncate(8);
+        assert_eq!(indexes(r.get(5, None, None)), Some(vec![5, 6, 7]));
+        r.purge(5);
+        assert_eq!(indexes(r.get(6, None, None)), Some(vec![6, 7]));
+        r.push(blank(20), 10);
+        assert_eq!(indexes(r.get(6, None, None)), None, "a gap starts over");
+        assert_eq!(indexes(r.get(20, None, None)), Some(vec![20]));
+        for i in 21..21 + RECENT_ENTRIES as u64 {
+            r.push(blank(i), 1);
+        }
+        assert_eq!(r.entries.len(), RECENT_ENTRIES);
+        assert_eq!(r.first_index(), Some(21));
     }
 }

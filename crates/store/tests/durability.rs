@@ -317,3 +317,20 @@ fn abort_after_ack_loses_nothing_acknowledged() -> anyhow::Result<()> {
         anyhow::Ok(())
     })
 }
+
+/// A leader's committed vote comes back uncommitted after a restart, so the node campaigns
+/// again instead of resuming as leader from a committed id that may lag (it is not flushed).
+#[tokio::test]
+async fn a_committed_vote_reads_back_uncommitted() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    {
+        let mut log = reopen(dir.path())?.log;
+        log.save_vote(&Vote::new_committed(4, 2)).await?;
+        assert_eq!(log.read_vote().await?, Some(Vote::new(4, 2)));
+    }
+    let mut log = reopen(dir.path())?.log;
+    let vote = log.read_vote().await?.expect("the vote survives a reopen");
+    assert_eq!(vote, Vote::new(4, 2));
+    assert!(!vote.is_committed());
+    Ok(())
+}
