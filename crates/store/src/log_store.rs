@@ -428,7 +428,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// therefore hands the vote back uncommitted, so such a node wins a new election first, and
     /// its new term's first entry commits everything acknowledged before.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        let res = match committed {
+        match committed {
             Some(id) => serde_json::to_vec(&id)
                 .map_err(|e| {
                     io_err(
@@ -459,8 +459,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     e,
                 )
             }),
-        };
-        res
+        }
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
