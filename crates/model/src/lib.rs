@@ -21,6 +21,7 @@ pub use config::{
     Backend, Balance, ErrorPage, HeaderMatch, HeaderRules, NodeAddr, NodeId, Pool, Protocol,
     RateLimit, Route, WritePolicy,
 };
+pub use config::{DEFAULT_CACHE_ENTRY_BYTES, RouteCache};
 pub use error::{ApplyError, Invalid};
 pub use health::{
     AlertSink, BackendHealth, CheckKind, EVENT_TYPES, Ejection, Event, EventKind, HealthCheck,

@@ -120,6 +120,7 @@ mod access;
 mod balance;
 mod body;
 mod budget;
+mod cache;
 mod cidr;
 mod codec;
 mod conn;
@@ -143,7 +144,7 @@ pub use access::{ACCESS_TARGET, AccessLog};
 pub use cidr::{Cidr, CidrError};
 pub use health::Monitor;
 pub use metrics::{
-    BackendSnapshot, HistogramSnapshot, LATENCY_BUCKETS, Metrics, PoolSnapshot, RouteSnapshot,
+    BackendSnapshot, CacheSnapshot, HistogramSnapshot, LATENCY_BUCKETS, Metrics, PoolSnapshot, RouteSnapshot,
     Snapshot,
 };
 pub use server::{Listeners, serve, serve_all};

@@ -87,6 +87,9 @@ fn shard_of(ip: IpAddr) -> usize {
     (h.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 60) as usize % SHARDS
 }
 
+/// A route's cache, with the route revision and settings it was made for.
+type CacheSlot = Mutex<Option<(u64, gateway_model::RouteCache, Arc<crate::cache::Cache>)>>;
+
 /// What one route keeps across table swaps.
 #[derive(Default)]
 pub(crate) struct RouteShared {
@@ -94,6 +97,9 @@ pub(crate) struct RouteShared {
     pub(crate) active: AtomicUsize,
     /// The route's limiter, kept while its rate stays the same.
     pub(crate) limiter: Mutex<Option<Arc<RateLimiter>>>,
+    /// The route's cache and the route revision it was made for: any change of the route
+    /// starts an empty one.
+    pub(crate) cache: CacheSlot,
 }
 
 impl RouteShared {
@@ -112,6 +118,34 @@ impl RouteShared {
                 cur.clone()
             }
         }
+    }
+}
+
+impl RouteShared {
+    /// The cache for the route at `revision` with `spec` (the same one, entries and all, while
+    /// the route does not change).
+    pub(crate) fn cache(
+        &self,
+        spec: Option<&gateway_model::RouteCache>,
+        revision: u64,
+        stats: &Arc<crate::metrics::RouteStats>,
+    ) -> Option<Arc<crate::cache::Cache>> {
+        let mut cur = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(spec) = spec else {
+            *cur = None;
+            return None;
+        };
+        if cur
+            .as_ref()
+            .is_none_or(|(rev, was, _)| *rev != revision || was != spec)
+        {
+            *cur = Some((
+                revision,
+                spec.clone(),
+                Arc::new(crate::cache::Cache::new(spec, stats.clone())),
+            ));
+        }
+        cur.as_ref().map(|(_, _, c)| c.clone())
     }
 }
 

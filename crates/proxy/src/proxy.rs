@@ -136,9 +136,18 @@ pub(crate) fn handle(
             return crate::tls::redirect_to_https(&req, status, shared.https_port);
         }
         let served = AtomicU32::new(SERVED_NOBODY);
-        let resp = match proxy(shared, &live, route, client, req, &served).await {
-            Ok(resp) => resp,
-            Err(e) => e.into_response(Some(route)),
+        let resp = match &route.cache {
+            None => match proxy(shared, &live, route, client, req, &served).await {
+                Ok(resp) => resp,
+                Err(e) => e.into_response(Some(route)),
+            },
+            // Routes with a cache (on the heap, keeping other requests' futures small).
+            Some(cache) => {
+                Box::pin(crate::cache::serve(
+                    shared, &live, route, cache, client, req, &served,
+                ))
+                .await
+            }
         };
         let served = served.load(Relaxed);
         let status = resp.status().as_u16();
@@ -326,7 +335,7 @@ impl Replay {
 
 // Not an `async fn`, whose arguments would take room twice in the future.
 #[allow(clippy::manual_async_fn)]
-fn proxy(
+pub(crate) fn proxy(
     shared: &Shared,
     live: &Arc<Live>,
     route: &CompiledRoute,

@@ -12,7 +12,7 @@ use crate::admin;
 use gateway_model::{
     AlertSink, Backend, BackendHealth, Balance, Cert, Change, ChangeSet, CheckKind, Command,
     Ejection, ErrorPage, HeaderMatch, HeaderRules, HealthCheck, HealthPolicy, Invalid, MAX_BATCH,
-    Pool, ProcessSpec, Protocol, ProxyProtocol, RateLimit, RollingRestart, Route, SmtpSink,
+    Pool, ProcessSpec, Protocol, ProxyProtocol, RateLimit, RollingRestart, Route, RouteCache, SmtpSink,
     TcpRoute, WritePolicy, validate_alert_sink, validate_name, validate_pool, validate_route,
 };
 use std::collections::BTreeMap;
@@ -724,9 +724,11 @@ pub fn route_to_wire(r: &Route) -> admin::Route {
         max_body_bytes,
         max_concurrent,
         rate_limit,
+        cache,
         revision,
     } = r;
     admin::Route {
+        cache: cache.as_ref().map(route_cache_to),
         https_redirect: https_redirect.map(u32::from),
         name: name.clone(),
         hosts: hosts.clone(),
@@ -786,6 +788,7 @@ pub fn route_from_wire(r: admin::Route) -> Result<Route, Invalid> {
         rate_limit,
         revision,
         https_redirect,
+        cache,
     } = r;
     let https_redirect = match https_redirect {
         None => None,
@@ -835,8 +838,33 @@ pub fn route_from_wire(r: admin::Route) -> Result<Route, Invalid> {
             per_second: r.per_second,
             burst: r.burst,
         }),
+        cache: cache.map(route_cache_from),
         revision,
     })
+}
+
+// ---- Route cache ----
+
+fn route_cache_to(c: &RouteCache) -> admin::RouteCache {
+    admin::RouteCache {
+        coalesce: Some(c.coalesce),
+        max_bytes: c.max_bytes,
+        max_entry_bytes: c.max_entry_bytes,
+        stale_while_revalidate_ms: c.stale_while_revalidate_ms,
+        share_authorized: c.share_authorized,
+        share_set_cookie: c.share_set_cookie,
+    }
+}
+
+fn route_cache_from(c: admin::RouteCache) -> RouteCache {
+    RouteCache {
+        coalesce: c.coalesce.unwrap_or(true),
+        max_bytes: c.max_bytes,
+        max_entry_bytes: c.max_entry_bytes,
+        stale_while_revalidate_ms: c.stale_while_revalidate_ms,
+        share_authorized: c.share_authorized,
+        share_set_cookie: c.share_set_cookie,
+    }
 }
 
 /// A route sent as input: within the wire's limits and valid; its revision is cleared.
@@ -1143,6 +1171,14 @@ mod tests {
             rate_limit: Some(RateLimit {
                 per_second: 20,
                 burst: Some(40),
+            }),
+            cache: Some(RouteCache {
+                coalesce: false,
+                max_bytes: 1 << 20,
+                max_entry_bytes: Some(4096),
+                stale_while_revalidate_ms: 2000,
+                share_authorized: true,
+                share_set_cookie: true,
             }),
             revision: 9,
         }

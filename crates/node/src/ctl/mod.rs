@@ -191,14 +191,64 @@ pub struct RouteAdd {
     #[arg(long, value_name = "HOST")]
     pub host_rewrite: Option<String>,
     #[command(flatten)]
+    pub cache: CacheArgs,
+    #[command(flatten)]
     pub mode: AddMode,
+}
+
+/// `gateway route add` flags of the route's `cache` (any of them turns it on).
+#[derive(Args, Debug, Clone, Default)]
+pub struct CacheArgs {
+    /// Coalesce identical concurrent GET/HEAD requests into one upstream request (per node).
+    #[arg(long)]
+    pub coalesce: bool,
+    /// Also store cacheable responses, up to this many bytes on each node (implies --coalesce
+    /// unless --no-coalesce).
+    #[arg(long, value_name = "BYTES")]
+    pub cache_max_bytes: Option<u64>,
+    /// Largest body shared or stored [default: 1 MiB].
+    #[arg(long, value_name = "BYTES")]
+    pub cache_max_entry_bytes: Option<u64>,
+    /// Serve a stored response this long past its freshness while one request refreshes it.
+    #[arg(long, value_name = "MS")]
+    pub cache_stale_ms: Option<u64>,
+    /// Store responses without coalescing misses.
+    #[arg(long)]
+    pub no_coalesce: bool,
+    /// Also share answers to requests carrying Authorization.
+    #[arg(long)]
+    pub cache_share_authorized: bool,
+    /// Also share responses carrying Set-Cookie.
+    #[arg(long)]
+    pub cache_share_set_cookie: bool,
+}
+
+impl CacheArgs {
+    /// The route's `cache`, if any flag asks for one.
+    pub fn spec(&self) -> Option<gateway_model::RouteCache> {
+        let any = self.coalesce
+            || self.cache_max_bytes.is_some()
+            || self.cache_max_entry_bytes.is_some()
+            || self.cache_stale_ms.is_some()
+            || self.no_coalesce
+            || self.cache_share_authorized
+            || self.cache_share_set_cookie;
+        any.then(|| gateway_model::RouteCache {
+            coalesce: !self.no_coalesce,
+            max_bytes: self.cache_max_bytes.unwrap_or(0),
+            max_entry_bytes: self.cache_max_entry_bytes,
+            stale_while_revalidate_ms: self.cache_stale_ms.unwrap_or(0),
+            share_authorized: self.cache_share_authorized,
+            share_set_cookie: self.cache_share_set_cookie,
+        })
+    }
 }
 
 #[derive(Subcommand, Debug, Clone)]
 pub enum RouteCmd {
     /// Create a route; with --replace or --if-revision, replace it.
     #[command(
-        after_help = "Examples:\n  gateway route add app --pool web --host example.com,www.example.com\n  gateway route add api --pool api --path /api --method GET,POST --writes leader\n  gateway route add app --pool web2 --if-revision 12     # only if nobody changed it since"
+        after_help = "Examples:\n  gateway route add app --pool web --host example.com,www.example.com\n  gateway route add api --pool api --path /api --method GET,POST --writes leader\n  gateway route add news --pool web --path /news --coalesce --cache-max-bytes 67108864\n  gateway route add app --pool web2 --if-revision 12     # only if nobody changed it since"
     )]
     Add(RouteAdd),
     /// Show one route.

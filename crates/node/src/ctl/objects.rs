@@ -131,6 +131,7 @@ pub async fn route(c: &mut Conn, out: Output, cmd: RouteCmd) -> anyhow::Result<(
                 retry_delay_ms: a.retry_delay_ms,
                 strip_prefix: a.strip_prefix,
                 host_rewrite: a.host_rewrite,
+                cache: a.cache.spec(),
                 ..Route::default()
             };
             let msg = admin::PutRouteRequest {
