@@ -83,11 +83,9 @@ impl Collector for DataPlane {
                 "Requests answered with the response of an identical request's flight, by route.",
                 |c| c.coalesced_total,
             ),
-            (
-                "gateway_cache_stores",
-                "Responses stored, by route.",
-                |c| c.stores_total,
-            ),
+            ("gateway_cache_stores", "Responses stored, by route.", |c| {
+                c.stores_total
+            }),
             (
                 "gateway_cache_evictions",
                 "Stored responses dropped to make room, by route.",

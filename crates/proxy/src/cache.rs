@@ -39,8 +39,8 @@ use crate::proxy::{Live, Shared, proxy};
 use crate::table::CompiledRoute;
 use bytes::{Bytes, BytesMut};
 use http::header::{
-    AGE, AUTHORIZATION, CACHE_CONTROL, DATE, EXPIRES, IF_MATCH, IF_MODIFIED_SINCE,
-    IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, RANGE, SET_COOKIE, VARY,
+    AGE, AUTHORIZATION, CACHE_CONTROL, DATE, EXPIRES, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH,
+    IF_RANGE, IF_UNMODIFIED_SINCE, RANGE, SET_COOKIE, VARY,
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -299,15 +299,19 @@ impl Cache {
             && !cc.no_cache
             && matches!(status.as_u16(), 200 | 203 | 204 | 300 | 301 | 308);
         let fresh = if storable {
-            let lifetime = cc.s_maxage.or(cc.max_age).map(Duration::from_secs).or_else(|| {
-                let expires = httpdate::parse_http_date(headers.get(EXPIRES)?.to_str().ok()?)
-                    .ok()?;
-                let date = headers
-                    .get(DATE)
-                    .and_then(|d| httpdate::parse_http_date(d.to_str().ok()?).ok())
-                    .unwrap_or(now);
-                Some(expires.duration_since(date).unwrap_or(Duration::ZERO))
-            });
+            let lifetime = cc
+                .s_maxage
+                .or(cc.max_age)
+                .map(Duration::from_secs)
+                .or_else(|| {
+                    let expires =
+                        httpdate::parse_http_date(headers.get(EXPIRES)?.to_str().ok()?).ok()?;
+                    let date = headers
+                        .get(DATE)
+                        .and_then(|d| httpdate::parse_http_date(d.to_str().ok()?).ok())
+                        .unwrap_or(now);
+                    Some(expires.duration_since(date).unwrap_or(Duration::ZERO))
+                });
             lifetime
                 .map(|l| l.saturating_sub(Duration::from_secs(age)))
                 .filter(|l| !l.is_zero())
@@ -595,12 +599,7 @@ mod tests {
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         pairs
             .iter()
-            .map(|(n, v)| {
-                (
-                    HeaderName::from_static(n),
-                    HeaderValue::from_static(v),
-                )
-            })
+            .map(|(n, v)| (HeaderName::from_static(n), HeaderValue::from_static(v)))
             .collect()
     }
 
@@ -608,7 +607,11 @@ mod tests {
     fn judges_cache_control() {
         let c = cache(1 << 20);
         let now = SystemTime::now();
-        let j = c.judge(StatusCode::OK, &headers(&[("cache-control", "public, max-age=60")]), now);
+        let j = c.judge(
+            StatusCode::OK,
+            &headers(&[("cache-control", "public, max-age=60")]),
+            now,
+        );
         assert!(j.share && !j.pass);
         assert_eq!(j.fresh, Some(Duration::from_secs(60)));
         let j = c.judge(
@@ -621,14 +624,29 @@ mod tests {
             let j = c.judge(StatusCode::OK, &headers(&[("cache-control", private)]), now);
             assert!(!j.share && j.pass, "{private}");
         }
-        let j = c.judge(StatusCode::OK, &headers(&[("cache-control", "no-cache, max-age=9")]), now);
+        let j = c.judge(
+            StatusCode::OK,
+            &headers(&[("cache-control", "no-cache, max-age=9")]),
+            now,
+        );
         assert!(j.share && j.fresh.is_none());
-        let j = c.judge(StatusCode::OK, &headers(&[("set-cookie", "a=b"), ("cache-control", "max-age=9")]), now);
+        let j = c.judge(
+            StatusCode::OK,
+            &headers(&[("set-cookie", "a=b"), ("cache-control", "max-age=9")]),
+            now,
+        );
         assert!(!j.share && j.pass);
         let j = c.judge(StatusCode::OK, &headers(&[("vary", "accept, *")]), now);
         assert!(!j.share && j.pass);
-        let j = c.judge(StatusCode::NOT_FOUND, &headers(&[("cache-control", "max-age=9")]), now);
-        assert!(j.share && j.fresh.is_none(), "errors are shared, never stored");
+        let j = c.judge(
+            StatusCode::NOT_FOUND,
+            &headers(&[("cache-control", "max-age=9")]),
+            now,
+        );
+        assert!(
+            j.share && j.fresh.is_none(),
+            "errors are shared, never stored"
+        );
         let j = c.judge(
             StatusCode::OK,
             &headers(&[
@@ -638,7 +656,16 @@ mod tests {
             now,
         );
         assert_eq!(j.fresh, Some(Duration::from_secs(60)));
-        assert!(cache(0).judge(StatusCode::OK, &headers(&[("cache-control", "max-age=9")]), now).fresh.is_none());
+        assert!(
+            cache(0)
+                .judge(
+                    StatusCode::OK,
+                    &headers(&[("cache-control", "max-age=9")]),
+                    now
+                )
+                .fresh
+                .is_none()
+        );
     }
 
     #[test]
@@ -660,11 +687,20 @@ mod tests {
         c.store("b", entry(400));
         assert_eq!(c.usage(), (800, 2));
         // "a" is used, so "b" goes first.
-        assert!(matches!(c.begin("a", &HeaderMap::new(), Instant::now()), Begin::Hit(_)));
+        assert!(matches!(
+            c.begin("a", &HeaderMap::new(), Instant::now()),
+            Begin::Hit(_)
+        ));
         c.store("c", entry(400));
         assert_eq!(c.usage(), (800, 2));
-        assert!(matches!(c.begin("a", &HeaderMap::new(), Instant::now()), Begin::Hit(_)));
-        assert!(matches!(c.begin("b", &HeaderMap::new(), Instant::now()), Begin::Lead(..)));
+        assert!(matches!(
+            c.begin("a", &HeaderMap::new(), Instant::now()),
+            Begin::Hit(_)
+        ));
+        assert!(matches!(
+            c.begin("b", &HeaderMap::new(), Instant::now()),
+            Begin::Lead(..)
+        ));
         assert_eq!(c.stats.cache.evictions.load(Relaxed), 1);
     }
 }

@@ -144,8 +144,8 @@ pub use access::{ACCESS_TARGET, AccessLog};
 pub use cidr::{Cidr, CidrError};
 pub use health::Monitor;
 pub use metrics::{
-    BackendSnapshot, CacheSnapshot, HistogramSnapshot, LATENCY_BUCKETS, Metrics, PoolSnapshot, RouteSnapshot,
-    Snapshot,
+    BackendSnapshot, CacheSnapshot, HistogramSnapshot, LATENCY_BUCKETS, Metrics, PoolSnapshot,
+    RouteSnapshot, Snapshot,
 };
 pub use server::{Listeners, serve, serve_all};
 use std::time::Duration;
