@@ -10,6 +10,7 @@ mod command;
 mod config;
 mod error;
 mod health;
+mod limits;
 mod process;
 mod state;
 mod tcp;
@@ -23,6 +24,7 @@ pub use config::{
 };
 pub use config::{DEFAULT_CACHE_ENTRY_BYTES, RouteCache};
 pub use error::{ApplyError, Invalid};
+pub use limits::{Limits, MAX_NODE_LIMIT, validate_limits};
 pub use health::{
     AlertSink, BackendHealth, CheckKind, EVENT_TYPES, Ejection, Event, EventKind, HealthCheck,
     HealthPolicy, SeenDown, SmtpSink, StatusRanges, health_state, validate_alert_sink,

@@ -70,6 +70,10 @@ pub enum Change {
     DeleteTcpRoute {
         name: String,
     },
+    /// The node-wide limits were replaced.
+    SetLimits {
+        limits: crate::limits::Limits,
+    },
 }
 
 /// Everything one revision changed, in order.
@@ -130,6 +134,9 @@ pub struct State {
     /// their epoch).
     #[serde(default)]
     pub restarts: OrdMap<String, RollingRestart>,
+    /// Node-wide limits, applied by every node to itself.
+    #[serde(default)]
+    pub limits: crate::limits::Limits,
     /// The changes of the last [`HISTORY`] revisions, oldest first.
     history: Vector<ChangeSet>,
     /// Responses to the most recent requests, oldest first, for deduplication.
@@ -452,6 +459,7 @@ impl State {
             lost: self.lost.clone(),
             alerts: self.alerts.clone(),
             restarts: self.restarts.clone(),
+            limits: self.limits.clone(),
             ..State::default()
         }
     }
@@ -574,6 +582,23 @@ impl State {
                 let entry = self.delivered.entry(sink.clone()).or_insert(0);
                 *entry = (*entry).max(upto);
                 return Ok(()); // bookkeeping, not configuration
+            }
+            Command::SetLimits { limits, expect } => {
+                crate::limits::validate_limits(limits)?;
+                if let Some(e) = expect
+                    && *e != self.limits.revision
+                {
+                    return Err(ApplyError::Stale {
+                        what: "limits".into(),
+                        name: "limits".into(),
+                        expected: *e,
+                        actual: Some(self.limits.revision),
+                    });
+                }
+                let mut limits = limits.clone();
+                limits.revision = rev;
+                self.limits = limits.clone();
+                changes.push(Change::SetLimits { limits });
             }
             Command::PutAlertSink { sink, expect } => {
                 validate_alert_sink(sink)?;

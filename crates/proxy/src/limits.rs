@@ -149,6 +149,58 @@ impl RouteShared {
     }
 }
 
+/// The cluster's node-wide limits as this node applies them (0: none), set on every state
+/// change, with the counts they bound.
+#[derive(Default)]
+pub(crate) struct NodeLimits {
+    max_requests: AtomicUsize,
+    max_connections: AtomicUsize,
+    /// Requests between head and response head now (counted only while a limit is set).
+    requests: AtomicUsize,
+    /// Woken when the limits change, and when a connection closes while a connection limit
+    /// is set (the accept loop waits on it at the limit).
+    pub(crate) room: tokio::sync::Notify,
+}
+
+impl NodeLimits {
+    pub(crate) fn set(&self, l: &gateway_model::Limits) {
+        let n = |v: Option<u32>| v.map_or(0, |v| v as usize);
+        self.max_requests
+            .store(n(l.max_requests), Ordering::Relaxed);
+        self.max_connections
+            .store(n(l.max_connections), Ordering::Relaxed);
+        self.room.notify_waiters();
+    }
+
+    /// The connection limit (0: none).
+    pub(crate) fn max_connections(&self) -> usize {
+        self.max_connections.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request until the slot drops; `Err(limit)` when the node is full. Without a
+    /// limit, one relaxed load and nothing counted.
+    pub(crate) fn enter(&self) -> Result<Option<NodeSlot<'_>>, usize> {
+        let max = self.max_requests.load(Ordering::Relaxed);
+        if max == 0 {
+            return Ok(None);
+        }
+        if self.requests.fetch_add(1, Ordering::AcqRel) >= max {
+            self.requests.fetch_sub(1, Ordering::AcqRel);
+            return Err(max);
+        }
+        Ok(Some(NodeSlot(self)))
+    }
+}
+
+/// A request counted against the node's `max_requests`.
+pub(crate) struct NodeSlot<'a>(&'a NodeLimits);
+
+impl Drop for NodeSlot<'_> {
+    fn drop(&mut self) {
+        self.0.requests.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Counts a request against its route's `max_concurrent` until dropped.
 pub(crate) struct RouteGuard(Arc<RouteShared>);
 

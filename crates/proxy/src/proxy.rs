@@ -50,6 +50,8 @@ pub(crate) struct Shared {
     pub(crate) access_log: Option<crate::access::AccessLog>,
     /// This node's health monitor, told of passive ejections.
     pub(crate) health: Option<Arc<crate::health::Monitor>>,
+    /// The cluster's node-wide limits (requests and connections).
+    pub(crate) limits: crate::limits::NodeLimits,
 }
 
 impl Shared {
@@ -96,6 +98,10 @@ pub(crate) fn handle(
 ) -> impl Future<Output = Response<ProxyBody>> {
     async move {
         let start = Instant::now();
+        let _slot = match shared.limits.enter() {
+            Ok(slot) => slot,
+            Err(limit) => return ProxyError::NodeBusy { limit }.into_response(None),
+        };
         let live = shared.live.load_full();
         // Only with an access log: what its line needs of the request (taken before the
         // request is handed on).

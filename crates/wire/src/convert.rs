@@ -11,7 +11,7 @@
 use crate::admin;
 use gateway_model::{
     AlertSink, Backend, BackendHealth, Balance, Cert, Change, ChangeSet, CheckKind, Command,
-    Ejection, ErrorPage, HeaderMatch, HeaderRules, HealthCheck, HealthPolicy, Invalid, MAX_BATCH,
+    Ejection, ErrorPage, HeaderMatch, Limits, validate_limits, HeaderRules, HealthCheck, HealthPolicy, Invalid, MAX_BATCH,
     Pool, ProcessSpec, Protocol, ProxyProtocol, RateLimit, RollingRestart, Route, RouteCache,
     SmtpSink, TcpRoute, WritePolicy, validate_alert_sink, validate_name, validate_pool,
     validate_route,
@@ -844,6 +844,34 @@ pub fn route_from_wire(r: admin::Route) -> Result<Route, Invalid> {
     })
 }
 
+// ---- Node limits ----
+
+/// Node-wide limits as the wire carries them.
+pub fn limits_to_wire(l: &Limits) -> admin::Limits {
+    admin::Limits {
+        max_requests: l.max_requests,
+        max_connections: l.max_connections,
+        revision: l.revision,
+    }
+}
+
+/// Node-wide limits from the wire, translated but not validated (for replies).
+pub fn limits_from_wire(l: admin::Limits) -> Limits {
+    Limits {
+        max_requests: l.max_requests,
+        max_connections: l.max_connections,
+        revision: l.revision,
+    }
+}
+
+/// Node-wide limits sent as input: valid; the revision is cleared.
+pub fn checked_limits(l: admin::Limits) -> Result<Limits, Invalid> {
+    let mut l = limits_from_wire(l);
+    l.revision = 0;
+    validate_limits(&l)?;
+    Ok(l)
+}
+
 // ---- Route cache ----
 
 fn route_cache_to(c: &RouteCache) -> admin::RouteCache {
@@ -989,6 +1017,7 @@ pub fn change_set_to_wire(c: &ChangeSet) -> admin::ChangeSet {
                     Change::DeleteCert { name } => W::DeleteCert(name.clone()),
                     Change::PutTcpRoute { route } => W::PutTcpRoute(tcp_route_to_wire(route)),
                     Change::DeleteTcpRoute { name } => W::DeleteTcpRoute(name.clone()),
+                    Change::SetLimits { limits } => W::SetLimits(limits_to_wire(limits)),
                     Change::Health {
                         pool,
                         backend,
@@ -1036,6 +1065,9 @@ pub fn change_set_from_wire(c: admin::ChangeSet) -> Result<ChangeSet, Invalid> {
                 route: tcp_route_from_wire(r).map_err(field)?,
             },
             Some(W::DeleteTcpRoute(name)) => Change::DeleteTcpRoute { name },
+            Some(W::SetLimits(l)) => Change::SetLimits {
+                limits: limits_from_wire(l),
+            },
             Some(W::Health(h)) => Change::Health {
                 pool: h.pool,
                 backend: h.backend,

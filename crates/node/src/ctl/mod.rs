@@ -8,6 +8,7 @@
 mod cluster;
 mod config;
 mod conn;
+mod limits;
 mod objects;
 mod output;
 mod watch;
@@ -595,6 +596,33 @@ pub enum Ctl {
     Node(NodeCmd),
     Config(ConfigCmd),
     Watch { from: Option<u64> },
+    Limits(LimitsCmd),
+}
+
+/// `gateway limits`.
+#[derive(Subcommand, Debug, Clone)]
+pub enum LimitsCmd {
+    /// Show the node-wide limits.
+    #[command(after_help = "Example:\n  gateway limits show --output json")]
+    Show {
+        #[arg(long, value_enum, default_value_t)]
+        consistency: ConsistencyArg,
+    },
+    /// Replace the node-wide limits (a limit left out is removed).
+    #[command(
+        after_help = "Examples:\n  gateway limits set --max-requests 10000 --max-connections 20000\n  gateway limits set                      # no limits"
+    )]
+    Set {
+        /// Most requests each node serves at once; beyond it 503 with Retry-After.
+        #[arg(long, value_name = "N")]
+        max_requests: Option<u32>,
+        /// Most client connections each node holds open; beyond it new ones wait in the
+        /// kernel's backlog.
+        #[arg(long, value_name = "N")]
+        max_connections: Option<u32>,
+        #[command(flatten)]
+        cond: IfRevision,
+    },
 }
 
 /// Runs a client command.
@@ -618,5 +646,6 @@ pub async fn run(args: ClientArgs, cmd: Ctl) -> anyhow::Result<()> {
             keep_others,
         }) => config::apply(&mut conn, out, &file, dry_run, !keep_others).await,
         Ctl::Watch { from } => watch::watch(&mut conn, out, from).await,
+        Ctl::Limits(c) => limits::limits(&mut conn, out, c).await,
     }
 }
