@@ -586,8 +586,8 @@ impl Admin for AdminService {
         let cluster = self.allow(&req, Role::Write)?;
         let request_id = request_id(&req)?;
         let req = req.into_inner();
-        let limits = convert::checked_limits(req.limits.unwrap_or_default())
-            .map_err(Failure::from)?;
+        let limits =
+            convert::checked_limits(req.limits.unwrap_or_default()).map_err(Failure::from)?;
         let mut shown = limits.clone();
         let rev = self
             .propose(

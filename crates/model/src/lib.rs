@@ -24,11 +24,11 @@ pub use config::{
 };
 pub use config::{DEFAULT_CACHE_ENTRY_BYTES, RouteCache};
 pub use error::{ApplyError, Invalid};
-pub use limits::{Limits, MAX_NODE_LIMIT, validate_limits};
 pub use health::{
     AlertSink, BackendHealth, CheckKind, EVENT_TYPES, Ejection, Event, EventKind, HealthCheck,
     HealthPolicy, SeenDown, SmtpSink, StatusRanges, health_state, validate_alert_sink,
 };
+pub use limits::{Limits, MAX_NODE_LIMIT, validate_limits};
 pub use process::{ProcessSpec, RollingRestart, is_managed, managed_id, managed_index};
 pub use state::{Change, ChangeSet, Compacted, DEDUP_WINDOW, HISTORY, State};
 pub use tcp::{

@@ -11,10 +11,10 @@
 use crate::admin;
 use gateway_model::{
     AlertSink, Backend, BackendHealth, Balance, Cert, Change, ChangeSet, CheckKind, Command,
-    Ejection, ErrorPage, HeaderMatch, Limits, validate_limits, HeaderRules, HealthCheck, HealthPolicy, Invalid, MAX_BATCH,
-    Pool, ProcessSpec, Protocol, ProxyProtocol, RateLimit, RollingRestart, Route, RouteCache,
-    SmtpSink, TcpRoute, WritePolicy, validate_alert_sink, validate_name, validate_pool,
-    validate_route,
+    Ejection, ErrorPage, HeaderMatch, HeaderRules, HealthCheck, HealthPolicy, Invalid, Limits,
+    MAX_BATCH, Pool, ProcessSpec, Protocol, ProxyProtocol, RateLimit, RollingRestart, Route,
+    RouteCache, SmtpSink, TcpRoute, WritePolicy, validate_alert_sink, validate_limits,
+    validate_name, validate_pool, validate_route,
 };
 use std::collections::BTreeMap;
 

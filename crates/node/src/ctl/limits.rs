@@ -1,8 +1,8 @@
 //! `gateway limits show|set`: the node-wide limits every node applies to itself.
 
+use super::LimitsCmd;
 use super::conn::Conn;
 use super::output::{Output, outln, print_json};
-use super::LimitsCmd;
 use gateway_model::Limits;
 use gateway_wire::admin;
 use gateway_wire::convert::{limits_from_wire, limits_to_wire};
