@@ -563,5 +563,55 @@ async fn bad_cache_settings_get_a_clear_400_and_change_nothing() -> TestResult {
     }
     let after = n.get("/v1/routes/app").await?.expect_json(200)?;
     ensure!(before == after, "{before} became {after}");
+
+    // The CLI: flags make the route's cache; a cache that does nothing is refused.
+    let server = n.cluster_addr.to_string();
+    let r = gateway_tests::run_gateway(
+        &[
+            "route",
+            "add",
+            "cli",
+            "--pool",
+            "web",
+            "--path",
+            "/cli",
+            "--coalesce",
+            "--cache-max-bytes",
+            "65536",
+            "--cache-stale-ms",
+            "500",
+            "--server",
+            &server,
+        ],
+        Duration::from_secs(60),
+    )
+    .await?;
+    ensure!(r.status.success(), "{} {}", r.stdout, r.stderr);
+    let got = n.get("/v1/routes/cli").await?.expect_json(200)?;
+    ensure!(
+        got["route"]["cache"] == json!({"max_bytes": 65536, "stale_while_revalidate_ms": 500}),
+        "{got}"
+    );
+    let r = gateway_tests::run_gateway(
+        &[
+            "route",
+            "add",
+            "cli2",
+            "--pool",
+            "web",
+            "--no-coalesce",
+            "--server",
+            &server,
+        ],
+        Duration::from_secs(60),
+    )
+    .await?;
+    ensure!(
+        !r.status.success() && r.stderr.contains("cache"),
+        "{} {}",
+        r.stdout,
+        r.stderr
+    );
+    ensure!(n.get("/v1/routes/cli2").await?.status == 404);
     Ok(())
 }

@@ -87,7 +87,9 @@ impl Stored {
         *resp.status_mut() = self.status;
         *resp.headers_mut() = self.headers.clone();
         if tag != "MISS" && tag != "COALESCED" {
-            let age = self.age + now.saturating_duration_since(self.at).as_secs();
+            let age = self
+                .age
+                .saturating_add(now.saturating_duration_since(self.at).as_secs());
             resp.headers_mut().insert(AGE, HeaderValue::from(age));
         }
         resp.headers_mut()
@@ -212,7 +214,7 @@ impl Cache {
             if age < s.fresh {
                 return Begin::Hit(s);
             }
-            if age < s.fresh + self.stale {
+            if age < s.fresh.saturating_add(self.stale) {
                 stale = Some(s);
             } else if let Some(old) = inner.store.pop(key) {
                 inner.bytes -= old.size;
@@ -665,6 +667,47 @@ mod tests {
                 )
                 .fresh
                 .is_none()
+        );
+    }
+
+    #[test]
+    fn huge_freshness_and_age_do_not_overflow() {
+        let c = Cache::new(
+            &gateway_model::RouteCache {
+                max_bytes: 1 << 20,
+                stale_while_revalidate_ms: 60_000,
+                ..Default::default()
+            },
+            Arc::default(),
+        );
+        let j = c.judge(
+            StatusCode::OK,
+            &headers(&[
+                ("cache-control", "max-age=18446744073709551615"),
+                ("age", "18446744073709551615"),
+            ]),
+            SystemTime::now(),
+        );
+        assert!(j.fresh.is_none(), "as old as it may live: stale at once");
+        c.store(
+            "k",
+            Arc::new(Stored {
+                status: StatusCode::OK,
+                headers: HeaderMap::new(),
+                body: Bytes::new(),
+                vary: Box::new([]),
+                at: Instant::now(),
+                age: u64::MAX,
+                fresh: Duration::from_secs(u64::MAX),
+                size: 10,
+            }),
+        );
+        let Begin::Hit(s) = c.begin("k", &HeaderMap::new(), Instant::now()) else {
+            panic!("not a hit");
+        };
+        assert_eq!(
+            s.respond("HIT", Instant::now()).headers()[AGE],
+            u64::MAX.to_string()
         );
     }
 
