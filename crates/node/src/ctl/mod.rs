@@ -251,7 +251,7 @@ pub enum RouteCmd {
     #[command(
         after_help = "Examples:\n  gateway route add app --pool web --host example.com,www.example.com\n  gateway route add api --pool api --path /api --method GET,POST --writes leader\n  gateway route add news --pool web --path /news --coalesce --cache-max-bytes 67108864\n  gateway route add app --pool web2 --if-revision 12     # only if nobody changed it since"
     )]
-    Add(RouteAdd),
+    Add(Box<RouteAdd>),
     /// Show one route.
     #[command(after_help = "Example:\n  gateway route get app --output json")]
     Get {

@@ -118,6 +118,7 @@ async fn put_pool(c: &mut Conn, pool: &Pool, expect: Option<u64>) -> anyhow::Res
 pub async fn route(c: &mut Conn, out: Output, cmd: RouteCmd) -> anyhow::Result<()> {
     match cmd {
         RouteCmd::Add(a) => {
+            let a = *a;
             let expect = expect_of(&a.mode);
             let route = Route {
                 name: a.name.clone(),
