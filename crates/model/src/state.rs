@@ -943,6 +943,43 @@ mod tests {
     }
 
     #[test]
+    fn node_limits_are_validated_compared_and_replaced_whole() {
+        let mut s = State::default();
+        let set = |max_requests, max_connections, expect| Command::SetLimits {
+            limits: crate::limits::Limits {
+                max_requests,
+                max_connections,
+                revision: 0,
+            },
+            expect,
+        };
+        let r = s.apply(&req("1", set(Some(0), None, None)));
+        assert!(matches!(r.outcome, Err(ApplyError::Invalid(ref i)) if i.field == "max_requests"));
+        assert_eq!(
+            (s.revision, &s.limits),
+            (0, &crate::limits::Limits::default())
+        );
+        s.apply(&req("2", set(Some(100), Some(50), Some(0))))
+            .outcome
+            .unwrap();
+        assert_eq!(s.limits.max_requests, Some(100));
+        assert_eq!(s.limits.revision, 1);
+        let r = s.apply(&req("3", set(None, None, Some(7))));
+        assert!(matches!(r.outcome, Err(ApplyError::Stale { .. })));
+        s.apply(&req("4", set(None, Some(10), Some(1))))
+            .outcome
+            .unwrap();
+        assert_eq!(s.limits.max_requests, None, "replaced whole");
+        assert_eq!(s.limits.max_connections, Some(10));
+        let back: State = serde_json::from_slice(&serde_json::to_vec(&s).unwrap()).unwrap();
+        assert_eq!(back.limits, s.limits);
+        assert!(matches!(
+            s.changes_since(1).unwrap()[0].changes[0],
+            Change::SetLimits { .. }
+        ));
+    }
+
+    #[test]
     fn route_needs_pool_and_pool_in_use_cannot_go() {
         let mut s = State::default();
         let r = s.apply(&req("1", put_route(route("r", "p"))));
