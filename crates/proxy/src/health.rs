@@ -83,9 +83,16 @@ impl Monitor {
 
     /// Probes the backends of `state`'s pools, following its changes, until `state` closes.
     pub async fn run(self: Arc<Self>, mut state: watch::Receiver<Arc<State>>) {
+        let mut before: Option<Arc<State>> = None;
         loop {
             let current = state.borrow_and_update().clone();
-            self.sync(&current);
+            // Only the pools that changed since the last version are looked at: every write
+            // publishes a version, and a cluster may hold thousands of pools.
+            match &before {
+                None => self.sync(&current, current.pools.keys()),
+                Some(b) => self.sync(&current, current.pools_changed_since(b)),
+            }
+            before = Some(current);
             if state.changed().await.is_err() {
                 break;
             }
@@ -101,10 +108,15 @@ impl Monitor {
         }
     }
 
-    /// Starts probes for new targets, stops those of targets that are gone or changed.
-    fn sync(self: &Arc<Self>, state: &State) {
+    /// Starts probes for new targets of the pools `changed`, stops those of their targets that
+    /// are gone or changed. Probes of other pools are left alone.
+    fn sync<'a>(self: &Arc<Self>, state: &State, changed: impl Iterator<Item = &'a String>) {
+        let changed: BTreeSet<&str> = changed.map(String::as_str).collect();
+        if changed.is_empty() {
+            return;
+        }
         let mut wanted: HashMap<(String, String), Target> = HashMap::new();
-        for pool in state.pools.values() {
+        for pool in changed.iter().filter_map(|name| state.pools.get(*name)) {
             let Some(check) = &pool.health_check else {
                 continue;
             };
@@ -121,10 +133,12 @@ impl Monitor {
             }
         }
         let mut probes = self.probes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stopped = false;
         probes.retain(|key, (target, probe)| {
-            let keep = wanted.get(key) == Some(target);
+            let keep = !changed.contains(key.0.as_str()) || wanted.get(key) == Some(target);
             if !keep {
                 probe.task.abort();
+                stopped = true;
             }
             keep
         });
@@ -154,7 +168,10 @@ impl Monitor {
             );
         }
         drop(probes);
-        self.publish();
+        // A new probe starts up; only a stopped one can change the view.
+        if stopped {
+            self.publish();
+        }
     }
 
     /// Counts a failure seen in real traffic (a refused connection, a 5xx run) as a failed probe.
