@@ -162,3 +162,198 @@ async fn a_bad_memory_limit_is_one_error_line() -> TestResult {
     }
     Ok(())
 }
+
+// ---- Node-wide limits (replicated `limits`) ----
+
+/// One request on a fresh connection to `path`, closed after the answer.
+async fn request_path(n: &Node, path: &str) -> Result<String> {
+    let mut s = TcpStream::connect(n.http_addr).await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut out))
+        .await
+        .context("no answer within 30 s")??;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Sends a keep-alive request on `s` and reads the answer's head (the demo backend's bodies
+/// are short enough to come with it).
+async fn keep_alive_request(s: &mut TcpStream, within: Duration) -> Result<String> {
+    s.write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .await?;
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(within, s.read(&mut buf))
+        .await
+        .context("no answer")??;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn node_limits_shed_requests_hold_connections_and_change_at_runtime() -> TestResult {
+    let mut c = TestCluster::new()?;
+    c.init(1).await?;
+    c.wait_leader(ELECTION).await?;
+    let n = c.node(1);
+    let b = gateway_tests::DemoBackend::start("a").await?;
+    n.put(
+        "/v1/pools/web",
+        &json!({"backends": [{"id": "a", "address": b.address()}]}),
+    )
+    .await?
+    .expect(200)?;
+    n.put(
+        "/v1/routes/app",
+        &json!({"hosts": ["app.test"], "pool": "web"}),
+    )
+    .await?
+    .expect(200)?;
+    wait_for("the route to serve", CHANGE, || async {
+        let r = request(n).await?;
+        ensure!(r.starts_with("HTTP/1.1 200"), "{r}");
+        Ok(())
+    })
+    .await?;
+
+    // Bad limits: a clear 400, nothing changed.
+    let before = n.get("/v1/limits").await?.expect_json(200)?;
+    for (body, says) in [
+        (json!({"max_requests": 0}), "max_requests"),
+        (json!({"max_connections": 20_000_000}), "max_connections"),
+        (json!({"max_conns": 5}), "max_conns"),
+    ] {
+        let r = n.put("/v1/limits", &body).await?;
+        ensure!(
+            r.status == 400 && r.text().contains(says),
+            "{body}: {} {}",
+            r.status,
+            r.text()
+        );
+    }
+    ensure!(n.get("/v1/limits").await?.expect_json(200)? == before);
+
+    // At most 2 requests at once: with two slow ones under way, a third gets a fast 503.
+    n.put("/v1/limits", &json!({"max_requests": 2}))
+        .await?
+        .expect(200)?;
+    let slow = || {
+        let n_addr = n.http_addr;
+        tokio::spawn(async move {
+            let mut s = TcpStream::connect(n_addr).await?;
+            s.write_all(
+                b"GET /slow?ms=4000 HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+            )
+            .await?;
+            let mut out = Vec::new();
+            tokio::time::timeout(Duration::from_secs(60), s.read_to_end(&mut out)).await??;
+            anyhow::Ok(String::from_utf8_lossy(&out).into_owned())
+        })
+    };
+    let busy = wait_for("a request over max_requests to get 503", CHANGE, || async {
+        let held = [slow(), slow()];
+        let r = wait_for(
+            "the two slow requests to be under way",
+            Duration::from_secs(3),
+            || async {
+                let r = request_path(n, "/").await?;
+                ensure!(r.starts_with("HTTP/1.1 503"), "{r}");
+                Ok(r)
+            },
+        )
+        .await;
+        for h in held {
+            let got = h.await??;
+            ensure!(
+                got.starts_with("HTTP/1.1 200") || got.starts_with("HTTP/1.1 503"),
+                "{got}"
+            );
+        }
+        r
+    })
+    .await?;
+    ensure!(
+        busy.to_ascii_lowercase().contains("retry-after: 1") && busy.contains("max_requests"),
+        "{busy}"
+    );
+    // Recovery: with nothing under way, requests pass again.
+    let r = request_path(n, "/").await?;
+    ensure!(r.starts_with("HTTP/1.1 200"), "{r}");
+
+    // A runtime change takes effect without a restart: with a higher limit, two slow requests
+    // leave room.
+    let r = gateway_tests::run_gateway(
+        &[
+            "limits",
+            "set",
+            "--max-requests",
+            "50",
+            "--server",
+            &n.cluster_addr.to_string(),
+        ],
+        Duration::from_secs(60),
+    )
+    .await?;
+    ensure!(r.status.success(), "{} {}", r.stdout, r.stderr);
+    let held = [slow(), slow()];
+    wait_for("the raised limit to apply", CHANGE, || async {
+        let r = request_path(n, "/").await?;
+        ensure!(r.starts_with("HTTP/1.1 200"), "{r}");
+        Ok(())
+    })
+    .await?;
+    for h in held {
+        let got = h.await??;
+        ensure!(got.starts_with("HTTP/1.1 200"), "{got}");
+    }
+    let shown = n.get("/v1/limits").await?.expect_json(200)?;
+    ensure!(shown["limits"]["max_requests"] == 50, "{shown}");
+
+    // One connection at a time: a second one waits (in the backlog) until the first closes.
+    n.put("/v1/limits", &json!({"max_connections": 1}))
+        .await?
+        .expect(200)?;
+    let (first, mut second) = wait_for(
+        "max_connections to hold a second connection",
+        CHANGE,
+        || async {
+            let mut first = TcpStream::connect(n.http_addr).await?;
+            let r = keep_alive_request(&mut first, Duration::from_secs(10)).await?;
+            ensure!(r.starts_with("HTTP/1.1 200"), "{r}");
+            let mut second = TcpStream::connect(n.http_addr).await?;
+            second
+                .write_all(b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+                .await?;
+            let mut buf = [0u8; 64];
+            let early = tokio::time::timeout(Duration::from_secs(1), second.read(&mut buf)).await;
+            ensure!(
+                early.is_err(),
+                "the second connection was served at once: {early:?}"
+            );
+            Ok((first, second))
+        },
+    )
+    .await?;
+    note!("the second connection waits; closing the first");
+    drop(first);
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), second.read_to_end(&mut out))
+        .await
+        .context("the waiting connection was never served")??;
+    let out = String::from_utf8_lossy(&out);
+    ensure!(out.starts_with("HTTP/1.1 200"), "{out}");
+
+    // Limits removed: both served at once.
+    n.put("/v1/limits", &json!({})).await?.expect(200)?;
+    wait_for("the connection limit to go", CHANGE, || async {
+        let mut first = TcpStream::connect(n.http_addr).await?;
+        keep_alive_request(&mut first, Duration::from_secs(10)).await?;
+        let mut second = TcpStream::connect(n.http_addr).await?;
+        let r = keep_alive_request(&mut second, Duration::from_secs(2)).await?;
+        ensure!(r.starts_with("HTTP/1.1 200"), "{r}");
+        Ok(())
+    })
+    .await?;
+    Ok(())
+}

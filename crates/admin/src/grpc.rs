@@ -561,6 +561,54 @@ impl Admin for AdminService {
         Ok(with_revision(reply, st.revision))
     }
 
+    async fn get_limits(
+        &self,
+        req: Request<admin::ReadRequest>,
+    ) -> std::result::Result<Response<admin::LimitsReply>, Status> {
+        let cluster = self.allow(&req, Role::Read)?;
+        let st = cluster
+            .read(consistency(req.get_ref().consistency)?)
+            .await
+            .map_err(Failure::from)?;
+        Ok(with_revision(
+            admin::LimitsReply {
+                revision: st.revision,
+                limits: Some(convert::limits_to_wire(&st.limits)),
+            },
+            st.revision,
+        ))
+    }
+
+    async fn set_limits(
+        &self,
+        req: Request<admin::SetLimitsRequest>,
+    ) -> std::result::Result<Response<admin::LimitsReply>, Status> {
+        let cluster = self.allow(&req, Role::Write)?;
+        let request_id = request_id(&req)?;
+        let req = req.into_inner();
+        let limits =
+            convert::checked_limits(req.limits.unwrap_or_default()).map_err(Failure::from)?;
+        let mut shown = limits.clone();
+        let rev = self
+            .propose(
+                cluster,
+                request_id,
+                Command::SetLimits {
+                    limits,
+                    expect: req.if_revision,
+                },
+            )
+            .await?;
+        shown.revision = rev;
+        Ok(with_revision(
+            admin::LimitsReply {
+                revision: rev,
+                limits: Some(convert::limits_to_wire(&shown)),
+            },
+            rev,
+        ))
+    }
+
     async fn list_routes(
         &self,
         req: Request<admin::ReadRequest>,

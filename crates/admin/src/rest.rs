@@ -121,6 +121,7 @@ pub async fn serve(
         .route("/v1/pools", get(list_pools))
         .route("/v1/pools/{name}", get(get_pool).put(put_pool).delete(delete_pool))
         .route("/v1/pools/{name}/restart", get(get_restart).post(restart_pool))
+        .route("/v1/limits", get(get_limits).put(put_limits))
         .route("/v1/routes", get(list_routes))
         .route("/v1/routes/{name}", get(get_route).put(put_route).delete(delete_route))
         .route("/v1/certs", get(list_certs))
@@ -805,6 +806,44 @@ async fn get_route(
         )
         .at(st.revision)),
     }
+}
+
+async fn get_limits(
+    AxState(app): AxState<App>,
+    q: std::result::Result<Query<ReadParams>, QueryRejection>,
+) -> Result<Response> {
+    let st = app.cluster.read(consistency(q)?).await?;
+    Ok(with_etag(
+        ok(
+            st.revision,
+            json!({"revision": st.revision, "limits": st.limits}),
+        ),
+        st.limits.revision,
+    ))
+}
+
+async fn put_limits(
+    AxState(app): AxState<App>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    let expect = expected(&headers)?;
+    let mut limits: gateway_model::Limits = parse(&body)?;
+    limits.revision = 0;
+    gateway_model::validate_limits(&limits)?;
+    let mut shown = limits.clone();
+    let resp = propose(
+        &app,
+        request_id(&headers)?,
+        Command::SetLimits { limits, expect },
+        |rev| {
+            shown.revision = rev;
+            json!({"revision": rev, "limits": shown})
+        },
+    )
+    .await?;
+    let rev = revision_of(&resp);
+    Ok(with_etag(resp, rev))
 }
 
 /// Takes the name from the path; a name in the body must agree with it.

@@ -65,6 +65,12 @@ pub enum Command {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         expect: Option<u64>,
     },
+    /// Replace the node-wide limits (every node applies them to itself).
+    SetLimits {
+        limits: crate::limits::Limits,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expect: Option<u64>,
+    },
     /// Record that a node id has left the cluster, so it is never reused.
     RetireNode { id: NodeId },
     /// Several configuration changes applied as one: all of them, in order, under one new

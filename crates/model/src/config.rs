@@ -255,6 +255,9 @@ pub struct Route {
     /// `Retry-After`. None when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// Dog-pile avoidance and response caching for GET/HEAD, on each node. Off when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<RouteCache>,
     /// The configuration revision that last changed this route; set by the cluster, ignored on input.
     #[serde(default)]
     pub revision: u64,
@@ -323,6 +326,61 @@ impl Default for ErrorPage {
             status: None,
             content_type: default_error_content_type(),
             body: String::new(),
+        }
+    }
+}
+
+// ---- Route cache (dog-pile avoidance and response cache) ----
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+/// Default for [`RouteCache::max_entry_bytes`]: 1 MiB.
+pub const DEFAULT_CACHE_ENTRY_BYTES: u64 = 1 << 20;
+
+/// Dog-pile avoidance and an optional response cache for a route's GET and HEAD requests,
+/// kept separately on each node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteCache {
+    /// Identical GET/HEAD requests in flight at once go upstream once and share the answer.
+    /// `true` when omitted.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub coalesce: bool,
+    /// Bytes of responses this node may store for the route (0 to 2^36); 0 (no storing,
+    /// coalescing only) when omitted.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub max_bytes: u64,
+    /// Largest body shared or stored (1 to 2^30, at most `max_bytes` when that is set);
+    /// 1 MiB when omitted. Larger bodies stream to their own client only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_entry_bytes: Option<u64>,
+    /// How long past its freshness a stored response may still be served while one request
+    /// fetches a new one, in milliseconds (0 to 86,400,000); 0 when omitted.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub stale_while_revalidate_ms: u64,
+    /// Also coalesce and cache requests carrying `Authorization`. `false` when omitted.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub share_authorized: bool,
+    /// Also share and store responses carrying `Set-Cookie`. `false` when omitted.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub share_set_cookie: bool,
+}
+
+impl Default for RouteCache {
+    fn default() -> Self {
+        RouteCache {
+            coalesce: true,
+            max_bytes: 0,
+            max_entry_bytes: None,
+            stale_while_revalidate_ms: 0,
+            share_authorized: false,
+            share_set_cookie: false,
         }
     }
 }

@@ -10,6 +10,7 @@ mod command;
 mod config;
 mod error;
 mod health;
+mod limits;
 mod process;
 mod state;
 mod tcp;
@@ -21,11 +22,13 @@ pub use config::{
     Backend, Balance, ErrorPage, HeaderMatch, HeaderRules, NodeAddr, NodeId, Pool, Protocol,
     RateLimit, Route, WritePolicy,
 };
+pub use config::{DEFAULT_CACHE_ENTRY_BYTES, RouteCache};
 pub use error::{ApplyError, Invalid};
 pub use health::{
     AlertSink, BackendHealth, CheckKind, EVENT_TYPES, Ejection, Event, EventKind, HealthCheck,
     HealthPolicy, SeenDown, SmtpSink, StatusRanges, health_state, validate_alert_sink,
 };
+pub use limits::{Limits, MAX_NODE_LIMIT, validate_limits};
 pub use process::{ProcessSpec, RollingRestart, is_managed, managed_id, managed_index};
 pub use state::{Change, ChangeSet, Compacted, DEDUP_WINDOW, HISTORY, State};
 pub use tcp::{

@@ -70,6 +70,10 @@ pub enum Change {
     DeleteTcpRoute {
         name: String,
     },
+    /// The node-wide limits were replaced.
+    SetLimits {
+        limits: crate::limits::Limits,
+    },
 }
 
 /// Everything one revision changed, in order.
@@ -130,6 +134,9 @@ pub struct State {
     /// their epoch).
     #[serde(default)]
     pub restarts: OrdMap<String, RollingRestart>,
+    /// Node-wide limits, applied by every node to itself.
+    #[serde(default)]
+    pub limits: crate::limits::Limits,
     /// The changes of the last [`HISTORY`] revisions, oldest first.
     history: Vector<ChangeSet>,
     /// Responses to the most recent requests, oldest first, for deduplication.
@@ -469,6 +476,7 @@ impl State {
             lost: self.lost.clone(),
             alerts: self.alerts.clone(),
             restarts: self.restarts.clone(),
+            limits: self.limits.clone(),
             ..State::default()
         }
     }
@@ -591,6 +599,23 @@ impl State {
                 let entry = self.delivered.entry(sink.clone()).or_insert(0);
                 *entry = (*entry).max(upto);
                 return Ok(()); // bookkeeping, not configuration
+            }
+            Command::SetLimits { limits, expect } => {
+                crate::limits::validate_limits(limits)?;
+                if let Some(e) = expect
+                    && *e != self.limits.revision
+                {
+                    return Err(ApplyError::Stale {
+                        what: "limits".into(),
+                        name: "limits".into(),
+                        expected: *e,
+                        actual: Some(self.limits.revision),
+                    });
+                }
+                let mut limits = limits.clone();
+                limits.revision = rev;
+                self.limits = limits.clone();
+                changes.push(Change::SetLimits { limits });
             }
             Command::PutAlertSink { sink, expect } => {
                 validate_alert_sink(sink)?;
@@ -932,6 +957,43 @@ mod tests {
             route: r,
             expect: None,
         }
+    }
+
+    #[test]
+    fn node_limits_are_validated_compared_and_replaced_whole() {
+        let mut s = State::default();
+        let set = |max_requests, max_connections, expect| Command::SetLimits {
+            limits: crate::limits::Limits {
+                max_requests,
+                max_connections,
+                revision: 0,
+            },
+            expect,
+        };
+        let r = s.apply(&req("1", set(Some(0), None, None)));
+        assert!(matches!(r.outcome, Err(ApplyError::Invalid(ref i)) if i.field == "max_requests"));
+        assert_eq!(
+            (s.revision, &s.limits),
+            (0, &crate::limits::Limits::default())
+        );
+        s.apply(&req("2", set(Some(100), Some(50), Some(0))))
+            .outcome
+            .unwrap();
+        assert_eq!(s.limits.max_requests, Some(100));
+        assert_eq!(s.limits.revision, 1);
+        let r = s.apply(&req("3", set(None, None, Some(7))));
+        assert!(matches!(r.outcome, Err(ApplyError::Stale { .. })));
+        s.apply(&req("4", set(None, Some(10), Some(1))))
+            .outcome
+            .unwrap();
+        assert_eq!(s.limits.max_requests, None, "replaced whole");
+        assert_eq!(s.limits.max_connections, Some(10));
+        let back: State = serde_json::from_slice(&serde_json::to_vec(&s).unwrap()).unwrap();
+        assert_eq!(back.limits, s.limits);
+        assert!(matches!(
+            s.changes_since(1).unwrap()[0].changes[0],
+            Change::SetLimits { .. }
+        ));
     }
 
     #[test]

@@ -466,6 +466,51 @@ pub fn validate_route(route: &Route) -> Result<(), Invalid> {
             ));
         }
     }
+    if let Some(c) = &route.cache {
+        validate_cache(c)?;
+    }
+    Ok(())
+}
+
+/// Checks a route's `cache` settings.
+fn validate_cache(c: &crate::config::RouteCache) -> Result<(), Invalid> {
+    if !c.coalesce && c.max_bytes == 0 {
+        return Err(Invalid::new(
+            "cache",
+            "neither coalesces nor stores anything",
+            "set cache.coalesce to true or cache.max_bytes above 0, or leave cache out",
+        ));
+    }
+    if c.max_bytes > 1 << 36 {
+        return Err(Invalid::new(
+            "cache.max_bytes",
+            format!("{} is out of range", c.max_bytes),
+            "use 0 (coalescing only) to 68719476736 bytes",
+        ));
+    }
+    if let Some(e) = c.max_entry_bytes {
+        if !(1..=1 << 30).contains(&e) {
+            return Err(Invalid::new(
+                "cache.max_entry_bytes",
+                format!("{e} is out of range"),
+                "use 1 to 1073741824 bytes, or leave it out for 1 MiB",
+            ));
+        }
+        if c.max_bytes > 0 && e > c.max_bytes {
+            return Err(Invalid::new(
+                "cache.max_entry_bytes",
+                format!("{e} is larger than cache.max_bytes ({})", c.max_bytes),
+                "make max_entry_bytes at most max_bytes",
+            ));
+        }
+    }
+    if c.stale_while_revalidate_ms > 86_400_000 {
+        return Err(Invalid::new(
+            "cache.stale_while_revalidate_ms",
+            format!("{} is out of range", c.stale_while_revalidate_ms),
+            "use 0 to 86400000 milliseconds",
+        ));
+    }
     Ok(())
 }
 

@@ -2,8 +2,8 @@
 //! key of the `--config` TOML file (flag > env > file > data dir > default).
 
 use crate::ctl::{
-    AlertCmd, BackendCmd, CertCmd, ClientArgs, ClusterCmd, ConfigCmd, Ctl, NodeCmd, PoolCmd,
-    RouteCmd,
+    AlertCmd, BackendCmd, CertCmd, ClientArgs, ClusterCmd, ConfigCmd, Ctl, LimitsCmd, NodeCmd,
+    PoolCmd, RouteCmd,
 };
 use crate::{client, config, ctl, demo, run, top};
 use clap::{Args, CommandFactory, Parser, Subcommand};
@@ -48,6 +48,13 @@ pub enum Command {
         client: ClientArgs,
         #[command(subcommand)]
         command: RouteCmd,
+    },
+    /// Node-wide limits (requests and client connections per node), replicated to every node.
+    Limits {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: LimitsCmd,
     },
     /// Pools: named sets of backends and how to balance over them.
     Pool {
@@ -336,6 +343,9 @@ pub fn prepare(cli: Cli) -> anyhow::Result<Action> {
         )?)),
         Command::Route { client, command } => Action::Ctl(Box::new((client, Ctl::Route(command)))),
         Command::Pool { client, command } => Action::Ctl(Box::new((client, Ctl::Pool(command)))),
+        Command::Limits { client, command } => {
+            Action::Ctl(Box::new((client, Ctl::Limits(command))))
+        }
         Command::Cert { client, command } => Action::Ctl(Box::new((client, Ctl::Cert(command)))),
         Command::Alert { client, command } => Action::Ctl(Box::new((client, Ctl::Alert(command)))),
         Command::Backend { client, command } => {

@@ -2,7 +2,10 @@
 //!
 //! * any path: `<method> from NAME` (e.g. `get from web1`), with `x-backend: NAME`;
 //! * `/ws`: a WebSocket echo (the `101` answer carries `x-backend: NAME`);
-//! * `/slow?ms=N`: the same answer after N milliseconds (at most 60 000);
+//! * `/slow?ms=N`: the same answer after N milliseconds (at most 60 000); with `&max_age=S`
+//!   also `Cache-Control: max-age=S` (for caches in front of it);
+//! * `/count`: how many requests it has answered (`/count` itself not counted), for
+//!   benchmarks that count what reaches the backend;
 //! * `/status/N`: answers status N (100 to 599, else 400) with `status N from NAME`;
 //! * `/headers`: the request headers it received, one `name: value` a line, sorted.
 //!
@@ -80,12 +83,20 @@ fn text(name: &str, status: StatusCode, body: String) -> Response<Full<Bytes>> {
         .expect("static response parts are valid")
 }
 
+/// Requests answered, `/count` excluded.
+static ANSWERED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 async fn answer(
     name: Arc<str>,
     mut req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     let method = req.method().as_str().to_ascii_lowercase();
     let path = req.uri().path().to_string();
+    if path == "/count" {
+        let n = ANSWERED.load(std::sync::atomic::Ordering::Relaxed);
+        return Ok(text(&name, StatusCode::OK, format!("{n}\n")));
+    }
+    ANSWERED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     if path == "/ws" {
         return Ok(websocket(name, &mut req));
     }
@@ -124,6 +135,22 @@ async fn answer(
             .unwrap_or(1000)
             .min(60_000);
         tokio::time::sleep(Duration::from_millis(ms)).await;
+        let max_age = req
+            .uri()
+            .query()
+            .unwrap_or("")
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("max_age="))
+            .and_then(|v| v.parse::<u64>().ok());
+        if let Some(age) = max_age {
+            let mut resp = text(&name, StatusCode::OK, format!("{method} from {name}\n"));
+            resp.headers_mut().insert(
+                header::CACHE_CONTROL,
+                header::HeaderValue::from_str(&format!("max-age={age}"))
+                    .expect("a number is a valid header value"),
+            );
+            return Ok(resp);
+        }
     }
     Ok(text(
         &name,

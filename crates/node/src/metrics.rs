@@ -56,6 +56,61 @@ impl Collector for DataPlane {
                 )
             }),
         )?;
+        // Route caches (only routes with a `cache`).
+        let cached = || {
+            s.routes
+                .iter()
+                .filter_map(|r| Some((vec![("route", r.route.clone())], r.cache.as_ref()?)))
+        };
+        for (name, help, f) in [
+            (
+                "gateway_cache_hits",
+                "Requests answered from a fresh stored response, by route.",
+                (|c: &gateway_proxy::CacheSnapshot| c.hits_total) as fn(&_) -> u64,
+            ),
+            (
+                "gateway_cache_misses",
+                "Cacheable requests that went upstream themselves (leading a flight or alone), by route.",
+                |c| c.misses_total,
+            ),
+            (
+                "gateway_cache_stale",
+                "Requests answered from a stale stored response while another refreshed it, by route.",
+                |c| c.stale_total,
+            ),
+            (
+                "gateway_cache_coalesced",
+                "Requests answered with the response of an identical request's flight, by route.",
+                |c| c.coalesced_total,
+            ),
+            ("gateway_cache_stores", "Responses stored, by route.", |c| {
+                c.stores_total
+            }),
+            (
+                "gateway_cache_evictions",
+                "Stored responses dropped to make room, by route.",
+                |c| c.evictions_total,
+            ),
+            (
+                "gateway_cache_passes",
+                "Responses found not shareable (private, no-store, Set-Cookie, Vary: *, too large), by route.",
+                |c| c.passes_total,
+            ),
+        ] {
+            counters(&mut enc, name, help, cached().map(|(l, c)| (l, f(c))))?;
+        }
+        gauges(
+            &mut enc,
+            "gateway_cache_bytes",
+            "Bytes of responses stored now, by route.",
+            cached().map(|(l, c)| (l, g(c.bytes))),
+        )?;
+        gauges(
+            &mut enc,
+            "gateway_cache_entries",
+            "Responses stored now, by route.",
+            cached().map(|(l, c)| (l, g(c.entries))),
+        )?;
         counters(
             &mut enc,
             "gateway_http_no_route_requests",

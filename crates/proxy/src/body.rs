@@ -70,6 +70,16 @@ pub(crate) enum ProxyBody {
         left: u64,
         over: Arc<std::sync::atomic::AtomicBool>,
     },
+    /// A response body the cache began to read (to share it) and found too large: the frames
+    /// read so far, then the rest of the stream, or the error that cut it.
+    Prefixed(Box<Prefixed>),
+}
+
+/// See [`ProxyBody::Prefixed`].
+pub(crate) struct Prefixed {
+    pub(crate) frames: std::collections::VecDeque<Frame<Bytes>>,
+    pub(crate) rest: ProxyBody,
+    pub(crate) error: Option<BoxError>,
 }
 
 impl ProxyBody {
@@ -150,6 +160,15 @@ impl Body for ProxyBody {
                 }
                 Poll::Ready(frame)
             }
+            ProxyBody::Prefixed(p) => {
+                if let Some(f) = p.frames.pop_front() {
+                    return Poll::Ready(Some(Ok(f)));
+                }
+                if let Some(e) = p.error.take() {
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Pin::new(&mut p.rest).poll_frame(cx)
+            }
             ProxyBody::Recorded(inner, rec) => {
                 let frame = ready!(inner.poll_frame(cx));
                 match &frame {
@@ -174,6 +193,9 @@ impl Body for ProxyBody {
             ProxyBody::Empty | ProxyBody::Tunnel(_) => true,
             ProxyBody::Full(b) => b.is_none(),
             ProxyBody::Limited { inner, .. } => inner.is_end_stream(),
+            ProxyBody::Prefixed(p) => {
+                p.frames.is_empty() && p.error.is_none() && p.rest.is_end_stream()
+            }
             ProxyBody::Stream(inner)
             | ProxyBody::Recorded(inner, _)
             | ProxyBody::Upstream { body: inner, .. } => inner.is_end_stream(),
@@ -185,6 +207,20 @@ impl Body for ProxyBody {
             ProxyBody::Empty | ProxyBody::Tunnel(_) => SizeHint::with_exact(0),
             ProxyBody::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             ProxyBody::Limited { inner, .. } => inner.size_hint(),
+            ProxyBody::Prefixed(p) => {
+                let ahead: u64 = p
+                    .frames
+                    .iter()
+                    .filter_map(|f| f.data_ref().map(|d| d.len() as u64))
+                    .sum();
+                let rest = p.rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower() + ahead);
+                if let Some(u) = rest.upper() {
+                    hint.set_upper(u + ahead);
+                }
+                hint
+            }
             ProxyBody::Stream(inner)
             | ProxyBody::Recorded(inner, _)
             | ProxyBody::Upstream { body: inner, .. } => inner.size_hint(),

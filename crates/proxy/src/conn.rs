@@ -230,6 +230,11 @@ pub(crate) struct Closing {
 }
 
 impl Closing {
+    /// Connections speaking HTTP now.
+    pub(crate) fn open(&self) -> usize {
+        self.conns.load(Ordering::SeqCst)
+    }
+
     /// Resolves once no [`Tracked`] handle is left.
     pub(crate) async fn all_gone(&self) {
         loop {
@@ -307,6 +312,9 @@ impl Drop for Tracked {
         self.0.metrics.connection_closed();
         if self.0.closing.conns.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.0.closing.gone.notify_waiters();
+        }
+        if self.0.limits.max_connections() != 0 {
+            self.0.limits.room.notify_waiters();
         }
     }
 }
@@ -975,6 +983,7 @@ mod tests {
             metrics: crate::metrics::Metrics::new(),
             access_log: None,
             health: None,
+            limits: Default::default(),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())

@@ -68,6 +68,8 @@ pub(crate) enum ProxyError {
     RouteBusy { route: String, limit: usize },
     #[error("route {route}: the request body is larger than {limit} bytes (its max_body_bytes)")]
     TooLarge { route: String, limit: u64 },
+    #[error("this node is already serving {limit} requests (the cluster's limits.max_requests)")]
+    NodeBusy { limit: usize },
 }
 
 impl ProxyError {
@@ -79,7 +81,8 @@ impl ProxyError {
             ProxyError::NoLeader { .. }
             | ProxyError::NoBackends { .. }
             | ProxyError::Saturated { .. }
-            | ProxyError::RouteBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | ProxyError::RouteBusy { .. }
+            | ProxyError::NodeBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::Backend { .. } | ProxyError::Leader { .. } => StatusCode::BAD_GATEWAY,
@@ -122,7 +125,8 @@ impl ProxyError {
         match &self {
             ProxyError::NoLeader { .. }
             | ProxyError::Saturated { .. }
-            | ProxyError::RouteBusy { .. } => {
+            | ProxyError::RouteBusy { .. }
+            | ProxyError::NodeBusy { .. } => {
                 resp.headers_mut()
                     .insert(RETRY_AFTER, HeaderValue::from_static("1"));
             }

@@ -52,6 +52,15 @@
 //!   a request finding it full goes to another backend with room (not on sticky pools), or
 //!   waits up to the pool's `queue_timeout_ms` (1 s) for a slot, then gets 503 with
 //!   `Retry-After: 1`.
+//! * **Node limits** (the replicated `limits`, module `limits`): above `max_requests` requests
+//!   under way (head to response head) a request gets a fast 503 with `Retry-After: 1` before
+//!   routing; at `max_connections` open client connections (HTTP and HTTPS together) the node
+//!   stops accepting until one closes, so new ones wait in the kernel's backlog. Without
+//!   limits this costs one relaxed atomic load per request.
+//! * **Dog-pile avoidance and response cache** (a route's `cache`, module `cache`): identical
+//!   GET/HEAD requests in flight at once share one upstream request; shareable answers may be
+//!   stored per `Cache-Control` and served stale while one request refreshes them; answers
+//!   carry `X-Cache`. Routes without a cache take one branch more and nothing else.
 //! * **Protocols**: pools speak HTTP/1.1 to their backends, or with `protocol = "h2c"` HTTP/2
 //!   with prior knowledge over one multiplexed connection per backend, so gRPC services can be
 //!   proxied: `te: trailers` is passed on, and trailers flow both ways.
@@ -120,6 +129,7 @@ mod access;
 mod balance;
 mod body;
 mod budget;
+mod cache;
 mod cidr;
 mod codec;
 mod conn;
@@ -143,8 +153,8 @@ pub use access::{ACCESS_TARGET, AccessLog};
 pub use cidr::{Cidr, CidrError};
 pub use health::Monitor;
 pub use metrics::{
-    BackendSnapshot, HistogramSnapshot, LATENCY_BUCKETS, Metrics, PoolSnapshot, RouteSnapshot,
-    Snapshot,
+    BackendSnapshot, CacheSnapshot, HistogramSnapshot, LATENCY_BUCKETS, Metrics, PoolSnapshot,
+    RouteSnapshot, Snapshot,
 };
 pub use server::{Listeners, serve, serve_all};
 use std::time::Duration;

@@ -87,6 +87,9 @@ fn shard_of(ip: IpAddr) -> usize {
     (h.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 60) as usize % SHARDS
 }
 
+/// A route's cache, with the route revision and settings it was made for.
+type CacheSlot = Mutex<Option<(u64, gateway_model::RouteCache, Arc<crate::cache::Cache>)>>;
+
 /// What one route keeps across table swaps.
 #[derive(Default)]
 pub(crate) struct RouteShared {
@@ -94,6 +97,9 @@ pub(crate) struct RouteShared {
     pub(crate) active: AtomicUsize,
     /// The route's limiter, kept while its rate stays the same.
     pub(crate) limiter: Mutex<Option<Arc<RateLimiter>>>,
+    /// The route's cache and the route revision it was made for: any change of the route
+    /// starts an empty one.
+    pub(crate) cache: CacheSlot,
 }
 
 impl RouteShared {
@@ -112,6 +118,86 @@ impl RouteShared {
                 cur.clone()
             }
         }
+    }
+}
+
+impl RouteShared {
+    /// The cache for the route at `revision` with `spec` (the same one, entries and all, while
+    /// the route does not change).
+    pub(crate) fn cache(
+        &self,
+        spec: Option<&gateway_model::RouteCache>,
+        revision: u64,
+        stats: &Arc<crate::metrics::RouteStats>,
+    ) -> Option<Arc<crate::cache::Cache>> {
+        let mut cur = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(spec) = spec else {
+            *cur = None;
+            return None;
+        };
+        if cur
+            .as_ref()
+            .is_none_or(|(rev, was, _)| *rev != revision || was != spec)
+        {
+            *cur = Some((
+                revision,
+                spec.clone(),
+                Arc::new(crate::cache::Cache::new(spec, stats.clone())),
+            ));
+        }
+        cur.as_ref().map(|(_, _, c)| c.clone())
+    }
+}
+
+/// The cluster's node-wide limits as this node applies them (0: none), set on every state
+/// change, with the counts they bound.
+#[derive(Default)]
+pub(crate) struct NodeLimits {
+    max_requests: AtomicUsize,
+    max_connections: AtomicUsize,
+    /// Requests between head and response head now (counted only while a limit is set).
+    requests: AtomicUsize,
+    /// Woken when the limits change, and when a connection closes while a connection limit
+    /// is set (the accept loop waits on it at the limit).
+    pub(crate) room: tokio::sync::Notify,
+}
+
+impl NodeLimits {
+    pub(crate) fn set(&self, l: &gateway_model::Limits) {
+        let n = |v: Option<u32>| v.map_or(0, |v| v as usize);
+        self.max_requests
+            .store(n(l.max_requests), Ordering::Relaxed);
+        self.max_connections
+            .store(n(l.max_connections), Ordering::Relaxed);
+        self.room.notify_waiters();
+    }
+
+    /// The connection limit (0: none).
+    pub(crate) fn max_connections(&self) -> usize {
+        self.max_connections.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request until the slot drops; `Err(limit)` when the node is full. Without a
+    /// limit, one relaxed load and nothing counted.
+    pub(crate) fn enter(&self) -> Result<Option<NodeSlot<'_>>, usize> {
+        let max = self.max_requests.load(Ordering::Relaxed);
+        if max == 0 {
+            return Ok(None);
+        }
+        if self.requests.fetch_add(1, Ordering::AcqRel) >= max {
+            self.requests.fetch_sub(1, Ordering::AcqRel);
+            return Err(max);
+        }
+        Ok(Some(NodeSlot(self)))
+    }
+}
+
+/// A request counted against the node's `max_requests`.
+pub(crate) struct NodeSlot<'a>(&'a NodeLimits);
+
+impl Drop for NodeSlot<'_> {
+    fn drop(&mut self) {
+        self.0.requests.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -81,6 +81,20 @@ pub(crate) struct RouteStats {
     pub(crate) unserved: Classes,
     /// Answers to writes carried to the leader node.
     pub(crate) to_leader: Classes,
+    /// What the route's `cache` did (all zero without one).
+    pub(crate) cache: CacheCounters,
+}
+
+/// Counters of a route's cache (module `cache`).
+#[derive(Default, Debug)]
+pub(crate) struct CacheCounters {
+    pub(crate) hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
+    pub(crate) stale: AtomicU64,
+    pub(crate) coalesced: AtomicU64,
+    pub(crate) stores: AtomicU64,
+    pub(crate) evictions: AtomicU64,
+    pub(crate) passes: AtomicU64,
 }
 
 /// Node-wide counters that belong to no route.
@@ -180,11 +194,27 @@ impl Metrics {
             }
             requests.push((String::new(), route.stats.unserved.read()));
             requests.push(("leader".to_string(), route.stats.to_leader.read()));
+            let cache = route.cache.as_ref().map(|cache| {
+                let c = &route.stats.cache;
+                let (bytes, entries) = cache.usage();
+                CacheSnapshot {
+                    hits_total: c.hits.load(Relaxed),
+                    misses_total: c.misses.load(Relaxed),
+                    stale_total: c.stale.load(Relaxed),
+                    coalesced_total: c.coalesced.load(Relaxed),
+                    stores_total: c.stores.load(Relaxed),
+                    evictions_total: c.evictions.load(Relaxed),
+                    passes_total: c.passes.load(Relaxed),
+                    bytes,
+                    entries,
+                }
+            });
             snap.routes.push(RouteSnapshot {
                 route: route.name.to_string(),
                 pool: pool.name.to_string(),
                 requests,
                 latency: route.stats.latency.read(),
+                cache,
             });
         }
         for pool in table.pools.iter() {
@@ -229,6 +259,30 @@ pub struct RouteSnapshot {
     pub requests: Vec<(String, [u64; 5])>,
     /// Time from request head to response head.
     pub latency: HistogramSnapshot,
+    /// The route's cache, when it has one.
+    pub cache: Option<CacheSnapshot>,
+}
+
+/// What a route's cache did on this node.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CacheSnapshot {
+    /// Answered from a fresh stored response.
+    pub hits_total: u64,
+    /// Went upstream (led a flight, or went alone).
+    pub misses_total: u64,
+    /// Answered from a stale stored response while another request refreshed it.
+    pub stale_total: u64,
+    /// Answered with the response of another request's flight.
+    pub coalesced_total: u64,
+    /// Responses stored.
+    pub stores_total: u64,
+    /// Stored responses dropped to make room.
+    pub evictions_total: u64,
+    /// Responses found not shareable (private, no-store, Set-Cookie, Vary: *, too large).
+    pub passes_total: u64,
+    /// Bytes and entries stored now.
+    pub bytes: u64,
+    pub entries: u64,
 }
 
 /// A backend's counters (across the routes using its pool).

@@ -50,6 +50,8 @@ pub(crate) struct Shared {
     pub(crate) access_log: Option<crate::access::AccessLog>,
     /// This node's health monitor, told of passive ejections.
     pub(crate) health: Option<Arc<crate::health::Monitor>>,
+    /// The cluster's node-wide limits (requests and connections).
+    pub(crate) limits: crate::limits::NodeLimits,
 }
 
 impl Shared {
@@ -96,6 +98,10 @@ pub(crate) fn handle(
 ) -> impl Future<Output = Response<ProxyBody>> {
     async move {
         let start = Instant::now();
+        let _slot = match shared.limits.enter() {
+            Ok(slot) => slot,
+            Err(limit) => return ProxyError::NodeBusy { limit }.into_response(None),
+        };
         let live = shared.live.load_full();
         // Only with an access log: what its line needs of the request (taken before the
         // request is handed on).
@@ -136,9 +142,18 @@ pub(crate) fn handle(
             return crate::tls::redirect_to_https(&req, status, shared.https_port);
         }
         let served = AtomicU32::new(SERVED_NOBODY);
-        let resp = match proxy(shared, &live, route, client, req, &served).await {
-            Ok(resp) => resp,
-            Err(e) => e.into_response(Some(route)),
+        let resp = match &route.cache {
+            None => match proxy(shared, &live, route, client, req, &served).await {
+                Ok(resp) => resp,
+                Err(e) => e.into_response(Some(route)),
+            },
+            // Routes with a cache (on the heap, keeping other requests' futures small).
+            Some(cache) => {
+                Box::pin(crate::cache::serve(
+                    shared, &live, route, cache, client, req, &served,
+                ))
+                .await
+            }
         };
         let served = served.load(Relaxed);
         let status = resp.status().as_u16();
@@ -326,7 +341,7 @@ impl Replay {
 
 // Not an `async fn`, whose arguments would take room twice in the future.
 #[allow(clippy::manual_async_fn)]
-fn proxy(
+pub(crate) fn proxy(
     shared: &Shared,
     live: &Arc<Live>,
     route: &CompiledRoute,

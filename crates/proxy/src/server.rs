@@ -93,7 +93,9 @@ pub async fn serve_all(
         metrics: config.metrics.clone(),
         access_log: config.access_log,
         health: config.health.clone(),
+        limits: Default::default(),
     });
+    shared.limits.set(&compiled_from.limits);
     shared.metrics.set_table(shared.live.load().table.clone());
     let certs = Arc::new(ArcSwap::from_pointee(CertTable::compile(&compiled_from)));
     let acceptor = TlsAcceptor::from(Arc::new(crate::tls::server_config(certs.clone())));
@@ -154,6 +156,21 @@ pub async fn serve_all(
             tokio::select! {
                 () = &mut shutdown => break,
                 _ = p.wait_for(|x| *x != Pressure::Refusing) => continue,
+            }
+        }
+        // The cluster's connection limit: stop accepting (new connections wait in the
+        // kernel's backlog, as with HAProxy's maxconn) until one closes or the limit changes.
+        if shared.limits.max_connections() != 0 {
+            // Registered before looking, so a close after the look wakes this loop.
+            let room = shared.limits.room.notified();
+            let mut room = std::pin::pin!(room);
+            room.as_mut().enable();
+            let max = shared.limits.max_connections();
+            if max != 0 && shared.closing.open() >= max {
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    () = room => continue,
+                }
             }
         }
         let pressure_changed = async {
@@ -334,6 +351,10 @@ async fn watch_changes(
                     continue;
                 }
                 let snapshot = state.borrow_and_update().clone();
+                if compiled_from.limits != snapshot.limits {
+                    shared.limits.set(&snapshot.limits);
+                    tracing::info!(limits = ?snapshot.limits, "node limits changed");
+                }
                 if !compiled_from.certs.ptr_eq(&snapshot.certs) && compiled_from.certs != snapshot.certs {
                     let table = CertTable::compile(&snapshot);
                     tracing::info!(revision = snapshot.revision, certs = table.loaded, "certificates swapped");

@@ -71,6 +71,8 @@ pub(crate) struct CompiledRoute {
     pub(crate) shared: Arc<crate::limits::RouteShared>,
     /// Per-client-IP token buckets, when the route has a `rate_limit`.
     pub(crate) limiter: Option<Arc<crate::limits::RateLimiter>>,
+    /// Dog-pile avoidance and stored responses, when the route has a `cache`.
+    pub(crate) cache: Option<Arc<crate::cache::Cache>>,
 }
 
 impl CompiledRoute {
@@ -168,7 +170,12 @@ impl RouteTable {
                 .iter()
                 .filter_map(|m| Method::from_bytes(m.as_bytes()).ok())
                 .collect();
+            let stats = reg.route_stats(&route.name);
+            let cache = reg
+                .route(&route.name)
+                .cache(route.cache.as_ref(), route.revision, &stats);
             routes.push(CompiledRoute {
+                cache,
                 name: route.name.as_str().into(),
                 prefix: route.path_prefix.as_str().into(),
                 methods,
@@ -197,7 +204,7 @@ impl RouteTable {
                     .as_deref()
                     .and_then(|h| HeaderValue::from_str(h).ok()),
                 error_pages: ErrorPages::compile(&route.error_pages),
-                stats: reg.route_stats(&route.name),
+                stats,
                 per_backend: pools[pool]
                     .backends
                     .iter()

@@ -11,9 +11,10 @@
 use crate::admin;
 use gateway_model::{
     AlertSink, Backend, BackendHealth, Balance, Cert, Change, ChangeSet, CheckKind, Command,
-    Ejection, ErrorPage, HeaderMatch, HeaderRules, HealthCheck, HealthPolicy, Invalid, MAX_BATCH,
-    Pool, ProcessSpec, Protocol, ProxyProtocol, RateLimit, RollingRestart, Route, SmtpSink,
-    TcpRoute, WritePolicy, validate_alert_sink, validate_name, validate_pool, validate_route,
+    Ejection, ErrorPage, HeaderMatch, HeaderRules, HealthCheck, HealthPolicy, Invalid, Limits,
+    MAX_BATCH, Pool, ProcessSpec, Protocol, ProxyProtocol, RateLimit, RollingRestart, Route,
+    RouteCache, SmtpSink, TcpRoute, WritePolicy, validate_alert_sink, validate_limits,
+    validate_name, validate_pool, validate_route,
 };
 use std::collections::BTreeMap;
 
@@ -724,9 +725,11 @@ pub fn route_to_wire(r: &Route) -> admin::Route {
         max_body_bytes,
         max_concurrent,
         rate_limit,
+        cache,
         revision,
     } = r;
     admin::Route {
+        cache: cache.as_ref().map(route_cache_to),
         https_redirect: https_redirect.map(u32::from),
         name: name.clone(),
         hosts: hosts.clone(),
@@ -786,6 +789,7 @@ pub fn route_from_wire(r: admin::Route) -> Result<Route, Invalid> {
         rate_limit,
         revision,
         https_redirect,
+        cache,
     } = r;
     let https_redirect = match https_redirect {
         None => None,
@@ -835,8 +839,61 @@ pub fn route_from_wire(r: admin::Route) -> Result<Route, Invalid> {
             per_second: r.per_second,
             burst: r.burst,
         }),
+        cache: cache.map(route_cache_from),
         revision,
     })
+}
+
+// ---- Node limits ----
+
+/// Node-wide limits as the wire carries them.
+pub fn limits_to_wire(l: &Limits) -> admin::Limits {
+    admin::Limits {
+        max_requests: l.max_requests,
+        max_connections: l.max_connections,
+        revision: l.revision,
+    }
+}
+
+/// Node-wide limits from the wire, translated but not validated (for replies).
+pub fn limits_from_wire(l: admin::Limits) -> Limits {
+    Limits {
+        max_requests: l.max_requests,
+        max_connections: l.max_connections,
+        revision: l.revision,
+    }
+}
+
+/// Node-wide limits sent as input: valid; the revision is cleared.
+pub fn checked_limits(l: admin::Limits) -> Result<Limits, Invalid> {
+    let mut l = limits_from_wire(l);
+    l.revision = 0;
+    validate_limits(&l)?;
+    Ok(l)
+}
+
+// ---- Route cache ----
+
+fn route_cache_to(c: &RouteCache) -> admin::RouteCache {
+    admin::RouteCache {
+        coalesce: Some(c.coalesce),
+        max_bytes: c.max_bytes,
+        max_entry_bytes: c.max_entry_bytes,
+        stale_while_revalidate_ms: c.stale_while_revalidate_ms,
+        share_authorized: c.share_authorized,
+        share_set_cookie: c.share_set_cookie,
+    }
+}
+
+fn route_cache_from(c: admin::RouteCache) -> RouteCache {
+    RouteCache {
+        coalesce: c.coalesce.unwrap_or(true),
+        max_bytes: c.max_bytes,
+        max_entry_bytes: c.max_entry_bytes,
+        stale_while_revalidate_ms: c.stale_while_revalidate_ms,
+        share_authorized: c.share_authorized,
+        share_set_cookie: c.share_set_cookie,
+    }
 }
 
 /// A route sent as input: within the wire's limits and valid; its revision is cleared.
@@ -960,6 +1017,7 @@ pub fn change_set_to_wire(c: &ChangeSet) -> admin::ChangeSet {
                     Change::DeleteCert { name } => W::DeleteCert(name.clone()),
                     Change::PutTcpRoute { route } => W::PutTcpRoute(tcp_route_to_wire(route)),
                     Change::DeleteTcpRoute { name } => W::DeleteTcpRoute(name.clone()),
+                    Change::SetLimits { limits } => W::SetLimits(limits_to_wire(limits)),
                     Change::Health {
                         pool,
                         backend,
@@ -1007,6 +1065,9 @@ pub fn change_set_from_wire(c: admin::ChangeSet) -> Result<ChangeSet, Invalid> {
                 route: tcp_route_from_wire(r).map_err(field)?,
             },
             Some(W::DeleteTcpRoute(name)) => Change::DeleteTcpRoute { name },
+            Some(W::SetLimits(l)) => Change::SetLimits {
+                limits: limits_from_wire(l),
+            },
             Some(W::Health(h)) => Change::Health {
                 pool: h.pool,
                 backend: h.backend,
@@ -1143,6 +1204,14 @@ mod tests {
             rate_limit: Some(RateLimit {
                 per_second: 20,
                 burst: Some(40),
+            }),
+            cache: Some(RouteCache {
+                coalesce: false,
+                max_bytes: 1 << 20,
+                max_entry_bytes: Some(4096),
+                stale_while_revalidate_ms: 2000,
+                share_authorized: true,
+                share_set_cookie: true,
             }),
             revision: 9,
         }

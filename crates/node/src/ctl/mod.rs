@@ -8,6 +8,7 @@
 mod cluster;
 mod config;
 mod conn;
+mod limits;
 mod objects;
 mod output;
 mod watch;
@@ -191,16 +192,66 @@ pub struct RouteAdd {
     #[arg(long, value_name = "HOST")]
     pub host_rewrite: Option<String>,
     #[command(flatten)]
+    pub cache: CacheArgs,
+    #[command(flatten)]
     pub mode: AddMode,
+}
+
+/// `gateway route add` flags of the route's `cache` (any of them turns it on).
+#[derive(Args, Debug, Clone, Default)]
+pub struct CacheArgs {
+    /// Coalesce identical concurrent GET/HEAD requests into one upstream request (per node).
+    #[arg(long)]
+    pub coalesce: bool,
+    /// Also store cacheable responses, up to this many bytes on each node (implies --coalesce
+    /// unless --no-coalesce).
+    #[arg(long, value_name = "BYTES")]
+    pub cache_max_bytes: Option<u64>,
+    /// Largest body shared or stored [default: 1 MiB].
+    #[arg(long, value_name = "BYTES")]
+    pub cache_max_entry_bytes: Option<u64>,
+    /// Serve a stored response this long past its freshness while one request refreshes it.
+    #[arg(long, value_name = "MS")]
+    pub cache_stale_ms: Option<u64>,
+    /// Store responses without coalescing misses.
+    #[arg(long)]
+    pub no_coalesce: bool,
+    /// Also share answers to requests carrying Authorization.
+    #[arg(long)]
+    pub cache_share_authorized: bool,
+    /// Also share responses carrying Set-Cookie.
+    #[arg(long)]
+    pub cache_share_set_cookie: bool,
+}
+
+impl CacheArgs {
+    /// The route's `cache`, if any flag asks for one.
+    pub fn spec(&self) -> Option<gateway_model::RouteCache> {
+        let any = self.coalesce
+            || self.cache_max_bytes.is_some()
+            || self.cache_max_entry_bytes.is_some()
+            || self.cache_stale_ms.is_some()
+            || self.no_coalesce
+            || self.cache_share_authorized
+            || self.cache_share_set_cookie;
+        any.then(|| gateway_model::RouteCache {
+            coalesce: !self.no_coalesce,
+            max_bytes: self.cache_max_bytes.unwrap_or(0),
+            max_entry_bytes: self.cache_max_entry_bytes,
+            stale_while_revalidate_ms: self.cache_stale_ms.unwrap_or(0),
+            share_authorized: self.cache_share_authorized,
+            share_set_cookie: self.cache_share_set_cookie,
+        })
+    }
 }
 
 #[derive(Subcommand, Debug, Clone)]
 pub enum RouteCmd {
     /// Create a route; with --replace or --if-revision, replace it.
     #[command(
-        after_help = "Examples:\n  gateway route add app --pool web --host example.com,www.example.com\n  gateway route add api --pool api --path /api --method GET,POST --writes leader\n  gateway route add app --pool web2 --if-revision 12     # only if nobody changed it since"
+        after_help = "Examples:\n  gateway route add app --pool web --host example.com,www.example.com\n  gateway route add api --pool api --path /api --method GET,POST --writes leader\n  gateway route add news --pool web --path /news --coalesce --cache-max-bytes 67108864\n  gateway route add app --pool web2 --if-revision 12     # only if nobody changed it since"
     )]
-    Add(RouteAdd),
+    Add(Box<RouteAdd>),
     /// Show one route.
     #[command(after_help = "Example:\n  gateway route get app --output json")]
     Get {
@@ -545,6 +596,33 @@ pub enum Ctl {
     Node(NodeCmd),
     Config(ConfigCmd),
     Watch { from: Option<u64> },
+    Limits(LimitsCmd),
+}
+
+/// `gateway limits`.
+#[derive(Subcommand, Debug, Clone)]
+pub enum LimitsCmd {
+    /// Show the node-wide limits.
+    #[command(after_help = "Example:\n  gateway limits show --output json")]
+    Show {
+        #[arg(long, value_enum, default_value_t)]
+        consistency: ConsistencyArg,
+    },
+    /// Replace the node-wide limits (a limit left out is removed).
+    #[command(
+        after_help = "Examples:\n  gateway limits set --max-requests 10000 --max-connections 20000\n  gateway limits set                      # no limits"
+    )]
+    Set {
+        /// Most requests each node serves at once; beyond it 503 with Retry-After.
+        #[arg(long, value_name = "N")]
+        max_requests: Option<u32>,
+        /// Most client connections each node holds open; beyond it new ones wait in the
+        /// kernel's backlog.
+        #[arg(long, value_name = "N")]
+        max_connections: Option<u32>,
+        #[command(flatten)]
+        cond: IfRevision,
+    },
 }
 
 /// Runs a client command.
@@ -568,5 +646,6 @@ pub async fn run(args: ClientArgs, cmd: Ctl) -> anyhow::Result<()> {
             keep_others,
         }) => config::apply(&mut conn, out, &file, dry_run, !keep_others).await,
         Ctl::Watch { from } => watch::watch(&mut conn, out, from).await,
+        Ctl::Limits(c) => limits::limits(&mut conn, out, c).await,
     }
 }

@@ -118,6 +118,7 @@ async fn put_pool(c: &mut Conn, pool: &Pool, expect: Option<u64>) -> anyhow::Res
 pub async fn route(c: &mut Conn, out: Output, cmd: RouteCmd) -> anyhow::Result<()> {
     match cmd {
         RouteCmd::Add(a) => {
+            let a = *a;
             let expect = expect_of(&a.mode);
             let route = Route {
                 name: a.name.clone(),
@@ -131,6 +132,7 @@ pub async fn route(c: &mut Conn, out: Output, cmd: RouteCmd) -> anyhow::Result<(
                 retry_delay_ms: a.retry_delay_ms,
                 strip_prefix: a.strip_prefix,
                 host_rewrite: a.host_rewrite,
+                cache: a.cache.spec(),
                 ..Route::default()
             };
             let msg = admin::PutRouteRequest {

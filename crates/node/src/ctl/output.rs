@@ -306,6 +306,15 @@ pub fn change_lines(set: &ChangeSet) -> Vec<String> {
                     route.name, route.listen, route.pool
                 ),
                 Change::DeleteTcpRoute { name } => format!("delete tcp route {name}"),
+                Change::SetLimits { limits } => format!(
+                    "set node limits (max_requests {}, max_connections {})",
+                    limits
+                        .max_requests
+                        .map_or_else(|| "unlimited".to_string(), |v| v.to_string()),
+                    limits
+                        .max_connections
+                        .map_or_else(|| "unlimited".to_string(), |v| v.to_string())
+                ),
                 Change::Health {
                     pool,
                     backend,
