@@ -178,6 +178,16 @@ impl Maps<'_> {
         match cmd {
             Command::PutPool { pool, expect } => {
                 validate_pool(pool)?;
+                if let Some(name) = pool.tls.as_ref().and_then(|t| t.client_cert.as_ref())
+                    && !self.certs.contains_key(name)
+                {
+                    return Err(Invalid::new(
+                        "tls.client_cert",
+                        format!("certificate '{name}' does not exist"),
+                        "upload it first (gateway cert add NAME --cert FILE --key FILE) or name an existing one",
+                    )
+                    .into());
+                }
                 expect_rev(
                     "pool",
                     &pool.name,
@@ -294,6 +304,20 @@ impl Maps<'_> {
                     });
                 };
                 expect_rev("cert", name, *expect, Some(current.revision))?;
+                let users: Vec<&str> = self
+                    .pools
+                    .values()
+                    .filter(|p| p.tls.as_ref().and_then(|t| t.client_cert.as_ref()) == Some(name))
+                    .map(|p| p.name.as_str())
+                    .collect();
+                if !users.is_empty() {
+                    return Err(ApplyError::Conflict {
+                        message: format!(
+                            "certificate '{name}' is the TLS client certificate of pool(s) {}; change their tls.client_cert first",
+                            users.join(", ")
+                        ),
+                    });
+                }
                 self.certs.remove(name);
                 out.push(Change::DeleteCert { name: name.clone() });
             }

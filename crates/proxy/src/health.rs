@@ -33,6 +33,8 @@ struct Target {
     backend: String,
     address: String,
     check: HealthCheck,
+    /// The pool's TLS, used by the probes too.
+    tls: Option<Arc<crate::backend_tls::UpstreamTls>>,
 }
 
 /// Rise/fall counting for one backend on this node.
@@ -103,11 +105,28 @@ impl Monitor {
 
     /// Starts probes for new targets, stops those of targets that are gone or changed.
     fn sync(self: &Arc<Self>, state: &State) {
+        let probes_tls: HashMap<u64, Arc<crate::backend_tls::UpstreamTls>> = self
+            .probes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter_map(|(t, _)| t.tls.as_ref().map(|x| (x.id, x.clone())))
+            .collect();
         let mut wanted: HashMap<(String, String), Target> = HashMap::new();
         for pool in state.pools.values() {
             let Some(check) = &pool.health_check else {
                 continue;
             };
+            let tls = pool.tls.as_ref().map(|t| {
+                use crate::backend_tls::{UpstreamTls, fingerprint};
+                let client = t.client_cert.as_ref().and_then(|n| state.certs.get(n));
+                let id = fingerprint(t, client);
+                // Rebuilt only when it changed: probes compare it by identity.
+                match probes_tls.get(&id) {
+                    Some(known) => Arc::clone(known),
+                    None => Arc::new(UpstreamTls::build(t, client, id)),
+                }
+            });
             for b in &pool.backends {
                 wanted.insert(
                     (pool.name.clone(), b.id.clone()),
@@ -116,6 +135,7 @@ impl Monitor {
                         backend: b.id.clone(),
                         address: b.address.clone(),
                         check: check.clone(),
+                        tls: tls.clone(),
                     },
                 );
             }
@@ -257,14 +277,32 @@ async fn probe(t: &Target, node: u64) -> Result<(), String> {
             let s = UnixStream::connect(path)
                 .await
                 .map_err(|e| format!("connect: {e}"))?;
-            check(s, t, node).await
+            match &t.tls {
+                None => check(s, t, node).await,
+                Some(tls) => {
+                    let s = tls
+                        .handshake(s, &t.address, crate::backend_tls::Alpn::Http1)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    check(s, t, node).await
+                }
+            }
         }
         None => {
             let s = TcpStream::connect(t.address.as_str())
                 .await
                 .map_err(|e| format!("connect: {e}"))?;
             let _ = s.set_nodelay(true);
-            check(s, t, node).await
+            match &t.tls {
+                None => check(s, t, node).await,
+                Some(tls) => {
+                    let s = tls
+                        .handshake(s, &t.address, crate::backend_tls::Alpn::Http1)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    check(s, t, node).await
+                }
+            }
         }
     }
 }
@@ -386,6 +424,7 @@ mod tests {
             backend: "a".into(),
             address,
             check,
+            tls: None,
         }
     }
 

@@ -117,6 +117,7 @@
 //! requests with a redirect to HTTPS.
 
 mod access;
+mod backend_tls;
 mod balance;
 mod body;
 mod budget;

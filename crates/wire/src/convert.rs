@@ -10,10 +10,11 @@
 
 use crate::admin;
 use gateway_model::{
-    AlertSink, Backend, BackendHealth, Balance, Cert, Change, ChangeSet, CheckKind, Command,
-    Ejection, ErrorPage, HeaderMatch, HeaderRules, HealthCheck, HealthPolicy, Invalid, MAX_BATCH,
-    Pool, ProcessSpec, Protocol, ProxyProtocol, RateLimit, RollingRestart, Route, SmtpSink,
-    TcpRoute, WritePolicy, validate_alert_sink, validate_name, validate_pool, validate_route,
+    AlertSink, Backend, BackendHealth, BackendTls, Balance, Cert, Change, ChangeSet, CheckKind,
+    Command, Ejection, ErrorPage, HeaderMatch, HeaderRules, HealthCheck, HealthPolicy, Invalid,
+    MAX_BATCH, Pool, ProcessSpec, Protocol, ProxyProtocol, RateLimit, RollingRestart, Route,
+    SmtpSink, TcpRoute, WritePolicy, validate_alert_sink, validate_name, validate_pool,
+    validate_route,
 };
 use std::collections::BTreeMap;
 
@@ -90,7 +91,12 @@ fn protocol_from(v: i32) -> Result<Protocol, Invalid> {
     match P::try_from(v) {
         Ok(P::Unspecified | P::Http1) => Ok(Protocol::Http1),
         Ok(P::H2c) => Ok(Protocol::H2c),
-        Err(_) => Err(unknown_enum("protocol", v, "PROTOCOL_HTTP1, PROTOCOL_H2C")),
+        Ok(P::H2) => Ok(Protocol::H2),
+        Err(_) => Err(unknown_enum(
+            "protocol",
+            v,
+            "PROTOCOL_HTTP1, PROTOCOL_H2C, PROTOCOL_H2",
+        )),
     }
 }
 
@@ -98,6 +104,7 @@ fn protocol_to(p: Protocol) -> admin::Protocol {
     match p {
         Protocol::Http1 => admin::Protocol::Http1,
         Protocol::H2c => admin::Protocol::H2c,
+        Protocol::H2 => admin::Protocol::H2,
     }
 }
 
@@ -189,6 +196,7 @@ pub fn pool_to_wire(p: &Pool) -> admin::Pool {
         health_check,
         eject,
         process,
+        tls,
         revision,
     } = p;
     admin::Pool {
@@ -203,6 +211,7 @@ pub fn pool_to_wire(p: &Pool) -> admin::Pool {
         health_check: health_check.as_ref().map(check_to),
         eject: eject.as_ref().map(eject_to),
         process: process.as_ref().map(process_to),
+        tls: tls.as_ref().map(backend_tls_to),
         revision: *revision,
     }
 }
@@ -221,6 +230,7 @@ pub fn pool_from_wire(p: admin::Pool) -> Result<Pool, Invalid> {
         health_check,
         eject,
         process,
+        tls,
         revision,
     } = p;
     Ok(Pool {
@@ -235,9 +245,38 @@ pub fn pool_from_wire(p: admin::Pool) -> Result<Pool, Invalid> {
         health_check: health_check.map(check_from).transpose()?,
         eject: eject.map(eject_from),
         process: process.map(process_from),
+        tls: tls.map(backend_tls_from),
         revision,
     })
 }
+
+// ---- TLS to backends (issue 7) ----
+fn backend_tls_to(t: &BackendTls) -> admin::BackendTls {
+    let BackendTls {
+        ca_pem,
+        sni,
+        client_cert,
+    } = t;
+    admin::BackendTls {
+        ca_pem: ca_pem.clone(),
+        sni: sni.clone(),
+        client_cert: client_cert.clone(),
+    }
+}
+
+fn backend_tls_from(t: admin::BackendTls) -> BackendTls {
+    let admin::BackendTls {
+        ca_pem,
+        sni,
+        client_cert,
+    } = t;
+    BackendTls {
+        ca_pem,
+        sni,
+        client_cert,
+    }
+}
+// ---- end TLS to backends ----
 
 fn process_to(p: &ProcessSpec) -> admin::ProcessSpec {
     let ProcessSpec {

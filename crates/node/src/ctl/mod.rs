@@ -149,7 +149,7 @@ fn parse_balance(s: &str) -> Result<Balance, String> {
 }
 
 fn parse_protocol(s: &str) -> Result<Protocol, String> {
-    serde_value("protocol", "http1, h2c", s)
+    serde_value("protocol", "http1, h2c, h2", s)
 }
 
 fn parse_writes(s: &str) -> Result<WritePolicy, String> {
@@ -243,12 +243,31 @@ pub struct PoolAdd {
     /// Prefer the backends owned by the receiving node.
     #[arg(long)]
     pub prefer_local: bool,
-    /// http1 or h2c (HTTP/2 without TLS, for gRPC backends).
+    /// http1, h2c (HTTP/2 without TLS, for gRPC backends) or h2 (HTTP/2 over TLS; needs
+    /// --backend-tls or one of the --backend-* TLS options).
     #[arg(long, default_value = "http1", value_parser = parse_protocol)]
     pub protocol: Protocol,
     /// How long a request may wait for a backend below its max_connections, in milliseconds.
     #[arg(long, value_name = "MS")]
     pub queue_timeout_ms: Option<u64>,
+    // ---- TLS to backends (issue 7) ----
+    // Named --backend-* because --tls-ca/--tls-cert/--tls-key are the client's own cluster
+    // mTLS options.
+    /// Speak TLS to the backends, trusting the bundled public CAs (implied by the other
+    /// --backend-* TLS options).
+    #[arg(long)]
+    pub backend_tls: bool,
+    /// Speak TLS to the backends, trusting the CA certificates in this PEM file.
+    #[arg(long, value_name = "FILE")]
+    pub backend_ca: Option<std::path::PathBuf>,
+    /// The server name sent (SNI) and verified, instead of the backend's host.
+    #[arg(long, value_name = "NAME")]
+    pub backend_sni: Option<String>,
+    /// Present this uploaded certificate (`gateway cert add NAME ...`) to backends that ask
+    /// for a client certificate.
+    #[arg(long, value_name = "CERT")]
+    pub backend_client_cert: Option<String>,
+    // ---- end TLS to backends ----
     #[command(flatten)]
     pub mode: AddMode,
 }
@@ -257,7 +276,7 @@ pub struct PoolAdd {
 pub enum PoolCmd {
     /// Create a pool; with --replace or --if-revision, replace it.
     #[command(
-        after_help = "Examples:\n  gateway pool add web --backend a=127.0.0.1:8201 --backend b=127.0.0.1:8202\n  gateway pool add api --balance least_connections --backend a=10.0.0.5:80,weight=3,node=1"
+        after_help = "Examples:\n  gateway pool add web --backend a=127.0.0.1:8201 --backend b=127.0.0.1:8202\n  gateway pool add api --balance least_connections --backend a=10.0.0.5:80,weight=3,node=1\n  gateway pool add secure --backend a=10.0.0.7:443 --backend-ca ca.pem --backend-sni api.internal --backend-client-cert gw-client"
     )]
     Add(PoolAdd),
     /// Show one pool and its backends.

@@ -261,6 +261,31 @@ pub fn parse_backend(spec: &str) -> anyhow::Result<Backend> {
     Ok(b)
 }
 
+// ---- TLS to backends (issue 7) ----
+/// The pool's `tls` from the --backend-* options; none when none is given.
+fn backend_tls_of(a: &super::PoolAdd) -> anyhow::Result<Option<gateway_model::BackendTls>> {
+    if !a.backend_tls
+        && a.backend_ca.is_none()
+        && a.backend_sni.is_none()
+        && a.backend_client_cert.is_none()
+    {
+        return Ok(None);
+    }
+    let ca_pem = match &a.backend_ca {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read --backend-ca {}", f.display()))?,
+        ),
+        None => None,
+    };
+    Ok(Some(gateway_model::BackendTls {
+        ca_pem,
+        sni: a.backend_sni.clone(),
+        client_cert: a.backend_client_cert.clone(),
+    }))
+}
+// ---- end TLS to backends ----
+
 pub async fn pool(c: &mut Conn, out: Output, cmd: PoolCmd) -> anyhow::Result<()> {
     match cmd {
         PoolCmd::Add(a) => {
@@ -276,6 +301,7 @@ pub async fn pool(c: &mut Conn, out: Output, cmd: PoolCmd) -> anyhow::Result<()>
                 prefer_local: a.prefer_local,
                 protocol: a.protocol,
                 queue_timeout_ms: a.queue_timeout_ms,
+                tls: backend_tls_of(&a)?,
                 ..Pool::default()
             };
             let (revision, pool) = match put_pool(c, &pool, expect).await {
