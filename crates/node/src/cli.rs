@@ -232,6 +232,16 @@ pub struct NodeArgs {
     /// This node's private key (PEM).
     #[arg(long, env = "GATEWAY_TLS_KEY", requires_all = ["tls_ca", "tls_cert"])]
     pub tls_key: Option<PathBuf>,
+    // ---- admin HTTPS (issue 7) ----
+    /// Serve the admin REST API (and the dashboard) over HTTPS with this certificate chain
+    /// (PEM, leaf first); with --admin-tls-key. Plain HTTP when omitted. Remembered in the
+    /// data dir.
+    #[arg(long, env = "GATEWAY_ADMIN_TLS_CERT", requires = "admin_tls_key")]
+    pub admin_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --admin-tls-cert.
+    #[arg(long, env = "GATEWAY_ADMIN_TLS_KEY", requires = "admin_tls_cert")]
+    pub admin_tls_key: Option<PathBuf>,
+    // ---- end admin HTTPS ----
     /// File holding the shared cluster secret. On --init without it, one is generated into
     /// DATA_DIR/cluster-secret.
     #[arg(long, env = "GATEWAY_CLUSTER_SECRET_FILE")]
