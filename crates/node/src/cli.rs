@@ -3,7 +3,7 @@
 
 use crate::ctl::{
     AlertCmd, BackendCmd, CertCmd, ClientArgs, ClusterCmd, ConfigCmd, Ctl, NodeCmd, PoolCmd,
-    RouteCmd,
+    RouteCmd, TcpRouteCmd,
 };
 use crate::{client, config, ctl, demo, run, top};
 use clap::{Args, CommandFactory, Parser, Subcommand};
@@ -63,6 +63,17 @@ pub enum Command {
         #[command(subcommand)]
         command: CertCmd,
     },
+    // ---- TCP routes (issue 7) ----
+    /// TCP routes: a listen address on every node (or those listed) proxying raw TCP to a
+    /// pool.
+    #[command(name = "tcp-route")]
+    TcpRoute {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: TcpRouteCmd,
+    },
+    // ---- end TCP routes ----
     /// Add, remove, drain one backend of a pool; list backends' health.
     Backend {
         #[command(flatten)]
@@ -347,6 +358,9 @@ pub fn prepare(cli: Cli) -> anyhow::Result<Action> {
         Command::Route { client, command } => Action::Ctl(Box::new((client, Ctl::Route(command)))),
         Command::Pool { client, command } => Action::Ctl(Box::new((client, Ctl::Pool(command)))),
         Command::Cert { client, command } => Action::Ctl(Box::new((client, Ctl::Cert(command)))),
+        Command::TcpRoute { client, command } => {
+            Action::Ctl(Box::new((client, Ctl::TcpRoute(command))))
+        }
         Command::Alert { client, command } => Action::Ctl(Box::new((client, Ctl::Alert(command)))),
         Command::Backend { client, command } => {
             Action::Ctl(Box::new((client, Ctl::Backend(command))))

@@ -741,6 +741,16 @@ pub fn tcp_route_from_wire(r: admin::TcpRoute) -> Result<TcpRoute, Invalid> {
     })
 }
 
+// ---- TCP routes (issue 7) ----
+/// A TCP route sent as input: valid, revision cleared (the cluster sets it).
+pub fn checked_tcp_route(r: admin::TcpRoute) -> Result<TcpRoute, Invalid> {
+    let mut route = tcp_route_from_wire(r)?;
+    route.revision = 0;
+    gateway_model::validate_tcp_route(&route)?;
+    Ok(route)
+}
+// ---- end TCP routes ----
+
 /// A route as the wire carries it.
 pub fn route_to_wire(r: &Route) -> admin::Route {
     let Route {
@@ -908,7 +918,7 @@ pub fn checked_command(op: admin::Operation) -> Result<Command, Invalid> {
         None => {
             return Err(missing(
                 "op",
-                "set one of put_pool, delete_pool, put_route, delete_route",
+                "set one of put_pool, delete_pool, put_route, delete_route, put_tcp_route, delete_tcp_route",
             ));
         }
         Some(Op::PutPool(r)) => Command::PutPool {
@@ -929,6 +939,20 @@ pub fn checked_command(op: admin::Operation) -> Result<Command, Invalid> {
         Some(Op::DeleteRoute(r)) => {
             validate_name("name", &r.name)?;
             Command::DeleteRoute {
+                name: r.name,
+                expect: r.if_revision,
+            }
+        }
+        Some(Op::PutTcpRoute(r)) => Command::PutTcpRoute {
+            route: checked_tcp_route(
+                r.tcp_route
+                    .ok_or_else(|| missing("tcp_route", "send the TCP route"))?,
+            )?,
+            expect: r.if_revision,
+        },
+        Some(Op::DeleteTcpRoute(r)) => {
+            validate_name("name", &r.name)?;
+            Command::DeleteTcpRoute {
                 name: r.name,
                 expect: r.if_revision,
             }
@@ -970,6 +994,14 @@ pub fn command_to_wire(c: &Command) -> Option<admin::Operation> {
             if_revision: *expect,
         }),
         Command::DeleteRoute { name, expect } => Op::DeleteRoute(admin::DeleteRequest {
+            name: name.clone(),
+            if_revision: *expect,
+        }),
+        Command::PutTcpRoute { route, expect } => Op::PutTcpRoute(admin::PutTcpRouteRequest {
+            tcp_route: Some(tcp_route_to_wire(route)),
+            if_revision: *expect,
+        }),
+        Command::DeleteTcpRoute { name, expect } => Op::DeleteTcpRoute(admin::DeleteRequest {
             name: name.clone(),
             if_revision: *expect,
         }),

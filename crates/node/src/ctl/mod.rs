@@ -369,6 +369,75 @@ pub enum CertCmd {
     },
 }
 
+// ---- TCP routes (issue 7) ----
+fn parse_proxy_protocol(s: &str) -> Result<gateway_model::ProxyProtocol, String> {
+    serde_value("PROXY protocol version", "v1, v2", s)
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum TcpRouteCmd {
+    /// Create a TCP route; with --replace or --if-revision, replace it. Every node (or those
+    /// of --nodes) listens on --listen and proxies each connection to a backend of --pool.
+    #[command(
+        after_help = "Examples:\n  gateway tcp-route add redis --listen 127.0.0.1:6380 --pool redis\n  gateway tcp-route add pg --listen 0.0.0.0:5433 --pool pg --nodes 1,2 --proxy-protocol v2 --max-connections 500"
+    )]
+    Add {
+        /// Route name (letters, digits, '.', '_', '-').
+        name: String,
+        /// ip:port every node (or every node of --nodes) listens on.
+        #[arg(long)]
+        listen: String,
+        /// The pool whose backends take the connections; must exist.
+        #[arg(long)]
+        pool: String,
+        /// Only these nodes listen (comma-separated ids); every node when omitted.
+        #[arg(long, value_delimiter = ',')]
+        nodes: Vec<u64>,
+        /// Close a connection idle this long, in milliseconds [default: 600000].
+        #[arg(long, value_name = "MS")]
+        idle_timeout_ms: Option<u64>,
+        /// Give up connecting to one backend after this long, in milliseconds [default: 5000].
+        #[arg(long, value_name = "MS")]
+        connect_timeout_ms: Option<u64>,
+        /// Most client connections open at once on each node; unlimited when omitted.
+        #[arg(long)]
+        max_connections: Option<u32>,
+        /// Send a PROXY protocol header (v1 or v2) to the backend.
+        #[arg(long, value_parser = parse_proxy_protocol)]
+        proxy_protocol: Option<gateway_model::ProxyProtocol>,
+        #[command(flatten)]
+        mode: AddMode,
+    },
+    /// Show one TCP route.
+    #[command(after_help = "Example:\n  gateway tcp-route get redis --output json")]
+    Get {
+        name: String,
+        #[arg(long, value_enum, default_value_t)]
+        consistency: ConsistencyArg,
+    },
+    /// List the TCP routes.
+    #[command(
+        visible_alias = "ls",
+        after_help = "Example:\n  gateway tcp-route list"
+    )]
+    List {
+        #[arg(long, value_enum, default_value_t)]
+        consistency: ConsistencyArg,
+    },
+    /// Delete a TCP route; every node stops listening on its address (open connections
+    /// finish).
+    #[command(
+        visible_alias = "remove",
+        after_help = "Example:\n  gateway tcp-route rm redis"
+    )]
+    Rm {
+        name: String,
+        #[command(flatten)]
+        cond: IfRevision,
+    },
+}
+// ---- end TCP routes ----
+
 #[derive(Subcommand, Debug, Clone)]
 pub enum BackendCmd {
     /// Add a backend to a pool (read, change, write back with compare-and-set; retried when
@@ -528,7 +597,8 @@ pub enum NodeCmd {
 
 #[derive(Subcommand, Debug, Clone)]
 pub enum ConfigCmd {
-    /// Print every pool and route as a TOML file (JSON with --output json).
+    /// Print every pool, route and TCP route, and the names of the certificates, as a TOML
+    /// file (JSON with --output json); certificates themselves are not exported.
     #[command(after_help = "Example:\n  gateway config export > cluster.toml")]
     Export {
         #[arg(long, value_enum, default_value_t)]
@@ -546,7 +616,8 @@ pub enum ConfigCmd {
         /// Show the difference without applying it.
         #[arg(long)]
         dry_run: bool,
-        /// Keep pools and routes the file does not list (without it they are deleted).
+        /// Keep pools, routes and TCP routes the file does not list (without it they are
+        /// deleted). Certificates are never changed by apply.
         #[arg(long)]
         keep_others: bool,
     },
@@ -558,6 +629,7 @@ pub enum Ctl {
     Route(RouteCmd),
     Pool(PoolCmd),
     Cert(CertCmd),
+    TcpRoute(TcpRouteCmd),
     Backend(BackendCmd),
     Alert(AlertCmd),
     Cluster(ClusterCmd),
@@ -574,6 +646,7 @@ pub async fn run(args: ClientArgs, cmd: Ctl) -> anyhow::Result<()> {
         Ctl::Route(c) => objects::route(&mut conn, out, c).await,
         Ctl::Pool(c) => objects::pool(&mut conn, out, c).await,
         Ctl::Cert(c) => objects::cert(&mut conn, out, c).await,
+        Ctl::TcpRoute(c) => objects::tcp_route(&mut conn, out, c).await,
         Ctl::Backend(c) => objects::backend(&mut conn, out, c).await,
         Ctl::Alert(c) => objects::alert(&mut conn, out, c).await,
         Ctl::Cluster(c) => cluster::cluster(&mut conn, out, c).await,
