@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""Reads the wrk outputs of bench/https.sh and bench/tcp.sh (RESULTS/<round>-<system>-<mode>.txt)
-and prints, for each mode, the per-round figures, the medians, and the ratios of the gateway to
-each other system. Usage: tls_report.py RESULTS ROUNDS MODES SYSTEMS [LOAD]"""
+"""Reads the outputs of bench/https.sh and bench/tcp.sh and prints, for each mode, the medians of
+the rounds and the ratios of the gateway to each other system: wrk outputs
+(RESULTS/<round>-<system>-<mode>.txt) as req/s, p50, p99 and errors; iperf3 JSON outputs
+(RESULTS/<round>-<system>-bulk.json, mode "bulk") as MB/s.
+Usage: tls_report.py RESULTS ROUNDS MODES SYSTEMS [LOAD]"""
 
 import json
 import statistics
@@ -9,6 +11,34 @@ import sys
 from pathlib import Path
 
 from proxy_report import fmt_ms, fmt_rps, parse
+
+
+def bulk(results, rounds, systems, load):
+    """MB/s received by the iperf3 server, median of the rounds."""
+    med = {}
+    for s in systems:
+        xs = []
+        for r in range(1, rounds + 1):
+            p = results / f"{r}-{s}-bulk.json"
+            try:
+                d = json.loads(p.read_text())
+                xs.append(d["end"]["sum_received"]["bits_per_second"] / 8e6)
+            except (OSError, ValueError, KeyError):
+                pass
+        if xs:
+            med[s] = {"mb_s": statistics.median(xs), "runs": len(xs)}
+    print()
+    print(f"bulk: median of {rounds} ({load})")
+    print(f"| {'system':<10} | {'MB/s':>8} | {'runs':>5} |")
+    print(f"|{'-' * 12}|{'-' * 9}:|{'-' * 6}:|")
+    for s, m in med.items():
+        print(f"| {s:<10} | {m['mb_s']:>8.0f} | {m['runs']:>5} |")
+    g = med.get("gateway")
+    if g:
+        for peer, p in med.items():
+            if peer != "gateway" and p["mb_s"]:
+                print(f"bulk gateway/{peer}: MB/s {g['mb_s'] / p['mb_s']:.2f}")
+    return med
 
 
 def main():
@@ -19,6 +49,9 @@ def main():
     load = sys.argv[5] if len(sys.argv) > 5 else "wrk"
     out = {}
     for mode in modes:
+        if mode == "bulk":
+            out[mode] = bulk(results, rounds, systems, load)
+            continue
         data = {s: [] for s in systems}
         for r in range(1, rounds + 1):
             for s in systems:
@@ -38,7 +71,8 @@ def main():
             }
         out[mode] = med
         print()
-        print(f"{mode}: median of {rounds} ({load})")
+        unit = " (req/s: one connection per request)" if mode in ("close", "conns") else ""
+        print(f"{mode}: median of {rounds} ({load}){unit}")
         print(f"| {'system':<10} | {'req/s':>8} | {'p50 ms':>7} | {'p99 ms':>7} | {'errors':>7} |")
         print(f"|{'-' * 12}|{'-' * 9}:|{'-' * 8}:|{'-' * 8}:|{'-' * 8}:|")
         for s, m in med.items():
