@@ -1407,3 +1407,84 @@ mod tests {
         assert!(matches!(r.outcome, Err(ApplyError::Conflict { .. })));
     }
 }
+
+// ---- TLS to backends (issue 7) ----
+#[cfg(test)]
+mod backend_tls_tests {
+    use super::*;
+    use crate::{BackendTls, Cert, Request};
+
+    fn req(id: &str, command: Command) -> Request {
+        Request {
+            id: id.into(),
+            command,
+        }
+    }
+
+    fn cert(name: &str) -> Cert {
+        let k = rcgen::generate_simple_self_signed(vec!["client.internal".to_string()]).unwrap();
+        Cert {
+            name: name.into(),
+            cert_pem: k.cert.pem(),
+            key_pem: k.signing_key.serialize_pem(),
+            ..Cert::default()
+        }
+    }
+
+    fn tls_pool(client_cert: &str) -> Pool {
+        Pool {
+            name: "secure".into(),
+            tls: Some(BackendTls {
+                client_cert: Some(client_cert.into()),
+                ..BackendTls::default()
+            }),
+            ..Pool::default()
+        }
+    }
+
+    #[test]
+    fn a_pool_names_an_existing_certificate_which_then_cannot_go() {
+        let mut s = State::default();
+        let put = |p| Command::PutPool {
+            pool: p,
+            expect: None,
+        };
+        let r = s.apply(&req("1", put(tls_pool("gw"))));
+        match r.outcome {
+            Err(ApplyError::Invalid(v)) => assert_eq!(v.field, "tls.client_cert"),
+            other => panic!("expected tls.client_cert to be refused: {other:?}"),
+        }
+        assert!(s.pools.is_empty(), "a refused pool changes nothing");
+        s.apply(&req(
+            "2",
+            Command::PutCert {
+                cert: cert("gw"),
+                expect: None,
+            },
+        ))
+        .outcome
+        .unwrap();
+        s.apply(&req("3", put(tls_pool("gw")))).outcome.unwrap();
+        let del = Command::DeleteCert {
+            name: "gw".into(),
+            expect: None,
+        };
+        let r = s.apply(&req("4", del.clone()));
+        assert!(
+            matches!(&r.outcome, Err(ApplyError::Conflict { message }) if message.contains("secure")),
+            "{:?}",
+            r.outcome
+        );
+        s.apply(&req(
+            "5",
+            put(Pool {
+                tls: None,
+                ..tls_pool("gw")
+            }),
+        ))
+        .outcome
+        .unwrap();
+        s.apply(&req("6", del)).outcome.unwrap();
+        assert!(s.certs.is_empty());
+    }
+}

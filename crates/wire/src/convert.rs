@@ -1131,7 +1131,12 @@ mod tests {
                 },
             ],
             prefer_local: true,
-            protocol: Protocol::H2c,
+            protocol: Protocol::H2,
+            tls: Some(BackendTls {
+                ca_pem: None,
+                sni: Some("api.internal".into()),
+                client_cert: Some("gw-client".into()),
+            }),
             queue_timeout_ms: Some(250),
             retry_budget_percent: Some(30),
             retry_budget_min_per_second: Some(3),
@@ -1232,6 +1237,42 @@ mod tests {
             ..Route::default()
         };
         assert_eq!(route_from_wire(route_to_wire(&d)).unwrap(), d);
+    }
+
+    #[test]
+    fn tcp_routes_travel_in_transactions() {
+        let route = TcpRoute {
+            name: "redis".into(),
+            listen: "127.0.0.1:6380".into(),
+            pool: "redis".into(),
+            nodes: vec![1],
+            proxy_protocol: Some(ProxyProtocol::V2),
+            ..TcpRoute::default()
+        };
+        let put = Command::PutTcpRoute {
+            route: route.clone(),
+            expect: Some(0),
+        };
+        let del = Command::DeleteTcpRoute {
+            name: "redis".into(),
+            expect: Some(4),
+        };
+        for c in [put, del] {
+            let op = command_to_wire(&c).unwrap();
+            assert_eq!(checked_command(op).unwrap(), c);
+        }
+        let bad = admin::Operation {
+            op: Some(admin::operation::Op::PutTcpRoute(
+                admin::PutTcpRouteRequest {
+                    tcp_route: Some(tcp_route_to_wire(&TcpRoute {
+                        listen: "nowhere".into(),
+                        ..route
+                    })),
+                    if_revision: None,
+                },
+            )),
+        };
+        assert_eq!(checked_command(bad).unwrap_err().field, "listen");
     }
 
     #[test]
