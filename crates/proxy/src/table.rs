@@ -702,4 +702,62 @@ mod tests {
         e.health.insert("p".into(), verdicts);
         assert!(!same_routing(&b, &e), "a backend was marked down");
     }
+
+    // ---- TLS to backends (issue 7) ----
+    #[test]
+    fn a_replaced_client_certificate_recompiles_and_gets_new_endpoints() {
+        let mut a = state(&[("r", &[], "/", &[])]);
+        let tls = gateway_model::BackendTls {
+            client_cert: Some("gw".into()),
+            ..Default::default()
+        };
+        a.pools.get_mut("p").unwrap().tls = Some(tls);
+        let k = rcgen::generate_simple_self_signed(vec!["gw.internal".to_string()]).unwrap();
+        let cert = gateway_model::Cert {
+            name: "gw".into(),
+            cert_pem: k.cert.pem(),
+            key_pem: k.signing_key.serialize_pem(),
+            revision: 1,
+            ..Default::default()
+        };
+        a.certs.insert("gw".into(), cert.clone());
+        let mut b = a.clone();
+        b.certs.insert("other".into(), cert.clone());
+        assert!(same_routing(&a, &b), "a certificate no pool uses changed");
+        let mut c = b.clone();
+        let k2 = rcgen::generate_simple_self_signed(vec!["gw.internal".to_string()]).unwrap();
+        c.certs.insert(
+            "gw".into(),
+            gateway_model::Cert {
+                cert_pem: k2.cert.pem(),
+                key_pem: k2.signing_key.serialize_pem(),
+                revision: 2,
+                ..cert
+            },
+        );
+        assert!(
+            !same_routing(&b, &c),
+            "the pool's client certificate changed"
+        );
+
+        let mut reg = Registry::default();
+        let key = HopKey::new(b"k");
+        let before = RouteTable::compile(&b, 1, &key, &mut reg);
+        let again = RouteTable::compile(&b, 1, &key, &mut reg);
+        assert!(
+            Arc::ptr_eq(
+                &before.pools[0].backends[0].endpoint,
+                &again.pools[0].backends[0].endpoint
+            ),
+            "the same TLS option keeps its endpoint (and its pooled connections)"
+        );
+        let after = RouteTable::compile(&c, 1, &key, &mut reg);
+        assert!(
+            !Arc::ptr_eq(
+                &before.pools[0].backends[0].endpoint,
+                &after.pools[0].backends[0].endpoint
+            ),
+            "a new client certificate gets a new endpoint: no connection made with the old one is reused"
+        );
+    }
 }
