@@ -682,7 +682,10 @@ async fn admin_api_over_https() -> TestResult {
     let leader = wait_for("the admin API over HTTPS", CONVERGE, || async {
         node.ensure_running()?;
         let (ok, out, err) = curl(admin, "admin.test", "/leader", &ca_file, &[]).await?;
-        ensure!(ok && out.contains("\"id\":1"), "{out} {err}");
+        ensure!(
+            ok && out.contains("\"id\":1") && out.ends_with("\n1.1"),
+            "{out} {err}"
+        );
         Ok(out)
     })
     .await?;

@@ -104,7 +104,8 @@ fn load_admin_tls(
         .with_no_client_auth()
         .with_single_cert(chain, key)
         .map_err(|e| anyhow::anyhow!("--admin-tls-cert/--admin-tls-key: {e}"))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // The admin server speaks HTTP/1.1 only.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(std::sync::Arc::new(config))
 }
 // ---- end admin HTTPS ----
