@@ -659,7 +659,7 @@ impl FromPemDer for CertificateDer<'_> {
 async fn admin_api_over_https() -> TestResult {
     let c = TestCluster::new()?;
     let ca = Ca::new("admin CA")?;
-    let (cert, key) = ca.leaf(&["admin.test"])?;
+    let (cert, key) = ca.leaf(&["admin.test", "127.0.0.1"])?;
     let dir = c.dir().to_path_buf();
     let (ca_file, cert_file, key_file) = (
         dir.join("admin-ca.pem"),
@@ -718,6 +718,26 @@ async fn admin_api_over_https() -> TestResult {
         .await?;
     let text = String::from_utf8_lossy(&out.stdout);
     ensure!(text.ends_with("\n200"), "PUT over HTTPS: {text}");
+    // `gateway top` reads the node over HTTPS with --admin-ca (the certificate names the IP).
+    let top = gateway_tests::run_gateway(
+        &[
+            "top",
+            "--once",
+            "--interval-ms",
+            "200",
+            "--admin",
+            &admin.to_string(),
+            "--admin-ca",
+            ca_file.to_str().context("utf-8 path")?,
+        ],
+        gateway_tests::REQUEST,
+    )
+    .await?;
+    ensure!(
+        top.status.success() && top.stdout.contains("node 1"),
+        "gateway top over HTTPS: {}",
+        top.dump()
+    );
     // Plain HTTP is not served on the HTTPS port.
     let plain = c.http().get(admin, "/leader").await;
     ensure!(

@@ -140,6 +140,10 @@ pub enum Command {
         /// File holding the token (its first line, or the token of a `write TOKEN` line).
         #[arg(long, env = "GATEWAY_TOKEN_FILE")]
         token_file: Option<std::path::PathBuf>,
+        /// Speak HTTPS to an admin port served with --admin-tls-cert, trusting the CA
+        /// certificates (PEM) in this file; the certificate must name the --server host.
+        #[arg(long, env = "GATEWAY_ADMIN_CA", value_name = "FILE")]
+        admin_ca: Option<std::path::PathBuf>,
     },
     /// A live terminal view of a node: cluster, routes, pools, backend health, requests/s.
     #[command(
@@ -161,6 +165,10 @@ pub enum Command {
         /// Print one frame and exit (for scripts; no terminal control codes).
         #[arg(long)]
         once: bool,
+        /// Speak HTTPS to an admin port served with --admin-tls-cert, trusting the CA
+        /// certificates (PEM) in this file; the certificate must name the --admin host.
+        #[arg(long, env = "GATEWAY_ADMIN_CA", value_name = "FILE")]
+        admin_ca: Option<std::path::PathBuf>,
     },
     /// Make a throwaway cluster CA and certificates for cluster mutual TLS (--tls-ca,
     /// --tls-cert, --tls-key): ca.pem, node-N.pem, client.pem and their keys.
@@ -301,7 +309,7 @@ pub enum Action {
     Ctl(Box<(ClientArgs, Ctl)>),
     Completions(clap_complete::Shell),
     Leave {
-        server: String,
+        server: client::AdminAddr,
         token: Option<String>,
     },
     DemoBackend {
@@ -309,7 +317,7 @@ pub enum Action {
         name: String,
     },
     Top {
-        admin: String,
+        admin: client::AdminAddr,
         token: Option<String>,
         interval: std::time::Duration,
         once: bool,
@@ -378,8 +386,9 @@ pub fn prepare(cli: Cli) -> anyhow::Result<Action> {
             server,
             token,
             token_file,
+            admin_ca,
         } => Action::Leave {
-            server,
+            server: client::AdminAddr::new(server, admin_ca.as_deref())?,
             token: client::token(token, token_file.as_deref())?,
         },
         Command::DemoBackend { listen, name } => Action::DemoBackend { listen, name },
@@ -389,8 +398,9 @@ pub fn prepare(cli: Cli) -> anyhow::Result<Action> {
             token_file,
             interval_ms,
             once,
+            admin_ca,
         } => Action::Top {
-            admin,
+            admin: client::AdminAddr::new(admin, admin_ca.as_deref())?,
             token: client::token(token, token_file.as_deref())?,
             interval: std::time::Duration::from_millis(interval_ms),
             once,
