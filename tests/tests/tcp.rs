@@ -493,6 +493,13 @@ async fn tcp_routes_through_the_cli_and_config_files() -> TestResult {
         json!({"cert_pem": cert.pem(), "key_pem": key.serialize_pem()}),
     )
     .await?;
+    let config = c.node(1).get("/v1/config").await?.expect_json(200)?;
+    ensure!(
+        config["tcp_routes"][0]["name"] == json!("echo")
+            && config["certs"][0]["name"] == json!("site")
+            && !config.to_string().contains("PRIVATE KEY"),
+        "GET /v1/config shows TCP routes and certificates without keys: {config}"
+    );
     let exported = gw_ok(s, &["config", "export"]).await?;
     ensure!(
         exported.contains("[[tcp_routes]]")

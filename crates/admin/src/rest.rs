@@ -706,7 +706,14 @@ async fn config(
     let st = app.cluster.read(consistency(q)?).await?;
     Ok(ok(
         st.revision,
-        json!({"revision": st.revision, "pools": st.pools.values().collect::<Vec<_>>(), "routes": st.routes.values().collect::<Vec<_>>()}),
+        json!({
+            "revision": st.revision,
+            "pools": st.pools.values().collect::<Vec<_>>(),
+            "routes": st.routes.values().collect::<Vec<_>>(),
+            // ---- TCP routes and certificates (issue 7); certificates without their keys ----
+            "tcp_routes": st.tcp_routes.values().collect::<Vec<_>>(),
+            "certs": st.certs.values().map(Cert::redacted).collect::<Vec<_>>(),
+        }),
     ))
 }
 
