@@ -380,6 +380,23 @@ impl Maps<'_> {
 }
 
 impl State {
+    /// The names of the pools added, changed or removed between `before` and this version.
+    /// Versions of one state machine share structure, so this costs O(changes · log pools),
+    /// not O(pools): watchers that care about a few pools (health checks, managed backends)
+    /// use it to stay cheap when thousands of pools exist and every write adds one.
+    pub fn pools_changed_since<'a>(
+        &'a self,
+        before: &'a State,
+    ) -> impl Iterator<Item = &'a String> + 'a {
+        before.pools.diff(&self.pools).map(|d| match d {
+            imbl::ordmap::DiffItem::Add(k, _)
+            | imbl::ordmap::DiffItem::Remove(k, _)
+            | imbl::ordmap::DiffItem::Update { new: (k, _), .. } => k,
+        })
+    }
+}
+
+impl State {
     /// Applies one request. Deterministic: the same state and request give the same result on
     /// every node. A request id seen recently returns the first response without applying again.
     pub fn apply(&mut self, req: &Request) -> Response {
@@ -939,6 +956,34 @@ mod tests {
             route: r,
             expect: None,
         }
+    }
+
+    #[test]
+    fn pools_changed_since_names_only_what_changed() {
+        let mut s = State::default();
+        for i in 0..2000 {
+            s.apply(&req(&format!("p{i}"), put_pool(pool(&format!("p{i}")))))
+                .outcome
+                .unwrap();
+        }
+        let before = s.clone();
+        assert_eq!(s.pools_changed_since(&before).count(), 0);
+        let mut changed = pool("p7");
+        changed.backends.clear();
+        s.apply(&req("c", put_pool(changed))).outcome.unwrap();
+        s.apply(&req("n", put_pool(pool("new")))).outcome.unwrap();
+        s.apply(&req(
+            "d",
+            Command::DeletePool {
+                name: "p1999".into(),
+                expect: None,
+            },
+        ))
+        .outcome
+        .unwrap();
+        let mut names: Vec<&String> = s.pools_changed_since(&before).collect();
+        names.sort();
+        assert_eq!(names, ["new", "p1999", "p7"]);
     }
 
     #[test]

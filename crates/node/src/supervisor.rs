@@ -22,7 +22,7 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -130,6 +130,33 @@ fn find_in_path(name: &str) -> Option<PathBuf> {
 
 use gateway_cluster::unix_ms as now_ms;
 
+/// The names of the pools with a process spec, kept up to date from the pools that changed
+/// between two versions: every write publishes a version and a cluster may hold thousands of
+/// pools, so looking at all of them each time would make every write cost O(pools).
+#[derive(Default)]
+struct ManagedPools {
+    names: BTreeSet<String>,
+    seen: Option<Arc<State>>,
+}
+
+impl ManagedPools {
+    fn update(&mut self, st: &Arc<State>) -> &BTreeSet<String> {
+        let changed: Vec<String> = match &self.seen {
+            None => st.pools.keys().cloned().collect(),
+            Some(before) => st.pools_changed_since(before).cloned().collect(),
+        };
+        for name in changed {
+            if st.pools.get(&name).is_some_and(|p| p.process.is_some()) {
+                self.names.insert(name);
+            } else {
+                self.names.remove(&name);
+            }
+        }
+        self.seen = Some(st.clone());
+        &self.names
+    }
+}
+
 struct InstanceTask {
     stop: watch::Sender<bool>,
     join: JoinHandle<()>,
@@ -141,12 +168,13 @@ async fn supervise(sh: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let registrar = tokio::spawn(registrar(sh.clone(), reg_stop));
     let mut state_rx = sh.cluster.state();
     let mut running: HashMap<String, (ProcessSpec, Vec<InstanceTask>)> = HashMap::new();
+    let mut managed = ManagedPools::default();
     loop {
         let st = state_rx.borrow_and_update().clone();
-        let wanted: HashMap<&String, &ProcessSpec> = st
-            .pools
+        let wanted: HashMap<&String, &ProcessSpec> = managed
+            .update(&st)
             .iter()
-            .filter_map(|(name, p)| Some((name, p.process.as_ref()?)))
+            .filter_map(|name| Some((name, st.pools.get(name)?.process.as_ref()?)))
             .filter(|(_, spec)| spec.runs_on(sh.node))
             .collect();
         let gone: Vec<String> = running
@@ -219,12 +247,16 @@ async fn registrar(sh: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let node = sh.node;
     // The operator's settings of each managed backend, by pool and id.
     let mut operator: HashMap<(String, String), (u32, Option<u32>, bool)> = HashMap::new();
+    let mut managed = ManagedPools::default();
     loop {
         let st = state_rx.borrow_and_update().clone();
         let reg = reg_rx.borrow_and_update().clone();
         operator.retain(|(pool, _), _| st.pools.get(pool).is_some_and(|p| p.process.is_some()));
         let mut failed = false;
-        for (name, pool) in st.pools.iter().filter(|(_, p)| p.process.is_some()) {
+        for name in managed.update(&st).iter() {
+            let Some(pool) = st.pools.get(name) else {
+                continue;
+            };
             let mut have: Vec<Backend> = pool
                 .backends
                 .iter()

@@ -85,9 +85,21 @@ impl Monitor {
 
     /// Probes the backends of `state`'s pools, following its changes, until `state` closes.
     pub async fn run(self: Arc<Self>, mut state: watch::Receiver<Arc<State>>) {
+        let mut before: Option<Arc<State>> = None;
         loop {
             let current = state.borrow_and_update().clone();
-            self.sync(&current);
+            // Only the pools that changed since the last version are looked at: every write
+            // publishes a version, and a cluster may hold thousands of pools.
+            match &before {
+                None => self.sync(&current, current.pools.keys()),
+                Some(b) => {
+                    let mut changed: BTreeSet<&String> = current.pools_changed_since(b).collect();
+                    // A TLS pool's client certificate is part of how its probes connect.
+                    changed.extend(pools_with_changed_client_cert(b, &current));
+                    self.sync(&current, changed.into_iter())
+                }
+            }
+            before = Some(current);
             if state.changed().await.is_err() {
                 break;
             }
@@ -103,8 +115,14 @@ impl Monitor {
         }
     }
 
-    /// Starts probes for new targets, stops those of targets that are gone or changed.
-    fn sync(self: &Arc<Self>, state: &State) {
+    /// Starts probes for new targets of the pools `changed`, stops those of their targets that
+    /// are gone or changed. Probes of other pools are left alone.
+    fn sync<'a>(self: &Arc<Self>, state: &State, changed: impl Iterator<Item = &'a String>) {
+        let changed: BTreeSet<&str> = changed.map(String::as_str).collect();
+        if changed.is_empty() {
+            return;
+        }
+        // The compiled TLS of the probes running, by identity (rebuilt only when it changed).
         let probes_tls: HashMap<u64, Arc<crate::backend_tls::UpstreamTls>> = self
             .probes
             .lock()
@@ -113,7 +131,7 @@ impl Monitor {
             .filter_map(|(t, _)| t.tls.as_ref().map(|x| (x.id, x.clone())))
             .collect();
         let mut wanted: HashMap<(String, String), Target> = HashMap::new();
-        for pool in state.pools.values() {
+        for pool in changed.iter().filter_map(|name| state.pools.get(*name)) {
             let Some(check) = &pool.health_check else {
                 continue;
             };
@@ -141,10 +159,12 @@ impl Monitor {
             }
         }
         let mut probes = self.probes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut stopped = false;
         probes.retain(|key, (target, probe)| {
-            let keep = wanted.get(key) == Some(target);
+            let keep = !changed.contains(key.0.as_str()) || wanted.get(key) == Some(target);
             if !keep {
                 probe.task.abort();
+                stopped = true;
             }
             keep
         });
@@ -174,7 +194,10 @@ impl Monitor {
             );
         }
         drop(probes);
-        self.publish();
+        // A new probe starts up; only a stopped one can change the view.
+        if stopped {
+            self.publish();
+        }
     }
 
     /// Counts a failure seen in real traffic (a refused connection, a 5xx run) as a failed probe.
@@ -268,6 +291,28 @@ async fn probe_loop(
             m.publish();
         }
     }
+}
+
+/// The TLS pools whose client certificate changed between `before` and `now` (no look at the
+/// pools when no certificate changed).
+fn pools_with_changed_client_cert<'a>(
+    before: &'a State,
+    now: &'a State,
+) -> impl Iterator<Item = &'a String> + 'a {
+    let certs_changed = !before.certs.ptr_eq(&now.certs);
+    now.pools
+        .values()
+        // Nothing to look at (and no pool visited) when no certificate changed.
+        .take(if certs_changed { usize::MAX } else { 0 })
+        .filter(move |p| {
+            p.tls
+                .as_ref()
+                .and_then(|t| t.client_cert.as_ref())
+                .is_some_and(|n| {
+                    before.certs.get(n).map(|c| c.revision) != now.certs.get(n).map(|c| c.revision)
+                })
+        })
+        .map(|p| &p.name)
 }
 
 /// One probe: `Ok` when the backend is healthy, else why not.
@@ -456,5 +501,41 @@ mod tests {
                 .unwrap_err()
                 .contains("connect")
         );
+    }
+
+    // ---- TLS to backends (issue 7) ----
+    #[test]
+    fn a_replaced_client_certificate_names_the_pools_that_present_it() {
+        use gateway_model::{BackendTls, Cert, Pool};
+        let mut before = State::default();
+        for (name, cert) in [("a", Some("gw")), ("b", None), ("c", Some("other"))] {
+            before.pools.insert(
+                name.into(),
+                Pool {
+                    name: name.into(),
+                    tls: Some(BackendTls {
+                        client_cert: cert.map(str::to_string),
+                        ..BackendTls::default()
+                    }),
+                    ..Pool::default()
+                },
+            );
+        }
+        for (name, revision) in [("gw", 1), ("other", 2)] {
+            before.certs.insert(
+                name.into(),
+                Cert {
+                    name: name.into(),
+                    revision,
+                    ..Cert::default()
+                },
+            );
+        }
+        let same = before.clone();
+        assert_eq!(pools_with_changed_client_cert(&before, &same).count(), 0);
+        let mut now = before.clone();
+        now.certs.get_mut("gw").unwrap().revision = 5;
+        let names: Vec<&String> = pools_with_changed_client_cert(&before, &now).collect();
+        assert_eq!(names, ["a"]);
     }
 }
