@@ -276,6 +276,7 @@ EOF
 
 # GATEWAY_WRAP (and NGINX_WRAP, HAPROXY_WRAP; e.g. "valgrind --tool=callgrind") runs the
 # system under a tool.
+# GATEWAY_EXTRA_ARGS adds flags to `gateway serve` (bench/https.sh: --https-addr).
 start_gateway() {
     GATEWAY_PORT=$(free_port)
     GATEWAY_ADMIN_PORT=$(free_port)
@@ -286,7 +287,7 @@ start_gateway() {
     start_bg gateway env RUST_LOG="${GATEWAY_RUST_LOG:-warn}" ${GATEWAY_WRAP:-} "$GATEWAY_BIN" serve \
         --id 1 --data-dir "$dir/data" --cluster-addr "127.0.0.1:$cluster_port" \
         --admin-addr "127.0.0.1:$GATEWAY_ADMIN_PORT" --http-addr "127.0.0.1:$GATEWAY_PORT" \
-        --init --workers 1
+        --init --workers 1 ${GATEWAY_EXTRA_ARGS:-}
     GATEWAY_PID=$LAST_PID
     local ready=""
     for _ in $(seq 600); do

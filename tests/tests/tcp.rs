@@ -355,3 +355,205 @@ async fn bind_failures_on_status_and_proxy_protocol() -> TestResult {
     ensure!(first == "hello", "then the client's bytes: {first:?}");
     Ok(())
 }
+
+// ---- TCP routes in the CLI and config files (issue 7) ----
+
+/// `gateway ARGS --server SERVER`, which must succeed; its stdout.
+async fn gw_ok(server: &str, args: &[&str]) -> Result<String> {
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--server", server]);
+    let out = gateway_tests::run_gateway(&all, Duration::from_secs(90)).await?;
+    ensure!(
+        out.status.success(),
+        "`gateway {}` failed:\n{}",
+        all.join(" "),
+        out.dump()
+    );
+    Ok(out.stdout)
+}
+
+/// An echo server: every connection gets back what it sends.
+async fn echo_backend() -> Result<SocketAddr> {
+    let l = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = l.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// Whether a line sent to `addr` comes back.
+async fn echoes(addr: SocketAddr) -> Result<()> {
+    let s = TcpStream::connect(addr).await?;
+    let (r, mut w) = s.into_split();
+    w.write_all(b"ping\n").await?;
+    let mut line = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        BufReader::new(r).read_line(&mut line),
+    )
+    .await
+    .context("no echo within 10 s")??;
+    ensure!(line == "ping\n", "echoed {line:?}");
+    Ok(())
+}
+
+/// TCP routes are managed with `gateway tcp-route add|list|get|rm` over the admin gRPC API,
+/// and travel in `gateway config export` / `config apply` files; export names the
+/// certificates (never their keys) and apply checks they exist without changing them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_routes_through_the_cli_and_config_files() -> TestResult {
+    let c = TestCluster::start(1).await?;
+    let server = c.node(1).cluster_addr.to_string();
+    let s = server.as_str();
+    let backend = echo_backend().await?;
+    put(
+        &c,
+        "/v1/pools/raw",
+        json!({"backends": [{"id": "e", "address": backend.to_string()}]}),
+    )
+    .await?;
+    let listen = free_addr()?;
+    let listen_s = listen.to_string();
+    let out = gw_ok(
+        s,
+        &[
+            "tcp-route",
+            "add",
+            "echo",
+            "--listen",
+            &listen_s,
+            "--pool",
+            "raw",
+            "--max-connections",
+            "50",
+        ],
+    )
+    .await?;
+    ensure!(out.contains("tcp-route echo created"), "{out}");
+    wait_for("the CLI's TCP route to echo", CONVERGE, || echoes(listen)).await?;
+
+    let list = gw_ok(s, &["tcp-route", "list"]).await?;
+    ensure!(
+        list.contains("echo") && list.contains(&listen_s) && list.contains("raw"),
+        "tcp-route list: {list}"
+    );
+    let got: Value =
+        serde_json::from_str(&gw_ok(s, &["tcp-route", "get", "echo", "--output", "json"]).await?)?;
+    ensure!(
+        got["tcp_route"]["max_connections"] == json!(50),
+        "tcp-route get: {got}"
+    );
+    // Adding it again without --replace is refused, saying how to overwrite.
+    let mut again = vec![
+        "tcp-route",
+        "add",
+        "echo",
+        "--listen",
+        &listen_s,
+        "--pool",
+        "raw",
+    ];
+    again.extend(["--server", s]);
+    let out = gateway_tests::run_gateway(&again, Duration::from_secs(90)).await?;
+    ensure!(
+        !out.status.success() && out.stderr.contains("--replace"),
+        "a second add: {}",
+        out.dump()
+    );
+    // Bad input: a clear error naming the field.
+    let mut bad = vec![
+        "tcp-route",
+        "add",
+        "bad",
+        "--listen",
+        "nowhere",
+        "--pool",
+        "raw",
+    ];
+    bad.extend(["--server", s]);
+    let out = gateway_tests::run_gateway(&bad, Duration::from_secs(90)).await?;
+    ensure!(
+        !out.status.success() && out.stderr.contains("listen"),
+        "a bad listen address: {}",
+        out.dump()
+    );
+
+    // A certificate: export names it, never its key.
+    let key = rcgen::KeyPair::generate()?;
+    let cert = rcgen::CertificateParams::new(vec!["tcp.test".to_string()])?.self_signed(&key)?;
+    put(
+        &c,
+        "/v1/certs/site",
+        json!({"cert_pem": cert.pem(), "key_pem": key.serialize_pem()}),
+    )
+    .await?;
+    let config = c.node(1).get("/v1/config").await?.expect_json(200)?;
+    ensure!(
+        config["tcp_routes"][0]["name"] == json!("echo")
+            && config["certs"][0]["name"] == json!("site")
+            && !config.to_string().contains("PRIVATE KEY"),
+        "GET /v1/config shows TCP routes and certificates without keys: {config}"
+    );
+    let exported = gw_ok(s, &["config", "export"]).await?;
+    ensure!(
+        exported.contains("[[tcp_routes]]")
+            && exported.contains(&listen_s)
+            && exported.contains("certs = [\"site\"]")
+            && !exported.contains("PRIVATE KEY"),
+        "export: {exported}"
+    );
+    let file = c.dir().join("cluster.toml");
+    std::fs::write(&file, &exported)?;
+    let f = file.to_str().context("utf-8 path")?;
+    let out = gw_ok(s, &["config", "apply", "-f", f]).await?;
+    ensure!(out.contains("nothing to change"), "re-apply: {out}");
+
+    // Without the TCP route in the file, apply deletes it and the node stops listening.
+    let start = exported
+        .find("[[tcp_routes]]")
+        .context("tcp_routes in export")?;
+    std::fs::write(&file, format!("{}\n", &exported[..start]))?;
+    let out = gw_ok(s, &["config", "apply", "-f", f]).await?;
+    ensure!(out.contains("- tcp-route echo"), "apply without it: {out}");
+    wait_for("the listener to close", CONVERGE, || async {
+        ensure!(TcpStream::connect(listen).await.is_err(), "still accepting");
+        Ok(())
+    })
+    .await?;
+    let certs: Value = c.node(1).get("/v1/certs").await?.expect_json(200)?;
+    ensure!(
+        certs.to_string().contains("\"site\""),
+        "apply left the certificate alone: {certs}"
+    );
+    // Applying the export again brings it back.
+    std::fs::write(&file, &exported)?;
+    let out = gw_ok(s, &["config", "apply", "-f", f]).await?;
+    ensure!(out.contains("+ tcp-route echo"), "apply with it: {out}");
+    wait_for("the TCP route to echo again", CONVERGE, || echoes(listen)).await?;
+
+    // A file naming a certificate that does not exist is refused, changing nothing.
+    std::fs::write(
+        &file,
+        exported.replace("certs = [\"site\"]", "certs = [\"site\", \"nope\"]"),
+    )?;
+    let mut args = vec!["config", "apply", "-f", f];
+    args.extend(["--server", s]);
+    let out = gateway_tests::run_gateway(&args, Duration::from_secs(90)).await?;
+    ensure!(
+        !out.status.success() && out.stderr.contains("certificate 'nope'"),
+        "a missing certificate: {}",
+        out.dump()
+    );
+
+    let out = gw_ok(s, &["tcp-route", "rm", "echo"]).await?;
+    ensure!(out.contains("tcp-route echo removed"), "{out}");
+    let list = gw_ok(s, &["tcp-route", "list"]).await?;
+    ensure!(list.contains("no TCP routes"), "{list}");
+    Ok(())
+}

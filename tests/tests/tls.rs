@@ -649,3 +649,120 @@ impl FromPemDer for CertificateDer<'_> {
             .to_vec())
     }
 }
+
+// ---- admin HTTPS (issue 7) ----
+
+/// With `--admin-tls-cert/--admin-tls-key` the admin REST API answers over HTTPS (curl with
+/// `--cacert` trusts it) and no longer over plain HTTP; the setting survives a restart that
+/// gives only `--data-dir`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_over_https() -> TestResult {
+    let c = TestCluster::new()?;
+    let ca = Ca::new("admin CA")?;
+    let (cert, key) = ca.leaf(&["admin.test", "127.0.0.1"])?;
+    let dir = c.dir().to_path_buf();
+    let (ca_file, cert_file, key_file) = (
+        dir.join("admin-ca.pem"),
+        dir.join("admin.pem"),
+        dir.join("admin-key.pem"),
+    );
+    std::fs::write(&ca_file, ca.pem())?;
+    std::fs::write(&cert_file, &cert)?;
+    std::fs::write(&key_file, &key)?;
+    let spec = c.spec(1)?;
+    let mut args = c.init_args(&spec);
+    args.extend([
+        "--admin-tls-cert".to_string(),
+        cert_file.display().to_string(),
+        "--admin-tls-key".to_string(),
+        key_file.display().to_string(),
+    ]);
+    let node = gateway_tests::Node::spawn(&spec, args, c.http().clone())?;
+    let admin = spec.admin_addr;
+    let leader = wait_for("the admin API over HTTPS", CONVERGE, || async {
+        node.ensure_running()?;
+        let (ok, out, err) = curl(admin, "admin.test", "/leader", &ca_file, &[]).await?;
+        ensure!(
+            ok && out.contains("\"id\":1") && out.ends_with("\n1.1"),
+            "{out} {err}"
+        );
+        Ok(out)
+    })
+    .await?;
+    note!("GET /leader over HTTPS: {leader}");
+    // Writes go through too, with the JSON body.
+    let port = admin.port();
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "20",
+            "--resolve",
+            &format!("admin.test:{port}:127.0.0.1"),
+            "--cacert",
+        ])
+        .arg(&ca_file)
+        .args([
+            "-X",
+            "PUT",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            r#"{"backends": [{"id": "a", "address": "127.0.0.1:9"}]}"#,
+            "-w",
+            "\n%{http_code}",
+        ])
+        .arg(format!("https://admin.test:{port}/v1/pools/web"))
+        .stdin(Stdio::null())
+        .output()
+        .await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    ensure!(text.ends_with("\n200"), "PUT over HTTPS: {text}");
+    // `gateway top` reads the node over HTTPS with --admin-ca (the certificate names the IP).
+    let top = gateway_tests::run_gateway(
+        &[
+            "top",
+            "--once",
+            "--interval-ms",
+            "200",
+            "--admin",
+            &admin.to_string(),
+            "--admin-ca",
+            ca_file.to_str().context("utf-8 path")?,
+        ],
+        gateway_tests::REQUEST,
+    )
+    .await?;
+    ensure!(
+        top.status.success() && top.stdout.contains("node 1"),
+        "gateway top over HTTPS: {}",
+        top.dump()
+    );
+    // Plain HTTP is not served on the HTTPS port.
+    let plain = c.http().get(admin, "/leader").await;
+    ensure!(
+        plain.as_ref().map_or(true, |r| r.status != 200),
+        "plain HTTP must not be answered: {:?}",
+        plain.map(|r| r.status)
+    );
+    // A restart with only the data dir keeps HTTPS.
+    node.kill()?;
+    let restart = vec![
+        "serve".to_string(),
+        "--data-dir".to_string(),
+        spec.data_dir.display().to_string(),
+    ];
+    let node = gateway_tests::Node::spawn(&spec, restart, c.http().clone())?;
+    wait_for(
+        "the admin API over HTTPS after a restart",
+        CONVERGE,
+        || async {
+            node.ensure_running()?;
+            let (ok, out, err) = curl(admin, "admin.test", "/healthz", &ca_file, &[]).await?;
+            ensure!(ok && out.starts_with("ok"), "{out} {err}");
+            Ok(())
+        },
+    )
+    .await?;
+    Ok(())
+}

@@ -325,6 +325,12 @@ impl Admin for AdminService {
             revision: st.revision,
             pools: st.pools.values().map(convert::pool_to_wire).collect(),
             routes: st.routes.values().map(convert::route_to_wire).collect(),
+            tcp_routes: st
+                .tcp_routes
+                .values()
+                .map(convert::tcp_route_to_wire)
+                .collect(),
+            certs: st.certs.values().map(convert::cert_to_wire).collect(),
         };
         Ok(with_revision(reply, st.revision))
     }
@@ -802,6 +808,109 @@ impl Admin for AdminService {
             .await?;
         Ok(with_revision(admin::DeleteReply { revision: rev }, rev))
     }
+
+    // ---- TCP routes (issue 7) ----
+    async fn list_tcp_routes(
+        &self,
+        req: Request<admin::ReadRequest>,
+    ) -> std::result::Result<Response<admin::TcpRouteList>, Status> {
+        let cluster = self.allow(&req, Role::Read)?;
+        let st = cluster
+            .read(consistency(req.get_ref().consistency)?)
+            .await
+            .map_err(Failure::from)?;
+        let reply = admin::TcpRouteList {
+            revision: st.revision,
+            tcp_routes: st
+                .tcp_routes
+                .values()
+                .map(convert::tcp_route_to_wire)
+                .collect(),
+        };
+        Ok(with_revision(reply, st.revision))
+    }
+
+    async fn get_tcp_route(
+        &self,
+        req: Request<admin::GetRequest>,
+    ) -> std::result::Result<Response<admin::TcpRouteReply>, Status> {
+        let cluster = self.allow(&req, Role::Read)?;
+        let req = req.into_inner();
+        validate_name("name", &req.name).map_err(Failure::from)?;
+        let st = cluster
+            .read(consistency(req.consistency)?)
+            .await
+            .map_err(Failure::from)?;
+        match st.tcp_routes.get(&req.name) {
+            Some(r) => Ok(with_revision(
+                admin::TcpRouteReply {
+                    revision: st.revision,
+                    tcp_route: Some(convert::tcp_route_to_wire(r)),
+                },
+                st.revision,
+            )),
+            None => Err(Failure::Missing {
+                what: "tcp-route",
+                name: req.name,
+            }
+            .into()),
+        }
+    }
+
+    async fn put_tcp_route(
+        &self,
+        req: Request<admin::PutTcpRouteRequest>,
+    ) -> std::result::Result<Response<admin::TcpRouteReply>, Status> {
+        let cluster = self.allow(&req, Role::Write)?;
+        let request_id = request_id(&req)?;
+        let req = req.into_inner();
+        let wire = req
+            .tcp_route
+            .ok_or_else(|| Invalid::new("tcp_route", "is missing", "send the TCP route to put"))
+            .map_err(Failure::from)?;
+        let route = convert::checked_tcp_route(wire).map_err(Failure::from)?;
+        let mut shown = route.clone();
+        let rev = self
+            .propose(
+                cluster,
+                request_id,
+                Command::PutTcpRoute {
+                    route,
+                    expect: req.if_revision,
+                },
+            )
+            .await?;
+        shown.revision = rev;
+        Ok(with_revision(
+            admin::TcpRouteReply {
+                revision: rev,
+                tcp_route: Some(convert::tcp_route_to_wire(&shown)),
+            },
+            rev,
+        ))
+    }
+
+    async fn delete_tcp_route(
+        &self,
+        req: Request<admin::DeleteRequest>,
+    ) -> std::result::Result<Response<admin::DeleteReply>, Status> {
+        let cluster = self.allow(&req, Role::Write)?;
+        let request_id = request_id(&req)?;
+        let req = req.into_inner();
+        validate_name("name", &req.name).map_err(Failure::from)?;
+        let rev = self
+            .propose(
+                cluster,
+                request_id,
+                Command::DeleteTcpRoute {
+                    name: req.name,
+                    expect: req.if_revision,
+                },
+            )
+            .await?;
+        Ok(with_revision(admin::DeleteReply { revision: rev }, rev))
+    }
+    // ---- end TCP routes ----
 
     async fn transaction(
         &self,

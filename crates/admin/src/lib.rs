@@ -13,6 +13,7 @@ mod auth;
 mod certs;
 mod error;
 mod grpc;
+mod https;
 pub mod metrics;
 mod rest;
 mod ui;

@@ -58,6 +58,8 @@ pub struct AdminOptions {
             std::sync::Arc<std::collections::BTreeSet<gateway_model::SeenDown>>,
         >,
     >,
+    /// Serve HTTPS with this configuration instead of plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 #[derive(Clone)]
@@ -156,12 +158,22 @@ pub async fn serve(
         .layer(middleware::from_fn_with_state(app.clone(), authorize))
         .layer(middleware::from_fn_with_state(app.clone(), stamp_revision))
         .with_state(app);
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-        })
-        .await
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    match opts.tls {
+        None => {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Some(config) => {
+            axum::serve(crate::https::TlsListener::new(listener, config)?, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
 }
 
 /// Lets a request through if its token may do what it asks: GET/HEAD need a read token, anything
@@ -695,7 +707,14 @@ async fn config(
     let st = app.cluster.read(consistency(q)?).await?;
     Ok(ok(
         st.revision,
-        json!({"revision": st.revision, "pools": st.pools.values().collect::<Vec<_>>(), "routes": st.routes.values().collect::<Vec<_>>()}),
+        json!({
+            "revision": st.revision,
+            "pools": st.pools.values().collect::<Vec<_>>(),
+            "routes": st.routes.values().collect::<Vec<_>>(),
+            // ---- TCP routes and certificates (issue 7); certificates without their keys ----
+            "tcp_routes": st.tcp_routes.values().collect::<Vec<_>>(),
+            "certs": st.certs.values().map(Cert::redacted).collect::<Vec<_>>(),
+        }),
     ))
 }
 

@@ -106,6 +106,8 @@ pub enum Protocol {
     /// HTTP/2 with prior knowledge over cleartext (for gRPC services); requests are
     /// multiplexed over one connection per backend and trailers pass both ways.
     H2c,
+    /// HTTP/2 over TLS, agreed by ALPN (`h2`); needs the pool's `tls`.
+    H2,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -129,9 +131,15 @@ pub struct Pool {
     /// owns any, balancing over all backends otherwise. `false` when omitted.
     #[serde(default, skip_serializing_if = "is_false")]
     pub prefer_local: bool,
-    /// `http1` (default) or `h2c` (HTTP/2 prior knowledge, e.g. for gRPC backends).
+    /// `http1` (default), `h2c` (HTTP/2 prior knowledge, e.g. for gRPC backends) or `h2`
+    /// (HTTP/2 over TLS; needs `tls`).
     #[serde(default, skip_serializing_if = "is_default")]
     pub protocol: Protocol,
+    // ---- TLS to backends (issue 7) ----
+    /// Speak TLS to the backends (HTTP routes and health checks); plain TCP when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::backend_tls::BackendTls>,
+    // ---- end TLS to backends ----
     /// How long a request may wait for a backend below its `max_connections`, in milliseconds
     /// (0 to 60,000; 0 answers 503 at once); 1,000 when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]

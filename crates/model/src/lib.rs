@@ -5,6 +5,7 @@
 //! depends on it, it depends on none of ours. `State::apply` is deterministic — no clock,
 //! randomness or I/O — so that every node that applies the same log reaches the same state.
 
+mod backend_tls;
 mod cert;
 mod command;
 mod config;
@@ -16,6 +17,7 @@ mod state;
 mod tcp;
 mod validate;
 
+pub use backend_tls::{BackendTls, parse_ca, validate_backend_tls};
 pub use cert::{Cert, CertInfo, MAX_PEM, check_cert_time, inspect_cert, validate_cert};
 pub use command::{Applied, Command, MAX_BATCH, Proposal, Request, Response};
 pub use config::{

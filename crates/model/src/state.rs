@@ -185,6 +185,16 @@ impl Maps<'_> {
         match cmd {
             Command::PutPool { pool, expect } => {
                 validate_pool(pool)?;
+                if let Some(name) = pool.tls.as_ref().and_then(|t| t.client_cert.as_ref())
+                    && !self.certs.contains_key(name)
+                {
+                    return Err(Invalid::new(
+                        "tls.client_cert",
+                        format!("certificate '{name}' does not exist"),
+                        "upload it first (gateway cert add NAME --cert FILE --key FILE) or name an existing one",
+                    )
+                    .into());
+                }
                 expect_rev(
                     "pool",
                     &pool.name,
@@ -301,6 +311,20 @@ impl Maps<'_> {
                     });
                 };
                 expect_rev("cert", name, *expect, Some(current.revision))?;
+                let users: Vec<&str> = self
+                    .pools
+                    .values()
+                    .filter(|p| p.tls.as_ref().and_then(|t| t.client_cert.as_ref()) == Some(name))
+                    .map(|p| p.name.as_str())
+                    .collect();
+                if !users.is_empty() {
+                    return Err(ApplyError::Conflict {
+                        message: format!(
+                            "certificate '{name}' is the TLS client certificate of pool(s) {}; change their tls.client_cert first",
+                            users.join(", ")
+                        ),
+                    });
+                }
                 self.certs.remove(name);
                 out.push(Change::DeleteCert { name: name.clone() });
             }
@@ -1488,5 +1512,86 @@ mod tests {
             },
         ));
         assert!(matches!(r.outcome, Err(ApplyError::Conflict { .. })));
+    }
+}
+
+// ---- TLS to backends (issue 7) ----
+#[cfg(test)]
+mod backend_tls_tests {
+    use super::*;
+    use crate::{BackendTls, Cert, Request};
+
+    fn req(id: &str, command: Command) -> Request {
+        Request {
+            id: id.into(),
+            command,
+        }
+    }
+
+    fn cert(name: &str) -> Cert {
+        let k = rcgen::generate_simple_self_signed(vec!["client.internal".to_string()]).unwrap();
+        Cert {
+            name: name.into(),
+            cert_pem: k.cert.pem(),
+            key_pem: k.signing_key.serialize_pem(),
+            ..Cert::default()
+        }
+    }
+
+    fn tls_pool(client_cert: &str) -> Pool {
+        Pool {
+            name: "secure".into(),
+            tls: Some(BackendTls {
+                client_cert: Some(client_cert.into()),
+                ..BackendTls::default()
+            }),
+            ..Pool::default()
+        }
+    }
+
+    #[test]
+    fn a_pool_names_an_existing_certificate_which_then_cannot_go() {
+        let mut s = State::default();
+        let put = |p| Command::PutPool {
+            pool: p,
+            expect: None,
+        };
+        let r = s.apply(&req("1", put(tls_pool("gw"))));
+        match r.outcome {
+            Err(ApplyError::Invalid(v)) => assert_eq!(v.field, "tls.client_cert"),
+            other => panic!("expected tls.client_cert to be refused: {other:?}"),
+        }
+        assert!(s.pools.is_empty(), "a refused pool changes nothing");
+        s.apply(&req(
+            "2",
+            Command::PutCert {
+                cert: cert("gw"),
+                expect: None,
+            },
+        ))
+        .outcome
+        .unwrap();
+        s.apply(&req("3", put(tls_pool("gw")))).outcome.unwrap();
+        let del = Command::DeleteCert {
+            name: "gw".into(),
+            expect: None,
+        };
+        let r = s.apply(&req("4", del.clone()));
+        assert!(
+            matches!(&r.outcome, Err(ApplyError::Conflict { message }) if message.contains("secure")),
+            "{:?}",
+            r.outcome
+        );
+        s.apply(&req(
+            "5",
+            put(Pool {
+                tls: None,
+                ..tls_pool("gw")
+            }),
+        ))
+        .outcome
+        .unwrap();
+        s.apply(&req("6", del)).outcome.unwrap();
+        assert!(s.certs.is_empty());
     }
 }

@@ -173,6 +173,26 @@ pub fn validate_pool(pool: &Pool) -> Result<(), Invalid> {
     if let Some(e) = &pool.eject {
         crate::health::validate_ejection(e)?;
     }
+    // ---- TLS to backends (issue 7) ----
+    match (&pool.tls, pool.protocol) {
+        (Some(_), crate::Protocol::H2c) => {
+            return Err(Invalid::new(
+                "protocol",
+                "h2c is cleartext HTTP/2 but the pool has tls",
+                "use protocol h2 for HTTP/2 over TLS, or drop tls",
+            ));
+        }
+        (None, crate::Protocol::H2) => {
+            return Err(Invalid::new(
+                "protocol",
+                "h2 is HTTP/2 over TLS but the pool has no tls",
+                "add tls (e.g. {\"tls\": {\"ca_pem\": \"...\"}}), or use h2c for cleartext HTTP/2",
+            ));
+        }
+        (Some(t), _) => crate::backend_tls::validate_backend_tls(t)?,
+        (None, _) => {}
+    }
+    // ---- end TLS to backends ----
     Ok(())
 }
 

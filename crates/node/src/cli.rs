@@ -3,7 +3,7 @@
 
 use crate::ctl::{
     AlertCmd, BackendCmd, CertCmd, ClientArgs, ClusterCmd, ConfigCmd, Ctl, LimitsCmd, NodeCmd,
-    PoolCmd, RouteCmd,
+    PoolCmd, RouteCmd, TcpRouteCmd,
 };
 use crate::{client, config, ctl, demo, run, top};
 use clap::{Args, CommandFactory, Parser, Subcommand};
@@ -70,6 +70,17 @@ pub enum Command {
         #[command(subcommand)]
         command: CertCmd,
     },
+    // ---- TCP routes (issue 7) ----
+    /// TCP routes: a listen address on every node (or those listed) proxying raw TCP to a
+    /// pool.
+    #[command(name = "tcp-route")]
+    TcpRoute {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: TcpRouteCmd,
+    },
+    // ---- end TCP routes ----
     /// Add, remove, drain one backend of a pool; list backends' health.
     Backend {
         #[command(flatten)]
@@ -136,6 +147,10 @@ pub enum Command {
         /// File holding the token (its first line, or the token of a `write TOKEN` line).
         #[arg(long, env = "GATEWAY_TOKEN_FILE")]
         token_file: Option<std::path::PathBuf>,
+        /// Speak HTTPS to an admin port served with --admin-tls-cert, trusting the CA
+        /// certificates (PEM) in this file; the certificate must name the --server host.
+        #[arg(long, env = "GATEWAY_ADMIN_CA", value_name = "FILE")]
+        admin_ca: Option<std::path::PathBuf>,
     },
     /// A live terminal view of a node: cluster, routes, pools, backend health, requests/s.
     #[command(
@@ -157,6 +172,10 @@ pub enum Command {
         /// Print one frame and exit (for scripts; no terminal control codes).
         #[arg(long)]
         once: bool,
+        /// Speak HTTPS to an admin port served with --admin-tls-cert, trusting the CA
+        /// certificates (PEM) in this file; the certificate must name the --admin host.
+        #[arg(long, env = "GATEWAY_ADMIN_CA", value_name = "FILE")]
+        admin_ca: Option<std::path::PathBuf>,
     },
     /// Make a throwaway cluster CA and certificates for cluster mutual TLS (--tls-ca,
     /// --tls-cert, --tls-key): ca.pem, node-N.pem, client.pem and their keys.
@@ -239,6 +258,16 @@ pub struct NodeArgs {
     /// This node's private key (PEM).
     #[arg(long, env = "GATEWAY_TLS_KEY", requires_all = ["tls_ca", "tls_cert"])]
     pub tls_key: Option<PathBuf>,
+    // ---- admin HTTPS (issue 7) ----
+    /// Serve the admin REST API (and the dashboard) over HTTPS with this certificate chain
+    /// (PEM, leaf first); with --admin-tls-key. Plain HTTP when omitted. Remembered in the
+    /// data dir.
+    #[arg(long, env = "GATEWAY_ADMIN_TLS_CERT", requires = "admin_tls_key")]
+    pub admin_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --admin-tls-cert.
+    #[arg(long, env = "GATEWAY_ADMIN_TLS_KEY", requires = "admin_tls_cert")]
+    pub admin_tls_key: Option<PathBuf>,
+    // ---- end admin HTTPS ----
     /// File holding the shared cluster secret. On --init without it, one is generated into
     /// DATA_DIR/cluster-secret.
     #[arg(long, env = "GATEWAY_CLUSTER_SECRET_FILE")]
@@ -287,7 +316,7 @@ pub enum Action {
     Ctl(Box<(ClientArgs, Ctl)>),
     Completions(clap_complete::Shell),
     Leave {
-        server: String,
+        server: client::AdminAddr,
         token: Option<String>,
     },
     DemoBackend {
@@ -295,7 +324,7 @@ pub enum Action {
         name: String,
     },
     Top {
-        admin: String,
+        admin: client::AdminAddr,
         token: Option<String>,
         interval: std::time::Duration,
         once: bool,
@@ -347,6 +376,9 @@ pub fn prepare(cli: Cli) -> anyhow::Result<Action> {
             Action::Ctl(Box::new((client, Ctl::Limits(command))))
         }
         Command::Cert { client, command } => Action::Ctl(Box::new((client, Ctl::Cert(command)))),
+        Command::TcpRoute { client, command } => {
+            Action::Ctl(Box::new((client, Ctl::TcpRoute(command))))
+        }
         Command::Alert { client, command } => Action::Ctl(Box::new((client, Ctl::Alert(command)))),
         Command::Backend { client, command } => {
             Action::Ctl(Box::new((client, Ctl::Backend(command))))
@@ -364,8 +396,9 @@ pub fn prepare(cli: Cli) -> anyhow::Result<Action> {
             server,
             token,
             token_file,
+            admin_ca,
         } => Action::Leave {
-            server,
+            server: client::AdminAddr::new(server, admin_ca.as_deref())?,
             token: client::token(token, token_file.as_deref())?,
         },
         Command::DemoBackend { listen, name } => Action::DemoBackend { listen, name },
@@ -375,8 +408,9 @@ pub fn prepare(cli: Cli) -> anyhow::Result<Action> {
             token_file,
             interval_ms,
             once,
+            admin_ca,
         } => Action::Top {
-            admin,
+            admin: client::AdminAddr::new(admin, admin_ca.as_deref())?,
             token: client::token(token, token_file.as_deref())?,
             interval: std::time::Duration::from_millis(interval_ms),
             once,

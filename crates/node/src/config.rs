@@ -38,6 +38,8 @@ struct FileConfig {
     tls_ca: Option<PathBuf>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    admin_tls_cert: Option<PathBuf>,
+    admin_tls_key: Option<PathBuf>,
     cluster_secret_file: Option<PathBuf>,
     peers: Option<Vec<String>>,
     heartbeat_ms: Option<u64>,
@@ -69,6 +71,8 @@ pub struct NodeConfig {
     pub https_addr: Option<String>,
     /// Cluster mutual TLS files: CA, certificate, key (all three or none).
     pub tls: Option<[PathBuf; 3]>,
+    /// Admin REST over HTTPS: certificate chain and key files (both or none).
+    pub admin_tls: Option<[PathBuf; 2]>,
     pub secret_file: Option<PathBuf>,
     pub peers: Vec<String>,
     pub heartbeat: Duration,
@@ -202,9 +206,20 @@ pub fn resolve(args: NodeArgs, mode: Mode, peers: Vec<String>) -> anyhow::Result
             "--tls-ca, --tls-cert and --tls-key go together: give all three (cluster mutual TLS) or none"
         ),
     };
+    let admin_tls = match (
+        args.admin_tls_cert.or(file.admin_tls_cert),
+        args.admin_tls_key.or(file.admin_tls_key),
+    ) {
+        (Some(cert), Some(key)) => Some([cert, key]),
+        (None, None) => None,
+        _ => bail!(
+            "--admin-tls-cert and --admin-tls-key go together: give both (admin API over HTTPS) or neither"
+        ),
+    };
     Ok(NodeConfig {
         mode,
         tls,
+        admin_tls,
         id,
         data_dir,
         cluster_addr: args.cluster_addr.or(file.cluster_addr),

@@ -79,6 +79,37 @@ fn remembered(
 
 /// Reads and checks the cluster TLS files: PEM, the key matching the certificate, the
 /// certificate naming `gateway.cluster`.
+// ---- admin HTTPS (issue 7) ----
+/// The admin API's TLS server configuration from a PEM chain and key.
+fn load_admin_tls(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<std::sync::Arc<rustls::ServerConfig>> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| anyhow::anyhow!("--admin-tls-cert {}: {e}", cert.display()))?;
+    if chain.is_empty() {
+        bail!(
+            "--admin-tls-cert {}: no PEM certificate in it; pass the chain, leaf first",
+            cert.display()
+        );
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| anyhow::anyhow!("--admin-tls-key {}: {e}", key.display()))?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| anyhow::anyhow!("--admin-tls-cert/--admin-tls-key: {e}"))?;
+    // The admin server speaks HTTP/1.1 only.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(std::sync::Arc::new(config))
+}
+// ---- end admin HTTPS ----
+
 fn load_cluster_tls(
     files: &[std::path::PathBuf; 3],
 ) -> anyhow::Result<gateway_cluster::ClusterTls> {
@@ -287,6 +318,22 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         }
     };
 
+    // Admin HTTPS: the files given (remembered for restarts), else the ones used before.
+    let admin_tls_files: Option<[std::path::PathBuf; 2]> = match &cfg.admin_tls {
+        Some(files) => Some(
+            files
+                .clone()
+                .map(|p| std::fs::canonicalize(&p).unwrap_or(p)),
+        ),
+        None => match (meta.get("admin_tls_cert")?, meta.get("admin_tls_key")?) {
+            (Some(a), Some(b)) => Some([a.into(), b.into()]),
+            _ => None,
+        },
+    };
+    let admin_tls = match &admin_tls_files {
+        Some([cert, key]) => Some(load_admin_tls(cert, key)?),
+        None => None,
+    };
     // Listeners first: a busy port is reported before anything joins or changes.
     let cluster_listener = bind(&cluster_bind, "--cluster-addr").await?;
     // Dial peers from the address this node listens on, so a peer (or a relay) sees which node
@@ -362,6 +409,11 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     if let Some(a) = &https_addr {
         meta.set("https_addr", a)?;
     }
+    if let Some(files) = &admin_tls_files {
+        for (k, p) in ["admin_tls_cert", "admin_tls_key"].iter().zip(files) {
+            meta.set(k, &p.to_string_lossy())?;
+        }
+    }
     if let Some(files) = &tls_files {
         for (k, p) in ["tls_ca", "tls_cert", "tls_key"].iter().zip(files) {
             meta.set(k, &p.to_string_lossy())?;
@@ -431,6 +483,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             seen_down: Some(monitor.view()),
             memory_status,
             debug_ballast: cfg.debug_ballast,
+            tls: admin_tls,
         },
         stopped(stop_rx.clone()),
     ));

@@ -3,7 +3,7 @@
 //! `/v1/config`, `/v1/health`, `/metrics`) every interval. Rates are the counters' change
 //! between two readings.
 
-use crate::client::call;
+use crate::client::{AdminAddr, call};
 use anyhow::bail;
 use prometheus_parse::{Scrape, Value};
 use std::collections::BTreeMap;
@@ -20,7 +20,11 @@ struct Reading {
     metrics: Scrape,
 }
 
-async fn get(server: &str, path: &str, token: Option<&str>) -> anyhow::Result<serde_json::Value> {
+async fn get(
+    server: &AdminAddr,
+    path: &str,
+    token: Option<&str>,
+) -> anyhow::Result<serde_json::Value> {
     match call("GET", server, path, token).await? {
         (200, v) => Ok(v),
         (401, _) | (403, _) => {
@@ -30,7 +34,7 @@ async fn get(server: &str, path: &str, token: Option<&str>) -> anyhow::Result<se
     }
 }
 
-async fn read(server: &str, token: Option<&str>) -> anyhow::Result<Reading> {
+async fn read(server: &AdminAddr, token: Option<&str>) -> anyhow::Result<Reading> {
     let status = get(server, "/status", token).await?;
     let config = get(server, "/v1/config?consistency=stale", token).await?;
     let health = match call("GET", server, "/v1/health?consistency=stale", token).await? {
@@ -102,7 +106,7 @@ fn latency(s: &Scrape, route: &str) -> (f64, f64) {
     (count, total)
 }
 
-fn frame(server: &str, prev: &Reading, now: &Reading) -> String {
+fn frame(server: &AdminAddr, prev: &Reading, now: &Reading) -> String {
     let dt = now.at.duration_since(prev.at).as_secs_f64().max(1e-3);
     let rate = |metric: &str, labels: &[(&str, &str)]| {
         ((sum(&now.metrics, metric, labels) - sum(&prev.metrics, metric, labels)) / dt).max(0.0)
@@ -238,7 +242,7 @@ fn frame(server: &str, prev: &Reading, now: &Reading) -> String {
 /// Runs the view until interrupted; with `once`, prints one frame (rates over one interval)
 /// without terminal control codes and returns.
 pub async fn run(
-    server: &str,
+    server: &AdminAddr,
     token: Option<&str>,
     interval: Duration,
     once: bool,

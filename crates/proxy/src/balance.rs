@@ -248,7 +248,7 @@ impl Tried {
 impl CompiledPool {
     #[cfg(test)]
     pub(crate) fn compile(pool: &Pool, node_id: u64, key: &HopKey, reg: &mut Registry) -> Self {
-        Self::compile_with(pool, node_id, key, reg, &|_| false)
+        Self::compile_with(pool, node_id, key, reg, &|_| false, None)
     }
 
     /// Compiles a pool without its draining backends and without those the cluster marked
@@ -260,6 +260,7 @@ impl CompiledPool {
         key: &HopKey,
         reg: &mut Registry,
         down: &dyn Fn(&str) -> bool,
+        tls: Option<&Arc<crate::backend_tls::UpstreamTls>>,
     ) -> Self {
         // A draining backend takes no new requests; those it serves keep their connection and
         // counters (kept in the registry), so they finish.
@@ -292,7 +293,7 @@ impl CompiledPool {
                     weight: b.weight.max(1),
                     node: b.node,
                     stats: reg.backend(&pool.name, &b.id),
-                    endpoint: reg.endpoints.get(&b.address, pool.protocol),
+                    endpoint: reg.endpoints.get_with(&b.address, pool.protocol, tls),
                     max_conns: b.max_connections.map_or(0, |m| m.max(1) as usize),
                     hash_seed: fnv1a(FNV_OFFSET, b.id.as_bytes()),
                     cookie_sig,

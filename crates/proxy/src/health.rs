@@ -33,6 +33,8 @@ struct Target {
     backend: String,
     address: String,
     check: HealthCheck,
+    /// The pool's TLS, used by the probes too.
+    tls: Option<Arc<crate::backend_tls::UpstreamTls>>,
 }
 
 /// Rise/fall counting for one backend on this node.
@@ -90,7 +92,12 @@ impl Monitor {
             // publishes a version, and a cluster may hold thousands of pools.
             match &before {
                 None => self.sync(&current, current.pools.keys()),
-                Some(b) => self.sync(&current, current.pools_changed_since(b)),
+                Some(b) => {
+                    let mut changed: BTreeSet<&String> = current.pools_changed_since(b).collect();
+                    // A TLS pool's client certificate is part of how its probes connect.
+                    changed.extend(pools_with_changed_client_cert(b, &current));
+                    self.sync(&current, changed.into_iter())
+                }
             }
             before = Some(current);
             if state.changed().await.is_err() {
@@ -115,11 +122,29 @@ impl Monitor {
         if changed.is_empty() {
             return;
         }
+        // The compiled TLS of the probes running, by identity (rebuilt only when it changed).
+        let probes_tls: HashMap<u64, Arc<crate::backend_tls::UpstreamTls>> = self
+            .probes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter_map(|(t, _)| t.tls.as_ref().map(|x| (x.id, x.clone())))
+            .collect();
         let mut wanted: HashMap<(String, String), Target> = HashMap::new();
         for pool in changed.iter().filter_map(|name| state.pools.get(*name)) {
             let Some(check) = &pool.health_check else {
                 continue;
             };
+            let tls = pool.tls.as_ref().map(|t| {
+                use crate::backend_tls::{UpstreamTls, fingerprint};
+                let client = t.client_cert.as_ref().and_then(|n| state.certs.get(n));
+                let id = fingerprint(t, client);
+                // Rebuilt only when it changed: probes compare it by identity.
+                match probes_tls.get(&id) {
+                    Some(known) => Arc::clone(known),
+                    None => Arc::new(UpstreamTls::build(t, client, id)),
+                }
+            });
             for b in &pool.backends {
                 wanted.insert(
                     (pool.name.clone(), b.id.clone()),
@@ -128,6 +153,7 @@ impl Monitor {
                         backend: b.id.clone(),
                         address: b.address.clone(),
                         check: check.clone(),
+                        tls: tls.clone(),
                     },
                 );
             }
@@ -267,6 +293,28 @@ async fn probe_loop(
     }
 }
 
+/// The TLS pools whose client certificate changed between `before` and `now` (no look at the
+/// pools when no certificate changed).
+fn pools_with_changed_client_cert<'a>(
+    before: &'a State,
+    now: &'a State,
+) -> impl Iterator<Item = &'a String> + 'a {
+    let certs_changed = !before.certs.ptr_eq(&now.certs);
+    now.pools
+        .values()
+        // Nothing to look at (and no pool visited) when no certificate changed.
+        .take(if certs_changed { usize::MAX } else { 0 })
+        .filter(move |p| {
+            p.tls
+                .as_ref()
+                .and_then(|t| t.client_cert.as_ref())
+                .is_some_and(|n| {
+                    before.certs.get(n).map(|c| c.revision) != now.certs.get(n).map(|c| c.revision)
+                })
+        })
+        .map(|p| &p.name)
+}
+
 /// One probe: `Ok` when the backend is healthy, else why not.
 async fn probe(t: &Target, node: u64) -> Result<(), String> {
     match t.address.strip_prefix("unix:") {
@@ -274,14 +322,32 @@ async fn probe(t: &Target, node: u64) -> Result<(), String> {
             let s = UnixStream::connect(path)
                 .await
                 .map_err(|e| format!("connect: {e}"))?;
-            check(s, t, node).await
+            match &t.tls {
+                None => check(s, t, node).await,
+                Some(tls) => {
+                    let s = tls
+                        .handshake(s, &t.address, crate::backend_tls::Alpn::Http1)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    check(s, t, node).await
+                }
+            }
         }
         None => {
             let s = TcpStream::connect(t.address.as_str())
                 .await
                 .map_err(|e| format!("connect: {e}"))?;
             let _ = s.set_nodelay(true);
-            check(s, t, node).await
+            match &t.tls {
+                None => check(s, t, node).await,
+                Some(tls) => {
+                    let s = tls
+                        .handshake(s, &t.address, crate::backend_tls::Alpn::Http1)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    check(s, t, node).await
+                }
+            }
         }
     }
 }
@@ -403,6 +469,7 @@ mod tests {
             backend: "a".into(),
             address,
             check,
+            tls: None,
         }
     }
 
@@ -434,5 +501,41 @@ mod tests {
                 .unwrap_err()
                 .contains("connect")
         );
+    }
+
+    // ---- TLS to backends (issue 7) ----
+    #[test]
+    fn a_replaced_client_certificate_names_the_pools_that_present_it() {
+        use gateway_model::{BackendTls, Cert, Pool};
+        let mut before = State::default();
+        for (name, cert) in [("a", Some("gw")), ("b", None), ("c", Some("other"))] {
+            before.pools.insert(
+                name.into(),
+                Pool {
+                    name: name.into(),
+                    tls: Some(BackendTls {
+                        client_cert: cert.map(str::to_string),
+                        ..BackendTls::default()
+                    }),
+                    ..Pool::default()
+                },
+            );
+        }
+        for (name, revision) in [("gw", 1), ("other", 2)] {
+            before.certs.insert(
+                name.into(),
+                Cert {
+                    name: name.into(),
+                    revision,
+                    ..Cert::default()
+                },
+            );
+        }
+        let same = before.clone();
+        assert_eq!(pools_with_changed_client_cert(&before, &same).count(), 0);
+        let mut now = before.clone();
+        now.certs.get_mut("gw").unwrap().revision = 5;
+        let names: Vec<&String> = pools_with_changed_client_cert(&before, &now).collect();
+        assert_eq!(names, ["a"]);
     }
 }

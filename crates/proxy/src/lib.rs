@@ -64,6 +64,10 @@
 //! * **Protocols**: pools speak HTTP/1.1 to their backends, or with `protocol = "h2c"` HTTP/2
 //!   with prior knowledge over one multiplexed connection per backend, so gRPC services can be
 //!   proxied: `te: trailers` is passed on, and trailers flow both ways.
+//! * **TLS to backends** (module `backend_tls`): a pool's `tls` option makes its endpoints
+//!   connect over rustls (CA bundle or public roots, SNI override, client certificate by name,
+//!   ALPN `h2` for `protocol = "h2"`); its health probes use TLS too. Plain endpoints are
+//!   untouched by it.
 //! * **Rewrites** per route: `strip_prefix`, `host_rewrite`, `request_headers` and
 //!   `response_headers` rules (`remove`, then `set`, then `add`), header conditions in
 //!   matching (module `table`).
@@ -126,6 +130,7 @@
 //! requests with a redirect to HTTPS.
 
 mod access;
+mod backend_tls;
 mod balance;
 mod body;
 mod budget;

@@ -127,6 +127,19 @@ pub(crate) fn same_routing(a: &State, b: &State) -> bool {
     if !a.health.ptr_eq(&b.health) && a.health != b.health {
         return false;
     }
+    // A TLS pool's client certificate is part of how it connects.
+    if !a.certs.ptr_eq(&b.certs) {
+        let cert_of = |s: &State, pool: &str| {
+            let name = s.pools.get(pool)?.tls.as_ref()?.client_cert.as_ref()?;
+            s.certs.get(name).map(|c| c.revision)
+        };
+        if b.routes
+            .values()
+            .any(|r| cert_of(a, &r.pool) != cert_of(b, &r.pool))
+        {
+            return false;
+        }
+    }
     b.routes
         .values()
         .all(|r| a.pools.get(&r.pool) == b.pools.get(&r.pool))
@@ -161,7 +174,15 @@ impl RouteTable {
                     pool_index.insert(route.pool.as_str().into(), pools.len());
                     let verdicts = state.health.get(&spec.name);
                     let down = |id: &str| verdicts.and_then(|m| m.get(id)).is_some_and(|h| !h.up);
-                    pools.push(CompiledPool::compile_with(spec, node_id, key, reg, &down));
+                    let tls = reg.upstream_tls(spec, state);
+                    pools.push(CompiledPool::compile_with(
+                        spec,
+                        node_id,
+                        key,
+                        reg,
+                        &down,
+                        tls.as_ref(),
+                    ));
                     pools.len() - 1
                 }
             };
@@ -263,7 +284,10 @@ impl RouteTable {
                 pool_index.insert(tcp.pool.as_str().into(), pools.len());
                 let verdicts = state.health.get(&spec.name);
                 let down = |id: &str| verdicts.and_then(|m| m.get(id)).is_some_and(|h| !h.up);
-                pools.push(CompiledPool::compile_with(spec, node_id, key, reg, &down));
+                // TCP routes pass bytes through: the pool's `tls` is for HTTP routes.
+                pools.push(CompiledPool::compile_with(
+                    spec, node_id, key, reg, &down, None,
+                ));
             }
         }
         reg.sweep();
@@ -344,6 +368,9 @@ pub(crate) struct Registry {
     route_stats: HashMap<String, (Arc<RouteStats>, u64)>,
     route_backends: HashMap<(String, String, String), (Arc<Classes>, u64)>,
     pub(crate) endpoints: Endpoints,
+    /// Compiled pool TLS options by fingerprint, kept while some table uses them (so TLS
+    /// sessions resume across swaps).
+    upstream_tls: HashMap<u64, (Arc<crate::backend_tls::UpstreamTls>, u64)>,
 }
 
 impl Registry {
@@ -388,8 +415,28 @@ impl Registry {
         entry.0.clone()
     }
 
+    /// The compiled TLS option of a pool, if it has one.
+    pub(crate) fn upstream_tls(
+        &mut self,
+        pool: &gateway_model::Pool,
+        state: &State,
+    ) -> Option<Arc<crate::backend_tls::UpstreamTls>> {
+        use crate::backend_tls::{UpstreamTls, fingerprint};
+        let tls = pool.tls.as_ref()?;
+        let client = tls.client_cert.as_ref().and_then(|n| state.certs.get(n));
+        let id = fingerprint(tls, client);
+        let generation = self.generation;
+        let entry = self.upstream_tls.entry(id).or_insert_with(|| {
+            let built = UpstreamTls::build(tls, client, id);
+            (Arc::new(built), generation)
+        });
+        entry.1 = generation;
+        Some(entry.0.clone())
+    }
+
     fn sweep(&mut self) {
         let generation = self.generation;
+        self.upstream_tls.retain(|_, e| e.1 == generation);
         self.routes.retain(|_, e| e.1 == generation);
         self.pools.retain(|_, e| e.1 == generation);
         self.backends.retain(|_, e| e.1 == generation);
@@ -661,5 +708,63 @@ mod tests {
         );
         e.health.insert("p".into(), verdicts);
         assert!(!same_routing(&b, &e), "a backend was marked down");
+    }
+
+    // ---- TLS to backends (issue 7) ----
+    #[test]
+    fn a_replaced_client_certificate_recompiles_and_gets_new_endpoints() {
+        let mut a = state(&[("r", &[], "/", &[])]);
+        let tls = gateway_model::BackendTls {
+            client_cert: Some("gw".into()),
+            ..Default::default()
+        };
+        a.pools.get_mut("p").unwrap().tls = Some(tls);
+        let k = rcgen::generate_simple_self_signed(vec!["gw.internal".to_string()]).unwrap();
+        let cert = gateway_model::Cert {
+            name: "gw".into(),
+            cert_pem: k.cert.pem(),
+            key_pem: k.signing_key.serialize_pem(),
+            revision: 1,
+            ..Default::default()
+        };
+        a.certs.insert("gw".into(), cert.clone());
+        let mut b = a.clone();
+        b.certs.insert("other".into(), cert.clone());
+        assert!(same_routing(&a, &b), "a certificate no pool uses changed");
+        let mut c = b.clone();
+        let k2 = rcgen::generate_simple_self_signed(vec!["gw.internal".to_string()]).unwrap();
+        c.certs.insert(
+            "gw".into(),
+            gateway_model::Cert {
+                cert_pem: k2.cert.pem(),
+                key_pem: k2.signing_key.serialize_pem(),
+                revision: 2,
+                ..cert
+            },
+        );
+        assert!(
+            !same_routing(&b, &c),
+            "the pool's client certificate changed"
+        );
+
+        let mut reg = Registry::default();
+        let key = HopKey::new(b"k");
+        let before = RouteTable::compile(&b, 1, &key, &mut reg);
+        let again = RouteTable::compile(&b, 1, &key, &mut reg);
+        assert!(
+            Arc::ptr_eq(
+                &before.pools[0].backends[0].endpoint,
+                &again.pools[0].backends[0].endpoint
+            ),
+            "the same TLS option keeps its endpoint (and its pooled connections)"
+        );
+        let after = RouteTable::compile(&c, 1, &key, &mut reg);
+        assert!(
+            !Arc::ptr_eq(
+                &before.pools[0].backends[0].endpoint,
+                &after.pools[0].backends[0].endpoint
+            ),
+            "a new client certificate gets a new endpoint: no connection made with the old one is reused"
+        );
     }
 }

@@ -15,6 +15,7 @@
 //! [`SendError::NotSent`], so it can be retried elsewhere without having been buffered. A
 //! request whose head was written is never handed back.
 
+use crate::backend_tls::{Alpn, UpstreamTls};
 use crate::balance::InFlight;
 use crate::body::{BoxError, ProxyBody, Source};
 use crate::codec::{self, Decoded, Decoder, Framing};
@@ -348,6 +349,8 @@ impl Pump {
 pub(crate) struct Endpoint {
     target: Target,
     protocol: Protocol,
+    /// TLS towards the backend (the pool's `tls`); plain when `None`.
+    tls: Option<Arc<UpstreamTls>>,
     idle: Mutex<Vec<Idle>>,
     /// The shared HTTP/2 connection of an `h2c` endpoint.
     h2: Mutex<Option<http2::SendRequest<ProxyBody>>>,
@@ -359,10 +362,11 @@ struct Idle {
 }
 
 impl Endpoint {
-    pub(crate) fn new(target: Target, protocol: Protocol) -> Self {
+    pub(crate) fn new(target: Target, protocol: Protocol, tls: Option<Arc<UpstreamTls>>) -> Self {
         Endpoint {
             target,
             protocol,
+            tls,
             idle: Mutex::new(Vec::new()),
             h2: Mutex::new(None),
         }
@@ -399,7 +403,26 @@ impl Endpoint {
         }
     }
 
-    async fn connect_io(&self) -> io::Result<Stream> {
+    async fn connect_io(&self, alpn: Alpn) -> io::Result<Stream> {
+        let plain = self.connect_plain().await?;
+        match &self.tls {
+            None => Ok(plain),
+            Some(tls) => {
+                let address = match &self.target {
+                    Target::Tcp(a) => a.as_str(),
+                    Target::Unix(_) => "unix:",
+                };
+                let s = tokio::time::timeout(CONNECT_TIMEOUT, tls.handshake(plain, address, alpn))
+                    .await
+                    .map_err(|_| {
+                        io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out")
+                    })??;
+                Ok(Stream::Tls(Box::new(s)))
+            }
+        }
+    }
+
+    async fn connect_plain(&self) -> io::Result<Stream> {
         Ok(match &self.target {
             Target::Tcp(addr) => {
                 let s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr.as_str()))
@@ -417,7 +440,7 @@ impl Endpoint {
     }
 
     async fn connect_h2(&self) -> io::Result<http2::SendRequest<ProxyBody>> {
-        let io = self.connect_io().await?;
+        let io = self.connect_io(Alpn::H2).await?;
         let (tx, conn) = http2::Builder::new(TokioExecutor::new())
             .handshake(TokioIo::new(io))
             .await
@@ -460,7 +483,11 @@ impl Endpoint {
             .and_then(|h| Authority::try_from(h.as_bytes()).ok())
             .or_else(|| self.authority());
         let mut parts = std::mem::take(req.uri_mut()).into_parts();
-        parts.scheme = Some(Scheme::HTTP);
+        parts.scheme = Some(if self.tls.is_some() {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        });
         parts.authority = authority;
         if parts.path_and_query.is_none() {
             parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
@@ -522,7 +549,7 @@ impl Endpoint {
         dedicated: bool,
     ) -> impl Future<Output = Result<Response<Source>, SendError>> {
         async move {
-            if self.protocol == Protocol::H2c && !dedicated {
+            if matches!(self.protocol, Protocol::H2c | Protocol::H2) && !dedicated {
                 return Box::pin(self.send_h2(req)).await;
             }
             let (mut head, mut framing) = encode_request(&req);
@@ -563,7 +590,7 @@ impl Endpoint {
                 }
             }
             // Boxed: with pooled connections, connecting is the rare path.
-            let mut conn = match Box::pin(self.connect_io()).await {
+            let mut conn = match Box::pin(self.connect_io(Alpn::Http1)).await {
                 Ok(io) => H1Conn {
                     io,
                     buf: BytesMut::new(),
@@ -705,16 +732,31 @@ impl Endpoint {
 /// them.
 #[derive(Default)]
 pub(crate) struct Endpoints {
-    by_addr: HashMap<(String, Protocol), Weak<Endpoint>>,
+    /// Keyed by address, protocol and TLS option (0: plain).
+    by_addr: HashMap<(String, Protocol, u64), Weak<Endpoint>>,
 }
 
 impl Endpoints {
     pub(crate) fn get(&mut self, address: &str, protocol: Protocol) -> Arc<Endpoint> {
-        let key = (address.to_string(), protocol);
+        self.get_with(address, protocol, None)
+    }
+
+    /// The endpoint of an address spoken to with `tls` (plain when `None`).
+    pub(crate) fn get_with(
+        &mut self,
+        address: &str,
+        protocol: Protocol,
+        tls: Option<&Arc<UpstreamTls>>,
+    ) -> Arc<Endpoint> {
+        let key = (address.to_string(), protocol, tls.map_or(0, |t| t.id));
         if let Some(e) = self.by_addr.get(&key).and_then(Weak::upgrade) {
             return e;
         }
-        let e = Arc::new(Endpoint::new(Target::parse(address), protocol));
+        let e = Arc::new(Endpoint::new(
+            Target::parse(address),
+            protocol,
+            tls.cloned(),
+        ));
         self.by_addr.insert(key, Arc::downgrade(&e));
         e
     }
@@ -725,10 +767,11 @@ impl Endpoints {
     }
 }
 
-/// A TCP or unix socket connection.
+/// A TCP or unix socket connection, or TLS over one.
 pub(crate) enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    Tls(Box<tokio_rustls::client::TlsStream<Stream>>),
 }
 
 impl AsyncRead for Stream {
@@ -740,6 +783,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -753,6 +797,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -760,6 +805,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
             Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -767,6 +813,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 
@@ -778,6 +825,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -785,6 +833,7 @@ impl AsyncWrite for Stream {
         match self {
             Stream::Tcp(s) => s.is_write_vectored(),
             Stream::Unix(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
         }
     }
 }

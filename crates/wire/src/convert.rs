@@ -10,10 +10,10 @@
 
 use crate::admin;
 use gateway_model::{
-    AlertSink, Backend, BackendHealth, Balance, Cert, Change, ChangeSet, CheckKind, Command,
-    Ejection, ErrorPage, HeaderMatch, HeaderRules, HealthCheck, HealthPolicy, Invalid, Limits,
-    MAX_BATCH, Pool, ProcessSpec, Protocol, ProxyProtocol, RateLimit, RollingRestart, Route,
-    RouteCache, SmtpSink, TcpRoute, WritePolicy, validate_alert_sink, validate_limits,
+    AlertSink, Backend, BackendHealth, BackendTls, Balance, Cert, Change, ChangeSet, CheckKind,
+    Command, Ejection, ErrorPage, HeaderMatch, HeaderRules, HealthCheck, HealthPolicy, Invalid,
+    Limits, MAX_BATCH, Pool, ProcessSpec, Protocol, ProxyProtocol, RateLimit, RollingRestart,
+    Route, RouteCache, SmtpSink, TcpRoute, WritePolicy, validate_alert_sink, validate_limits,
     validate_name, validate_pool, validate_route,
 };
 use std::collections::BTreeMap;
@@ -91,7 +91,12 @@ fn protocol_from(v: i32) -> Result<Protocol, Invalid> {
     match P::try_from(v) {
         Ok(P::Unspecified | P::Http1) => Ok(Protocol::Http1),
         Ok(P::H2c) => Ok(Protocol::H2c),
-        Err(_) => Err(unknown_enum("protocol", v, "PROTOCOL_HTTP1, PROTOCOL_H2C")),
+        Ok(P::H2) => Ok(Protocol::H2),
+        Err(_) => Err(unknown_enum(
+            "protocol",
+            v,
+            "PROTOCOL_HTTP1, PROTOCOL_H2C, PROTOCOL_H2",
+        )),
     }
 }
 
@@ -99,6 +104,7 @@ fn protocol_to(p: Protocol) -> admin::Protocol {
     match p {
         Protocol::Http1 => admin::Protocol::Http1,
         Protocol::H2c => admin::Protocol::H2c,
+        Protocol::H2 => admin::Protocol::H2,
     }
 }
 
@@ -190,6 +196,7 @@ pub fn pool_to_wire(p: &Pool) -> admin::Pool {
         health_check,
         eject,
         process,
+        tls,
         revision,
     } = p;
     admin::Pool {
@@ -204,6 +211,7 @@ pub fn pool_to_wire(p: &Pool) -> admin::Pool {
         health_check: health_check.as_ref().map(check_to),
         eject: eject.as_ref().map(eject_to),
         process: process.as_ref().map(process_to),
+        tls: tls.as_ref().map(backend_tls_to),
         revision: *revision,
     }
 }
@@ -222,6 +230,7 @@ pub fn pool_from_wire(p: admin::Pool) -> Result<Pool, Invalid> {
         health_check,
         eject,
         process,
+        tls,
         revision,
     } = p;
     Ok(Pool {
@@ -236,9 +245,38 @@ pub fn pool_from_wire(p: admin::Pool) -> Result<Pool, Invalid> {
         health_check: health_check.map(check_from).transpose()?,
         eject: eject.map(eject_from),
         process: process.map(process_from),
+        tls: tls.map(backend_tls_from),
         revision,
     })
 }
+
+// ---- TLS to backends (issue 7) ----
+fn backend_tls_to(t: &BackendTls) -> admin::BackendTls {
+    let BackendTls {
+        ca_pem,
+        sni,
+        client_cert,
+    } = t;
+    admin::BackendTls {
+        ca_pem: ca_pem.clone(),
+        sni: sni.clone(),
+        client_cert: client_cert.clone(),
+    }
+}
+
+fn backend_tls_from(t: admin::BackendTls) -> BackendTls {
+    let admin::BackendTls {
+        ca_pem,
+        sni,
+        client_cert,
+    } = t;
+    BackendTls {
+        ca_pem,
+        sni,
+        client_cert,
+    }
+}
+// ---- end TLS to backends ----
 
 fn process_to(p: &ProcessSpec) -> admin::ProcessSpec {
     let ProcessSpec {
@@ -703,6 +741,16 @@ pub fn tcp_route_from_wire(r: admin::TcpRoute) -> Result<TcpRoute, Invalid> {
     })
 }
 
+// ---- TCP routes (issue 7) ----
+/// A TCP route sent as input: valid, revision cleared (the cluster sets it).
+pub fn checked_tcp_route(r: admin::TcpRoute) -> Result<TcpRoute, Invalid> {
+    let mut route = tcp_route_from_wire(r)?;
+    route.revision = 0;
+    gateway_model::validate_tcp_route(&route)?;
+    Ok(route)
+}
+// ---- end TCP routes ----
+
 /// A route as the wire carries it.
 pub fn route_to_wire(r: &Route) -> admin::Route {
     let Route {
@@ -926,7 +974,7 @@ pub fn checked_command(op: admin::Operation) -> Result<Command, Invalid> {
         None => {
             return Err(missing(
                 "op",
-                "set one of put_pool, delete_pool, put_route, delete_route",
+                "set one of put_pool, delete_pool, put_route, delete_route, put_tcp_route, delete_tcp_route",
             ));
         }
         Some(Op::PutPool(r)) => Command::PutPool {
@@ -947,6 +995,20 @@ pub fn checked_command(op: admin::Operation) -> Result<Command, Invalid> {
         Some(Op::DeleteRoute(r)) => {
             validate_name("name", &r.name)?;
             Command::DeleteRoute {
+                name: r.name,
+                expect: r.if_revision,
+            }
+        }
+        Some(Op::PutTcpRoute(r)) => Command::PutTcpRoute {
+            route: checked_tcp_route(
+                r.tcp_route
+                    .ok_or_else(|| missing("tcp_route", "send the TCP route"))?,
+            )?,
+            expect: r.if_revision,
+        },
+        Some(Op::DeleteTcpRoute(r)) => {
+            validate_name("name", &r.name)?;
+            Command::DeleteTcpRoute {
                 name: r.name,
                 expect: r.if_revision,
             }
@@ -988,6 +1050,14 @@ pub fn command_to_wire(c: &Command) -> Option<admin::Operation> {
             if_revision: *expect,
         }),
         Command::DeleteRoute { name, expect } => Op::DeleteRoute(admin::DeleteRequest {
+            name: name.clone(),
+            if_revision: *expect,
+        }),
+        Command::PutTcpRoute { route, expect } => Op::PutTcpRoute(admin::PutTcpRouteRequest {
+            tcp_route: Some(tcp_route_to_wire(route)),
+            if_revision: *expect,
+        }),
+        Command::DeleteTcpRoute { name, expect } => Op::DeleteTcpRoute(admin::DeleteRequest {
             name: name.clone(),
             if_revision: *expect,
         }),
@@ -1121,7 +1191,12 @@ mod tests {
                 },
             ],
             prefer_local: true,
-            protocol: Protocol::H2c,
+            protocol: Protocol::H2,
+            tls: Some(BackendTls {
+                ca_pem: None,
+                sni: Some("api.internal".into()),
+                client_cert: Some("gw-client".into()),
+            }),
             queue_timeout_ms: Some(250),
             retry_budget_percent: Some(30),
             retry_budget_min_per_second: Some(3),
@@ -1230,6 +1305,42 @@ mod tests {
             ..Route::default()
         };
         assert_eq!(route_from_wire(route_to_wire(&d)).unwrap(), d);
+    }
+
+    #[test]
+    fn tcp_routes_travel_in_transactions() {
+        let route = TcpRoute {
+            name: "redis".into(),
+            listen: "127.0.0.1:6380".into(),
+            pool: "redis".into(),
+            nodes: vec![1],
+            proxy_protocol: Some(ProxyProtocol::V2),
+            ..TcpRoute::default()
+        };
+        let put = Command::PutTcpRoute {
+            route: route.clone(),
+            expect: Some(0),
+        };
+        let del = Command::DeleteTcpRoute {
+            name: "redis".into(),
+            expect: Some(4),
+        };
+        for c in [put, del] {
+            let op = command_to_wire(&c).unwrap();
+            assert_eq!(checked_command(op).unwrap(), c);
+        }
+        let bad = admin::Operation {
+            op: Some(admin::operation::Op::PutTcpRoute(
+                admin::PutTcpRouteRequest {
+                    tcp_route: Some(tcp_route_to_wire(&TcpRoute {
+                        listen: "nowhere".into(),
+                        ..route
+                    })),
+                    if_revision: None,
+                },
+            )),
+        };
+        assert_eq!(checked_command(bad).unwrap_err().field, "listen");
     }
 
     #[test]

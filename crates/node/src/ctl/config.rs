@@ -6,12 +6,17 @@
 //! anything it read changes before the transaction commits, the transaction is refused whole
 //! rather than overwriting the other change. Applying the same file twice changes nothing the
 //! second time.
+//!
+//! The file holds pools, routes and TCP routes. Certificates are not in it: read APIs never
+//! return keys, so export lists the certificates' names only (`certs = [...]`), and apply
+//! checks that the certificates named exist and otherwise leaves certificates alone (they are
+//! managed with `gateway cert`).
 
 use super::ConsistencyArg;
 use super::conn::{Conn, Failed};
 use super::output::outln;
 use super::output::{Output, emit_raw, print_json};
-use gateway_model::{Command, Pool, Route};
+use gateway_model::{Command, Pool, Route, TcpRoute};
 use gateway_wire::{admin, convert};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -22,10 +27,20 @@ use std::path::Path;
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
+    // ---- certificates and TCP routes (issue 7) ----
+    /// Names of certificates (uploaded with `gateway cert add`) the configuration needs; apply
+    /// checks they exist and never changes certificates.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certs: Vec<String>,
+    // ---- end ----
     #[serde(default)]
     pub pools: Vec<Pool>,
     #[serde(default)]
     pub routes: Vec<Route>,
+    // ---- TCP routes (issue 7) ----
+    #[serde(default)]
+    pub tcp_routes: Vec<TcpRoute>,
+    // ---- end TCP routes ----
 }
 
 /// What the cluster holds now (as read).
@@ -34,6 +49,11 @@ pub struct Current {
     pub revision: u64,
     pub pools: BTreeMap<String, Pool>,
     pub routes: BTreeMap<String, Route>,
+    // ---- certificates and TCP routes (issue 7) ----
+    pub tcp_routes: BTreeMap<String, TcpRoute>,
+    /// The certificates' names.
+    pub certs: BTreeSet<String>,
+    // ---- end ----
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -41,6 +61,17 @@ pub struct Current {
 pub enum Kind {
     Pool,
     Route,
+    TcpRoute,
+}
+
+impl Kind {
+    fn word(self) -> &'static str {
+        match self {
+            Kind::Pool => "pool",
+            Kind::Route => "route",
+            Kind::TcpRoute => "tcp-route",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -77,10 +108,7 @@ pub struct Step {
 impl Step {
     /// `+ pool web`, `~ route app: path_prefix "/" -> "/api"`, `- route old`.
     pub fn line(&self) -> String {
-        let kind = match self.kind {
-            Kind::Pool => "pool",
-            Kind::Route => "route",
-        };
+        let kind = self.kind.word();
         match self.action {
             Action::Create => format!("+ {kind} {}", self.name),
             Action::Delete => format!("- {kind} {}", self.name),
@@ -139,6 +167,24 @@ pub fn plan(current: &Current, desired: &ConfigFile, prune: bool) -> Result<Vec<
             ));
         }
     }
+    // ---- certificates and TCP routes (issue 7) ----
+    for name in &desired.certs {
+        if !current.certs.contains(name) {
+            return Err(format!(
+                "certificate '{name}' (in certs) does not exist; upload it with `gateway cert add {name} --cert FILE --key FILE` (apply never creates certificates)"
+            ));
+        }
+    }
+    let mut tcp_routes = BTreeMap::new();
+    for r in &desired.tcp_routes {
+        if tcp_routes.insert(r.name.as_str(), r).is_some() {
+            return Err(format!(
+                "tcp route '{}' appears twice in the file; keep one",
+                r.name
+            ));
+        }
+    }
+    // ---- end ----
     let mut steps = Vec::new();
     for (name, want) in &pools {
         let mut pool = (*want).clone();
@@ -173,6 +219,59 @@ pub fn plan(current: &Current, desired: &ConfigFile, prune: bool) -> Result<Vec<
             }
         }
     }
+    // ---- TCP routes (issue 7) ----
+    // Deleted before any is created, so an address can move from one TCP route to another.
+    if prune {
+        for (name, now) in &current.tcp_routes {
+            if !tcp_routes.contains_key(name.as_str()) {
+                steps.push(Step {
+                    action: Action::Delete,
+                    kind: Kind::TcpRoute,
+                    name: name.clone(),
+                    revision: Some(now.revision),
+                    fields: Vec::new(),
+                    command: Command::DeleteTcpRoute {
+                        name: name.clone(),
+                        expect: Some(now.revision),
+                    },
+                });
+            }
+        }
+    }
+    for (name, want) in &tcp_routes {
+        let mut route = (*want).clone();
+        route.revision = 0;
+        match current.tcp_routes.get(*name) {
+            None => steps.push(Step {
+                action: Action::Create,
+                kind: Kind::TcpRoute,
+                name: name.to_string(),
+                revision: None,
+                fields: Vec::new(),
+                command: Command::PutTcpRoute {
+                    route,
+                    expect: Some(0),
+                },
+            }),
+            Some(now) => {
+                let fields = field_changes(now, &route);
+                if !fields.is_empty() {
+                    steps.push(Step {
+                        action: Action::Update,
+                        kind: Kind::TcpRoute,
+                        name: name.to_string(),
+                        revision: Some(now.revision),
+                        fields,
+                        command: Command::PutTcpRoute {
+                            route,
+                            expect: Some(now.revision),
+                        },
+                    });
+                }
+            }
+        }
+    }
+    // ---- end TCP routes ----
     for (name, want) in &routes {
         let mut route = (*want).clone();
         route.revision = 0;
@@ -246,10 +345,7 @@ pub fn name_commands(message: &str, steps: &[Step]) -> String {
     let mut out = message.to_string();
     // Highest index first, so that commands[1] does not match inside commands[12].
     for (i, s) in steps.iter().enumerate().rev() {
-        let kind = match s.kind {
-            Kind::Pool => "pool",
-            Kind::Route => "route",
-        };
+        let kind = s.kind.word();
         let tag = format!("commands[{i}]");
         out = out
             .replace(&format!("{tag}."), &format!("{kind} '{}' ", s.name))
@@ -267,13 +363,15 @@ fn without_revision<T: Serialize>(v: &T) -> anyhow::Result<toml::Value> {
     Ok(t)
 }
 
-/// The configuration as a TOML file (pools, then routes; no revisions).
-pub fn to_toml(pools: &[Pool], routes: &[Route], revision: u64) -> anyhow::Result<String> {
+/// The configuration as a TOML file (certificate names, pools, routes, TCP routes; no
+/// revisions).
+pub fn to_toml(file: &ConfigFile, revision: u64) -> anyhow::Result<String> {
+    let tables = |v: Vec<toml::Value>| toml::Value::Array(v);
     let mut doc = toml::Table::new();
     doc.insert(
         "pools".into(),
-        toml::Value::Array(
-            pools
+        tables(
+            file.pools
                 .iter()
                 .map(without_revision)
                 .collect::<Result<_, _>>()?,
@@ -281,21 +379,39 @@ pub fn to_toml(pools: &[Pool], routes: &[Route], revision: u64) -> anyhow::Resul
     );
     doc.insert(
         "routes".into(),
-        toml::Value::Array(
-            routes
+        tables(
+            file.routes
                 .iter()
                 .map(without_revision)
                 .collect::<Result<_, _>>()?,
         ),
     );
+    doc.insert(
+        "tcp_routes".into(),
+        tables(
+            file.tcp_routes
+                .iter()
+                .map(without_revision)
+                .collect::<Result<_, _>>()?,
+        ),
+    );
+    let certs = if file.certs.is_empty() {
+        String::new()
+    } else {
+        let names: Vec<String> = file.certs.iter().map(|n| format!("{n:?}")).collect();
+        format!(
+            "# Certificates are not exported (keys never leave the cluster): these are their names,\n# which apply checks exist; manage them with `gateway cert`.\ncerts = [{}]\n\n",
+            names.join(", ")
+        )
+    };
     Ok(format!(
-        "# Gateway configuration, exported at revision {revision}.\n# Edit, then: gateway config apply -f FILE\n\n{}",
+        "# Gateway configuration, exported at revision {revision}.\n# Edit, then: gateway config apply -f FILE\n\n{certs}{}",
         toml::to_string(&doc)?
     ))
 }
 
 /// The configuration as JSON (no revisions).
-pub fn to_json(pools: &[Pool], routes: &[Route]) -> Value {
+pub fn to_json(file: &ConfigFile) -> Value {
     let strip = |v: Value| match v {
         Value::Object(mut m) => {
             m.remove("revision");
@@ -303,10 +419,39 @@ pub fn to_json(pools: &[Pool], routes: &[Route]) -> Value {
         }
         v => v,
     };
-    serde_json::json!({
-        "pools": pools.iter().map(|p| strip(serde_json::to_value(p).unwrap_or_default())).collect::<Vec<_>>(),
-        "routes": routes.iter().map(|r| strip(serde_json::to_value(r).unwrap_or_default())).collect::<Vec<_>>(),
-    })
+    let list = |v: Vec<Value>| Value::Array(v.into_iter().map(strip).collect());
+    let mut out = serde_json::Map::new();
+    if !file.certs.is_empty() {
+        out.insert("certs".into(), json!(file.certs));
+    }
+    out.insert(
+        "pools".into(),
+        list(
+            file.pools
+                .iter()
+                .map(|p| serde_json::to_value(p).unwrap_or_default())
+                .collect(),
+        ),
+    );
+    out.insert(
+        "routes".into(),
+        list(
+            file.routes
+                .iter()
+                .map(|r| serde_json::to_value(r).unwrap_or_default())
+                .collect(),
+        ),
+    );
+    out.insert(
+        "tcp_routes".into(),
+        list(
+            file.tcp_routes
+                .iter()
+                .map(|r| serde_json::to_value(r).unwrap_or_default())
+                .collect(),
+        ),
+    );
+    Value::Object(out)
 }
 
 /// The line (1-based) of a byte offset.
@@ -362,17 +507,27 @@ async fn read(c: &mut Conn, consistency: ConsistencyArg) -> anyhow::Result<Curre
         let r = convert::route_from_wire(r)?;
         cur.routes.insert(r.name.clone(), r);
     }
+    for t in r.tcp_routes {
+        let t = convert::tcp_route_from_wire(t)?;
+        cur.tcp_routes.insert(t.name.clone(), t);
+    }
+    cur.certs = r.certs.into_iter().map(|c| c.name).collect();
     Ok(cur)
 }
 
 /// `gateway config export`.
 pub async fn export(c: &mut Conn, out: Output, consistency: ConsistencyArg) -> anyhow::Result<()> {
     let cur = read(c, consistency).await?;
-    let pools: Vec<Pool> = cur.pools.into_values().collect();
-    let routes: Vec<Route> = cur.routes.into_values().collect();
+    let revision = cur.revision;
+    let file = ConfigFile {
+        certs: cur.certs.into_iter().collect(),
+        pools: cur.pools.into_values().collect(),
+        routes: cur.routes.into_values().collect(),
+        tcp_routes: cur.tcp_routes.into_values().collect(),
+    };
     match out {
-        Output::Table => emit_raw(&to_toml(&pools, &routes, cur.revision)?),
-        Output::Json => print_json(&to_json(&pools, &routes))?,
+        Output::Table => emit_raw(&to_toml(&file, revision)?),
+        Output::Json => print_json(&to_json(&file))?,
     }
     Ok(())
 }
@@ -505,13 +660,16 @@ mod tests {
                 ("app".into(), route("app", "web", 5)),
                 ("gone".into(), route("gone", "old", 6)),
             ]),
+            ..Current::default()
         }
     }
 
     fn file_of(c: &Current) -> ConfigFile {
         ConfigFile {
+            certs: c.certs.iter().cloned().collect(),
             pools: c.pools.values().cloned().collect(),
             routes: c.routes.values().cloned().collect(),
+            tcp_routes: c.tcp_routes.values().cloned().collect(),
         }
     }
 
@@ -624,7 +782,7 @@ mod tests {
         let mut c2 = c.clone();
         c2.routes.insert("full".into(), full);
         let f = file_of(&c2);
-        let text = to_toml(&f.pools, &f.routes, c2.revision).unwrap();
+        let text = to_toml(&f, c2.revision).unwrap();
         assert!(!text.contains("revision ="), "{text}");
         assert!(
             text.contains("[[pools]]\nname = \"old\""),
@@ -632,9 +790,69 @@ mod tests {
         );
         let back = parse(Path::new("cluster.toml"), &text).unwrap();
         assert!(plan(&c2, &back, true).unwrap().is_empty(), "{text}");
-        let json = serde_json::to_string(&to_json(&f.pools, &f.routes)).unwrap();
+        let json = serde_json::to_string(&to_json(&f)).unwrap();
         let back = parse(Path::new("cluster.json"), &json).unwrap();
         assert!(plan(&c2, &back, true).unwrap().is_empty());
+    }
+
+    // ---- certificates and TCP routes (issue 7) ----
+    fn tcp(name: &str, port: u16, revision: u64) -> TcpRoute {
+        TcpRoute {
+            name: name.into(),
+            listen: format!("127.0.0.1:{port}"),
+            pool: "web".into(),
+            revision,
+            ..TcpRoute::default()
+        }
+    }
+
+    #[test]
+    fn tcp_routes_and_cert_names_round_trip_and_plan() {
+        let mut c = current();
+        c.tcp_routes.insert("redis".into(), tcp("redis", 6380, 7));
+        c.tcp_routes
+            .insert("old-tcp".into(), tcp("old-tcp", 6381, 8));
+        c.certs.insert("site".into());
+        let f = file_of(&c);
+        let text = to_toml(&f, c.revision).unwrap();
+        assert!(text.contains("certs = [\"site\"]"), "{text}");
+        assert!(text.contains("[[tcp_routes]]"), "{text}");
+        assert!(!text.contains("revision ="), "{text}");
+        let back = parse(Path::new("c.toml"), &text).unwrap();
+        assert!(plan(&c, &back, true).unwrap().is_empty(), "{text}");
+        let json = serde_json::to_string(&to_json(&f)).unwrap();
+        let back = parse(Path::new("c.json"), &json).unwrap();
+        assert!(plan(&c, &back, true).unwrap().is_empty(), "{json}");
+
+        // The address moves from one TCP route to a new one: the delete goes first.
+        let mut f = file_of(&c);
+        f.tcp_routes.retain(|r| r.name == "redis");
+        f.tcp_routes.push(tcp("new-tcp", 6381, 0));
+        f.tcp_routes[0].max_connections = Some(10);
+        let lines: Vec<String> = plan(&c, &f, true).unwrap().iter().map(Step::line).collect();
+        assert_eq!(
+            lines,
+            vec![
+                "- tcp-route old-tcp",
+                "+ tcp-route new-tcp",
+                "~ tcp-route redis: max_connections null -> 10",
+            ]
+        );
+        assert!(
+            plan(&c, &f, false)
+                .unwrap()
+                .iter()
+                .all(|s| s.action != Action::Delete)
+        );
+
+        // A certificate the file names must exist; apply never creates one.
+        let mut f = file_of(&c);
+        f.certs.push("missing".into());
+        assert!(
+            plan(&c, &f, true)
+                .unwrap_err()
+                .contains("certificate 'missing'")
+        );
     }
 
     #[test]

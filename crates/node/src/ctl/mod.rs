@@ -150,7 +150,7 @@ fn parse_balance(s: &str) -> Result<Balance, String> {
 }
 
 fn parse_protocol(s: &str) -> Result<Protocol, String> {
-    serde_value("protocol", "http1, h2c", s)
+    serde_value("protocol", "http1, h2c, h2", s)
 }
 
 fn parse_writes(s: &str) -> Result<WritePolicy, String> {
@@ -294,12 +294,31 @@ pub struct PoolAdd {
     /// Prefer the backends owned by the receiving node.
     #[arg(long)]
     pub prefer_local: bool,
-    /// http1 or h2c (HTTP/2 without TLS, for gRPC backends).
+    /// http1, h2c (HTTP/2 without TLS, for gRPC backends) or h2 (HTTP/2 over TLS; needs
+    /// --backend-tls or one of the --backend-* TLS options).
     #[arg(long, default_value = "http1", value_parser = parse_protocol)]
     pub protocol: Protocol,
     /// How long a request may wait for a backend below its max_connections, in milliseconds.
     #[arg(long, value_name = "MS")]
     pub queue_timeout_ms: Option<u64>,
+    // ---- TLS to backends (issue 7) ----
+    // Named --backend-* because --tls-ca/--tls-cert/--tls-key are the client's own cluster
+    // mTLS options.
+    /// Speak TLS to the backends, trusting the bundled public CAs (implied by the other
+    /// --backend-* TLS options).
+    #[arg(long)]
+    pub backend_tls: bool,
+    /// Speak TLS to the backends, trusting the CA certificates in this PEM file.
+    #[arg(long, value_name = "FILE")]
+    pub backend_ca: Option<std::path::PathBuf>,
+    /// The server name sent (SNI) and verified, instead of the backend's host.
+    #[arg(long, value_name = "NAME")]
+    pub backend_sni: Option<String>,
+    /// Present this uploaded certificate (`gateway cert add NAME ...`) to backends that ask
+    /// for a client certificate.
+    #[arg(long, value_name = "CERT")]
+    pub backend_client_cert: Option<String>,
+    // ---- end TLS to backends ----
     #[command(flatten)]
     pub mode: AddMode,
 }
@@ -308,7 +327,7 @@ pub struct PoolAdd {
 pub enum PoolCmd {
     /// Create a pool; with --replace or --if-revision, replace it.
     #[command(
-        after_help = "Examples:\n  gateway pool add web --backend a=127.0.0.1:8201 --backend b=127.0.0.1:8202\n  gateway pool add api --balance least_connections --backend a=10.0.0.5:80,weight=3,node=1"
+        after_help = "Examples:\n  gateway pool add web --backend a=127.0.0.1:8201 --backend b=127.0.0.1:8202\n  gateway pool add api --balance least_connections --backend a=10.0.0.5:80,weight=3,node=1\n  gateway pool add secure --backend a=10.0.0.7:443 --backend-ca ca.pem --backend-sni api.internal --backend-client-cert gw-client"
     )]
     Add(PoolAdd),
     /// Show one pool and its backends.
@@ -400,6 +419,75 @@ pub enum CertCmd {
         cond: IfRevision,
     },
 }
+
+// ---- TCP routes (issue 7) ----
+fn parse_proxy_protocol(s: &str) -> Result<gateway_model::ProxyProtocol, String> {
+    serde_value("PROXY protocol version", "v1, v2", s)
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum TcpRouteCmd {
+    /// Create a TCP route; with --replace or --if-revision, replace it. Every node (or those
+    /// of --nodes) listens on --listen and proxies each connection to a backend of --pool.
+    #[command(
+        after_help = "Examples:\n  gateway tcp-route add redis --listen 127.0.0.1:6380 --pool redis\n  gateway tcp-route add pg --listen 0.0.0.0:5433 --pool pg --nodes 1,2 --proxy-protocol v2 --max-connections 500"
+    )]
+    Add {
+        /// Route name (letters, digits, '.', '_', '-').
+        name: String,
+        /// ip:port every node (or every node of --nodes) listens on.
+        #[arg(long)]
+        listen: String,
+        /// The pool whose backends take the connections; must exist.
+        #[arg(long)]
+        pool: String,
+        /// Only these nodes listen (comma-separated ids); every node when omitted.
+        #[arg(long, value_delimiter = ',')]
+        nodes: Vec<u64>,
+        /// Close a connection idle this long, in milliseconds [default: 600000].
+        #[arg(long, value_name = "MS")]
+        idle_timeout_ms: Option<u64>,
+        /// Give up connecting to one backend after this long, in milliseconds [default: 5000].
+        #[arg(long, value_name = "MS")]
+        connect_timeout_ms: Option<u64>,
+        /// Most client connections open at once on each node; unlimited when omitted.
+        #[arg(long)]
+        max_connections: Option<u32>,
+        /// Send a PROXY protocol header (v1 or v2) to the backend.
+        #[arg(long, value_parser = parse_proxy_protocol)]
+        proxy_protocol: Option<gateway_model::ProxyProtocol>,
+        #[command(flatten)]
+        mode: AddMode,
+    },
+    /// Show one TCP route.
+    #[command(after_help = "Example:\n  gateway tcp-route get redis --output json")]
+    Get {
+        name: String,
+        #[arg(long, value_enum, default_value_t)]
+        consistency: ConsistencyArg,
+    },
+    /// List the TCP routes.
+    #[command(
+        visible_alias = "ls",
+        after_help = "Example:\n  gateway tcp-route list"
+    )]
+    List {
+        #[arg(long, value_enum, default_value_t)]
+        consistency: ConsistencyArg,
+    },
+    /// Delete a TCP route; every node stops listening on its address (open connections
+    /// finish).
+    #[command(
+        visible_alias = "remove",
+        after_help = "Example:\n  gateway tcp-route rm redis"
+    )]
+    Rm {
+        name: String,
+        #[command(flatten)]
+        cond: IfRevision,
+    },
+}
+// ---- end TCP routes ----
 
 #[derive(Subcommand, Debug, Clone)]
 pub enum BackendCmd {
@@ -560,7 +648,8 @@ pub enum NodeCmd {
 
 #[derive(Subcommand, Debug, Clone)]
 pub enum ConfigCmd {
-    /// Print every pool and route as a TOML file (JSON with --output json).
+    /// Print every pool, route and TCP route, and the names of the certificates, as a TOML
+    /// file (JSON with --output json); certificates themselves are not exported.
     #[command(after_help = "Example:\n  gateway config export > cluster.toml")]
     Export {
         #[arg(long, value_enum, default_value_t)]
@@ -578,7 +667,8 @@ pub enum ConfigCmd {
         /// Show the difference without applying it.
         #[arg(long)]
         dry_run: bool,
-        /// Keep pools and routes the file does not list (without it they are deleted).
+        /// Keep pools, routes and TCP routes the file does not list (without it they are
+        /// deleted). Certificates are never changed by apply.
         #[arg(long)]
         keep_others: bool,
     },
@@ -590,6 +680,7 @@ pub enum Ctl {
     Route(RouteCmd),
     Pool(PoolCmd),
     Cert(CertCmd),
+    TcpRoute(TcpRouteCmd),
     Backend(BackendCmd),
     Alert(AlertCmd),
     Cluster(ClusterCmd),
@@ -633,6 +724,7 @@ pub async fn run(args: ClientArgs, cmd: Ctl) -> anyhow::Result<()> {
         Ctl::Route(c) => objects::route(&mut conn, out, c).await,
         Ctl::Pool(c) => objects::pool(&mut conn, out, c).await,
         Ctl::Cert(c) => objects::cert(&mut conn, out, c).await,
+        Ctl::TcpRoute(c) => objects::tcp_route(&mut conn, out, c).await,
         Ctl::Backend(c) => objects::backend(&mut conn, out, c).await,
         Ctl::Alert(c) => objects::alert(&mut conn, out, c).await,
         Ctl::Cluster(c) => cluster::cluster(&mut conn, out, c).await,

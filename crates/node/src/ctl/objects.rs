@@ -3,7 +3,10 @@
 use super::conn::{Conn, Failed, has_code};
 use super::output::outln;
 use super::output::{self, Output, print_json};
-use super::{AddMode, AlertAdd, AlertCmd, BackendCmd, CertCmd, ConsistencyArg, PoolCmd, RouteCmd};
+use super::{
+    AddMode, AlertAdd, AlertCmd, BackendCmd, CertCmd, ConsistencyArg, PoolCmd, RouteCmd,
+    TcpRouteCmd,
+};
 use anyhow::{Context, bail};
 use gateway_model::{Backend, Cert, Pool, Route};
 use gateway_wire::admin;
@@ -263,6 +266,31 @@ pub fn parse_backend(spec: &str) -> anyhow::Result<Backend> {
     Ok(b)
 }
 
+// ---- TLS to backends (issue 7) ----
+/// The pool's `tls` from the --backend-* options; none when none is given.
+fn backend_tls_of(a: &super::PoolAdd) -> anyhow::Result<Option<gateway_model::BackendTls>> {
+    if !a.backend_tls
+        && a.backend_ca.is_none()
+        && a.backend_sni.is_none()
+        && a.backend_client_cert.is_none()
+    {
+        return Ok(None);
+    }
+    let ca_pem = match &a.backend_ca {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read --backend-ca {}", f.display()))?,
+        ),
+        None => None,
+    };
+    Ok(Some(gateway_model::BackendTls {
+        ca_pem,
+        sni: a.backend_sni.clone(),
+        client_cert: a.backend_client_cert.clone(),
+    }))
+}
+// ---- end TLS to backends ----
+
 pub async fn pool(c: &mut Conn, out: Output, cmd: PoolCmd) -> anyhow::Result<()> {
     match cmd {
         PoolCmd::Add(a) => {
@@ -278,6 +306,7 @@ pub async fn pool(c: &mut Conn, out: Output, cmd: PoolCmd) -> anyhow::Result<()>
                 prefer_local: a.prefer_local,
                 protocol: a.protocol,
                 queue_timeout_ms: a.queue_timeout_ms,
+                tls: backend_tls_of(&a)?,
                 ..Pool::default()
             };
             let (revision, pool) = match put_pool(c, &pool, expect).await {
@@ -938,6 +967,164 @@ pub async fn cert(c: &mut Conn, out: Output, cmd: CertCmd) -> anyhow::Result<()>
     }
     Ok(())
 }
+
+// ---- TCP routes (issue 7) ----
+const TCP_ROUTE_HEADERS: &[&str] = &["NAME", "LISTEN", "POOL", "NODES", "PROXY", "REVISION"];
+
+fn tcp_route_row(r: &gateway_model::TcpRoute) -> Vec<String> {
+    let nodes = if r.nodes.is_empty() {
+        "all".to_string()
+    } else {
+        let ids: Vec<String> = r.nodes.iter().map(u64::to_string).collect();
+        ids.join(",")
+    };
+    let proxy = match r.proxy_protocol {
+        None => "-".to_string(),
+        Some(p) => output::name_of(&p),
+    };
+    vec![
+        r.name.clone(),
+        r.listen.clone(),
+        r.pool.clone(),
+        nodes,
+        proxy,
+        r.revision.to_string(),
+    ]
+}
+
+/// `gateway tcp-route ...`: TCP routes through the admin gRPC API.
+pub async fn tcp_route(c: &mut Conn, out: Output, cmd: TcpRouteCmd) -> anyhow::Result<()> {
+    use gateway_wire::convert::{tcp_route_from_wire, tcp_route_to_wire};
+    match cmd {
+        TcpRouteCmd::Add {
+            name,
+            listen,
+            pool,
+            nodes,
+            idle_timeout_ms,
+            connect_timeout_ms,
+            max_connections,
+            proxy_protocol,
+            mode,
+        } => {
+            let expect = expect_of(&mode);
+            let route = gateway_model::TcpRoute {
+                name: name.clone(),
+                listen,
+                pool,
+                nodes,
+                idle_timeout_ms,
+                connect_timeout_ms,
+                max_connections,
+                proxy_protocol,
+                revision: 0,
+            };
+            let msg = admin::PutTcpRouteRequest {
+                tcp_route: Some(tcp_route_to_wire(&route)),
+                if_revision: expect,
+            };
+            let (revision, shown) = match c
+                .call(msg, |mut cl, r| async move { cl.put_tcp_route(r).await })
+                .await
+            {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    let shown = r.tcp_route.map(tcp_route_from_wire).transpose()?;
+                    (r.revision, shown.unwrap_or_default())
+                }
+                // An earlier attempt that broke off may have created it.
+                Err(e) if c.retried() && has_code(&e, Code::AlreadyExists) => {
+                    let msg = admin::GetRequest {
+                        name: name.clone(),
+                        consistency: ConsistencyArg::Linearizable.wire(),
+                    };
+                    let now = c
+                        .call(msg, |mut cl, r| async move { cl.get_tcp_route(r).await })
+                        .await?
+                        .into_inner();
+                    match now.tcp_route.map(tcp_route_from_wire).transpose()? {
+                        Some(now) if same(&now, &route) => (now.revision, now),
+                        _ => return Err(exists_hint(e)),
+                    }
+                }
+                Err(e) => return Err(exists_hint(e)),
+            };
+            match out {
+                Output::Table => outln!("{}", saved("tcp-route", &name, expect, revision)),
+                Output::Json => print_json(&json!({"revision": revision, "tcp_route": shown}))?,
+            }
+        }
+        TcpRouteCmd::Get { name, consistency } => {
+            let msg = admin::GetRequest {
+                name,
+                consistency: consistency.wire(),
+            };
+            let r = c
+                .call(msg, |mut cl, r| async move { cl.get_tcp_route(r).await })
+                .await?
+                .into_inner();
+            let shown = r
+                .tcp_route
+                .map(tcp_route_from_wire)
+                .transpose()?
+                .unwrap_or_default();
+            match out {
+                Output::Table => {
+                    outln!(
+                        "{}",
+                        output::table(TCP_ROUTE_HEADERS, &[tcp_route_row(&shown)])
+                    )
+                }
+                Output::Json => print_json(&json!({"revision": r.revision, "tcp_route": shown}))?,
+            }
+        }
+        TcpRouteCmd::List { consistency } => {
+            let msg = admin::ReadRequest {
+                consistency: consistency.wire(),
+            };
+            let r = c
+                .call(msg, |mut cl, r| async move { cl.list_tcp_routes(r).await })
+                .await?
+                .into_inner();
+            let routes = r
+                .tcp_routes
+                .into_iter()
+                .map(tcp_route_from_wire)
+                .collect::<Result<Vec<_>, _>>()?;
+            match out {
+                Output::Table if routes.is_empty() => outln!(
+                    "no TCP routes (revision {}); add one with `gateway tcp-route add`",
+                    r.revision
+                ),
+                Output::Table => {
+                    let rows: Vec<_> = routes.iter().map(tcp_route_row).collect();
+                    outln!("{}", output::table(TCP_ROUTE_HEADERS, &rows));
+                }
+                Output::Json => print_json(&json!({"revision": r.revision, "tcp_routes": routes}))?,
+            }
+        }
+        TcpRouteCmd::Rm { name, cond } => {
+            let msg = admin::DeleteRequest {
+                name: name.clone(),
+                if_revision: cond.if_revision,
+            };
+            let revision = match c
+                .call(msg, |mut cl, r| async move { cl.delete_tcp_route(r).await })
+                .await
+            {
+                Ok(r) => r.into_inner().revision,
+                Err(e) if c.retried() && has_code(&e, Code::NotFound) => gone_at(c).await?,
+                Err(e) => return Err(e),
+            };
+            match out {
+                Output::Table => outln!("tcp-route {name} removed (revision {revision})"),
+                Output::Json => print_json(&json!({"revision": revision}))?,
+            }
+        }
+    }
+    Ok(())
+}
+// ---- end TCP routes ----
 
 #[cfg(test)]
 mod cert_tests {

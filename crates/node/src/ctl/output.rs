@@ -161,6 +161,21 @@ pub fn pool_detail(p: &Pool) -> String {
     if let Some(t) = p.retry_budget_min_per_second {
         rows.push(("retry_budget_min_per_second", t.to_string()));
     }
+    if let Some(t) = &p.tls {
+        let ca = if t.ca_pem.is_some() {
+            "its own CA bundle"
+        } else {
+            "public CAs"
+        };
+        let mut v = format!("on, trusting {ca}");
+        if let Some(n) = &t.sni {
+            v.push_str(&format!(", sni {n}"));
+        }
+        if let Some(n) = &t.client_cert {
+            v.push_str(&format!(", client certificate {n}"));
+        }
+        rows.push(("tls", v));
+    }
     if let Some(s) = &p.process {
         let mut cmd = vec![s.command.clone()];
         cmd.extend(s.args.iter().cloned());
