@@ -592,11 +592,16 @@ async fn whole_cluster_killed_and_restarted_keeps_its_state() -> TestResult {
 
 #[tokio::test]
 async fn node_joining_after_log_purge_gets_a_snapshot() -> TestResult {
-    let mut c = TestCluster::start(3).await?;
+    // Snapshots every 500 entries (the default is 10,000), so a few thousand writes purge.
+    let mut c = TestCluster::start_with(
+        3,
+        Box::new(|_| vec!["--snapshot-every".into(), "500".into()]),
+    )
+    .await?;
     let ids = c.ids();
     let mut written = 0usize;
     let mut purged = None;
-    // The node snapshots every ~500 entries and purges behind; write in batches until the
+    // The nodes snapshot every 500 entries and purge behind; write in batches until the
     // leader has purged some of its log (1500 is expected to be enough), at most 4000.
     while written < 4000 {
         let batch = if written == 0 { 1500 } else { 500 };
