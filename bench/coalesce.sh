@@ -7,8 +7,10 @@
 #   gateway-off        route without a cache: every request goes upstream
 #   gateway-coalesce   route with "cache": {} (coalescing only, nothing stored): identical
 #                      requests in flight at once share one upstream request
-#   gateway-cache      route with "cache": {"max_bytes": 1048576}: also stores the answer for
-#                      its Cache-Control max-age (1 s here)
+#   gateway-cache      route with "cache": {"max_bytes": 1048576, "stale_while_revalidate_ms":
+#                      10000}: also stores the answer for its Cache-Control max-age (1 s
+#                      here), then serves it stale while one request refreshes it (as nginx's
+#                      proxy_cache_use_stale updating below)
 #   nginx-cache-lock   nginx proxy_cache + proxy_cache_lock on + proxy_cache_use_stale updating
 #                      (the same max-age=1 honoured)
 #
@@ -87,7 +89,7 @@ done
 admin_put "/v1/pools/slow" "{\"backends\":[{\"id\":\"s1\",\"address\":\"127.0.0.1:$SLOW_PORT\"}]}"
 admin_put "/v1/routes/off" '{"pool":"slow","hosts":["off.test"]}'
 admin_put "/v1/routes/coalesce" '{"pool":"slow","hosts":["coalesce.test"],"cache":{}}'
-admin_put "/v1/routes/cache" '{"pool":"slow","hosts":["cache.test"],"cache":{"max_bytes":1048576}}'
+admin_put "/v1/routes/cache" '{"pool":"slow","hosts":["cache.test"],"cache":{"max_bytes":1048576,"stale_while_revalidate_ms":10000}}'
 
 # --- nginx with proxy_cache and proxy_cache_lock ------------------------------------------------
 NGINX_PORT=$(free_port)
