@@ -225,6 +225,48 @@ impl AdminService {
         self.cluster()
     }
 
+    /// Deletes the named object: `command` is the delete command for the checked name and the
+    /// revision the client expects.
+    async fn delete(
+        &self,
+        req: Request<admin::DeleteRequest>,
+        command: fn(String, Option<u64>) -> Command,
+    ) -> std::result::Result<Response<admin::DeleteReply>, Status> {
+        let cluster = self.allow(&req, Role::Write)?;
+        let request_id = request_id(&req)?;
+        let req = req.into_inner();
+        validate_name("name", &req.name).map_err(Failure::from)?;
+        let rev = self
+            .propose(cluster, request_id, command(req.name, req.if_revision))
+            .await?;
+        Ok(with_revision(admin::DeleteReply { revision: rev }, rev))
+    }
+
+    /// Reads one named object at the asked consistency: `reply` finds it in the state and
+    /// builds the answer; not found is `Missing { what }`.
+    async fn get_one<T>(
+        &self,
+        req: Request<admin::GetRequest>,
+        what: &'static str,
+        reply: impl FnOnce(&gateway_model::State, &str) -> Option<T>,
+    ) -> std::result::Result<Response<T>, Status> {
+        let cluster = self.allow(&req, Role::Read)?;
+        let req = req.into_inner();
+        validate_name("name", &req.name).map_err(Failure::from)?;
+        let st = cluster
+            .read(consistency(req.consistency)?)
+            .await
+            .map_err(Failure::from)?;
+        match reply(&st, &req.name) {
+            Some(r) => Ok(with_revision(r, st.revision)),
+            None => Err(Failure::Missing {
+                what,
+                name: req.name,
+            }
+            .into()),
+        }
+    }
+
     /// Proposes a command under the client's request id, if it sent one (`x-request-id`), so a
     /// retry of the same call applies once; the new revision, or why it was refused.
     async fn propose(
@@ -355,27 +397,13 @@ impl Admin for AdminService {
         &self,
         req: Request<admin::GetRequest>,
     ) -> std::result::Result<Response<admin::PoolReply>, Status> {
-        let cluster = self.allow(&req, Role::Read)?;
-        let req = req.into_inner();
-        validate_name("name", &req.name).map_err(Failure::from)?;
-        let st = cluster
-            .read(consistency(req.consistency)?)
-            .await
-            .map_err(Failure::from)?;
-        match st.pools.get(&req.name) {
-            Some(p) => Ok(with_revision(
-                admin::PoolReply {
-                    revision: st.revision,
-                    pool: Some(convert::pool_to_wire(p)),
-                },
-                st.revision,
-            )),
-            None => Err(Failure::Missing {
-                what: "pool",
-                name: req.name,
-            }
-            .into()),
-        }
+        self.get_one(req, "pool", |st, name| {
+            st.pools.get(name).map(|x| admin::PoolReply {
+                revision: st.revision,
+                pool: Some(convert::pool_to_wire(x)),
+            })
+        })
+        .await
     }
 
     async fn put_pool(
@@ -415,21 +443,8 @@ impl Admin for AdminService {
         &self,
         req: Request<admin::DeleteRequest>,
     ) -> std::result::Result<Response<admin::DeleteReply>, Status> {
-        let cluster = self.allow(&req, Role::Write)?;
-        let request_id = request_id(&req)?;
-        let req = req.into_inner();
-        validate_name("name", &req.name).map_err(Failure::from)?;
-        let rev = self
-            .propose(
-                cluster,
-                request_id,
-                Command::DeletePool {
-                    name: req.name,
-                    expect: req.if_revision,
-                },
-            )
-            .await?;
-        Ok(with_revision(admin::DeleteReply { revision: rev }, rev))
+        self.delete(req, |name, expect| Command::DeletePool { name, expect })
+            .await
     }
 
     async fn list_health(
@@ -501,21 +516,11 @@ impl Admin for AdminService {
         &self,
         req: Request<admin::DeleteRequest>,
     ) -> std::result::Result<Response<admin::DeleteReply>, Status> {
-        let cluster = self.allow(&req, Role::Write)?;
-        let request_id = request_id(&req)?;
-        let req = req.into_inner();
-        validate_name("name", &req.name).map_err(Failure::from)?;
-        let rev = self
-            .propose(
-                cluster,
-                request_id,
-                Command::DeleteAlertSink {
-                    name: req.name,
-                    expect: req.if_revision,
-                },
-            )
-            .await?;
-        Ok(with_revision(admin::DeleteReply { revision: rev }, rev))
+        self.delete(req, |name, expect| Command::DeleteAlertSink {
+            name,
+            expect,
+        })
+        .await
     }
 
     async fn restart_pool(
@@ -635,27 +640,13 @@ impl Admin for AdminService {
         &self,
         req: Request<admin::GetRequest>,
     ) -> std::result::Result<Response<admin::RouteReply>, Status> {
-        let cluster = self.allow(&req, Role::Read)?;
-        let req = req.into_inner();
-        validate_name("name", &req.name).map_err(Failure::from)?;
-        let st = cluster
-            .read(consistency(req.consistency)?)
-            .await
-            .map_err(Failure::from)?;
-        match st.routes.get(&req.name) {
-            Some(r) => Ok(with_revision(
-                admin::RouteReply {
-                    revision: st.revision,
-                    route: Some(convert::route_to_wire(r)),
-                },
-                st.revision,
-            )),
-            None => Err(Failure::Missing {
-                what: "route",
-                name: req.name,
-            }
-            .into()),
-        }
+        self.get_one(req, "route", |st, name| {
+            st.routes.get(name).map(|x| admin::RouteReply {
+                revision: st.revision,
+                route: Some(convert::route_to_wire(x)),
+            })
+        })
+        .await
     }
 
     async fn put_route(
@@ -695,21 +686,8 @@ impl Admin for AdminService {
         &self,
         req: Request<admin::DeleteRequest>,
     ) -> std::result::Result<Response<admin::DeleteReply>, Status> {
-        let cluster = self.allow(&req, Role::Write)?;
-        let request_id = request_id(&req)?;
-        let req = req.into_inner();
-        validate_name("name", &req.name).map_err(Failure::from)?;
-        let rev = self
-            .propose(
-                cluster,
-                request_id,
-                Command::DeleteRoute {
-                    name: req.name,
-                    expect: req.if_revision,
-                },
-            )
-            .await?;
-        Ok(with_revision(admin::DeleteReply { revision: rev }, rev))
+        self.delete(req, |name, expect| Command::DeleteRoute { name, expect })
+            .await
     }
 
     async fn list_certs(
@@ -732,27 +710,13 @@ impl Admin for AdminService {
         &self,
         req: Request<admin::GetRequest>,
     ) -> std::result::Result<Response<admin::CertReply>, Status> {
-        let cluster = self.allow(&req, Role::Read)?;
-        let req = req.into_inner();
-        validate_name("name", &req.name).map_err(Failure::from)?;
-        let st = cluster
-            .read(consistency(req.consistency)?)
-            .await
-            .map_err(Failure::from)?;
-        match st.certs.get(&req.name) {
-            Some(c) => Ok(with_revision(
-                admin::CertReply {
-                    revision: st.revision,
-                    cert: Some(convert::cert_to_wire(c)),
-                },
-                st.revision,
-            )),
-            None => Err(Failure::Missing {
-                what: "cert",
-                name: req.name,
-            }
-            .into()),
-        }
+        self.get_one(req, "cert", |st, name| {
+            st.certs.get(name).map(|x| admin::CertReply {
+                revision: st.revision,
+                cert: Some(convert::cert_to_wire(x)),
+            })
+        })
+        .await
     }
 
     async fn put_cert(
@@ -792,21 +756,8 @@ impl Admin for AdminService {
         &self,
         req: Request<admin::DeleteRequest>,
     ) -> std::result::Result<Response<admin::DeleteReply>, Status> {
-        let cluster = self.allow(&req, Role::Write)?;
-        let request_id = request_id(&req)?;
-        let req = req.into_inner();
-        validate_name("name", &req.name).map_err(Failure::from)?;
-        let rev = self
-            .propose(
-                cluster,
-                request_id,
-                Command::DeleteCert {
-                    name: req.name,
-                    expect: req.if_revision,
-                },
-            )
-            .await?;
-        Ok(with_revision(admin::DeleteReply { revision: rev }, rev))
+        self.delete(req, |name, expect| Command::DeleteCert { name, expect })
+            .await
     }
 
     // ---- TCP routes (issue 7) ----
@@ -834,27 +785,13 @@ impl Admin for AdminService {
         &self,
         req: Request<admin::GetRequest>,
     ) -> std::result::Result<Response<admin::TcpRouteReply>, Status> {
-        let cluster = self.allow(&req, Role::Read)?;
-        let req = req.into_inner();
-        validate_name("name", &req.name).map_err(Failure::from)?;
-        let st = cluster
-            .read(consistency(req.consistency)?)
-            .await
-            .map_err(Failure::from)?;
-        match st.tcp_routes.get(&req.name) {
-            Some(r) => Ok(with_revision(
-                admin::TcpRouteReply {
-                    revision: st.revision,
-                    tcp_route: Some(convert::tcp_route_to_wire(r)),
-                },
-                st.revision,
-            )),
-            None => Err(Failure::Missing {
-                what: "tcp-route",
-                name: req.name,
-            }
-            .into()),
-        }
+        self.get_one(req, "tcp-route", |st, name| {
+            st.tcp_routes.get(name).map(|x| admin::TcpRouteReply {
+                revision: st.revision,
+                tcp_route: Some(convert::tcp_route_to_wire(x)),
+            })
+        })
+        .await
     }
 
     async fn put_tcp_route(
@@ -894,21 +831,8 @@ impl Admin for AdminService {
         &self,
         req: Request<admin::DeleteRequest>,
     ) -> std::result::Result<Response<admin::DeleteReply>, Status> {
-        let cluster = self.allow(&req, Role::Write)?;
-        let request_id = request_id(&req)?;
-        let req = req.into_inner();
-        validate_name("name", &req.name).map_err(Failure::from)?;
-        let rev = self
-            .propose(
-                cluster,
-                request_id,
-                Command::DeleteTcpRoute {
-                    name: req.name,
-                    expect: req.if_revision,
-                },
-            )
-            .await?;
-        Ok(with_revision(admin::DeleteReply { revision: rev }, rev))
+        self.delete(req, |name, expect| Command::DeleteTcpRoute { name, expect })
+            .await
     }
     // ---- end TCP routes ----
 
