@@ -681,14 +681,9 @@ async fn delete_alert(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response> {
-    let expect = expected(&headers)?;
-    checked_name(&name)?;
-    propose(
-        &app,
-        request_id(&headers)?,
-        Command::DeleteAlertSink { name, expect },
-        |rev| json!({"revision": rev}),
-    )
+    delete(&app, name, &headers, |name, expect| {
+        Command::DeleteAlertSink { name, expect }
+    })
     .await
 }
 
@@ -880,6 +875,25 @@ fn named(path_name: &str, body_name: &mut String) -> Result<()> {
     Ok(())
 }
 
+/// Deletes the named object with the delete `command` for the checked name and the revision
+/// `If-Match` expects.
+async fn delete(
+    app: &App,
+    name: String,
+    headers: &HeaderMap,
+    command: fn(String, Option<u64>) -> Command,
+) -> Result<Response> {
+    let expect = expected(headers)?;
+    checked_name(&name)?;
+    propose(
+        app,
+        request_id(headers)?,
+        command(name, expect),
+        |rev| json!({"revision": rev}),
+    )
+    .await
+}
+
 /// Proposes a command and turns its outcome into a response.
 async fn propose(
     app: &App,
@@ -961,14 +975,10 @@ async fn delete_pool(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response> {
-    let expect = expected(&headers)?;
-    checked_name(&name)?;
-    propose(
-        &app,
-        request_id(&headers)?,
-        Command::DeletePool { name, expect },
-        |rev| json!({"revision": rev}),
-    )
+    delete(&app, name, &headers, |name, expect| Command::DeletePool {
+        name,
+        expect,
+    })
     .await
 }
 
@@ -977,14 +987,10 @@ async fn delete_route(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response> {
-    let expect = expected(&headers)?;
-    checked_name(&name)?;
-    propose(
-        &app,
-        request_id(&headers)?,
-        Command::DeleteRoute { name, expect },
-        |rev| json!({"revision": rev}),
-    )
+    delete(&app, name, &headers, |name, expect| Command::DeleteRoute {
+        name,
+        expect,
+    })
     .await
 }
 
@@ -1053,14 +1059,10 @@ async fn delete_cert(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response> {
-    let expect = expected(&headers)?;
-    checked_name(&name)?;
-    propose(
-        &app,
-        request_id(&headers)?,
-        Command::DeleteCert { name, expect },
-        |rev| json!({"revision": rev}),
-    )
+    delete(&app, name, &headers, |name, expect| Command::DeleteCert {
+        name,
+        expect,
+    })
     .await
 }
 
@@ -1128,14 +1130,9 @@ async fn delete_tcp_route(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response> {
-    let expect = expected(&headers)?;
-    checked_name(&name)?;
-    propose(
-        &app,
-        request_id(&headers)?,
-        Command::DeleteTcpRoute { name, expect },
-        |rev| json!({"revision": rev}),
-    )
+    delete(&app, name, &headers, |name, expect| {
+        Command::DeleteTcpRoute { name, expect }
+    })
     .await
 }
 
