@@ -365,7 +365,11 @@ impl Admin for AdminService {
             .map_err(Failure::from)?;
         let reply = admin::Config {
             revision: st.revision,
-            pools: st.pools.values().map(convert::pool_to_wire).collect(),
+            pools: st
+                .pools
+                .values()
+                .map(|p| convert::pool_to_wire(p))
+                .collect(),
             routes: st.routes.values().map(convert::route_to_wire).collect(),
             tcp_routes: st
                 .tcp_routes
@@ -388,7 +392,11 @@ impl Admin for AdminService {
             .map_err(Failure::from)?;
         let reply = admin::PoolList {
             revision: st.revision,
-            pools: st.pools.values().map(convert::pool_to_wire).collect(),
+            pools: st
+                .pools
+                .values()
+                .map(|p| convert::pool_to_wire(p))
+                .collect(),
         };
         Ok(with_revision(reply, st.revision))
     }

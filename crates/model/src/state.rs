@@ -11,6 +11,7 @@ use crate::validate::{validate_name, validate_pool, validate_route};
 use imbl::{HashMap, OrdMap, Vector};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 /// How many recent request ids the state machine remembers to deduplicate retried writes.
 /// A retry arriving after this many newer writes would apply again; retries happen within
@@ -97,11 +98,14 @@ pub struct Compacted {
 ///
 /// Its collections are persistent (structure-sharing) ones, so a copy costs O(1): the state
 /// machine publishes a new version after every write while readers still hold older ones.
+/// Their bulky values sit behind an `Arc`: a write that changes one entry copies the tree
+/// node holding it, up to 64 neighbours, and those copies must cost a counter each, not a
+/// deep clone of a pool or a change set (serde's `rc` feature keeps the encoding as before).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     /// Bumped by every applied change; the version every read reports.
     pub revision: u64,
-    pub pools: OrdMap<String, Pool>,
+    pub pools: OrdMap<String, Arc<Pool>>,
     pub routes: OrdMap<String, Route>,
     /// TLS certificates, with their keys (read APIs show [`Cert::redacted`]).
     #[serde(default)]
@@ -138,18 +142,18 @@ pub struct State {
     #[serde(default)]
     pub limits: crate::limits::Limits,
     /// The changes of the last [`HISTORY`] revisions, oldest first.
-    history: Vector<ChangeSet>,
+    history: Vector<Arc<ChangeSet>>,
     /// Responses to the most recent requests, oldest first, for deduplication.
-    recent: Vector<(String, Response)>,
+    recent: Vector<(Arc<str>, Response)>,
     #[serde(skip)]
-    recent_index: HashMap<String, usize>,
+    recent_index: HashMap<Arc<str>, usize>,
     /// Total requests ever recorded in `recent`; positions in `recent_index` are offsets of it.
     recorded: usize,
 }
 
 /// The configuration maps a command works on: the live ones, or scratch copies for a batch.
 struct Maps<'a> {
-    pools: &'a mut OrdMap<String, Pool>,
+    pools: &'a mut OrdMap<String, Arc<Pool>>,
     routes: &'a mut OrdMap<String, Route>,
     certs: &'a mut OrdMap<String, Cert>,
     tcp_routes: &'a mut OrdMap<String, TcpRoute>,
@@ -203,7 +207,7 @@ impl Maps<'_> {
                 )?;
                 let mut pool = pool.clone();
                 pool.revision = rev;
-                self.pools.insert(pool.name.clone(), pool.clone());
+                self.pools.insert(pool.name.clone(), Arc::new(pool.clone()));
                 out.push(Change::PutPool { pool });
             }
             Command::DeletePool { name, expect } => {
@@ -415,7 +419,7 @@ impl State {
             revision: self.revision,
             outcome,
         };
-        self.remember(req.id.clone(), resp.clone());
+        self.remember(req.id.as_str().into(), resp.clone());
         resp
     }
 
@@ -436,7 +440,7 @@ impl State {
         self.recent.get(pos - base).map(|(_, r)| r.clone())
     }
 
-    fn remember(&mut self, id: String, resp: Response) {
+    fn remember(&mut self, id: Arc<str>, resp: Response) {
         if self.recent.len() == DEDUP_WINDOW
             && let Some((old, _)) = self.recent.pop_front()
         {
@@ -478,7 +482,7 @@ impl State {
             .history
             .iter()
             .filter(|c| c.revision > since)
-            .cloned()
+            .map(|c| ChangeSet::clone(c))
             .collect())
     }
 
@@ -705,7 +709,7 @@ impl State {
                         .into());
                     }
                 }
-                let mut next = current.clone();
+                let mut next = Pool::clone(current);
                 next.backends = current
                     .backends
                     .iter()
@@ -720,7 +724,7 @@ impl State {
                 }
                 validate_pool(&next)?;
                 next.revision = rev;
-                self.pools.insert(pool.clone(), next.clone());
+                self.pools.insert(pool.clone(), Arc::new(next.clone()));
                 changes.push(Change::PutPool { pool: next });
             }
             Command::RestartPool { pool, at_ms } => {
@@ -821,10 +825,10 @@ impl State {
         if self.history.len() == HISTORY {
             self.history.pop_front();
         }
-        self.history.push_back(ChangeSet {
+        self.history.push_back(Arc::new(ChangeSet {
             revision: rev,
             changes,
-        });
+        }));
         Ok(())
     }
 }

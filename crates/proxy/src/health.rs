@@ -518,7 +518,8 @@ mod tests {
                         ..BackendTls::default()
                     }),
                     ..Pool::default()
-                },
+                }
+                .into(),
             );
         }
         for (name, revision) in [("gw", 1), ("other", 2)] {

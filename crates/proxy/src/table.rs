@@ -463,7 +463,8 @@ mod tests {
                     ..Default::default()
                 }],
                 ..Default::default()
-            },
+            }
+            .into(),
         );
         for (name, hosts, prefix, methods) in routes {
             s.routes.insert(
@@ -658,7 +659,7 @@ mod tests {
             &t2.routes[0].per_backend[0]
         ));
         let mut s2 = s.clone();
-        s2.pools.get_mut("p").unwrap().backends[0].id = "z".into();
+        std::sync::Arc::make_mut(s2.pools.get_mut("p").unwrap()).backends[0].id = "z".into();
         let _t3 = RouteTable::compile(&s2, 1, &key, &mut reg);
         assert_eq!(reg.backends.len(), 1);
         assert_eq!(
@@ -681,7 +682,8 @@ mod tests {
             Pool {
                 name: "unused".into(),
                 ..Default::default()
-            },
+            }
+            .into(),
         );
         b.revision += 1;
         assert!(
@@ -689,7 +691,8 @@ mod tests {
             "a pool no route uses does not change routing"
         );
         let mut c = b.clone();
-        c.pools.get_mut("p").unwrap().backends[0].address = "127.0.0.1:2".into();
+        std::sync::Arc::make_mut(c.pools.get_mut("p").unwrap()).backends[0].address =
+            "127.0.0.1:2".into();
         assert!(!same_routing(&b, &c), "a used pool changed");
         let mut d = b.clone();
         d.routes.get_mut("r").unwrap().path_prefix = "/x".into();
@@ -718,7 +721,7 @@ mod tests {
             client_cert: Some("gw".into()),
             ..Default::default()
         };
-        a.pools.get_mut("p").unwrap().tls = Some(tls);
+        std::sync::Arc::make_mut(a.pools.get_mut("p").unwrap()).tls = Some(tls);
         let k = rcgen::generate_simple_self_signed(vec!["gw.internal".to_string()]).unwrap();
         let cert = gateway_model::Cert {
             name: "gw".into(),

@@ -181,7 +181,8 @@ async fn a_pool_without_backends_is_waited_for_then_503() {
     let start = Instant::now();
     let pending = tokio::spawn(async move { get(&client(), &url, None).await });
     let mut with_backend = s;
-    with_backend.pools.get_mut("empty").unwrap().backends = vec![be("a", &a.address, None)];
+    std::sync::Arc::make_mut(with_backend.pools.get_mut("empty").unwrap()).backends =
+        vec![be("a", &a.address, None)];
     p.set_state(with_backend);
     let r = pending.await.unwrap();
     assert_eq!(
