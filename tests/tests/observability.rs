@@ -406,6 +406,66 @@ async fn raft_figures_of_a_three_node_cluster() -> TestResult {
     Ok(())
 }
 
+/// Writes sent to a follower while others are on their way travel to the leader together:
+/// fewer calls than writes, yet each write gets its own answer and revision, and every node
+/// ends up holding all of them.
+#[tokio::test]
+async fn concurrent_writes_through_a_follower_share_calls_to_the_leader() -> TestResult {
+    const N: usize = 200;
+    let c = TestCluster::start(3).await?;
+    c.wait_leader(ELECTION).await?;
+    let follower = c.follower().await?;
+    let before = scrape(follower).await?;
+    let puts = (0..N).map(|i| async move {
+        let body =
+            json!({"backends": [{"id": "a", "address": format!("127.0.0.1:{}", 10_000 + i)}]});
+        follower.put(&format!("/v1/pools/p{i}"), &body).await
+    });
+    let mut revisions = BTreeSet::new();
+    for (i, answer) in futures::future::join_all(puts)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        let body = answer?.expect_json(200)?;
+        ensure!(
+            body["pool"]["name"] == format!("p{i}"),
+            "write {i} answered {body}"
+        );
+        revisions.insert(body["revision"].as_u64().context("a revision")?);
+    }
+    ensure!(
+        revisions.len() == N,
+        "{N} writes got {} distinct revisions",
+        revisions.len()
+    );
+    let after = scrape(follower).await?;
+    let delta = |m: &str| get(&after, m, &[]) - get(&before, m, &[]);
+    let (writes, calls) = (
+        delta("gateway_forwarded_writes_total"),
+        delta("gateway_forward_calls_total"),
+    );
+    ensure!(writes >= N as f64, "{writes} writes counted as forwarded");
+    ensure!(
+        calls >= 1.0 && calls < writes,
+        "{writes} concurrent writes took {calls} calls to the leader"
+    );
+    note!("{writes} forwarded writes in {calls} calls");
+    for node in c.nodes() {
+        wait_for("every node to hold every pool", CATCH_UP, || async {
+            let pools = node
+                .get("/v1/pools?consistency=stale")
+                .await?
+                .expect_json(200)?;
+            let n = pools["pools"].as_array().map_or(0, Vec::len);
+            ensure!(n == N, "node {} holds {n} pools: {pools}", node.id);
+            Ok(())
+        })
+        .await?;
+    }
+    Ok(())
+}
+
 /// Reads server-sent events from `/v1/stream` until `want` matches one (`event`, `data`).
 async fn next_event(
     body: &mut hyper::body::Incoming,

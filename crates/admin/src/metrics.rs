@@ -87,6 +87,7 @@ pub(crate) struct ClusterFigures {
     pub(crate) status: Status,
     pub(crate) leader_changes: u64,
     pub(crate) forwarded_writes: u64,
+    pub(crate) forward_calls: u64,
     /// The state this node has applied (health verdicts, pools).
     pub(crate) state: Arc<State>,
     /// Times each backend was marked down, as this node saw it applied.
@@ -199,6 +200,12 @@ impl Collector for ClusterFigures {
             "gateway_forwarded_writes",
             "Admin writes this node carried to the leader since it started.",
             [(Vec::new(), self.forwarded_writes)],
+        )?;
+        counters(
+            &mut enc,
+            "gateway_forward_calls",
+            "Calls that carried those writes: writes sent while others travel share the next call.",
+            [(Vec::new(), self.forward_calls)],
         )?;
         let st = &self.state;
         let backends = || {

@@ -164,6 +164,12 @@ pub async fn serve(
     };
     match opts.tls {
         None => {
+            // Replies are small and written whole: Nagle's algorithm could only delay them.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!("admin port: cannot set TCP_NODELAY: {e}");
+                }
+            });
             axum::serve(listener, router)
                 .with_graceful_shutdown(shutdown)
                 .await
@@ -455,6 +461,7 @@ pub(crate) async fn metrics_text(app: &App) -> String {
         status: app.cluster.status().await,
         leader_changes: app.leader_changes.load(Ordering::Relaxed),
         forwarded_writes: app.cluster.forwarded_writes(),
+        forward_calls: app.cluster.forward_calls(),
         state: app.cluster.state().borrow().clone(),
         ejections: app
             .ejections

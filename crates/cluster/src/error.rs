@@ -103,3 +103,33 @@ impl From<tonic::Status> for ClusterError {
         }
     }
 }
+
+/// One write's failure inside a batch: what the Write call would have answered as its status.
+pub(crate) fn to_failure(e: ClusterError) -> gateway_wire::cluster::WriteFailure {
+    let leader = match &e {
+        ClusterError::NotLeader {
+            leader: Some((id, addr)),
+        } => Some((*id, addr.clone())),
+        _ => None,
+    };
+    let status = tonic::Status::from(e);
+    let (leader_id, leader_addr) = leader.unwrap_or_default();
+    gateway_wire::cluster::WriteFailure {
+        code: status.code() as i32,
+        message: status.message().to_string(),
+        leader_id,
+        leader_addr,
+    }
+}
+
+/// The error a batch's failure stands for, as if the Write call had answered it.
+pub(crate) fn from_failure(f: gateway_wire::cluster::WriteFailure) -> ClusterError {
+    let mut status = tonic::Status::new(tonic::Code::from_i32(f.code), f.message);
+    if f.leader_id != 0
+        && let (Ok(id), Ok(addr)) = (f.leader_id.to_string().parse(), f.leader_addr.parse())
+    {
+        status.metadata_mut().insert(LEADER_ID, id);
+        status.metadata_mut().insert(LEADER_ADDR, addr);
+    }
+    ClusterError::from(status)
+}

@@ -12,6 +12,7 @@
 mod auth;
 mod elector;
 mod error;
+mod forward;
 mod handle;
 mod network;
 pub mod overseer;

@@ -1,15 +1,16 @@
 //! Server side of the cluster port: the Raft service and the cluster (membership, forwarding)
 //! service, both behind the secret check.
 
-use crate::error::ClusterError;
+use crate::error::{ClusterError, to_failure};
 use crate::handle::{FORWARDED, Inner, Op, Out};
 use gateway_store::TypeConfig;
 use gateway_wire::cluster::{
     CampaignReply, CampaignRequest, HelloReply, HelloRequest, HoldElectionsReply,
     HoldElectionsRequest, JoinReply, JoinRequest, PreVoteReply, PreVoteRequest, RaftPayload,
     ReadIndexReply, ReadIndexRequest, RemoveNodeReply, RemoveNodeRequest, ReportHealthReply,
-    ReportHealthRequest, TransferLeaderReply, TransferLeaderRequest, WriteReply, WriteRequest,
-    cluster_server, raft_server,
+    ReportHealthRequest, TransferLeaderReply, TransferLeaderRequest, WriteBatchReply,
+    WriteBatchRequest, WriteFailure, WriteOutcome, WriteReply, WriteRequest, cluster_server,
+    raft_server, write_outcome,
 };
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
@@ -128,6 +129,47 @@ impl cluster_server::Cluster for ClusterService {
             }
             _ => Err(unexpected()),
         }
+    }
+
+    async fn write_batch(
+        &self,
+        req: Request<WriteBatchRequest>,
+    ) -> Result<Response<WriteBatchReply>, Status> {
+        let fwd = forwarded(&req);
+        // Each write goes its own way, concurrently: the proposer gathers them into entries.
+        let writes = req
+            .into_inner()
+            .requests_json
+            .into_iter()
+            .map(|json| async move {
+                let outcome = match decode(&json) {
+                    Ok(request) => match self
+                        .0
+                        .leader_call(Op::Write(request), Duration::from_secs(10), fwd)
+                        .await
+                    {
+                        Ok(Out::Write(resp)) => serde_json::to_vec(&resp)
+                            .map(write_outcome::Outcome::ResponseJson)
+                            .map_err(|e| Status::internal(e.to_string())),
+                        Ok(_) => Err(unexpected()),
+                        Err(e) => Ok(write_outcome::Outcome::Failure(to_failure(e))),
+                    },
+                    Err(s) => Err(s),
+                };
+                let outcome = outcome.unwrap_or_else(|s| {
+                    write_outcome::Outcome::Failure(WriteFailure {
+                        code: s.code() as i32,
+                        message: s.message().to_string(),
+                        ..Default::default()
+                    })
+                });
+                WriteOutcome {
+                    outcome: Some(outcome),
+                }
+            });
+        Ok(Response::new(WriteBatchReply {
+            outcomes: futures::future::join_all(writes).await,
+        }))
     }
 
     async fn read_index(
