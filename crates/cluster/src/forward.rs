@@ -127,10 +127,17 @@ fn forwarded<T>(msg: T) -> tonic::Request<T> {
     r
 }
 
-fn too_slow(addr: &str) -> Status {
-    Status::unavailable(format!(
-        "leader at {addr} did not answer within {CALL_TIMEOUT:?}"
-    ))
+/// Awaits a call to the leader at `addr` for at most [`CALL_TIMEOUT`].
+async fn within<T>(
+    addr: &str,
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+) -> Result<T, Status> {
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(reply) => reply.map(tonic::Response::into_inner),
+        Err(_) => Err(Status::unavailable(format!(
+            "leader at {addr} did not answer within {CALL_TIMEOUT:?}"
+        ))),
+    }
 }
 
 fn response(json: &[u8]) -> Result<Response, ClusterError> {
@@ -179,13 +186,11 @@ async fn call(
     requests_json: Vec<Vec<u8>>,
 ) -> Result<Vec<Result<Response, ClusterError>>, Status> {
     let mut client = peers.cluster(addr)?;
-    let reply = tokio::time::timeout(
-        CALL_TIMEOUT,
+    let reply = within(
+        addr,
         client.write_batch(forwarded(WriteBatchRequest { requests_json })),
     )
-    .await
-    .map_err(|_| too_slow(addr))??
-    .into_inner();
+    .await?;
     Ok(reply
         .outcomes
         .into_iter()
@@ -205,12 +210,6 @@ async fn write_one(
     request_json: Vec<u8>,
 ) -> Result<Response, ClusterError> {
     let mut client = peers.cluster(addr)?;
-    let reply = tokio::time::timeout(
-        CALL_TIMEOUT,
-        client.write(forwarded(WriteRequest { request_json })),
-    )
-    .await
-    .map_err(|_| too_slow(addr))??
-    .into_inner();
+    let reply = within(addr, client.write(forwarded(WriteRequest { request_json }))).await?;
     response(&reply.response_json)
 }
