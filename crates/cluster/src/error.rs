@@ -104,21 +104,21 @@ impl From<tonic::Status> for ClusterError {
     }
 }
 
-/// One write's failure inside a batch: what the Write call would have answered as its status.
-pub(crate) fn to_failure(e: ClusterError) -> gateway_wire::cluster::WriteFailure {
-    let leader = match &e {
-        ClusterError::NotLeader {
-            leader: Some((id, addr)),
-        } => Some((*id, addr.clone())),
-        _ => None,
+/// One write's failure inside a batch: the status the Write call would have answered, with
+/// the leader its metadata names.
+pub(crate) fn to_failure(status: &tonic::Status) -> gateway_wire::cluster::WriteFailure {
+    let meta = |key| {
+        status
+            .metadata()
+            .get(key)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
     };
-    let status = tonic::Status::from(e);
-    let (leader_id, leader_addr) = leader.unwrap_or_default();
     gateway_wire::cluster::WriteFailure {
         code: status.code() as i32,
         message: status.message().to_string(),
-        leader_id,
-        leader_addr,
+        leader_id: meta(LEADER_ID).parse().unwrap_or(0),
+        leader_addr: meta(LEADER_ADDR).to_string(),
     }
 }
 

@@ -9,7 +9,7 @@
 //! `leader_call`) apply to each write as before.
 
 use crate::error::{ClusterError, from_failure};
-use crate::handle::FORWARDED;
+use crate::handle::{forwarded, timed};
 use crate::network::{MAX_MESSAGE, Peers};
 use gateway_model::{Request, Response};
 use gateway_wire::cluster::{WriteBatchRequest, WriteRequest, write_outcome};
@@ -120,26 +120,6 @@ fn spawn_queue(
     tx
 }
 
-fn forwarded<T>(msg: T) -> tonic::Request<T> {
-    let mut r = tonic::Request::new(msg);
-    r.metadata_mut()
-        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
-    r
-}
-
-/// Awaits a call to the leader at `addr` for at most [`CALL_TIMEOUT`].
-async fn within<T>(
-    addr: &str,
-    call: impl std::future::Future<Output = Result<tonic::Response<T>, Status>>,
-) -> Result<T, Status> {
-    match tokio::time::timeout(CALL_TIMEOUT, call).await {
-        Ok(reply) => reply.map(tonic::Response::into_inner),
-        Err(_) => Err(Status::unavailable(format!(
-            "leader at {addr} did not answer within {CALL_TIMEOUT:?}"
-        ))),
-    }
-}
-
 fn response(json: &[u8]) -> Result<Response, ClusterError> {
     serde_json::from_slice(json).map_err(|e| ClusterError::Protocol(e.to_string()))
 }
@@ -186,8 +166,9 @@ async fn call(
     requests_json: Vec<Vec<u8>>,
 ) -> Result<Vec<Result<Response, ClusterError>>, Status> {
     let mut client = peers.cluster(addr)?;
-    let reply = within(
+    let reply = timed(
         addr,
+        CALL_TIMEOUT,
         client.write_batch(forwarded(WriteBatchRequest { requests_json })),
     )
     .await?;
@@ -210,6 +191,7 @@ async fn write_one(
     request_json: Vec<u8>,
 ) -> Result<Response, ClusterError> {
     let mut client = peers.cluster(addr)?;
-    let reply = within(addr, client.write(forwarded(WriteRequest { request_json }))).await?;
+    let call = client.write(forwarded(WriteRequest { request_json }));
+    let reply = timed(addr, CALL_TIMEOUT, call).await?;
     response(&reply.response_json)
 }

@@ -732,20 +732,26 @@ fn spawn_leader_watch(raft: &Raft) -> watch::Receiver<Option<LeaderInfo>> {
     rx
 }
 
-/// Awaits a forwarded call for at most `limit`.
-async fn timed<T>(
+/// Awaits a forwarded call for at most `limit`; running out is UNAVAILABLE (unreachable).
+pub(crate) async fn timed<T>(
     addr: &str,
     limit: Duration,
     call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-) -> Result<T, ClusterError> {
+) -> Result<T, tonic::Status> {
     match tokio::time::timeout(limit, call).await {
-        Ok(r) => r
-            .map(tonic::Response::into_inner)
-            .map_err(ClusterError::from),
-        Err(_) => Err(ClusterError::Unreachable(format!(
+        Ok(r) => r.map(tonic::Response::into_inner),
+        Err(_) => Err(tonic::Status::unavailable(format!(
             "leader at {addr} did not answer within {limit:?}"
         ))),
     }
+}
+
+/// A call marked as forwarded (see [`FORWARDED`]): the receiver serves it or refuses it.
+pub(crate) fn forwarded<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
+    r
 }
 
 /// A write waiting to be proposed, and where its response goes.
@@ -935,12 +941,6 @@ impl Inner {
 
     async fn remote(&self, addr: &str, op: &Op) -> Result<Out, ClusterError> {
         let mut client = self.forward.cluster(addr)?;
-        fn fwd<T>(msg: T) -> tonic::Request<T> {
-            let mut r = tonic::Request::new(msg);
-            r.metadata_mut()
-                .insert(FORWARDED, tonic::metadata::MetadataValue::from_static("1"));
-            r
-        }
         let t = Duration::from_secs;
         Ok(match op {
             Op::Write(req) => Out::Write(self.forwarder.write(addr, req).await?),
@@ -956,13 +956,17 @@ impl Inner {
                     http_addr: a.http_addr.clone(),
                     learner: *learner,
                 };
-                Out::Join(timed(addr, t(120), client.join(fwd(req))).await?.leader_id)
+                Out::Join(
+                    timed(addr, t(120), client.join(forwarded(req)))
+                        .await?
+                        .leader_id,
+                )
             }
             Op::Remove(id) => {
                 timed(
                     addr,
                     t(20),
-                    client.remove_node(fwd(RemoveNodeRequest { id: *id })),
+                    client.remove_node(forwarded(RemoveNodeRequest { id: *id })),
                 )
                 .await?;
                 Out::Removed
@@ -971,14 +975,18 @@ impl Inner {
                 let req = ReadIndexRequest {
                     skip_quorum: !quorum,
                 };
-                Out::ReadIndex(timed(addr, t(2), client.read_index(fwd(req))).await?.index)
+                Out::ReadIndex(
+                    timed(addr, t(2), client.read_index(forwarded(req)))
+                        .await?
+                        .index,
+                )
             }
             Op::Transfer { to } => {
                 let req = TransferLeaderRequest {
                     to: to.unwrap_or(0),
                 };
                 Out::Transferred(
-                    timed(addr, t(10), client.transfer_leader(fwd(req)))
+                    timed(addr, t(10), client.transfer_leader(forwarded(req)))
                         .await?
                         .leader_id,
                 )
@@ -989,7 +997,7 @@ impl Inner {
                 timed(
                     addr,
                     t(2),
-                    client.report_health(fwd(ReportHealthRequest { report_json })),
+                    client.report_health(forwarded(ReportHealthRequest { report_json })),
                 )
                 .await?;
                 Out::Reported

@@ -9,8 +9,8 @@ use gateway_wire::cluster::{
     HoldElectionsRequest, JoinReply, JoinRequest, PreVoteReply, PreVoteRequest, RaftPayload,
     ReadIndexReply, ReadIndexRequest, RemoveNodeReply, RemoveNodeRequest, ReportHealthReply,
     ReportHealthRequest, TransferLeaderReply, TransferLeaderRequest, WriteBatchReply,
-    WriteBatchRequest, WriteFailure, WriteOutcome, WriteReply, WriteRequest, cluster_server,
-    raft_server, write_outcome,
+    WriteBatchRequest, WriteOutcome, WriteReply, WriteRequest, cluster_server, raft_server,
+    write_outcome,
 };
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
@@ -69,6 +69,25 @@ impl raft_server::Raft for RaftService {
 
 pub(crate) struct ClusterService(pub(crate) Arc<Inner>);
 
+impl ClusterService {
+    /// Proposes one JSON `Request` on the leader (served here, or refused if this node does not
+    /// lead and the call was `forwarded`) and answers the JSON `Response`: the body of `Write`,
+    /// and of each write of `WriteBatch`.
+    async fn write_json(&self, json: &[u8], forwarded: bool) -> Result<Vec<u8>, Status> {
+        let request = decode(json)?;
+        match self
+            .0
+            .leader_call(Op::Write(request), Duration::from_secs(10), forwarded)
+            .await?
+        {
+            Out::Write(resp) => {
+                serde_json::to_vec(&resp).map_err(|e| Status::internal(e.to_string()))
+            }
+            _ => Err(unexpected()),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl cluster_server::Cluster for ClusterService {
     async fn hello(&self, _req: Request<HelloRequest>) -> Result<Response<HelloReply>, Status> {
@@ -116,19 +135,8 @@ impl cluster_server::Cluster for ClusterService {
 
     async fn write(&self, req: Request<WriteRequest>) -> Result<Response<WriteReply>, Status> {
         let fwd = forwarded(&req);
-        let request = decode(&req.into_inner().request_json)?;
-        match self
-            .0
-            .leader_call(Op::Write(request), Duration::from_secs(10), fwd)
-            .await?
-        {
-            Out::Write(resp) => {
-                let response_json =
-                    serde_json::to_vec(&resp).map_err(|e| Status::internal(e.to_string()))?;
-                Ok(Response::new(WriteReply { response_json }))
-            }
-            _ => Err(unexpected()),
-        }
+        let response_json = self.write_json(&req.into_inner().request_json, fwd).await?;
+        Ok(Response::new(WriteReply { response_json }))
     }
 
     async fn write_batch(
@@ -142,27 +150,10 @@ impl cluster_server::Cluster for ClusterService {
             .requests_json
             .into_iter()
             .map(|json| async move {
-                let outcome = match decode(&json) {
-                    Ok(request) => match self
-                        .0
-                        .leader_call(Op::Write(request), Duration::from_secs(10), fwd)
-                        .await
-                    {
-                        Ok(Out::Write(resp)) => serde_json::to_vec(&resp)
-                            .map(write_outcome::Outcome::ResponseJson)
-                            .map_err(|e| Status::internal(e.to_string())),
-                        Ok(_) => Err(unexpected()),
-                        Err(e) => Ok(write_outcome::Outcome::Failure(to_failure(e))),
-                    },
-                    Err(s) => Err(s),
+                let outcome = match self.write_json(&json, fwd).await {
+                    Ok(response_json) => write_outcome::Outcome::ResponseJson(response_json),
+                    Err(s) => write_outcome::Outcome::Failure(to_failure(&s)),
                 };
-                let outcome = outcome.unwrap_or_else(|s| {
-                    write_outcome::Outcome::Failure(WriteFailure {
-                        code: s.code() as i32,
-                        message: s.message().to_string(),
-                        ..Default::default()
-                    })
-                });
                 WriteOutcome {
                     outcome: Some(outcome),
                 }
