@@ -673,11 +673,16 @@ async fn config_export_apply_round_trip_and_transactions() -> TestResult {
         ],
     )
     .await?;
+    ok(s, &["limits", "set", "--max-requests", "500"]).await?;
     let dir = c.dir().to_path_buf();
     let file = dir.join("cluster.toml");
 
     // export, then apply the same file: nothing to change, nothing written.
     let exported = ok(s, &["config", "export"]).await?;
+    ensure!(
+        exported.contains("[limits]\nmax_requests = 500\n"),
+        "{exported}"
+    );
     std::fs::write(&file, &exported)?;
     let before = config_via(&c).await?;
     let out = ok(s, &["config", "apply", "-f", file.to_str().unwrap()]).await?;
@@ -766,6 +771,11 @@ async fn config_export_apply_round_trip_and_transactions() -> TestResult {
     ensure!(after.pool("old").is_none() && after.route("legacy").is_none());
     ensure!(after.route("api").unwrap()["pool"] == "api");
     ensure!(after.route("app").unwrap()["hosts"][1] == "www.example.com");
+    let limits = ok_json(s, &["limits", "show"]).await?;
+    ensure!(
+        limits["limits"]["max_requests"] == 500,
+        "a file without [limits] leaves them alone: {limits}"
+    );
     // Applying it again changes nothing.
     let out = ok(s, &["config", "apply", "-f", file.to_str().unwrap()]).await?;
     ensure!(
@@ -814,6 +824,46 @@ async fn config_export_apply_round_trip_and_transactions() -> TestResult {
     )
     .await?;
     ensure!(line.contains("poool"), "{line}");
+
+    // [limits] replaces the node-wide limits whole, in the same transaction as the rest.
+    std::fs::write(
+        &file,
+        format!("[limits]\nmax_connections = 100\n\n{edited}[[pools]]\nname = \"new\"\n"),
+    )?;
+    let out = ok(s, &["config", "apply", "-f", file.to_str().unwrap()]).await?;
+    ensure!(
+        out.contains("~ limits: max_connections null -> 100; max_requests 500 -> null")
+            && out.contains("+ pool new")
+            && out.contains("applied 2 change(s) as one transaction"),
+        "{out}"
+    );
+    let now = config_via(&c).await?;
+    ensure!(now.revision == after.revision + 1, "one revision for both");
+    let limits = ok_json(s, &["limits", "show"]).await?;
+    ensure!(
+        limits["limits"]["max_connections"] == 100
+            && limits["limits"].get("max_requests").is_none()
+            && limits["revision"] == now.revision,
+        "{limits}"
+    );
+    let exported = ok(s, &["config", "export"]).await?;
+    ensure!(
+        exported.contains("[limits]\nmax_connections = 100\n"),
+        "{exported}"
+    );
+    // Out of range: refused before anything is sent.
+    std::fs::write(&file, format!("[limits]\nmax_requests = 0\n\n{edited}"))?;
+    let line = fails(
+        s,
+        &["config", "apply", "-f", file.to_str().unwrap()],
+        &["limits.max_requests"],
+    )
+    .await?;
+    ensure!(line.contains("out of range"), "{line}");
+    ensure!(
+        config_via(&c).await? == now,
+        "a refused apply changed the config"
+    );
     Ok(())
 }
 

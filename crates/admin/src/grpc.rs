@@ -377,6 +377,7 @@ impl Admin for AdminService {
                 .map(convert::tcp_route_to_wire)
                 .collect(),
             certs: st.certs.values().map(convert::cert_to_wire).collect(),
+            limits: Some(convert::limits_to_wire(&st.limits)),
         };
         Ok(with_revision(reply, st.revision))
     }

@@ -716,6 +716,7 @@ async fn config(
             // ---- TCP routes and certificates (issue 7); certificates without their keys ----
             "tcp_routes": st.tcp_routes.values().collect::<Vec<_>>(),
             "certs": st.certs.values().map(Cert::redacted).collect::<Vec<_>>(),
+            "limits": &st.limits,
         }),
     ))
 }
@@ -1193,11 +1194,12 @@ async fn transaction(
             | Command::DeleteRoute { name, .. }
             | Command::DeleteCert { name, .. }
             | Command::DeleteTcpRoute { name, .. } => validate_name("name", name),
+            Command::SetLimits { limits, .. } => gateway_model::validate_limits(limits),
             _ => {
                 return Err(ApiError::bad(
                     &format!("commands[{i}].op"),
                     format!(
-                        "commands[{i}].op: only put_pool, delete_pool, put_route, delete_route, put_cert, delete_cert, put_tcp_route and delete_tcp_route go in a transaction"
+                        "commands[{i}].op: only put_pool, delete_pool, put_route, delete_route, put_cert, delete_cert, put_tcp_route, delete_tcp_route and set_limits go in a transaction"
                     ),
                 ));
             }

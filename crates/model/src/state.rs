@@ -157,6 +157,7 @@ struct Maps<'a> {
     routes: &'a mut OrdMap<String, Route>,
     certs: &'a mut OrdMap<String, Cert>,
     tcp_routes: &'a mut OrdMap<String, TcpRoute>,
+    limits: &'a mut crate::limits::Limits,
 }
 
 fn expect_rev(
@@ -377,10 +378,27 @@ impl Maps<'_> {
                 self.tcp_routes.remove(name);
                 out.push(Change::DeleteTcpRoute { name: name.clone() });
             }
+            Command::SetLimits { limits, expect } => {
+                crate::limits::validate_limits(limits)?;
+                if let Some(e) = expect
+                    && *e != self.limits.revision
+                {
+                    return Err(ApplyError::Stale {
+                        what: "limits".into(),
+                        name: "limits".into(),
+                        expected: *e,
+                        actual: Some(self.limits.revision),
+                    });
+                }
+                let mut limits = limits.clone();
+                limits.revision = rev;
+                *self.limits = limits.clone();
+                out.push(Change::SetLimits { limits });
+            }
             _ => {
                 return Err(Invalid::new(
                     "commands",
-                    "a batch may only hold pool, route and certificate changes",
+                    "a batch may only hold pool, route, certificate and limits changes",
                     "send node changes and nested batches on their own",
                 )
                 .into());
@@ -628,23 +646,6 @@ impl State {
                 *entry = (*entry).max(upto);
                 return Ok(()); // bookkeeping, not configuration
             }
-            Command::SetLimits { limits, expect } => {
-                crate::limits::validate_limits(limits)?;
-                if let Some(e) = expect
-                    && *e != self.limits.revision
-                {
-                    return Err(ApplyError::Stale {
-                        what: "limits".into(),
-                        name: "limits".into(),
-                        expected: *e,
-                        actual: Some(self.limits.revision),
-                    });
-                }
-                let mut limits = limits.clone();
-                limits.revision = rev;
-                self.limits = limits.clone();
-                changes.push(Change::SetLimits { limits });
-            }
             Command::PutAlertSink { sink, expect } => {
                 validate_alert_sink(sink)?;
                 expect_rev(
@@ -786,11 +787,13 @@ impl State {
                 let (mut pools, mut routes) = (self.pools.clone(), self.routes.clone());
                 let mut certs = self.certs.clone();
                 let mut tcp_routes = self.tcp_routes.clone();
+                let mut limits = self.limits.clone();
                 let mut maps = Maps {
                     pools: &mut pools,
                     routes: &mut routes,
                     certs: &mut certs,
                     tcp_routes: &mut tcp_routes,
+                    limits: &mut limits,
                 };
                 for (i, c) in commands.iter().enumerate() {
                     maps.apply(c, rev, &mut changes)
@@ -800,6 +803,7 @@ impl State {
                 self.routes = routes;
                 self.certs = certs;
                 self.tcp_routes = tcp_routes;
+                self.limits = limits;
             }
             single => {
                 let mut maps = Maps {
@@ -807,6 +811,7 @@ impl State {
                     routes: &mut self.routes,
                     certs: &mut self.certs,
                     tcp_routes: &mut self.tcp_routes,
+                    limits: &mut self.limits,
                 };
                 maps.apply(single, rev, &mut changes)?;
             }
@@ -1022,6 +1027,42 @@ mod tests {
             s.changes_since(1).unwrap()[0].changes[0],
             Change::SetLimits { .. }
         ));
+    }
+
+    #[test]
+    fn a_batch_sets_limits_with_the_rest_or_not_at_all() {
+        let mut s = State::default();
+        let limits = |max_requests| Command::SetLimits {
+            limits: crate::limits::Limits {
+                max_requests,
+                ..crate::limits::Limits::default()
+            },
+            expect: Some(0),
+        };
+        let bad = Command::Batch {
+            commands: vec![limits(Some(10)), put_route(route("x", "missing"))],
+        };
+        assert!(s.apply(&req("1", bad)).outcome.is_err());
+        assert_eq!(
+            s.limits,
+            crate::limits::Limits::default(),
+            "nothing of a failed batch stays"
+        );
+        let ok = Command::Batch {
+            commands: vec![put_pool(pool("p")), limits(Some(10))],
+        };
+        s.apply(&req("2", ok)).outcome.unwrap();
+        assert_eq!((s.limits.max_requests, s.limits.revision), (Some(10), 1));
+        assert!(matches!(
+            s.changes_since(0).unwrap()[0].changes[1],
+            Change::SetLimits { .. }
+        ));
+        let stale = Command::Batch {
+            commands: vec![limits(None)],
+        };
+        let r = s.apply(&req("3", stale));
+        assert!(matches!(r.outcome, Err(ApplyError::Stale { .. })), "{r:?}");
+        assert_eq!(s.limits.max_requests, Some(10));
     }
 
     #[test]

@@ -974,7 +974,7 @@ pub fn checked_command(op: admin::Operation) -> Result<Command, Invalid> {
         None => {
             return Err(missing(
                 "op",
-                "set one of put_pool, delete_pool, put_route, delete_route, put_tcp_route, delete_tcp_route",
+                "set one of put_pool, delete_pool, put_route, delete_route, put_tcp_route, delete_tcp_route, set_limits",
             ));
         }
         Some(Op::PutPool(r)) => Command::PutPool {
@@ -1013,6 +1013,10 @@ pub fn checked_command(op: admin::Operation) -> Result<Command, Invalid> {
                 expect: r.if_revision,
             }
         }
+        Some(Op::SetLimits(r)) => Command::SetLimits {
+            limits: checked_limits(r.limits.unwrap_or_default())?,
+            expect: r.if_revision,
+        },
     })
 }
 
@@ -1059,6 +1063,10 @@ pub fn command_to_wire(c: &Command) -> Option<admin::Operation> {
         }),
         Command::DeleteTcpRoute { name, expect } => Op::DeleteTcpRoute(admin::DeleteRequest {
             name: name.clone(),
+            if_revision: *expect,
+        }),
+        Command::SetLimits { limits, expect } => Op::SetLimits(admin::SetLimitsRequest {
+            limits: Some(limits_to_wire(limits)),
             if_revision: *expect,
         }),
         _ => return None,

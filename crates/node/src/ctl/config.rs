@@ -7,7 +7,8 @@
 //! rather than overwriting the other change. Applying the same file twice changes nothing the
 //! second time.
 //!
-//! The file holds pools, routes and TCP routes. Certificates are not in it: read APIs never
+//! The file holds pools, routes, TCP routes and the node-wide limits (`[limits]`; a file
+//! without that table leaves the limits alone, an empty one removes them). Certificates are not in it: read APIs never
 //! return keys, so export lists the certificates' names only (`certs = [...]`), and apply
 //! checks that the certificates named exist and otherwise leaves certificates alone (they are
 //! managed with `gateway cert`).
@@ -16,7 +17,7 @@ use super::ConsistencyArg;
 use super::conn::{Conn, Failed};
 use super::output::outln;
 use super::output::{Output, emit_raw, print_json};
-use gateway_model::{Command, Pool, Route, TcpRoute};
+use gateway_model::{Command, Limits, Pool, Route, TcpRoute};
 use gateway_wire::{admin, convert};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -41,6 +42,9 @@ pub struct ConfigFile {
     #[serde(default)]
     pub tcp_routes: Vec<TcpRoute>,
     // ---- end TCP routes ----
+    /// The node-wide limits, replaced whole; `None` (no `[limits]` table) leaves them alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<Limits>,
 }
 
 /// What the cluster holds now (as read).
@@ -54,6 +58,7 @@ pub struct Current {
     /// The certificates' names.
     pub certs: BTreeSet<String>,
     // ---- end ----
+    pub limits: Limits,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -62,6 +67,7 @@ pub enum Kind {
     Pool,
     Route,
     TcpRoute,
+    Limits,
 }
 
 impl Kind {
@@ -70,6 +76,15 @@ impl Kind {
             Kind::Pool => "pool",
             Kind::Route => "route",
             Kind::TcpRoute => "tcp-route",
+            Kind::Limits => "limits",
+        }
+    }
+
+    /// How messages name the object: `route 'app'`, or just `limits`.
+    fn label(self, name: &str) -> String {
+        match self {
+            Kind::Limits => "limits".into(),
+            _ => format!("{} '{name}'", self.word()),
         }
     }
 }
@@ -118,7 +133,10 @@ impl Step {
                     .iter()
                     .map(|f| format!("{} {} -> {}", f.field, f.from, f.to))
                     .collect();
-                format!("~ {kind} {}: {}", self.name, what.join("; "))
+                match self.kind {
+                    Kind::Limits => format!("~ limits: {}", what.join("; ")),
+                    _ => format!("~ {kind} {}: {}", self.name, what.join("; ")),
+                }
             }
         }
     }
@@ -186,6 +204,25 @@ pub fn plan(current: &Current, desired: &ConfigFile, prune: bool) -> Result<Vec<
     }
     // ---- end ----
     let mut steps = Vec::new();
+    if let Some(want) = &desired.limits {
+        let mut limits = want.clone();
+        limits.revision = 0;
+        gateway_model::validate_limits(&limits).map_err(|e| format!("limits.{e}"))?;
+        let fields = field_changes(&current.limits, &limits);
+        if !fields.is_empty() {
+            steps.push(Step {
+                action: Action::Update,
+                kind: Kind::Limits,
+                name: "limits".into(),
+                revision: Some(current.limits.revision),
+                fields,
+                command: Command::SetLimits {
+                    limits,
+                    expect: Some(current.limits.revision),
+                },
+            });
+        }
+    }
     for (name, want) in &pools {
         let mut pool = (*want).clone();
         pool.revision = 0;
@@ -345,11 +382,13 @@ pub fn name_commands(message: &str, steps: &[Step]) -> String {
     let mut out = message.to_string();
     // Highest index first, so that commands[1] does not match inside commands[12].
     for (i, s) in steps.iter().enumerate().rev() {
-        let kind = s.kind.word();
+        let label = s.kind.label(&s.name);
+        // `limits.max_requests`, `route 'app' path_prefix`.
+        let field_sep = if s.kind == Kind::Limits { "." } else { " " };
         let tag = format!("commands[{i}]");
         out = out
-            .replace(&format!("{tag}."), &format!("{kind} '{}' ", s.name))
-            .replace(&format!("{tag}:"), &format!("{kind} '{}':", s.name));
+            .replace(&format!("{tag}."), &format!("{label}{field_sep}"))
+            .replace(&format!("{tag}:"), &format!("{label}:"));
     }
     out
 }
@@ -363,11 +402,14 @@ fn without_revision<T: Serialize>(v: &T) -> anyhow::Result<toml::Value> {
     Ok(t)
 }
 
-/// The configuration as a TOML file (certificate names, pools, routes, TCP routes; no
+/// The configuration as a TOML file (certificate names, limits, pools, routes, TCP routes; no
 /// revisions).
 pub fn to_toml(file: &ConfigFile, revision: u64) -> anyhow::Result<String> {
     let tables = |v: Vec<toml::Value>| toml::Value::Array(v);
     let mut doc = toml::Table::new();
+    if let Some(limits) = &file.limits {
+        doc.insert("limits".into(), without_revision(limits)?);
+    }
     doc.insert(
         "pools".into(),
         tables(
@@ -423,6 +465,12 @@ pub fn to_json(file: &ConfigFile) -> Value {
     let mut out = serde_json::Map::new();
     if !file.certs.is_empty() {
         out.insert("certs".into(), json!(file.certs));
+    }
+    if let Some(limits) = &file.limits {
+        out.insert(
+            "limits".into(),
+            strip(serde_json::to_value(limits).unwrap_or_default()),
+        );
     }
     out.insert(
         "pools".into(),
@@ -512,6 +560,7 @@ async fn read(c: &mut Conn, consistency: ConsistencyArg) -> anyhow::Result<Curre
         cur.tcp_routes.insert(t.name.clone(), t);
     }
     cur.certs = r.certs.into_iter().map(|c| c.name).collect();
+    cur.limits = r.limits.map(convert::limits_from_wire).unwrap_or_default();
     Ok(cur)
 }
 
@@ -524,6 +573,7 @@ pub async fn export(c: &mut Conn, out: Output, consistency: ConsistencyArg) -> a
         pools: cur.pools.into_values().collect(),
         routes: cur.routes.into_values().collect(),
         tcp_routes: cur.tcp_routes.into_values().collect(),
+        limits: Some(cur.limits),
     };
     match out {
         Output::Table => emit_raw(&to_toml(&file, revision)?),
@@ -670,6 +720,7 @@ mod tests {
             pools: c.pools.values().cloned().collect(),
             routes: c.routes.values().cloned().collect(),
             tcp_routes: c.tcp_routes.values().cloned().collect(),
+            limits: Some(c.limits.clone()),
         }
     }
 
@@ -793,6 +844,99 @@ mod tests {
         let json = serde_json::to_string(&to_json(&f)).unwrap();
         let back = parse(Path::new("cluster.json"), &json).unwrap();
         assert!(plan(&c2, &back, true).unwrap().is_empty());
+    }
+
+    #[test]
+    fn limits_are_planned_exported_and_left_alone_when_absent() {
+        let mut c = current();
+        c.limits = Limits {
+            max_requests: Some(100),
+            max_connections: None,
+            revision: 7,
+        };
+        // Absent: left alone, even with prune.
+        let mut f = file_of(&c);
+        f.limits = None;
+        assert!(plan(&c, &f, true).unwrap().is_empty());
+        // The same limits at another revision: nothing to do.
+        let f = file_of(&c);
+        assert!(plan(&c, &f, true).unwrap().is_empty());
+        // Changed: one step, expecting the revision read, shown by field.
+        let mut f = file_of(&c);
+        f.limits = Some(Limits {
+            max_connections: Some(50),
+            ..Limits::default()
+        });
+        let steps = plan(&c, &f, true).unwrap();
+        assert_eq!(steps.len(), 1);
+        assert_eq!(
+            steps[0].line(),
+            "~ limits: max_connections null -> 50; max_requests 100 -> null"
+        );
+        assert!(matches!(
+            steps[0].command,
+            Command::SetLimits { ref limits, expect: Some(7) }
+                if limits.max_connections == Some(50) && limits.max_requests.is_none()
+        ));
+        // An empty table removes them.
+        let mut f = file_of(&c);
+        f.limits = Some(Limits::default());
+        assert_eq!(
+            plan(&c, &f, true).unwrap()[0].line(),
+            "~ limits: max_requests 100 -> null"
+        );
+        // Out of range: refused before anything is sent, naming the field.
+        let mut f = file_of(&c);
+        f.limits = Some(Limits {
+            max_requests: Some(0),
+            ..Limits::default()
+        });
+        let e = plan(&c, &f, true).unwrap_err();
+        assert!(
+            e.starts_with("limits.max_requests: 0 is out of range"),
+            "{e}"
+        );
+        // Exported and parsed back: the same limits, no revision in the file.
+        let text = to_toml(&file_of(&c), c.revision).unwrap();
+        assert!(text.contains("[limits]\nmax_requests = 100\n"), "{text}");
+        let back = parse(Path::new("cluster.toml"), &text).unwrap();
+        assert!(plan(&c, &back, true).unwrap().is_empty(), "{text}");
+        let json = serde_json::to_string(&to_json(&file_of(&c))).unwrap();
+        assert!(json.contains(r#""limits":{"max_requests":100}"#), "{json}");
+        // With no limits set, the export still holds an empty table, which applies as is.
+        c.limits = Limits::default();
+        let text = to_toml(&file_of(&c), c.revision).unwrap();
+        assert!(text.contains("[limits]\n"), "{text}");
+        let back = parse(Path::new("cluster.toml"), &text).unwrap();
+        assert_eq!(back.limits, Some(Limits::default()));
+        assert!(plan(&c, &back, true).unwrap().is_empty());
+        // A server message about the limits' command names them.
+        let steps = plan(
+            &Current {
+                limits: Limits {
+                    revision: 3,
+                    ..Limits::default()
+                },
+                ..current()
+            },
+            &f_with_limits(Some(5)),
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            name_commands("commands[0].max_requests: bad", &steps),
+            "limits.max_requests: bad"
+        );
+    }
+
+    fn f_with_limits(max_requests: Option<u32>) -> ConfigFile {
+        ConfigFile {
+            limits: Some(Limits {
+                max_requests,
+                ..Limits::default()
+            }),
+            ..ConfigFile::default()
+        }
     }
 
     // ---- certificates and TCP routes (issue 7) ----
