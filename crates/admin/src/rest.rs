@@ -62,8 +62,19 @@ pub struct AdminOptions {
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
+/// What every handler reads, behind one `Arc`: axum clones the state for each request and
+/// for each middleware layer.
 #[derive(Clone)]
-pub(crate) struct App {
+pub(crate) struct App(Arc<AppState>);
+
+impl std::ops::Deref for App {
+    type Target = AppState;
+    fn deref(&self) -> &AppState {
+        &self.0
+    }
+}
+
+pub(crate) struct AppState {
     pub(crate) cluster: Cluster,
     memory_status: Option<StatusFn>,
     debug_ballast: bool,
@@ -96,7 +107,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stop_tx, stopping) = tokio::sync::watch::channel(false);
-    let app = App {
+    let app = App(Arc::new(AppState {
         stopping,
         cluster: opts.cluster,
         left: opts.left,
@@ -110,7 +121,7 @@ pub async fn serve(
         memory_status: opts.memory_status,
         debug_ballast: opts.debug_ballast,
         ballast: Default::default(),
-    };
+    }));
     count_leader_changes(&app);
     count_ejections(&app);
     let router = Router::new()
