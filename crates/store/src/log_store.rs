@@ -43,6 +43,9 @@ pub struct LogStore {
     flusher: std::sync::mpsc::Sender<(sled::Db, LogFlushed<TypeConfig>)>,
     /// The newest entries, decoded (see [`Recent`]).
     recent: Arc<Mutex<Recent>>,
+    /// The lowest index not purged: reads never go below it, while the purged entries are
+    /// still being deleted in the background (see `purge`).
+    first_kept: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// How many of the newest entries [`Recent`] keeps, and up to how many encoded bytes.
@@ -161,6 +164,25 @@ fn group_commit(rx: std::sync::mpsc::Receiver<(sled::Db, LogFlushed<TypeConfig>)
     }
 }
 
+/// A batch that deletes the entries of `logs` with indexes in `range`.
+fn delete_batch(
+    logs: &sled::Tree,
+    range: impl RangeBounds<u64>,
+) -> Result<sled::Batch, sled::Error> {
+    let mut batch = sled::Batch::default();
+    let Some((start, end)) = key_range(range) else {
+        return Ok(batch);
+    };
+    let iter = match end {
+        Some(end) => logs.range(index_key(start)..index_key(end)),
+        None => logs.range(index_key(start)..),
+    };
+    for kv in iter.keys() {
+        batch.remove(kv?);
+    }
+    Ok(batch)
+}
+
 impl LogStore {
     pub(crate) fn new(db: sled::Db, logs: sled::Tree, raft: sled::Tree) -> Self {
         let (flusher, rx) = std::sync::mpsc::channel();
@@ -174,6 +196,7 @@ impl LogStore {
             raft,
             flusher,
             recent: Arc::default(),
+            first_kept: Arc::default(),
         }
     }
 
@@ -187,6 +210,8 @@ impl LogStore {
         let Some(purged) = self.read_meta_sync::<LogId>(KEY_LAST_PURGED)? else {
             return Ok(());
         };
+        self.first_kept
+            .store(purged.index + 1, std::sync::atomic::Ordering::Release);
         let batch = self
             .delete_batch(..=purged.index)
             .map_err(|e| StoreError::sled("scan log entries", e))?;
@@ -272,18 +297,7 @@ impl LogStore {
 
     /// A batch removing every log entry whose index is in `range`.
     fn delete_batch(&self, range: impl RangeBounds<u64>) -> Result<sled::Batch, sled::Error> {
-        let mut batch = sled::Batch::default();
-        let Some((start, end)) = key_range(range) else {
-            return Ok(batch);
-        };
-        let iter = match end {
-            Some(end) => self.logs.range(index_key(start)..index_key(end)),
-            None => self.logs.range(index_key(start)..),
-        };
-        for kv in iter.keys() {
-            batch.remove(kv?);
-        }
-        Ok(batch)
+        delete_batch(&self.logs, range)
     }
 
     /// Decodes one stored entry and checks that it sits under its own index.
@@ -312,6 +326,10 @@ impl LogStore {
         let Some((start, end)) = key_range(range) else {
             return Ok(Vec::new());
         };
+        let start = start.max(self.first_kept.load(std::sync::atomic::Ordering::Acquire));
+        if end.is_some_and(|end| start >= end) {
+            return Ok(Vec::new());
+        }
         if let Some(entries) = self.recent().get(start, end, budget) {
             return Ok(entries);
         }
@@ -544,29 +562,48 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let started_at = std::time::Instant::now();
         let subject = ErrorSubject::Log(log_id);
         // Record the purge durably first: a crash after this point leaves at most some entries
         // below the purged id, which `open` deletes; never a purged id that is too low.
         self.recent().purge(log_id.index);
         let current: Option<LogId> = self.read_meta(KEY_LAST_PURGED, ErrorSubject::Logs)?;
         if current < Some(log_id) {
-            self.write_meta(KEY_LAST_PURGED, Some(&log_id), subject.clone())
+            self.write_meta(KEY_LAST_PURGED, Some(&log_id), subject)
                 .await?;
         }
-        let batch = self.delete_batch(..=log_id.index).map_err(|e| {
-            sled_err(
-                subject.clone(),
-                ErrorVerb::Delete,
-                "scan log entries to purge",
-                e,
-            )
-        })?;
-        self.logs
-            .apply_batch(batch)
-            .map_err(|e| sled_err(subject.clone(), ErrorVerb::Delete, "purge log", e))?;
-        flush(&self.db)
-            .await
-            .map_err(|e| io_err(subject, ErrorVerb::Delete, "flush purged log", e))
+        self.first_kept
+            .fetch_max(log_id.index + 1, std::sync::atomic::Ordering::AcqRel);
+        // The entries themselves (thousands: one per entry since the last snapshot) are
+        // deleted in the background: openraft's core waits for this call, and deleting them
+        // here took 75-160 ms with a large log, long enough for the leader's appends to this
+        // node to time out. Reads already skip them (`first_kept`); a crash before they are
+        // gone leaves them to `finish_interrupted_purge` at the next open.
+        let logs = self.logs.clone();
+        let upto = log_id.index;
+        let spawned = std::thread::Builder::new()
+            .name("raft-log-purge".into())
+            .spawn(move || {
+                let deleted = delete_batch(&logs, ..=upto).and_then(|b| logs.apply_batch(b));
+                if let Err(e) = deleted {
+                    tracing::warn!(
+                        upto,
+                        "deleting purged log entries failed (the next start retries): {e}"
+                    );
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(
+                upto,
+                "cannot start the thread that deletes purged log entries (the next start does it): {e}"
+            );
+        }
+        tracing::info!(
+            upto = log_id.index,
+            took_ms = started_at.elapsed().as_millis() as u64,
+            "purged the log"
+        );
+        Ok(())
     }
 }
 

@@ -47,9 +47,41 @@ impl SnapshotPayload {
     }
 }
 
+/// Moves the current snapshot from `old` (a tree of `old_db`) to `new` (a tree of `new_db`)
+/// unless `new` has one already; a crash in between leaves a copy in both, and the next open
+/// finishes the move.
+pub(crate) fn move_snapshot(
+    old_db: &sled::Db,
+    old: &sled::Tree,
+    new_db: &sled::Db,
+    new: &sled::Tree,
+) -> Result<(), StoreError> {
+    let Some(stored) = old
+        .get(KEY_CURRENT)
+        .map_err(|e| StoreError::sled("read the snapshot to move", e))?
+    else {
+        return Ok(());
+    };
+    if !new
+        .contains_key(KEY_CURRENT)
+        .map_err(|e| StoreError::sled("read snapshot", e))?
+    {
+        new.insert(KEY_CURRENT, stored)
+            .map_err(|e| StoreError::sled("move the snapshot", e))?;
+        new_db
+            .flush()
+            .map_err(|e| StoreError::sled("flush the moved snapshot", e))?;
+    }
+    old.remove(KEY_CURRENT)
+        .map_err(|e| StoreError::sled("remove the moved snapshot", e))?;
+    old_db.flush().map_err(|e| StoreError::sled("flush", e))?;
+    Ok(())
+}
+
 /// The state machine. Owned by openraft once handed to `Raft::new`; call
 /// [`StateMachine::subscribe`] before that to follow the state.
 pub struct StateMachine {
+    /// The snapshots' database (not the log's).
     db: sled::Db,
     /// Holds the current snapshot under [`KEY_CURRENT`].
     snapshots: sled::Tree,
@@ -169,77 +201,44 @@ pub struct SnapshotBuilder {
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let data = serde_json::to_vec(&SnapshotPayloadRef {
-            last_applied: &self.last_applied,
-            membership: &self.membership,
-            state: &self.state,
-        })
-        .map_err(|e| {
+        // Encoding a large state takes a while (~100k pools: tenths of a second of a core)
+        // and so does storing it: on a thread of its own at a lower priority, so the async
+        // workers go on serving requests and Raft meanwhile, and win the CPU when it is short.
+        let (db, snapshots, state) = (self.db.clone(), self.snapshots.clone(), self.state.clone());
+        let (last_applied, membership) = (self.last_applied, self.membership.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let started_at = std::time::Instant::now();
+        let started = std::thread::Builder::new()
+            .name("raft-snapshot".into())
+            .spawn(move || {
+                lower_this_threads_priority();
+                let _ = tx.send(store_snapshot(
+                    &db,
+                    &snapshots,
+                    &state,
+                    last_applied,
+                    membership,
+                ));
+            });
+        let gone = |what: &str| {
             io_err(
                 ErrorSubject::Snapshot(None),
                 ErrorVerb::Write,
-                "encode snapshot",
-                AnyError::new(&e),
+                "build snapshot",
+                AnyError::error(what),
             )
-        })?;
-        let unique = self.db.generate_id().map_err(|e| {
-            sled_err(
-                ErrorSubject::Snapshot(None),
-                ErrorVerb::Write,
-                "generate snapshot id",
-                e,
-            )
-        })?;
-        let snapshot_id = match &self.last_applied {
-            Some(id) => format!(
-                "{}-{}-{}-{unique}",
-                id.leader_id.term, id.leader_id.node_id, id.index
-            ),
-            None => format!("0-0-none-{unique}"),
         };
-        let meta = SnapshotMeta {
-            last_log_id: self.last_applied,
-            last_membership: self.membership.clone(),
-            snapshot_id,
-        };
+        if let Err(e) = started {
+            return Err(gone(&format!("cannot start its thread: {e}")));
+        }
+        let (meta, data, replaced) = rx.await.map_err(|_| gone("its thread ended early"))??;
+        tracing::info!(
+            snapshot = %meta.snapshot_id,
+            bytes = data.len(),
+            took_ms = started_at.elapsed().as_millis() as u64,
+            "built a snapshot"
+        );
         let subject = snapshot_subject(&meta);
-        let stored = encode_snapshot(&meta, &data).map_err(|e| {
-            io_err(
-                subject.clone(),
-                ErrorVerb::Write,
-                "encode snapshot meta",
-                AnyError::new(&e),
-            )
-        })?;
-
-        // Keep the newest snapshot: one installed from the leader while this was building may
-        // already be current, and must not be replaced by this older one.
-        let new_id = meta.last_log_id;
-        let replaced = self
-            .snapshots
-            .transaction(|tx| {
-                let newer_exists = match tx.get(KEY_CURRENT)? {
-                    Some(cur) => match decode_snapshot(&cur) {
-                        Ok((cur_meta, _)) => cur_meta.last_log_id > new_id,
-                        Err(_) => false, // replace an unreadable snapshot
-                    },
-                    None => false,
-                };
-                if newer_exists {
-                    return Ok(false);
-                }
-                tx.insert(KEY_CURRENT, stored.as_slice())?;
-                Ok(true)
-            })
-            .map_err(|e: sled::transaction::TransactionError<()>| {
-                let e = match e {
-                    sled::transaction::TransactionError::Storage(e) => AnyError::new(&e),
-                    sled::transaction::TransactionError::Abort(()) => {
-                        AnyError::error("transaction aborted")
-                    }
-                };
-                io_err(subject.clone(), ErrorVerb::Write, "save snapshot", e)
-            })?;
         if replaced {
             flush(&self.db)
                 .await
@@ -252,6 +251,97 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             snapshot: Box::new(Cursor::new(data)),
         })
     }
+}
+
+/// Makes the calling thread yield the CPU to the node's other threads when both want it
+/// (`nice` 10 for this thread alone; Linux keeps a nice value per thread). Best effort.
+fn lower_this_threads_priority() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 10) {
+        tracing::debug!("cannot lower the snapshot thread's priority: {e}");
+    }
+}
+
+/// Encodes a snapshot of `state` and stores it as the current one unless a newer one is
+/// there already; answers its meta, its bytes and whether it was stored (not yet flushed).
+fn store_snapshot(
+    db: &sled::Db,
+    snapshots: &sled::Tree,
+    state: &State,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+) -> Result<(SnapshotMeta, Vec<u8>, bool), StorageError> {
+    let data = serde_json::to_vec(&SnapshotPayloadRef {
+        last_applied: &last_applied,
+        membership: &membership,
+        state,
+    })
+    .map_err(|e| {
+        io_err(
+            ErrorSubject::Snapshot(None),
+            ErrorVerb::Write,
+            "encode snapshot",
+            AnyError::new(&e),
+        )
+    })?;
+    let unique = db.generate_id().map_err(|e| {
+        sled_err(
+            ErrorSubject::Snapshot(None),
+            ErrorVerb::Write,
+            "generate snapshot id",
+            e,
+        )
+    })?;
+    let snapshot_id = match &last_applied {
+        Some(id) => format!(
+            "{}-{}-{}-{unique}",
+            id.leader_id.term, id.leader_id.node_id, id.index
+        ),
+        None => format!("0-0-none-{unique}"),
+    };
+    let meta = SnapshotMeta {
+        last_log_id: last_applied,
+        last_membership: membership,
+        snapshot_id,
+    };
+    let subject = snapshot_subject(&meta);
+    let stored = encode_snapshot(&meta, &data).map_err(|e| {
+        io_err(
+            subject.clone(),
+            ErrorVerb::Write,
+            "encode snapshot meta",
+            AnyError::new(&e),
+        )
+    })?;
+
+    // Keep the newest snapshot: one installed from the leader while this was building may
+    // already be current, and must not be replaced by this older one.
+    let new_id = meta.last_log_id;
+    let replaced = snapshots
+        .transaction(|tx| {
+            let newer_exists = match tx.get(KEY_CURRENT)? {
+                Some(cur) => match decode_snapshot(&cur) {
+                    Ok((cur_meta, _)) => cur_meta.last_log_id > new_id,
+                    Err(_) => false, // replace an unreadable snapshot
+                },
+                None => false,
+            };
+            if newer_exists {
+                return Ok(false);
+            }
+            tx.insert(KEY_CURRENT, stored.as_slice())?;
+            Ok(true)
+        })
+        .map_err(|e: sled::transaction::TransactionError<()>| {
+            let e = match e {
+                sled::transaction::TransactionError::Storage(e) => AnyError::new(&e),
+                sled::transaction::TransactionError::Abort(()) => {
+                    AnyError::error("transaction aborted")
+                }
+            };
+            io_err(subject.clone(), ErrorVerb::Write, "save snapshot", e)
+        })?;
+    Ok((meta, data, replaced))
 }
 
 /// Records an entry's log id as applied and its membership, if it carries one; returns its
@@ -396,5 +486,38 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 reason,
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_db() -> (sled::Db, sled::Tree) {
+        let db = sled::Config::new().temporary(true).open().expect("open");
+        let tree = db.open_tree("snapshot").expect("tree");
+        (db, tree)
+    }
+
+    #[test]
+    fn a_snapshot_in_the_main_database_moves_to_its_own_once() {
+        let (old_db, old) = temp_db();
+        let (new_db, new) = temp_db();
+        // Nothing to move.
+        move_snapshot(&old_db, &old, &new_db, &new).unwrap();
+        assert!(new.is_empty());
+        // Moved, then gone from the old place; moving again changes nothing.
+        old.insert(KEY_CURRENT, b"first".as_slice()).unwrap();
+        move_snapshot(&old_db, &old, &new_db, &new).unwrap();
+        assert_eq!(new.get(KEY_CURRENT).unwrap().unwrap(), b"first".as_slice());
+        assert!(old.is_empty());
+        move_snapshot(&old_db, &old, &new_db, &new).unwrap();
+        assert_eq!(new.get(KEY_CURRENT).unwrap().unwrap(), b"first".as_slice());
+        // A move cut short (a copy in both): the new place keeps its own.
+        old.insert(KEY_CURRENT, b"first".as_slice()).unwrap();
+        new.insert(KEY_CURRENT, b"second".as_slice()).unwrap();
+        move_snapshot(&old_db, &old, &new_db, &new).unwrap();
+        assert_eq!(new.get(KEY_CURRENT).unwrap().unwrap(), b"second".as_slice());
+        assert!(old.is_empty());
     }
 }
