@@ -1,8 +1,9 @@
 //! The Raft log and the Raft metadata (vote, committed id, last purged id) in sled.
 //!
-//! Every write completes a sled flush before openraft is told it is done: `save_vote`,
-//! `truncate` and `purge` return after the flush, and `append` calls its [`LogFlushed`]
-//! callback only after the flush. `save_committed` alone is not flushed (see there).
+//! Every write completes a sled flush before openraft is told it is done: `save_vote` and
+//! `truncate` return after the flush, `purge` after the purged id is flushed (the entries go
+//! in the background, see there), and `append` calls its [`LogFlushed`] callback only after
+//! the flush. `save_committed` alone is not flushed (see there).
 #![allow(
     clippy::result_large_err,
     reason = "openraft's StorageError is the error type its storage traits require"

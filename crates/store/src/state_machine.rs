@@ -262,6 +262,10 @@ fn lower_this_threads_priority() {
     }
 }
 
+#[expect(
+    clippy::result_large_err,
+    reason = "openraft's StorageError is what build_snapshot returns"
+)]
 /// Encodes a snapshot of `state` and stores it as the current one unless a newer one is
 /// there already; answers its meta, its bytes and whether it was stored (not yet flushed).
 fn store_snapshot(
