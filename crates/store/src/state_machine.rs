@@ -148,6 +148,22 @@ fn encode_snapshot(meta: &SnapshotMeta, data: &[u8]) -> Result<Vec<u8>, serde_js
     Ok(out)
 }
 
+/// [`encode_snapshot`] with openraft's error.
+#[expect(
+    clippy::result_large_err,
+    reason = "openraft's StorageError is what the storage traits return"
+)]
+fn encode_stored(meta: &SnapshotMeta, data: &[u8]) -> Result<Vec<u8>, StorageError> {
+    encode_snapshot(meta, data).map_err(|e| {
+        io_err(
+            snapshot_subject(meta),
+            ErrorVerb::Write,
+            "encode snapshot meta",
+            AnyError::new(&e),
+        )
+    })
+}
+
 fn decode_snapshot(bytes: &[u8]) -> Result<(SnapshotMeta, Vec<u8>), String> {
     let (len, rest) = bytes
         .split_first_chunk::<4>()
@@ -309,14 +325,7 @@ fn store_snapshot(
         snapshot_id,
     };
     let subject = snapshot_subject(&meta);
-    let stored = encode_snapshot(&meta, &data).map_err(|e| {
-        io_err(
-            subject.clone(),
-            ErrorVerb::Write,
-            "encode snapshot meta",
-            AnyError::new(&e),
-        )
-    })?;
+    let stored = encode_stored(&meta, &data)?;
 
     // Keep the newest snapshot: one installed from the leader while this was building may
     // already be current, and must not be replaced by this older one.
@@ -442,14 +451,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(|e| decode_err(subject.clone(), "check received snapshot", e))?;
 
         // Persist first: the snapshot replaces the previous one in a single key write.
-        let stored = encode_snapshot(meta, &data).map_err(|e| {
-            io_err(
-                subject.clone(),
-                ErrorVerb::Write,
-                "encode snapshot meta",
-                AnyError::new(&e),
-            )
-        })?;
+        let stored = encode_stored(meta, &data)?;
         self.snapshots.insert(KEY_CURRENT, stored).map_err(|e| {
             sled_err(
                 subject.clone(),
