@@ -5,6 +5,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    // A follower's forwarded writes as `Bytes`: a batch keeps them for a per-write fallback
+    // without copying them.
+    config.bytes([
+        ".gateway.cluster.v1.WriteRequest.request_json",
+        ".gateway.cluster.v1.WriteBatchRequest.requests_json",
+    ]);
     tonic_prost_build::configure().compile_with_config(
         config,
         &["../../proto/raft.proto"],

@@ -126,9 +126,9 @@ pub(crate) fn to_failure(status: &tonic::Status) -> gateway_wire::cluster::Write
 pub(crate) fn from_failure(f: gateway_wire::cluster::WriteFailure) -> ClusterError {
     let mut status = tonic::Status::new(tonic::Code::from_i32(f.code), f.message);
     if f.leader_id != 0
-        && let (Ok(id), Ok(addr)) = (f.leader_id.to_string().parse(), f.leader_addr.parse())
+        && let Ok(addr) = f.leader_addr.parse()
     {
-        status.metadata_mut().insert(LEADER_ID, id);
+        status.metadata_mut().insert(LEADER_ID, f.leader_id.into());
         status.metadata_mut().insert(LEADER_ADDR, addr);
     }
     ClusterError::from(status)

@@ -11,6 +11,7 @@
 use crate::error::{ClusterError, from_failure};
 use crate::handle::{forwarded, timed};
 use crate::network::{MAX_MESSAGE, Peers};
+use bytes::Bytes;
 use gateway_model::{Request, Response};
 use gateway_wire::cluster::{WriteBatchRequest, WriteRequest, write_outcome};
 use std::collections::HashMap;
@@ -32,7 +33,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(3);
 
 type Reply = oneshot::Sender<Result<Response, ClusterError>>;
 /// A write waiting to be carried: the JSON of its request, and where its outcome goes.
-type Pending = (Vec<u8>, Reply);
+type Pending = (Bytes, Reply);
 
 /// The queues of writes to carry, one per leader address.
 pub(crate) struct Forwarder {
@@ -58,7 +59,9 @@ impl Forwarder {
 
     /// Carries `req` to the leader at `addr` and returns its outcome there.
     pub(crate) async fn write(&self, addr: &str, req: &Request) -> Result<Response, ClusterError> {
-        let json = serde_json::to_vec(req).map_err(|e| ClusterError::Protocol(e.to_string()))?;
+        let json: Bytes = serde_json::to_vec(req)
+            .map_err(|e| ClusterError::Protocol(e.to_string()))?
+            .into();
         let (tx, rx) = oneshot::channel();
         let queue = self
             .queues
@@ -126,7 +129,7 @@ fn response(json: &[u8]) -> Result<Response, ClusterError> {
 
 /// Sends one batch and hands each write its outcome.
 async fn send(peers: &Peers, addr: &str, batch: Vec<Pending>) {
-    let (requests, replies): (Vec<Vec<u8>>, Vec<Reply>) = batch.into_iter().unzip();
+    let (requests, replies): (Vec<Bytes>, Vec<Reply>) = batch.into_iter().unzip();
     let n = requests.len();
     match call(peers, addr, requests.clone()).await {
         Ok(outcomes) => {
@@ -163,7 +166,7 @@ async fn send(peers: &Peers, addr: &str, batch: Vec<Pending>) {
 async fn call(
     peers: &Peers,
     addr: &str,
-    requests_json: Vec<Vec<u8>>,
+    requests_json: Vec<Bytes>,
 ) -> Result<Vec<Result<Response, ClusterError>>, Status> {
     let mut client = peers.cluster(addr)?;
     let reply = timed(
@@ -188,7 +191,7 @@ async fn call(
 async fn write_one(
     peers: &Peers,
     addr: &str,
-    request_json: Vec<u8>,
+    request_json: Bytes,
 ) -> Result<Response, ClusterError> {
     let mut client = peers.cluster(addr)?;
     let call = client.write(forwarded(WriteRequest { request_json }));

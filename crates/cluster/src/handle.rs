@@ -671,7 +671,7 @@ fn spawn_server(
         },
     );
     tokio::spawn(async move {
-        let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
+        let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = &tls {
             builder = match builder.tls_config(tls.server()) {
                 Ok(b) => b,
@@ -940,7 +940,8 @@ impl Inner {
     }
 
     async fn remote(&self, addr: &str, op: &Op) -> Result<Out, ClusterError> {
-        let mut client = self.forward.cluster(addr)?;
+        // A client for each call but writes, which the forwarder carries on its own.
+        let client = || self.forward.cluster(addr);
         let t = Duration::from_secs;
         Ok(match op {
             Op::Write(req) => Out::Write(self.forwarder.write(addr, req).await?),
@@ -957,7 +958,7 @@ impl Inner {
                     learner: *learner,
                 };
                 Out::Join(
-                    timed(addr, t(120), client.join(forwarded(req)))
+                    timed(addr, t(120), client()?.join(forwarded(req)))
                         .await?
                         .leader_id,
                 )
@@ -966,7 +967,7 @@ impl Inner {
                 timed(
                     addr,
                     t(20),
-                    client.remove_node(forwarded(RemoveNodeRequest { id: *id })),
+                    client()?.remove_node(forwarded(RemoveNodeRequest { id: *id })),
                 )
                 .await?;
                 Out::Removed
@@ -976,7 +977,7 @@ impl Inner {
                     skip_quorum: !quorum,
                 };
                 Out::ReadIndex(
-                    timed(addr, t(2), client.read_index(forwarded(req)))
+                    timed(addr, t(2), client()?.read_index(forwarded(req)))
                         .await?
                         .index,
                 )
@@ -986,7 +987,7 @@ impl Inner {
                     to: to.unwrap_or(0),
                 };
                 Out::Transferred(
-                    timed(addr, t(10), client.transfer_leader(forwarded(req)))
+                    timed(addr, t(10), client()?.transfer_leader(forwarded(req)))
                         .await?
                         .leader_id,
                 )
@@ -997,7 +998,7 @@ impl Inner {
                 timed(
                     addr,
                     t(2),
-                    client.report_health(forwarded(ReportHealthRequest { report_json })),
+                    client()?.report_health(forwarded(ReportHealthRequest { report_json })),
                 )
                 .await?;
                 Out::Reported

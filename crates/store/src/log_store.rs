@@ -213,8 +213,7 @@ impl LogStore {
         };
         self.first_kept
             .store(purged.index + 1, std::sync::atomic::Ordering::Release);
-        let batch = self
-            .delete_batch(..=purged.index)
+        let batch = delete_batch(&self.logs, ..=purged.index)
             .map_err(|e| StoreError::sled("scan log entries", e))?;
         self.logs
             .apply_batch(batch)
@@ -294,11 +293,6 @@ impl LogStore {
                 e,
             )
         })
-    }
-
-    /// A batch removing every log entry whose index is in `range`.
-    fn delete_batch(&self, range: impl RangeBounds<u64>) -> Result<sled::Batch, sled::Error> {
-        delete_batch(&self.logs, range)
     }
 
     /// Decodes one stored entry and checks that it sits under its own index.
@@ -546,7 +540,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         self.recent().truncate(log_id.index);
         let subject = ErrorSubject::Log(log_id);
-        let batch = self.delete_batch(log_id.index..).map_err(|e| {
+        let batch = delete_batch(&self.logs, log_id.index..).map_err(|e| {
             sled_err(
                 subject.clone(),
                 ErrorVerb::Delete,

@@ -254,12 +254,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             took_ms = started_at.elapsed().as_millis() as u64,
             "built a snapshot"
         );
-        let subject = snapshot_subject(&meta);
-        if replaced {
-            flush(&self.db)
-                .await
-                .map_err(|e| io_err(subject, ErrorVerb::Write, "flush snapshot", e))?;
-        } else {
+        if !replaced {
             tracing::info!(snapshot = %meta.snapshot_id, "built snapshot is older than the current one; not kept");
         }
         Ok(Snapshot {
@@ -282,8 +277,8 @@ fn lower_this_threads_priority() {
     clippy::result_large_err,
     reason = "openraft's StorageError is what build_snapshot returns"
 )]
-/// Encodes a snapshot of `state` and stores it as the current one unless a newer one is
-/// there already; answers its meta, its bytes and whether it was stored (not yet flushed).
+/// Encodes a snapshot of `state` and stores it as the current one, flushed, unless a newer one
+/// is there already; answers its meta, its bytes and whether it was stored.
 fn store_snapshot(
     db: &sled::Db,
     snapshots: &sled::Tree,
@@ -354,6 +349,10 @@ fn store_snapshot(
             };
             io_err(subject.clone(), ErrorVerb::Write, "save snapshot", e)
         })?;
+    if replaced {
+        db.flush()
+            .map_err(|e| sled_err(subject, ErrorVerb::Write, "flush snapshot", e))?;
+    }
     Ok((meta, data, replaced))
 }
 
