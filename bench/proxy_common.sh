@@ -277,14 +277,16 @@ EOF
 # GATEWAY_WRAP (and NGINX_WRAP, HAPROXY_WRAP; e.g. "valgrind --tool=callgrind") runs the
 # system under a tool.
 # GATEWAY_EXTRA_ARGS adds flags to `gateway serve` (bench/https.sh: --https-addr).
+# $1 names the instance (default "gateway": its folder and log under $WORK).
 start_gateway() {
+    local name=${1:-gateway}
     GATEWAY_PORT=$(free_port)
     GATEWAY_ADMIN_PORT=$(free_port)
-    local cluster_port dir="$WORK/gateway"
+    local cluster_port dir="$WORK/$name"
     cluster_port=$(free_port)
     mkdir -p "$dir"
     # shellcheck disable=SC2086
-    start_bg gateway env RUST_LOG="${GATEWAY_RUST_LOG:-warn}" ${GATEWAY_WRAP:-} "$GATEWAY_BIN" serve \
+    start_bg "$name" env RUST_LOG="${GATEWAY_RUST_LOG:-warn}" ${GATEWAY_WRAP:-} "$GATEWAY_BIN" serve \
         --id 1 --data-dir "$dir/data" --cluster-addr "127.0.0.1:$cluster_port" \
         --admin-addr "127.0.0.1:$GATEWAY_ADMIN_PORT" --http-addr "127.0.0.1:$GATEWAY_PORT" \
         --init --workers 1 ${GATEWAY_EXTRA_ARGS:-}
@@ -300,7 +302,7 @@ start_gateway() {
     done
     if [ -z "$ready" ]; then
         pinfo "error: the gateway did not become ready; its log:"
-        tail -20 "$WORK/gateway.log" >&2
+        tail -20 "$WORK/$name.log" >&2
         return 1
     fi
     admin_put "/v1/pools/bench" "{\"backends\":[{\"id\":\"b1\",\"address\":\"127.0.0.1:$BACKEND_PORT\"}]}"
@@ -309,7 +311,7 @@ start_gateway() {
         [ "$(curl -s -m 2 "http://127.0.0.1:$GATEWAY_PORT/")" = "hello, world" ] && break
         sleep 0.1
     done
-    check_proxy "$GATEWAY_PORT" gateway
+    check_proxy "$GATEWAY_PORT" "$name"
 }
 
 admin_put() {
@@ -319,6 +321,16 @@ admin_put() {
         pinfo "error: PUT $path answered $code: $(cat "$WORK/admin.out")"
         return 1
     fi
+}
+
+# Sums a /proc field (per process and thread) over a process and its children: cpu (utime+stime, ticks) or wakeups.
+ticks() { local t=0 p; for p in $(pgrep -P "$1") "$1"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo "$t"; }
+wakeups() {
+    local t=0 p f
+    for p in $(pgrep -P "$1") "$1"; do
+        for f in /proc/"$p"/task/*/status; do t=$((t + $(awk '/^voluntary_ctxt/ {print $2}' "$f"))); done
+    done
+    echo "$t"
 }
 
 # "PID ..." of every process of a system (nginx: master and workers).

@@ -31,16 +31,6 @@ for s in "${systems[@]}"; do
     esac
 done
 
-# Sums a /proc field over a process and its children: cpu (utime+stime, ticks) or wakeups.
-ticks() { local t=0 p; for p in $(pgrep -P "$1") "$1"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo "$t"; }
-wakeups() {
-    local t=0 p f
-    for p in $(pgrep -P "$1") "$1"; do
-        for f in /proc/"$p"/task/*/status; do t=$((t + $(awk '/^voluntary_ctxt/ {print $2}' "$f"))); done
-    done
-    echo "$t"
-}
-
 echo "command: ${USER_GATEWAY_BIN:+GATEWAY_BIN=$USER_GATEWAY_BIN }bench/proxy_cpu.sh $ROUNDS (SYSTEMS=$SYSTEMS)"
 printf '%-6s %-8s %8s %16s %18s %6s %16s %18s\n' round system 'req/s' 'proxy cpu us' 'backend cpu us' segs 'proxy wakeups' 'backend wakeups'
 hz=$(getconf CLK_TCK)

@@ -589,8 +589,26 @@ async fn retries_timeouts_and_malformed_requests_get_clear_answers() -> TestResu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_changed_ten_times_a_second_under_load_fails_no_request() -> TestResult {
-    let c = TestCluster::start(3).await?;
+    // Three data plane workers per node (each a thread with its own event loop), so that the
+    // load below is spread over workers that share the route table.
+    let c = TestCluster::start_with(3, Box::new(|_| vec!["--workers".into(), "3".into()])).await?;
     c.wait_leader(ELECTION).await?;
+    for n in c.nodes() {
+        let pid = n.pid().context("node not running")?;
+        let mut workers = Vec::new();
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+            let comm = std::fs::read_to_string(task?.path().join("comm")).unwrap_or_default();
+            if comm.starts_with("gateway-http-") {
+                workers.push(comm.trim().to_string());
+            }
+        }
+        workers.sort();
+        ensure!(
+            workers == ["gateway-http-0", "gateway-http-1", "gateway-http-2"],
+            "node {}: data plane threads {workers:?}",
+            n.id
+        );
+    }
     let (a, b) = (Demo::start("flip-a").await?, Demo::start("flip-b").await?);
     let n1 = c.node(1);
     put(

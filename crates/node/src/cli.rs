@@ -286,7 +286,8 @@ pub struct NodeArgs {
     /// Snapshot (and purge the log) every this many entries [default: 10000].
     #[arg(long, env = "GATEWAY_SNAPSHOT_EVERY")]
     pub snapshot_every: Option<u64>,
-    /// Runtime worker threads [default: all cores].
+    /// Data plane threads, each with its own event loop, and as many threads for the control
+    /// plane's runtime (Raft, admin API, health checks) [default: all cores].
     #[arg(long, env = "GATEWAY_WORKERS")]
     pub workers: Option<usize>,
     /// Admin bearer tokens, one `read TOKEN` or `write TOKEN` per line. Kept in the data dir's

@@ -494,6 +494,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
         stop_rx.clone(),
     ));
     tokio::spawn(crate::alerts::run(cluster.clone(), stop_rx.clone()));
+    let proxy_defaults = gateway_proxy::ProxyConfig::new(id, secret_obj.hop_key());
     let proxy = tokio::spawn(gateway_proxy::serve_all(
         gateway_proxy::Listeners {
             http: http_listener,
@@ -510,7 +511,8 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             https_port,
             health: Some(monitor.clone()),
             memory: memory.clone(),
-            ..gateway_proxy::ProxyConfig::new(id, secret_obj.hop_key())
+            workers: cfg.workers.unwrap_or(proxy_defaults.workers),
+            ..proxy_defaults
         },
         stopped(stop_rx.clone()),
     ));

@@ -292,10 +292,17 @@ impl Closing {
 pub(crate) struct Tracked(Arc<Shared>);
 
 impl Tracked {
-    pub(crate) fn new(shared: &Arc<Shared>) -> Self {
-        shared.closing.conns.fetch_add(1, Ordering::SeqCst);
+    /// Counts a connection in if fewer than `max` are open (0: no limit); None when full.
+    pub(crate) fn within(shared: &Arc<Shared>, max: usize) -> Option<Self> {
+        shared
+            .closing
+            .conns
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (max == 0 || n < max).then_some(n + 1)
+            })
+            .ok()?;
         shared.metrics.connection_opened();
-        Tracked(shared.clone())
+        Some(Tracked(shared.clone()))
     }
 }
 
@@ -997,7 +1004,8 @@ mod tests {
         let size = std::mem::size_of_val(&handle(&shared, &client, req));
         eprintln!("handle future: {size} bytes");
         assert!(size <= 8192, "the request future grew to {size} bytes");
-        let fut = serve(Tracked::new(&shared), ClientStream::Plain(stream), peer);
+        let tracked = Tracked::within(&shared, 0).expect("no limit");
+        let fut = serve(tracked, ClientStream::Plain(stream), peer);
         let size = std::mem::size_of_val(&fut);
         eprintln!("serve future: {size} bytes");
         // 280 bytes in release builds (288 in debug): with tokio's task header and trailer that is

@@ -210,6 +210,9 @@ pub struct ProxyConfig {
     /// The memory guard (`--memory-limit`): above its soft mark idle connections are closed
     /// and new ones answered 503, above its limit none are accepted. None: no limit.
     pub memory: Option<std::sync::Arc<memory::MemoryGuard>>,
+    /// Data plane threads, each with its own single-threaded runtime, accepting on the same
+    /// listeners and serving what it accepted (`--workers`). Default: one per core.
+    pub workers: usize,
 }
 
 impl ProxyConfig {
@@ -228,6 +231,7 @@ impl ProxyConfig {
             https_port: None,
             health: None,
             memory: None,
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }

@@ -69,6 +69,7 @@ pub async fn serve_all(
         tcp_status,
     } = listeners;
     let key = HopKey::new(&config.hop_key);
+    crate::upstream::expect_workers(config.workers.max(1));
     let mut registry = Registry::default();
     let (live, compiled_from) =
         compile(&mut state, &mut leader, config.node_id, &key, &mut registry);
@@ -134,7 +135,7 @@ pub async fn serve_all(
     });
     // The memory guard: shed idle connections and answer new ones 503 above the soft mark,
     // accept nothing above the limit.
-    let mut pressure = config.memory.as_ref().map(|g| g.pressure());
+    let pressure = config.memory.as_ref().map(|g| g.pressure());
     let shedder = pressure.clone().map(|mut p| {
         let shared = shared.clone();
         tokio::spawn(async move {
@@ -147,96 +148,189 @@ pub async fn serve_all(
             }
         })
     });
-    let mut shutdown = std::pin::pin!(shutdown);
-    loop {
-        if let Some(p) = &mut pressure
-            && *p.borrow_and_update() == Pressure::Refusing
-        {
-            // New connections wait in the kernel's backlog until memory falls.
-            tokio::select! {
-                () = &mut shutdown => break,
-                _ = p.wait_for(|x| *x != Pressure::Refusing) => continue,
-            }
-        }
-        // The cluster's connection limit: stop accepting (new connections wait in the
-        // kernel's backlog, as with HAProxy's maxconn) until one closes or the limit changes.
-        if shared.limits.max_connections() != 0 {
-            // Registered before looking, so a close after the look wakes this loop.
-            let room = shared.limits.room.notified();
-            let mut room = std::pin::pin!(room);
-            room.as_mut().enable();
-            let max = shared.limits.max_connections();
-            if max != 0 && shared.closing.open() >= max {
-                tokio::select! {
-                    () = &mut shutdown => break,
-                    () = room => continue,
-                }
-            }
-        }
-        let pressure_changed = async {
-            match &mut pressure {
-                Some(p) => {
-                    if p.changed().await.is_err() {
-                        std::future::pending::<()>().await;
+
+    // The workers: one thread each, with a single-threaded runtime, accepting on the same
+    // listening sockets and serving what they accept to the end (the model of nginx's worker
+    // processes): a connection's requests, its backend connections and their readiness stay
+    // on one thread, with no work stealing and no cross-thread wake-ups in the hot path. A new
+    // connection wakes every idle worker; the first to ask takes it, so a busy worker takes
+    // fewer.
+    let http = listener.into_std()?;
+    let https = https.map(|l| l.into_std()).transpose()?;
+    let (stop, stopped) = watch::channel(false);
+    let mut accepting = Vec::new();
+    let mut finished = Vec::new();
+    for index in 0..config.workers.max(1) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let worker = Worker {
+            http: http.try_clone()?,
+            https: https.as_ref().map(|l| l.try_clone()).transpose()?,
+            shared: shared.clone(),
+            acceptor: acceptor.clone(),
+            pressure: pressure.clone(),
+            stop: stopped.clone(),
+        };
+        let (accept_done, accept_rx) = tokio::sync::oneshot::channel::<()>();
+        let (all_done, all_rx) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name(format!("gateway-http-{index}"))
+            .spawn(move || {
+                crate::upstream::set_worker(index + 1);
+                runtime.block_on(async move {
+                    let shared = worker.shared.clone();
+                    if let Err(e) = worker.run().await {
+                        tracing::error!(error = %e, "a data plane worker could not listen");
                     }
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
-        let (accepted, tls) = tokio::select! {
-            () = &mut shutdown => break,
-            // Look again: at the limit, stop accepting at once.
-            () = pressure_changed => continue,
-            accepted = listener.accept() => (accepted, false),
-            accepted = accept_maybe(&https) => (accepted, true),
-        };
-        let (stream, peer) = match accepted {
-            Ok(conn) => conn,
-            Err(e) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        if pressure
-            .as_ref()
-            .is_some_and(|p| *p.borrow() != Pressure::Normal)
-        {
-            // Under memory pressure: a fast 503 in plain HTTP; a TLS connection is closed
-            // before its handshake (that costs less than answering it).
-            if !tls {
-                tokio::spawn(shed(stream));
-            }
-            continue;
-        }
-        if tls {
-            tokio::spawn(handshake(
-                Tracked::new(&shared),
-                acceptor.clone(),
-                stream,
-                peer,
-            ));
-        } else {
-            tokio::spawn(crate::conn::serve(
-                Tracked::new(&shared),
-                ClientStream::Plain(stream),
-                peer,
-            ));
-        }
+                    drop(accept_done);
+                    // Serve what this worker accepted until every connection is gone.
+                    shared.closing.all_gone().await;
+                });
+                drop(all_done);
+            })?;
+        accepting.push(accept_rx);
+        finished.push(all_rx);
+    }
+    drop((http, https));
+
+    shutdown.await;
+    let _ = stop.send(true);
+    for worker in accepting {
+        let _ = worker.await;
     }
     if let Some(s) = shedder {
         s.abort();
     }
-    drop(listener);
-    drop(https);
     tracing::info!("data plane shutting down");
     shared.closing.close();
-    shared.closing.all_gone().await;
+    for worker in finished {
+        let _ = worker.await;
+    }
     watcher.abort();
     ticker.abort();
     Ok(())
+}
+
+/// One data plane worker's accept loop and what it needs.
+struct Worker {
+    http: std::net::TcpListener,
+    https: Option<std::net::TcpListener>,
+    shared: Arc<Shared>,
+    acceptor: TlsAcceptor,
+    pressure: Option<watch::Receiver<Pressure>>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Worker {
+    /// Accepts until the server stops, spawning each connection on this worker's runtime.
+    async fn run(self) -> std::io::Result<()> {
+        let Worker {
+            http,
+            https,
+            shared,
+            acceptor,
+            mut pressure,
+            mut stop,
+        } = self;
+        let listener = TcpListener::from_std(http)?;
+        let https = https.map(TcpListener::from_std).transpose()?;
+        let shutdown = stop.wait_for(|stop| *stop);
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            if let Some(p) = &mut pressure
+                && *p.borrow_and_update() == Pressure::Refusing
+            {
+                // New connections wait in the kernel's backlog until memory falls.
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    _ = p.wait_for(|x| *x != Pressure::Refusing) => continue,
+                }
+            }
+            // The cluster's connection limit: stop accepting (new connections wait in the
+            // kernel's backlog, as with HAProxy's maxconn) until one closes or the limit
+            // changes.
+            if shared.limits.max_connections() != 0 {
+                // Registered before looking, so a close after the look wakes this loop.
+                let room = shared.limits.room.notified();
+                let mut room = std::pin::pin!(room);
+                room.as_mut().enable();
+                let max = shared.limits.max_connections();
+                if max != 0 && shared.closing.open() >= max {
+                    tokio::select! {
+                        _ = &mut shutdown => break,
+                        () = room => continue,
+                    }
+                }
+            }
+            let pressure_changed = async {
+                match &mut pressure {
+                    Some(p) => {
+                        if p.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            let (accepted, tls) = tokio::select! {
+                _ = &mut shutdown => break,
+                // Look again: at the limit, stop accepting at once.
+                () = pressure_changed => continue,
+                accepted = listener.accept() => (accepted, false),
+                accepted = accept_maybe(&https) => (accepted, true),
+            };
+            let (stream, peer) = match accepted {
+                Ok(conn) => conn,
+                // Another worker took it first.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            if pressure
+                .as_ref()
+                .is_some_and(|p| *p.borrow() != Pressure::Normal)
+            {
+                // Under memory pressure: a fast 503 in plain HTTP; a TLS connection is closed
+                // before its handshake (that costs less than answering it).
+                if !tls {
+                    tokio::spawn(shed(stream));
+                }
+                continue;
+            }
+            // Workers look at the limit above before they accept, so two of them may each
+            // accept the last free place: the one that finds it taken holds its connection
+            // unserved (as the kernel's backlog would) and accepts nothing until one closes.
+            let tracked = loop {
+                let room = shared.limits.room.notified();
+                let mut room = std::pin::pin!(room);
+                room.as_mut().enable();
+                if let Some(t) = Tracked::within(&shared, shared.limits.max_connections()) {
+                    break Some(t);
+                }
+                tokio::select! {
+                    _ = &mut shutdown => break None,
+                    () = room => {}
+                }
+            };
+            let Some(tracked) = tracked else { break };
+            if tls {
+                tokio::spawn(handshake(tracked, acceptor.clone(), stream, peer));
+            } else {
+                tokio::spawn(crate::conn::serve(
+                    tracked,
+                    ClientStream::Plain(stream),
+                    peer,
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The fast answer to a connection accepted under memory pressure.

@@ -32,6 +32,7 @@ use std::future::{Future, poll_fn};
 use std::io::{self, IoSlice};
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
@@ -346,12 +347,32 @@ impl Pump {
 }
 
 /// One upstream address and its idle connections.
+/// The most data plane workers any server of this process started (sizes the idle lists).
+static WORKERS: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// This thread's data plane worker (1-based), 0 on other threads.
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Makes room in the idle lists of endpoints created from now on for `n` workers.
+pub(crate) fn expect_workers(n: usize) {
+    WORKERS.fetch_max(n, Ordering::Relaxed);
+}
+
+/// Marks this thread as data plane worker `index` (1-based).
+pub(crate) fn set_worker(index: usize) {
+    WORKER.set(index);
+}
+
 pub(crate) struct Endpoint {
     target: Target,
     protocol: Protocol,
     /// TLS towards the backend (the pool's `tls`); plain when `None`.
     tls: Option<Arc<UpstreamTls>>,
-    idle: Mutex<Vec<Idle>>,
+    /// Idle connections, one list per data plane worker (see [`set_worker`]): a worker
+    /// reuses the connections it opened, whose readiness its own runtime watches.
+    idle: Box<[Mutex<Vec<Idle>>]>,
     /// The shared HTTP/2 connection of an `h2c` endpoint.
     h2: Mutex<Option<http2::SendRequest<ProxyBody>>>,
 }
@@ -367,13 +388,16 @@ impl Endpoint {
             target,
             protocol,
             tls,
-            idle: Mutex::new(Vec::new()),
+            idle: (0..WORKERS.load(Ordering::Relaxed).max(1) + 1)
+                .map(|_| Mutex::new(Vec::new()))
+                .collect(),
             h2: Mutex::new(None),
         }
     }
 
     fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+        let list = &self.idle[WORKER.get() % self.idle.len()];
+        list.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A pooled connection ready for a new request, if any; stale ones are dropped.

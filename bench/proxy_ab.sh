@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# A/B of gateway builds or settings under the bench/proxy.sh load (wrk -t1 -c64 against one
+# nginx backend), with nginx and HAProxy as references: every variant runs at the same time
+# (idle when not measured), rounds interleave the variants so the machine's drift falls on all
+# alike, and the median of the rounds is printed with the proxy's CPU time per request and
+# the backend's wake-ups (voluntary context switches) per request.
+#
+#   bench/proxy_ab.sh ROUNDS VARIANT...
+#     VARIANT: NAME=BINARY[:VAR=VALUE[,VAR=VALUE...]]   (environment for that gateway)
+#              or nginx, haproxy
+#   e.g. bench/proxy_ab.sh 6 base=/tmp/gw-a new=/tmp/gw-b nginx
+#   env: DURATION=5 (s per run)  CONNECTIONS=64  KEEP=1
+#        PIN=1: the proxies on CPU 1, wrk and the backend on CPU 0, so that each proxy's rate
+#        shows its own cost per request rather than how the scheduler placed the processes
+source "$(dirname "${BASH_SOURCE[0]}")/proxy_common.sh"
+
+ROUNDS="${1:-}"
+shift || true
+case "$ROUNDS" in '' | *[!0-9]*) echo "usage: bench/proxy_ab.sh ROUNDS NAME=BINARY[:VAR=VALUE,...]|nginx|haproxy ..." >&2; exit 2 ;; esac
+[ $# -ge 1 ] || { echo "error: name at least one variant (NAME=BINARY, nginx or haproxy)" >&2; exit 2; }
+DURATION="${DURATION:-5}"
+CONNECTIONS="${CONNECTIONS:-64}"
+
+ensure_peers
+make_workdir
+start_backend
+names=() ports=() pids=()
+for v in "$@"; do
+    case "$v" in
+        nginx) start_nginx; names+=(nginx); ports+=("$NGINX_PORT"); pids+=("$NGINX_PID") ;;
+        haproxy) start_haproxy; names+=(haproxy); ports+=("$HAPROXY_PORT"); pids+=("$HAPROXY_PID") ;;
+        *=*)
+            name=${v%%=*} rest=${v#*=}
+            bin=${rest%%:*} envs=""
+            [ "$bin" != "$rest" ] && envs=${rest#*:}
+            [ -x "$bin" ] || { echo "error: $bin (variant $name) is not an executable" >&2; exit 2; }
+            GATEWAY_BIN=$bin GATEWAY_WRAP="env ${envs//,/ }" start_gateway "gw-$name"
+            names+=("$name"); ports+=("$GATEWAY_PORT"); pids+=("$GATEWAY_PID")
+            ;;
+        *) echo "error: '$v' is not NAME=BINARY, nginx or haproxy" >&2; exit 2 ;;
+    esac
+done
+WRK=(wrk)
+if [ "${PIN:-}" = 1 ]; then
+    pin() { local p; for p in $(pgrep -P "$2") "$2"; do taskset -a -p -c "$1" "$p" >/dev/null; done; }
+    pin 0 "$BACKEND_PID"
+    for p in "${pids[@]}"; do pin 1 "$p"; done
+    WRK=(taskset -c 0 wrk)
+fi
+print_context
+echo "command: ${PIN:+PIN=$PIN }bench/proxy_ab.sh $ROUNDS $*  (DURATION=$DURATION CONNECTIONS=$CONNECTIONS)"
+
+for i in "${!names[@]}"; do
+    run_fg "${WRK[@]}" -t1 -c"$CONNECTIONS" -d2s "http://127.0.0.1:${ports[$i]}/" >/dev/null
+done
+RESULTS="$WORK/ab.tsv"
+: >"$RESULTS"
+hz=$(getconf CLK_TCK)
+for round in $(seq "$ROUNDS"); do
+    line="round $round:"
+    for i in "${!names[@]}"; do
+        c0=$(ticks "${pids[$i]}"); v0=$(wakeups "$BACKEND_PID")
+        out=$(run_fg "${WRK[@]}" -t1 -c"$CONNECTIONS" -d"${DURATION}s" "http://127.0.0.1:${ports[$i]}/")
+        c1=$(ticks "${pids[$i]}"); v1=$(wakeups "$BACKEND_PID")
+        reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+        non2xx=$(echo "$out" | awk '/Non-2xx/ {print $NF}')
+        echo -e "${names[$i]}\t$reqs\t$DURATION\t$((c1 - c0))\t$hz\t$((v1 - v0))\t${non2xx:-0}" >>"$RESULTS"
+        line="$line  ${names[$i]} $(awk -v r="$reqs" -v d="$DURATION" 'BEGIN {printf "%.1fk", r / d / 1000}')"
+    done
+    echo "$line"
+done
+python3 - "$RESULTS" "${names[@]}" <<'PY'
+import statistics, sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+print(f"\nmedian of rounds      req/s   proxy CPU us/req   backend wake-ups/req   errors")
+for name in sys.argv[2:]:
+    mine = [r for r in rows if r[0] == name]
+    rate = statistics.median(int(r[1]) / float(r[2]) for r in mine)
+    cpu = statistics.median(int(r[3]) / int(r[4]) * 1e6 / int(r[1]) for r in mine)
+    wake = statistics.median(int(r[5]) / int(r[1]) for r in mine)
+    errs = sum(int(r[6]) for r in mine)
+    print(f"{name:<18} {rate/1000:8.1f}k {cpu:18.1f} {wake:22.3f} {errs:8d}")
+PY
