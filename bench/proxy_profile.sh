@@ -126,7 +126,9 @@ else
     # system is configured and warmed up (start-up and the Raft bootstrap are not counted), the
     # same bounded wrk load runs, and the count is divided by the requests wrk saw answered.
     # User-space instructions only: the kernel's share is in the perf mode (and syscalls/request).
-    CG="valgrind --tool=callgrind --instr-atstart=no"
+    # --fair-sched=yes: valgrind runs one thread at a time, and with its default lock a node
+    # whose threads wait on one another never got ready.
+    CG="valgrind --tool=callgrind --instr-atstart=no --fair-sched=yes"
     CGC="${CALLGRIND_CONNECTIONS:-8}"
     IFS=',' read -r -a CG_SYS <<<"${CALLGRIND_SYSTEMS:-gateway,nginx,haproxy}"
     for s in "${CG_SYS[@]}"; do
