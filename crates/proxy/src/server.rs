@@ -157,6 +157,9 @@ pub async fn serve_all(
     // fewer.
     let http = listener.into_std()?;
     let https = https.map(|l| l.into_std()).transpose()?;
+    // When this future ends or is dropped, `stop` goes first, which stops the workers' accept
+    // loops; the guard then tells their connections to close, as a shutdown would.
+    let _close = CloseOnDrop(shared.clone());
     let (stop, stopped) = watch::channel(false);
     let mut accepting = Vec::new();
     let mut finished = Vec::new();
@@ -210,6 +213,16 @@ pub async fn serve_all(
     watcher.abort();
     ticker.abort();
     Ok(())
+}
+
+/// Closes the server's connections (idle ones at once, others after their request) when
+/// dropped.
+struct CloseOnDrop(Arc<Shared>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.closing.close();
+    }
 }
 
 /// One data plane worker's accept loop and what it needs.

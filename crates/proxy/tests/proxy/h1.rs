@@ -596,3 +596,49 @@ async fn shutdown_closes_idle_connections_and_lets_a_request_finish() {
         .unwrap()
         .unwrap();
 }
+
+/// The workers run on threads of their own: when the `serve` future is dropped (its task
+/// aborted), they stop accepting and close their idle connections, as at a shutdown.
+#[tokio::test]
+async fn dropping_the_server_stops_its_workers() {
+    let a = backend("a").await;
+    let config = ProxyConfig {
+        workers: 3,
+        ..ProxyConfig::new(1, KEY)
+    };
+    let p = proxy_to(&a.address, config).await;
+    let addr: SocketAddr = p.addr;
+    let mut idle = TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(
+        read_response(&mut idle, &mut Vec::new(), false)
+            .await
+            .status(),
+        200
+    );
+    drop(p);
+    assert!(
+        wait_closed(&mut idle).await.is_empty(),
+        "the idle connection closed"
+    );
+    // Nothing accepts any more: a new connection is refused or closed unanswered.
+    eventually("new connections to go unanswered", || async move {
+        let Ok(mut s) = TcpStream::connect(addr).await else {
+            return true;
+        };
+        if s.write_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+            .await
+            .is_err()
+        {
+            return true;
+        }
+        let mut byte = [0u8; 1];
+        matches!(
+            tokio::time::timeout(Duration::from_millis(300), s.read(&mut byte)).await,
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_)
+        )
+    })
+    .await;
+}
