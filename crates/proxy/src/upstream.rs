@@ -346,7 +346,6 @@ impl Pump {
     }
 }
 
-/// One upstream address and its idle connections.
 /// The most data plane workers any server of this process started (sizes the idle lists).
 static WORKERS: AtomicUsize = AtomicUsize::new(0);
 
@@ -365,6 +364,7 @@ pub(crate) fn set_worker(index: usize) {
     WORKER.set(index);
 }
 
+/// One upstream address and its idle connections.
 pub(crate) struct Endpoint {
     target: Target,
     protocol: Protocol,
