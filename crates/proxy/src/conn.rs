@@ -230,11 +230,6 @@ pub(crate) struct Closing {
 }
 
 impl Closing {
-    /// Connections speaking HTTP now.
-    pub(crate) fn open(&self) -> usize {
-        self.conns.load(Ordering::SeqCst)
-    }
-
     /// Resolves once no [`Tracked`] handle is left.
     pub(crate) async fn all_gone(&self) {
         loop {

@@ -69,7 +69,8 @@ pub async fn serve_all(
         tcp_status,
     } = listeners;
     let key = HopKey::new(&config.hop_key);
-    crate::upstream::expect_workers(config.workers.max(1));
+    let workers = config.workers.max(1);
+    crate::upstream::expect_workers(workers);
     let mut registry = Registry::default();
     let (live, compiled_from) =
         compile(&mut state, &mut leader, config.node_id, &key, &mut registry);
@@ -163,7 +164,7 @@ pub async fn serve_all(
     let (stop, stopped) = watch::channel(false);
     let mut accepting = Vec::new();
     let mut finished = Vec::new();
-    for index in 0..config.workers.max(1) {
+    for index in 0..workers {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -260,22 +261,6 @@ impl Worker {
                     _ = p.wait_for(|x| *x != Pressure::Refusing) => continue,
                 }
             }
-            // The cluster's connection limit: stop accepting (new connections wait in the
-            // kernel's backlog, as with HAProxy's maxconn) until one closes or the limit
-            // changes.
-            if shared.limits.max_connections() != 0 {
-                // Registered before looking, so a close after the look wakes this loop.
-                let room = shared.limits.room.notified();
-                let mut room = std::pin::pin!(room);
-                room.as_mut().enable();
-                let max = shared.limits.max_connections();
-                if max != 0 && shared.closing.open() >= max {
-                    tokio::select! {
-                        _ = &mut shutdown => break,
-                        () = room => continue,
-                    }
-                }
-            }
             let pressure_changed = async {
                 match &mut pressure {
                     Some(p) => {
@@ -295,8 +280,6 @@ impl Worker {
             };
             let (stream, peer) = match accepted {
                 Ok(conn) => conn,
-                // Another worker took it first.
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!(error = %e, "accept failed");
@@ -316,9 +299,10 @@ impl Worker {
                 }
                 continue;
             }
-            // Workers look at the limit above before they accept, so two of them may each
-            // accept the last free place: the one that finds it taken holds its connection
-            // unserved (as the kernel's backlog would) and accepts nothing until one closes.
+            // The cluster's connection limit (as HAProxy's maxconn): a connection past it is
+            // held unserved, as the kernel's backlog would hold it, and this worker accepts
+            // nothing more until one closes or the limit changes. The place is taken
+            // atomically, since every worker accepts.
             let tracked = loop {
                 let room = shared.limits.room.notified();
                 let mut room = std::pin::pin!(room);
