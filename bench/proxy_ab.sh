@@ -53,31 +53,37 @@ echo "command: ${PIN:+PIN=$PIN }bench/proxy_ab.sh $ROUNDS $*  (DURATION=$DURATIO
 for i in "${!names[@]}"; do
     run_fg "${WRK[@]}" -t1 -c"$CONNECTIONS" -d2s "http://127.0.0.1:${ports[$i]}/" >/dev/null
 done
-RESULTS="$WORK/ab.tsv"
-: >"$RESULTS"
+# Per run: wrk's output in $WORK/ab/ROUND-NAME.txt, and the proxy's CPU ticks and the
+# backend's wake-ups over the run in ab.tsv beside it.
+RESULTS="$WORK/ab"
+mkdir -p "$RESULTS"
 hz=$(getconf CLK_TCK)
 for round in $(seq "$ROUNDS"); do
     line="round $round:"
     for i in "${!names[@]}"; do
+        out="$RESULTS/$round-${names[$i]}.txt"
         c0=$(ticks "${pids[$i]}"); v0=$(wakeups "$BACKEND_PID")
-        out=$(run_fg "${WRK[@]}" -t1 -c"$CONNECTIONS" -d"${DURATION}s" "http://127.0.0.1:${ports[$i]}/")
+        run_fg "${WRK[@]}" -t1 -c"$CONNECTIONS" -d"${DURATION}s" "http://127.0.0.1:${ports[$i]}/" >"$out"
         c1=$(ticks "${pids[$i]}"); v1=$(wakeups "$BACKEND_PID")
-        reqs=$(echo "$out" | awk '/requests in/ {print $1}')
-        non2xx=$(echo "$out" | awk '/Non-2xx/ {print $NF}')
-        echo -e "${names[$i]}\t$reqs\t$DURATION\t$((c1 - c0))\t$hz\t$((v1 - v0))\t${non2xx:-0}" >>"$RESULTS"
-        line="$line  ${names[$i]} $(awk -v r="$reqs" -v d="$DURATION" 'BEGIN {printf "%.1fk", r / d / 1000}')"
+        echo -e "$round\t${names[$i]}\t$((c1 - c0))\t$((v1 - v0))" >>"$RESULTS/ab.tsv"
+        line="$line  ${names[$i]} $(awk '/Requests\/sec/ {printf "%.1fk", $2 / 1000}' "$out")"
     done
     echo "$line"
 done
-python3 - "$RESULTS" "${names[@]}" <<'PY'
+python3 - "$BENCH_DIR" "$RESULTS" "$hz" "${names[@]}" <<'PY'
 import statistics, sys
-rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
-print(f"\nmedian of rounds      req/s   proxy CPU us/req   backend wake-ups/req   errors")
-for name in sys.argv[2:]:
-    mine = [r for r in rows if r[0] == name]
-    rate = statistics.median(int(r[1]) / float(r[2]) for r in mine)
-    cpu = statistics.median(int(r[3]) / int(r[4]) * 1e6 / int(r[1]) for r in mine)
-    wake = statistics.median(int(r[5]) / int(r[1]) for r in mine)
-    errs = sum(int(r[6]) for r in mine)
-    print(f"{name:<18} {rate/1000:8.1f}k {cpu:18.1f} {wake:22.3f} {errs:8d}")
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from proxy_report import parse  # wrk's output: rate, requests, non-2xx and socket errors
+
+results, hz = Path(sys.argv[2]), int(sys.argv[3])
+rows = [l.split("\t") for l in (results / "ab.tsv").read_text().splitlines() if l]
+print("\nmedian of rounds      req/s   proxy CPU us/req   backend wake-ups/req   errors")
+for name in sys.argv[4:]:
+    runs = [(parse(results / f"{r[0]}-{name}.txt"), int(r[2]), int(r[3])) for r in rows if r[1] == name]
+    rate = statistics.median(w["rps"] for w, _, _ in runs)
+    cpu = statistics.median(t / hz * 1e6 / w["requests"] for w, t, _ in runs)
+    wake = statistics.median(v / w["requests"] for w, _, v in runs)
+    errors = sum(w["non2xx"] + w["sock"] for w, _, _ in runs)
+    print(f"{name:<18} {rate / 1000:8.1f}k {cpu:18.1f} {wake:22.3f} {errors:8d}")
 PY

@@ -323,7 +323,8 @@ admin_put() {
     fi
 }
 
-# Sums a /proc field (per process and thread) over a process and its children: cpu (utime+stime, ticks) or wakeups.
+# Over a process and its children: ticks = CPU time (utime+stime, clock ticks, from
+# /proc/PID/stat); wakeups = voluntary context switches of all their threads (how often they slept).
 ticks() { local t=0 p; for p in $(pgrep -P "$1") "$1"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo "$t"; }
 wakeups() {
     local t=0 p f
