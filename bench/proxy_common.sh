@@ -326,6 +326,8 @@ admin_put() {
 # Over a process and its children: ticks = CPU time (utime+stime, clock ticks, from
 # /proc/PID/stat); wakeups = voluntary context switches of all their threads (how often they slept).
 ticks() { local t=0 p; for p in $(pgrep -P "$1") "$1"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo "$t"; }
+# The user-space part of ticks (utime).
+user_ticks() { local t=0 p; for p in $(pgrep -P "$1") "$1"; do t=$((t + $(awk '{print $14}' "/proc/$p/stat"))); done; echo "$t"; }
 wakeups() {
     local t=0 p f
     for p in $(pgrep -P "$1") "$1"; do

@@ -2,9 +2,11 @@
 //! through without copying; small bodies are recorded on the way when a replay may need them.
 
 use crate::balance::InFlight;
+use crate::codec::RawHeaders;
 use crate::conn::ClientBody;
 use crate::upstream::{BackendBody, Tunnel};
 use bytes::{Bytes, BytesMut};
+use http::Response;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -43,6 +45,50 @@ impl Source {
             Source::Client(b) => b.size_hint(),
             Source::Backend(b) => b.size_hint(),
             Source::H2(b) => b.size_hint(),
+        }
+    }
+}
+
+/// A response body that may hold its response's headers as the backend sent them
+/// ([`RawHeaders`]): the h1 path writes those to the client as they are; everything else that
+/// reads or changes a response's headers calls [`materialize`] first.
+pub(crate) trait RawHead {
+    fn take_raw(&mut self) -> Option<Box<RawHeaders>>;
+}
+
+impl RawHead for Source {
+    fn take_raw(&mut self) -> Option<Box<RawHeaders>> {
+        match self {
+            Source::Backend(b) => b.take_raw(),
+            _ => None,
+        }
+    }
+}
+
+impl RawHead for ProxyBody {
+    fn take_raw(&mut self) -> Option<Box<RawHeaders>> {
+        match self {
+            ProxyBody::Upstream { body, .. } => body.take_raw(),
+            _ => None,
+        }
+    }
+}
+
+/// Moves headers still kept raw in the body into the response's map, before those the
+/// gateway added (a sticky cookie, a cache tag).
+pub(crate) fn materialize<B: RawHead>(resp: &mut Response<B>) {
+    let Some(raw) = resp.body_mut().take_raw() else {
+        return;
+    };
+    let added = std::mem::replace(resp.headers_mut(), raw.into_map());
+    let headers = resp.headers_mut();
+    let mut last = None;
+    for (name, value) in added {
+        if let Some(name) = name {
+            last = Some(name);
+        }
+        if let Some(name) = &last {
+            headers.append(name, value);
         }
     }
 }

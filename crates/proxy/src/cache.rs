@@ -31,7 +31,7 @@
 //! Every answer of an eligible request carries `X-Cache: HIT | MISS | STALE | COALESCED`
 //! (`MISS`: it went upstream itself), stored answers an `Age`.
 
-use crate::body::{BoxError, Prefixed, ProxyBody};
+use crate::body::{BoxError, Prefixed, ProxyBody, materialize};
 use crate::headers::{ClientAddr, is_upgrade_request, request_host};
 use crate::hop::HOP_HEADER;
 use crate::metrics::RouteStats;
@@ -527,7 +527,7 @@ pub(crate) async fn serve(
             let _landing = Landing(cache, &key, id);
             count(&counters.misses);
             let req_headers = req.headers().clone();
-            let resp = match proxy(shared, live, route, client, req, served).await {
+            let mut resp = match proxy(shared, live, route, client, req, served).await {
                 Ok(resp) => resp,
                 Err(e) => {
                     tx.send_replace(Some(Outcome::Alone));
@@ -538,6 +538,7 @@ pub(crate) async fn serve(
                     return tagged(e.into_response(Some(route)), "MISS");
                 }
             };
+            materialize(&mut resp);
             let j = cache.judge(resp.status(), resp.headers(), SystemTime::now());
             if !j.share {
                 if j.pass {

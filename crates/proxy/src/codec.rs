@@ -1,7 +1,8 @@
 //! HTTP/1.1 wire format, shared by the client side (`conn`) and the backend side
-//! (`upstream`): heads parsed with `httparse` into `http` types without copying header values,
-//! heads written into one buffer, and the body [`Decoder`] (fixed length, chunked with
-//! trailers, or until the connection closes) and chunked encoding.
+//! (`upstream`): heads parsed with `httparse` into `http` types without copying header values
+//! (a backend's response headers stay in its bytes, [`RawHeaders`], until something needs
+//! them as a map), heads written into one buffer, and the body [`Decoder`] (fixed length,
+//! chunked with trailers, or until the connection closes) and chunked encoding.
 //!
 //! Framing is strict where a proxy must be (RFC 9112 §6.3, request smuggling): a request with
 //! both `Content-Length` and `Transfer-Encoding`, either one twice, a `Content-Length` that is
@@ -136,8 +137,7 @@ pub(crate) fn parse_request(
     }))
 }
 
-fn parse_length(v: &HeaderValue) -> Option<u64> {
-    let b = v.as_bytes();
+fn parse_length(b: &[u8]) -> Option<u64> {
     if b.is_empty() || b.len() > 19 || !b.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -169,7 +169,7 @@ fn request_framing(h: &HeaderMap, version: Version) -> Result<Option<Framing>, H
             if cl.next().is_some() {
                 return Err(bad("more than one Content-Length header"));
             }
-            match parse_length(v) {
+            match parse_length(v.as_bytes()) {
                 Some(0) => Ok(None),
                 Some(n) => Ok(Some(Framing::Length(n))),
                 None => Err(bad("invalid Content-Length")),
@@ -182,16 +182,111 @@ fn request_framing(h: &HeaderMap, version: Version) -> Result<Option<Framing>, H
 pub(crate) struct ResponseHead {
     pub(crate) status: StatusCode,
     pub(crate) version: Version,
+    /// The headers, unless they are kept as received in `raw`.
     pub(crate) headers: HeaderMap,
+    /// The end-to-end headers, as the backend wrote them (see [`RawHeaders`]).
+    pub(crate) raw: Option<Box<RawHeaders>>,
+    /// `None`: no body.
+    pub(crate) framing: Option<Framing>,
+    /// The backend said `Connection: close`.
+    pub(crate) close: bool,
 }
 
-/// Parses a complete response head at the start of `buf` (split off on success).
-pub(crate) fn parse_response(buf: &mut BytesMut) -> io::Result<Option<ResponseHead>> {
+/// The headers of a backend's response kept in the bytes it sent, to be written to the client
+/// without building a header map: hop-by-hop headers are already left out (and a
+/// `Content-Length` the framing overrides). Turned into a map ([`RawHeaders::into_map`]) only
+/// where something reads or changes them.
+pub(crate) struct RawHeaders {
+    head: Bytes,
+    spans: Vec<Span>,
+    /// A `Content-Length` is among them.
+    pub(crate) length: bool,
+}
+
+impl RawHeaders {
+    /// Appends `name: value\r\n` for every header; lines already in that form go out in runs,
+    /// copied as they came.
+    pub(crate) fn write(&self, out: &mut Vec<u8>) {
+        let h = &self.head[..];
+        let mut run = 0..0;
+        for &(name_at, name_len, at, n) in &self.spans {
+            let end = at + n;
+            let plain = at == name_at + name_len + 2
+                && h.get(name_at + name_len..at) == Some(b": ")
+                && h.get(end..end + 2) == Some(b"\r\n");
+            if plain && run.end == name_at && !run.is_empty() {
+                run.end = end + 2;
+                continue;
+            }
+            out.extend_from_slice(&h[run.clone()]);
+            if plain {
+                run = name_at..end + 2;
+            } else {
+                run = 0..0;
+                out.extend_from_slice(&h[name_at..name_at + name_len]);
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(&h[at..end]);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        out.extend_from_slice(&h[run]);
+    }
+
+    /// The headers as a map (sharing the head's bytes).
+    pub(crate) fn into_map(self) -> HeaderMap {
+        let mut headers = HeaderMap::with_capacity(self.spans.len() + 2);
+        for &(name_at, name_len, at, n) in &self.spans {
+            // Both were checked when the head was parsed.
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(&self.head[name_at..name_at + name_len]),
+                HeaderValue::from_maybe_shared(self.head.slice(at..at + n)),
+            ) {
+                headers.append(name, value);
+            }
+        }
+        headers
+    }
+}
+
+/// How a response header is treated when the head is kept raw.
+enum Treat {
+    /// Passed on.
+    Keep,
+    ContentLength,
+    /// Hop-by-hop: left out.
+    Hop,
+    TransferEncoding,
+    Connection,
+}
+
+fn treat(name: &[u8]) -> Treat {
+    let is = |s: &[u8]| name.eq_ignore_ascii_case(s);
+    match name.len() {
+        2 if is(b"te") => Treat::Hop,
+        7 if is(b"upgrade") => Treat::Hop,
+        10 if is(b"connection") => Treat::Connection,
+        10 if is(b"keep-alive") => Treat::Hop,
+        14 if is(b"content-length") => Treat::ContentLength,
+        17 if is(b"transfer-encoding") => Treat::TransferEncoding,
+        n if n > 6 && name[..6].eq_ignore_ascii_case(b"proxy-") => Treat::Hop,
+        _ => Treat::Keep,
+    }
+}
+
+/// Parses a complete response head, to a request with `method`, at the start of `buf` (split
+/// off on success).
+///
+/// The headers are kept raw, filtered as [`crate::headers::prepare_response`] would, unless
+/// the answer is a `101` (its `Upgrade` header stays) or a `Connection` header names other
+/// headers to drop (rare): then they are parsed into a map as they came.
+pub(crate) fn parse_response(
+    buf: &mut BytesMut,
+    method: &Method,
+) -> io::Result<Option<ResponseHead>> {
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut []);
     let len = match httparse::ParserConfig::default()
         .allow_spaces_after_header_name_in_responses(true)
-        .allow_obsolete_multiline_headers_in_responses(true)
         .parse_response_with_uninit_headers(&mut resp, buf, &mut slots)
     {
         Ok(httparse::Status::Complete(n)) => n,
@@ -204,24 +299,114 @@ pub(crate) fn parse_response(buf: &mut BytesMut) -> io::Result<Option<ResponseHe
     };
     let status = StatusCode::from_u16(resp.code.unwrap_or(0))
         .map_err(|_| invalid("invalid response status"))?;
-    let spans = spans(resp.headers, buf.as_ptr() as usize);
+    let mut spans = spans(resp.headers, buf.as_ptr() as usize);
     let head = buf.split_to(len).freeze();
-    let headers = header_map(&head, &spans, 2).map_err(|part| match part {
-        BadPart::Name => invalid("invalid response header name"),
-        BadPart::Value => invalid("invalid response header value"),
-    })?;
+    let bad_value = || invalid("invalid response header value");
+    let mut raw = status != StatusCode::SWITCHING_PROTOCOLS;
+    let mut close = false;
+    let mut te = None;
+    let mut length = false;
+    if raw {
+        // Which headers to leave out (at most MAX_HEADERS = 128).
+        let mut hop = 0u128;
+        for (i, &(name_at, name_len, at, n)) in spans.iter().enumerate() {
+            // httparse refused what `HeaderValue` would (control characters, folded lines).
+            let value = &head[at..at + n];
+            match treat(&head[name_at..name_at + name_len]) {
+                Treat::Keep => continue,
+                Treat::ContentLength => {
+                    length = true;
+                    continue;
+                }
+                Treat::Hop => {}
+                Treat::TransferEncoding => te = Some(value),
+                Treat::Connection => {
+                    for token in value.split(|&b| b == b',') {
+                        let token = token.trim_ascii();
+                        if token.eq_ignore_ascii_case(b"close") {
+                            close = true;
+                        } else if !(token.is_empty()
+                            || token.eq_ignore_ascii_case(b"keep-alive")
+                            || token.eq_ignore_ascii_case(b"upgrade"))
+                        {
+                            raw = false; // names a header to drop
+                        }
+                    }
+                }
+            }
+            hop |= 1 << i;
+        }
+        if raw && hop != 0 {
+            let mut i = 0;
+            spans.retain(|_| {
+                i += 1;
+                hop & (1 << (i - 1)) == 0
+            });
+        }
+    }
+    if !raw {
+        let mut headers = header_map(&head, &spans, 2).map_err(|part| match part {
+            BadPart::Name => invalid("invalid response header name"),
+            BadPart::Value => bad_value(),
+        })?;
+        let te = headers.get_all(TRANSFER_ENCODING).iter().next_back();
+        let lengths = headers
+            .get_all(CONTENT_LENGTH)
+            .iter()
+            .map(HeaderValue::as_bytes);
+        let framing = response_framing(method, status, te.map(HeaderValue::as_bytes), lengths)?;
+        if framing == Some(Framing::Chunked) || framing == Some(Framing::Eof) {
+            // With Transfer-Encoding a Content-Length means nothing (RFC 9112 §6.3): it must
+            // not reach the client, whose framing is chosen afresh.
+            headers.remove(CONTENT_LENGTH);
+        }
+        return Ok(Some(ResponseHead {
+            status,
+            version,
+            close: crate::headers::connection_has(&headers, "close"),
+            headers,
+            raw: None,
+            framing,
+        }));
+    }
+    let is_length = |&(name_at, name_len, ..): &Span| {
+        name_len == 14 && head[name_at..name_at + name_len].eq_ignore_ascii_case(b"content-length")
+    };
+    let lengths = spans
+        .iter()
+        .filter(|s| length && is_length(s))
+        .map(|&(_, _, at, n)| &head[at..at + n]);
+    let framing = response_framing(method, status, te, lengths)?;
+    if length
+        && (matches!(framing, Some(Framing::Chunked | Framing::Eof))
+            || status == StatusCode::NO_CONTENT)
+    {
+        // Chosen afresh for the client: with Transfer-Encoding a Content-Length means nothing
+        // (RFC 9112 §6.3), and a 204 has none.
+        spans.retain(|s| !is_length(s));
+        length = false;
+    }
     Ok(Some(ResponseHead {
         status,
         version,
-        headers,
+        headers: HeaderMap::new(),
+        raw: Some(Box::new(RawHeaders {
+            head,
+            spans,
+            length,
+        })),
+        framing,
+        close,
     }))
 }
 
-/// The body framing of a response to a request with `method`; `None`: no body.
-pub(crate) fn response_framing(
+/// The body framing of a response to a request with `method`, from its last
+/// `Transfer-Encoding` and its `Content-Length` values; `None`: no body.
+fn response_framing<'a>(
     method: &Method,
     status: StatusCode,
-    headers: &HeaderMap,
+    te: Option<&[u8]>,
+    lengths: impl Iterator<Item = &'a [u8]>,
 ) -> io::Result<Option<Framing>> {
     if *method == Method::HEAD
         || status.is_informational()
@@ -230,12 +415,8 @@ pub(crate) fn response_framing(
     {
         return Ok(None);
     }
-    if let Some(te) = headers.get_all(TRANSFER_ENCODING).iter().next_back() {
-        let last = te
-            .as_bytes()
-            .rsplit(|&b| b == b',')
-            .next()
-            .unwrap_or_default();
+    if let Some(te) = te {
+        let last = te.rsplit(|&b| b == b',').next().unwrap_or_default();
         return Ok(Some(
             if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
                 Framing::Chunked
@@ -245,10 +426,10 @@ pub(crate) fn response_framing(
         ));
     }
     let mut length = None;
-    for v in headers.get_all(CONTENT_LENGTH) {
+    for v in lengths {
         // A list of equal values ("5, 5") is tolerated from a backend, as hyper does.
-        for part in v.as_bytes().split(|&b| b == b',') {
-            let n = parse_length(&HeaderValue::from_bytes(part.trim_ascii()).map_err(invalid)?)
+        for part in v.split(|&b| b == b',') {
+            let n = parse_length(part.trim_ascii())
                 .ok_or_else(|| invalid("invalid Content-Length from the backend"))?;
             if length.is_some_and(|l| l != n) {
                 return Err(invalid("conflicting Content-Length from the backend"));
@@ -622,5 +803,135 @@ mod tests {
         ] {
             assert_eq!(parse(input).err(), Some(HeadError::Bad(why)), "{input}");
         }
+    }
+
+    fn response(input: &str, method: &Method) -> io::Result<ResponseHead> {
+        let mut buf = BytesMut::from(input);
+        let head = parse_response(&mut buf, method)?.expect("a complete head");
+        assert!(buf.is_empty(), "the head is split off");
+        Ok(head)
+    }
+
+    fn written(raw: &RawHeaders) -> String {
+        let mut out = Vec::new();
+        raw.write(&mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn raw_response_heads_leave_out_hop_by_hop_headers_and_keep_the_rest_as_sent() {
+        let head = response(
+            "HTTP/1.1 200 OK\r\nServer: x\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5\r\n\
+             Content-Length: 3\r\nX-Two: a\r\nX-Two: b\r\nProxy-Authenticate: Basic\r\n\
+             Upgrade: h2c\r\nTE: trailers\r\nETag: \"e\"\r\n\r\n",
+            &Method::GET,
+        )
+        .unwrap();
+        assert_eq!(head.framing, Some(Framing::Length(3)));
+        assert!(!head.close);
+        assert!(head.headers.is_empty());
+        let raw = head.raw.expect("kept raw");
+        assert!(raw.length);
+        assert_eq!(
+            written(&raw),
+            "Server: x\r\nContent-Length: 3\r\nX-Two: a\r\nX-Two: b\r\nETag: \"e\"\r\n"
+        );
+        let map = raw.into_map();
+        assert_eq!(map.len(), 5);
+        let two: Vec<_> = map.get_all("x-two").iter().collect();
+        assert_eq!(two, ["a", "b"]);
+    }
+
+    #[test]
+    fn raw_lines_not_in_plain_form_are_written_in_it() {
+        // A space before the colon, no space after it, trailing spaces, bare LF line ends.
+        let head = response(
+            "HTTP/1.1 200 OK\nA : 1\nB:2\r\nC: 3  \r\nD: 4\r\nContent-Length: 0\r\n\r\n",
+            &Method::GET,
+        )
+        .unwrap();
+        assert_eq!(head.framing, None);
+        let raw = head.raw.unwrap();
+        assert_eq!(
+            written(&raw),
+            "A: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nContent-Length: 0\r\n"
+        );
+    }
+
+    #[test]
+    fn the_framing_of_a_raw_head_drops_the_length_it_overrides() {
+        let chunked = "HTTP/1.1 200 OK\r\nContent-Length: 9\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let head = response(chunked, &Method::GET).unwrap();
+        assert_eq!(head.framing, Some(Framing::Chunked));
+        let raw = head.raw.unwrap();
+        assert!(!raw.length);
+        assert_eq!(written(&raw), "");
+
+        let no_content = "HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nX: y\r\n\r\n";
+        let head = response(no_content, &Method::GET).unwrap();
+        assert_eq!(head.framing, None);
+        assert_eq!(written(&head.raw.unwrap()), "X: y\r\n");
+
+        // A HEAD answer keeps its length (that of the body a GET would get).
+        let to_head = "HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n";
+        let head = response(to_head, &Method::HEAD).unwrap();
+        assert_eq!(head.framing, None);
+        assert!(head.raw.unwrap().length);
+
+        let until_close = "HTTP/1.0 200 OK\r\nConnection: close\r\n\r\n";
+        let head = response(until_close, &Method::GET).unwrap();
+        assert_eq!(head.framing, Some(Framing::Eof));
+        assert!(head.close);
+
+        for (input, why) in [
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 1, 2\r\n\r\n",
+                "conflicting",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+                "invalid Content-Length",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nX: a\r\n b\r\n\r\n",
+                "malformed response head",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nX: a\x01b\r\n\r\n",
+                "malformed response head",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nX: a\x7fb\r\n\r\n",
+                "malformed response head",
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nX: a\rb\r\n\r\n",
+                "malformed response head",
+            ),
+        ] {
+            let e = response(input, &Method::GET).err().expect(input);
+            assert!(e.to_string().contains(why), "{input}: {e}");
+        }
+    }
+
+    #[test]
+    fn heads_that_cannot_stay_raw_are_parsed_into_a_map() {
+        // A `Connection` header naming another header: the map, as received (the proxy strips).
+        let head = response(
+            "HTTP/1.1 200 OK\r\nConnection: x-private, close\r\nX-Private: 1\r\nContent-Length: 0\r\n\r\n",
+            &Method::GET,
+        )
+        .unwrap();
+        assert!(head.raw.is_none());
+        assert!(head.close);
+        assert_eq!(head.headers.len(), 3);
+        // A 101 keeps its Upgrade header for the tunnel.
+        let head = response(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            &Method::GET,
+        )
+        .unwrap();
+        assert!(head.raw.is_none());
+        assert_eq!(head.headers["upgrade"], "websocket");
     }
 }

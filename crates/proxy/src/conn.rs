@@ -25,7 +25,7 @@
 //! idle timeouts are enforced to within one tick, and each idle connection is polled once per
 //! tick (8,000 idle connections: 8,000 wake-ups a second).
 
-use crate::body::{BoxError, ProxyBody, Source};
+use crate::body::{BoxError, ProxyBody, RawHead, Source, materialize};
 use crate::codec::{self, Decoded, Decoder, HeadError, RequestHead};
 use crate::error::ProxyError;
 use crate::headers::{ClientAddr, connection_has};
@@ -651,6 +651,8 @@ fn write_response(
         let (parts, mut body) = resp.into_parts();
         let status = parts.status;
         let mut headers = parts.headers;
+        // A backend's headers as it sent them (hop-by-hop ones left out), then the gateway's.
+        let raw = body.take_raw();
         let mut head = Vec::with_capacity(256);
         head.extend_from_slice(b"HTTP/1.1 ");
         head.extend_from_slice(status.as_str().as_bytes());
@@ -668,7 +670,7 @@ fn write_response(
             headers.remove(TRANSFER_ENCODING);
             headers.remove(CONTENT_LENGTH);
             Out::None
-        } else if headers.contains_key(CONTENT_LENGTH) {
+        } else if raw.as_ref().is_some_and(|r| r.length) || headers.contains_key(CONTENT_LENGTH) {
             Out::Length
         } else if let Some(n) = body.size_hint().exact() {
             head.extend_from_slice(b"content-length: ");
@@ -690,6 +692,9 @@ fn write_response(
             } else if v10 {
                 head.extend_from_slice(b"connection: keep-alive\r\n");
             }
+        }
+        if let Some(raw) = &raw {
+            raw.write(&mut head);
         }
         codec::write_headers(&mut head, &headers);
         head.extend_from_slice(b"\r\n");
@@ -930,7 +935,11 @@ async fn serve_h2_io(tracked: Tracked, io: Prefixed, client: ClientAddr) {
     let closing = &closing.closing;
     let service = service_fn(move |req: Request<Incoming>| {
         let (shared, client) = (shared.clone(), client.clone());
-        async move { Ok::<_, Infallible>(handle(&shared, &client, req.map(ProxyBody::incoming)).await) }
+        async move {
+            let mut resp = handle(&shared, &client, req.map(ProxyBody::incoming)).await;
+            materialize(&mut resp); // hyper writes the map
+            Ok::<_, Infallible>(resp)
+        }
     });
     let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())

@@ -3,7 +3,7 @@
 //! pool's budget, replay, tunnel upgrades.
 
 use crate::balance::{CompiledPool, InFlight, PickCtx, Picked, Scope, Tried};
-use crate::body::{ProxyBody, Recorder, Source};
+use crate::body::{ProxyBody, Recorder, Source, materialize};
 use crate::cidr::{Cidr, any_contains};
 use crate::error::ProxyError;
 use crate::headers::{
@@ -166,7 +166,9 @@ pub(crate) fn handle(
                 None => route.stats.unserved.record(status),
             },
         }
+        let mut resp = resp;
         if let Some(l) = &logged {
+            materialize(&mut resp); // for its Content-Length
             let pool = &live.table.pools[route.pool];
             let backend = match served {
                 SERVED_LEADER => Some("leader"),
@@ -494,6 +496,10 @@ pub(crate) fn proxy(
         };
         let in_flight = in_flight.hold(slot);
 
+        let mut resp = resp;
+        if replay.is_some() {
+            materialize(&mut resp);
+        }
         if let Some(replay) = replay
             && resp
                 .headers()
@@ -778,6 +784,7 @@ fn finish(
             .append(SET_COOKIE, pool.backends[picked.idx].set_cookie.clone());
     }
     if !route.response_ops.is_empty() {
+        materialize(&mut resp);
         route.response_ops.apply(resp.headers_mut());
     }
     resp.map(|body| ProxyBody::Upstream {

@@ -18,7 +18,7 @@
 use crate::backend_tls::{Alpn, UpstreamTls};
 use crate::balance::InFlight;
 use crate::body::{BoxError, ProxyBody, Source};
-use crate::codec::{self, Decoded, Decoder, Framing};
+use crate::codec::{self, Decoded, Decoder, Framing, RawHeaders};
 use bytes::{Bytes, BytesMut};
 use gateway_model::Protocol;
 use http::header::{CONTENT_LENGTH, HOST};
@@ -140,9 +140,15 @@ pub(crate) struct BackendBody {
     /// The answer was `101`: the connection is handed over whole.
     upgraded: bool,
     endpoint: Arc<Endpoint>,
+    /// The response's headers, while they are kept as the backend sent them.
+    raw: Option<Box<RawHeaders>>,
 }
 
 impl BackendBody {
+    pub(crate) fn take_raw(&mut self) -> Option<Box<RawHeaders>> {
+        self.raw.take()
+    }
+
     fn release(&mut self) {
         if let Some(conn) = self.conn.take()
             && self.reuse
@@ -677,7 +683,7 @@ impl Endpoint {
                     if let Err(e) = pump.poll_write(&mut conn.io, cx) {
                         return Poll::Ready(Err(format!("the request body failed: {e}")));
                     }
-                    match codec::parse_response(&mut conn.buf) {
+                    match codec::parse_response(&mut conn.buf, &method) {
                         Err(e) => return Poll::Ready(Err(e.to_string())),
                         Ok(Some(head)) => {
                             if head.status.is_informational()
@@ -716,34 +722,25 @@ impl Endpoint {
             drop(pump);
 
             let upgraded = head.status == StatusCode::SWITCHING_PROTOCOLS;
-            let framing = if upgraded {
-                None
-            } else {
-                codec::response_framing(&method, head.status, &head.headers)
-                    .map_err(|e| SendError::Failed(e.to_string()))?
-            };
+            let framing = if upgraded { None } else { head.framing };
             let reuse = !dedicated
                 && !upgraded
                 && sent
                 && head.version == Version::HTTP_11
                 && framing != Some(Framing::Eof)
-                && !crate::headers::connection_has(&head.headers, "close");
+                && !head.close;
             let mut body = BackendBody {
                 conn: Some(conn),
                 decoder: Decoder::new(framing),
                 reuse,
                 upgraded,
                 endpoint: self.clone(),
+                raw: head.raw,
             };
             if framing.is_none() && !upgraded {
                 body.release();
             }
-            let mut headers = head.headers;
-            if framing == Some(Framing::Chunked) || framing == Some(Framing::Eof) {
-                // With Transfer-Encoding a Content-Length means nothing (RFC 9112 §6.3): it must
-                // not reach the client, whose framing is chosen afresh.
-                headers.remove(CONTENT_LENGTH);
-            }
+            let headers = head.headers;
             let mut resp = Response::new(Source::Backend(body));
             *resp.status_mut() = head.status;
             *resp.headers_mut() = headers;
