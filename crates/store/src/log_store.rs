@@ -426,7 +426,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
         Ok(self
             .read_meta::<Vote>(KEY_VOTE, ErrorSubject::Vote)?
-            .map(|v| Vote::new(v.leader_id.term, v.leader_id.node_id)))
+            .map(|v| Vote {
+                committed: false,
+                ..v
+            }))
     }
 
     /// Recorded, not flushed: openraft calls this on every advance of the commit index, inside

@@ -308,11 +308,8 @@ fn store_snapshot(
         )
     })?;
     let snapshot_id = match &last_applied {
-        Some(id) => format!(
-            "{}-{}-{}-{unique}",
-            id.leader_id.term, id.leader_id.node_id, id.index
-        ),
-        None => format!("0-0-none-{unique}"),
+        Some(id) => format!("{}-{}-{unique}", id.leader_id.term, id.index),
+        None => format!("0-none-{unique}"),
     };
     let meta = SnapshotMeta {
         last_log_id: last_applied,
