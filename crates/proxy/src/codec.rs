@@ -55,17 +55,16 @@ type Span = (usize, usize, usize, usize);
 /// The offsets of parsed `headers` in the buffer starting at address `base`, so that the map
 /// built later can share the frozen head instead of copying names and values.
 fn spans(headers: &[httparse::Header<'_>], base: usize) -> Vec<Span> {
-    headers
-        .iter()
-        .map(|h| {
-            (
-                h.name.as_ptr() as usize - base,
-                h.name.len(),
-                h.value.as_ptr() as usize - base,
-                h.value.len(),
-            )
-        })
-        .collect()
+    headers.iter().map(|h| span(h, base)).collect()
+}
+
+fn span(h: &httparse::Header<'_>, base: usize) -> Span {
+    (
+        h.name.as_ptr() as usize - base,
+        h.name.len(),
+        h.value.as_ptr() as usize - base,
+        h.value.len(),
+    )
 }
 
 /// Which part of a header was invalid.
@@ -119,11 +118,22 @@ pub(crate) fn parse_request(
     let path = req.path.unwrap_or("");
     let path_at = path.as_ptr() as usize - base;
     let path_len = path.len();
-    let spans = spans(req.headers, base);
+    // They only live until the map is built: on the stack when there are few.
+    let mut few = [(0, 0, 0, 0); 16];
+    let many;
+    let spans: &[Span] = if req.headers.len() <= few.len() {
+        for (slot, h) in few.iter_mut().zip(req.headers.iter()) {
+            *slot = span(h, base);
+        }
+        &few[..req.headers.len()]
+    } else {
+        many = spans(req.headers, base);
+        &many
+    };
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(path_at..path_at + path_len))
         .map_err(|_| bad("invalid request target"))?;
-    let headers = header_map(&head, &spans, 4).map_err(|part| match part {
+    let headers = header_map(&head, spans, 4).map_err(|part| match part {
         BadPart::Name => bad("invalid header name"),
         BadPart::Value => bad("invalid header value"),
     })?;

@@ -401,7 +401,13 @@ pub(crate) fn serve(
                     body_error: false,
                 }),
             });
-            let next = Box::pin(exchange(&shared, &conn, &client, opts, deadline, first)).await;
+            // Written straight into its allocation (`Box::pin(value)` copied the future, a few
+            // KB, twice).
+            let next = Box::write(
+                Box::new_uninit(),
+                exchange(&shared, &conn, &client, opts, deadline, first),
+            );
+            let next = Box::into_pin(next).await;
             first = false;
             match next {
                 Next::Again => {

@@ -213,27 +213,55 @@ fn forwarded_client(headers: &HeaderMap, trusted: &[Cidr]) -> Option<IpAddr> {
     client
 }
 
+/// The bytes of an RFC 9110 token (`tchar`).
+static TCHAR: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        b += 1;
+    }
+    t
+};
+
 /// A `Forwarded` element (RFC 7239) for a request from `client` with `host`.
 fn forwarded_element(client: &ClientAddr, host: Option<&HeaderValue>) -> Vec<u8> {
     let mut e = Vec::with_capacity(64);
     client.push_forwarded_for(&mut e);
     if let Some(host) = host {
         let host = host.as_bytes();
-        let token = !host.is_empty()
-            && host
-                .iter()
-                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b));
-        if token {
+        if !host.is_empty() && host.iter().all(|&b| TCHAR[usize::from(b)]) {
             e.extend_from_slice(b";host=");
             e.extend_from_slice(host);
         } else {
+            // A quoted string; a host with a port (":") is the common case.
             e.extend_from_slice(b";host=\"");
-            for &c in host {
-                if c == b'"' || c == b'\\' {
-                    e.push(b'\\');
-                }
-                e.push(c);
+            let mut rest = host;
+            while let Some(at) = rest.iter().position(|&c| c == b'"' || c == b'\\') {
+                e.extend_from_slice(&rest[..at]);
+                e.push(b'\\');
+                e.push(rest[at]);
+                rest = &rest[at + 1..];
             }
+            e.extend_from_slice(rest);
             e.push(b'"');
         }
     }
