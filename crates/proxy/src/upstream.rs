@@ -683,7 +683,14 @@ impl Endpoint {
                     if let Err(e) = pump.poll_write(&mut conn.io, cx) {
                         return Poll::Ready(Err(format!("the request body failed: {e}")));
                     }
-                    match codec::parse_response(&mut conn.buf, &method) {
+                    // Nothing to parse before the first bytes (the wake-up that brings them
+                    // parses here once they are read).
+                    let parsed = if conn.buf.is_empty() {
+                        Ok(None)
+                    } else {
+                        codec::parse_response(&mut conn.buf, &method)
+                    };
+                    match parsed {
                         Err(e) => return Poll::Ready(Err(e.to_string())),
                         Ok(Some(head)) => {
                             if head.status.is_informational()
