@@ -37,4 +37,4 @@ pub use tcp::{
     DEFAULT_TCP_CONNECT_TIMEOUT_MS, DEFAULT_TCP_IDLE_TIMEOUT_MS, ProxyProtocol, TcpListenerStatus,
     TcpRoute, validate_tcp_route,
 };
-pub use validate::{validate_name, validate_pool, validate_route};
+pub use validate::{is_tchar, validate_name, validate_pool, validate_route};

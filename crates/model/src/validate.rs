@@ -198,28 +198,29 @@ pub fn validate_pool(pool: &Pool) -> Result<(), Invalid> {
 
 /// Whether `name` is a valid HTTP header name (an RFC 9110 token).
 fn valid_header_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 256
-        && name.bytes().all(|b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'!' | b'#'
-                        | b'$'
-                        | b'%'
-                        | b'&'
-                        | b'\''
-                        | b'*'
-                        | b'+'
-                        | b'-'
-                        | b'.'
-                        | b'^'
-                        | b'_'
-                        | b'`'
-                        | b'|'
-                        | b'~'
-                )
-        })
+    !name.is_empty() && name.len() <= 256 && name.bytes().all(is_tchar)
+}
+
+/// Whether `b` may be part of an RFC 9110 token (`tchar`): a header name, for one.
+pub const fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'!' | b'#'
+                | b'$'
+                | b'%'
+                | b'&'
+                | b'\''
+                | b'*'
+                | b'+'
+                | b'-'
+                | b'.'
+                | b'^'
+                | b'_'
+                | b'`'
+                | b'|'
+                | b'~'
+        )
 }
 
 /// Whether `value` is a valid header value: visible ASCII, spaces and tabs, no surrounding
