@@ -278,7 +278,7 @@ fn treat(name: &[u8]) -> Treat {
         10 if is(b"keep-alive") => Treat::Hop,
         14 if is(b"content-length") => Treat::ContentLength,
         17 if is(b"transfer-encoding") => Treat::TransferEncoding,
-        n if n > 6 && name[..6].eq_ignore_ascii_case(b"proxy-") => Treat::Hop,
+        n if n >= 6 && name[..6].eq_ignore_ascii_case(b"proxy-") => Treat::Hop,
         _ => Treat::Keep,
     }
 }
@@ -854,9 +854,10 @@ mod tests {
 
     #[test]
     fn raw_lines_not_in_plain_form_are_written_in_it() {
-        // A space before the colon, no space after it, trailing spaces, bare LF line ends.
+        // A space before the colon, no space after it, trailing spaces, bare LF line ends,
+        // empty values.
         let head = response(
-            "HTTP/1.1 200 OK\nA : 1\nB:2\r\nC: 3  \r\nD: 4\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 200 OK\nA : 1\nB:2\r\nC: 3  \r\nD: 4\r\nE:\r\nF: \r\nContent-Length: 0\r\n\r\n",
             &Method::GET,
         )
         .unwrap();
@@ -864,8 +865,11 @@ mod tests {
         let raw = head.raw.unwrap();
         assert_eq!(
             written(&raw),
-            "A: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nContent-Length: 0\r\n"
+            "A: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nE: \r\nF: \r\nContent-Length: 0\r\n"
         );
+        let map = raw.into_map();
+        assert_eq!(map["e"], "");
+        assert_eq!(map["f"], "");
     }
 
     #[test]
