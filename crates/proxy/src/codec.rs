@@ -311,7 +311,6 @@ pub(crate) fn parse_response(
         .map_err(|_| invalid("invalid response status"))?;
     let mut spans = spans(resp.headers, buf.as_ptr() as usize);
     let head = buf.split_to(len).freeze();
-    let bad_value = || invalid("invalid response header value");
     let mut raw = status != StatusCode::SWITCHING_PROTOCOLS;
     let mut close = false;
     let mut te = None;
@@ -357,7 +356,7 @@ pub(crate) fn parse_response(
     if !raw {
         let mut headers = header_map(&head, &spans, 2).map_err(|part| match part {
             BadPart::Name => invalid("invalid response header name"),
-            BadPart::Value => bad_value(),
+            BadPart::Value => invalid("invalid response header value"),
         })?;
         let te = headers.get_all(TRANSFER_ENCODING).iter().next_back();
         let lengths = headers

@@ -142,7 +142,7 @@ pub(crate) fn handle(
             return crate::tls::redirect_to_https(&req, status, shared.https_port);
         }
         let served = AtomicU32::new(SERVED_NOBODY);
-        let resp = match &route.cache {
+        let mut resp = match &route.cache {
             None => match proxy(shared, &live, route, client, req, &served).await {
                 Ok(resp) => resp,
                 Err(e) => e.into_response(Some(route)),
@@ -166,7 +166,6 @@ pub(crate) fn handle(
                 None => route.stats.unserved.record(status),
             },
         }
-        let mut resp = resp;
         if let Some(l) = &logged {
             materialize(&mut resp); // for its Content-Length
             let pool = &live.table.pools[route.pool];
@@ -485,7 +484,7 @@ pub(crate) fn proxy(
 
         let ctx = PickCtx { client_ip, pinned };
         let sent = dispatch(shared, route, pool, scope, &ctx, req, upgrade, served).await;
-        let (resp, picked, in_flight) = match sent {
+        let (mut resp, picked, in_flight) = match sent {
             Err(_) if over.as_ref().is_some_and(|o| o.load(Ordering::Acquire)) => {
                 return Err(ProxyError::TooLarge {
                     route: route.name.to_string(),
@@ -496,7 +495,6 @@ pub(crate) fn proxy(
         };
         let in_flight = in_flight.hold(slot);
 
-        let mut resp = resp;
         if replay.is_some() {
             materialize(&mut resp);
         }

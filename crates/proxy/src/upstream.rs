@@ -729,7 +729,8 @@ impl Endpoint {
             drop(pump);
 
             let upgraded = head.status == StatusCode::SWITCHING_PROTOCOLS;
-            let framing = if upgraded { None } else { head.framing };
+            // None for a `101` (an informational status has no body).
+            let framing = head.framing;
             let reuse = !dedicated
                 && !upgraded
                 && sent
