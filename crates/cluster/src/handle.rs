@@ -1183,7 +1183,15 @@ impl Inner {
         addr: &str,
         others: &[NodeId],
     ) -> Result<NodeId, ClusterError> {
-        let last = self.raft.metrics().borrow().last_log_index;
+        // The log end the target must reach. The metrics' `last_log_index` can lag the blank
+        // entry a new leader appends; a target missing it loses every vote and only raises the
+        // term. Once a linearizable read passes, that entry is applied, so the store holds it.
+        if let Err(e) = self.raft.ensure_linearizable().await {
+            return Err(ClusterError::Refused(format!(
+                "this node cannot confirm its leadership ({e}); leadership stays here"
+            )));
+        }
+        let (_, last) = self.last_log().await?;
         let caught_up = self
             .raft
             .wait(Some(Duration::from_secs(3)))
@@ -1192,7 +1200,7 @@ impl Inner {
                     m.replication
                         .as_ref()
                         .and_then(|r| r.get(&target).cloned().flatten())
-                        .map(|l| Some(l.index) >= last)
+                        .map(|l| l.index >= last)
                         .unwrap_or(false)
                 },
                 "transfer target caught up",
