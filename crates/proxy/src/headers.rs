@@ -352,6 +352,29 @@ pub(crate) fn request_host<'a, B>(req: &'a Request<B>, buf: &'a mut [u8; 256]) -
         Some(a) => a.as_str().as_bytes(),
         None => req.headers().get(HOST).map_or(&b""[..], |v| v.as_bytes()),
     };
+    // One pass over the usual `name[:port]`: where the name ends, and what it holds.
+    let (mut end, mut upper, mut bad) = (raw.len(), false, false);
+    for (i, &b) in raw.iter().enumerate() {
+        match b {
+            b'@' | b'[' => return bracketed_or_userinfo(raw, buf),
+            _ if end < raw.len() => {} // the port (read on only for an '@')
+            b':' => end = i,
+            b'A'..=b'Z' => upper = true,
+            b if !b.is_ascii_graphic() => bad = true,
+            _ => {}
+        }
+    }
+    let host = &raw[..end];
+    let host = host.strip_suffix(b".").unwrap_or(host);
+    if bad || host.len() > buf.len() {
+        return "";
+    }
+    lower_host(host, upper, buf)
+}
+
+/// `request_host` for an authority with userinfo (`user@host`) or an IPv6 literal (`[::1]`).
+#[cold]
+fn bracketed_or_userinfo<'a>(raw: &'a [u8], buf: &'a mut [u8; 256]) -> &'a str {
     let raw = match raw.iter().rposition(|&b| b == b'@') {
         Some(at) => &raw[at + 1..],
         None => raw,
@@ -371,7 +394,12 @@ pub(crate) fn request_host<'a, B>(req: &'a Request<B>, buf: &'a mut [u8; 256]) -
     if host.len() > buf.len() || !host.iter().all(|b| b.is_ascii_graphic()) {
         return "";
     }
-    if host.iter().any(u8::is_ascii_uppercase) {
+    lower_host(host, host.iter().any(u8::is_ascii_uppercase), buf)
+}
+
+/// `host` (printable ASCII) in lower case, copied into `buf` only when it has `upper` case.
+fn lower_host<'a>(host: &'a [u8], upper: bool, buf: &'a mut [u8; 256]) -> &'a str {
+    if upper {
         let out = &mut buf[..host.len()];
         out.copy_from_slice(host);
         out.make_ascii_lowercase();
@@ -415,6 +443,15 @@ mod tests {
         );
         assert_eq!(request_host(&req("/", None), &mut buf), "");
         assert_eq!(request_host(&req("/", Some("a b")), &mut buf), "");
+        assert_eq!(request_host(&req("/", Some("a:b c")), &mut buf), "a");
+        assert_eq!(request_host(&req("/", Some("[::1]")), &mut buf), "[::1]");
+        assert_eq!(request_host(&req("/", Some("[::1")), &mut buf), "[::1");
+        assert_eq!(request_host(&req("/", Some("H.Test.")), &mut buf), "h.test");
+        assert_eq!(request_host(&req("/", Some(":80")), &mut buf), "");
+        assert_eq!(
+            request_host(&req("http://u:p@Userinfo.test:8/x", None), &mut buf),
+            "userinfo.test"
+        );
     }
 
     #[test]
