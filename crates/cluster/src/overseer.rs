@@ -101,33 +101,56 @@ pub(crate) fn judge(
     if fresh.len() * 2 <= members.len() {
         return out;
     }
-    for pool in state.pools.values() {
-        let Some(check) = &pool.health_check else {
+    // Only a backend some fresh report sees down, or one the state holds down, can change:
+    // visiting those alone keeps a tick cheap however many pools there are. Visited in the
+    // order of the pools (by name) and of their backends.
+    let mut candidates: BTreeSet<(&str, usize)> = BTreeSet::new();
+    let mut consider = |pool: &str, backend: &str| {
+        if let Some((name, p)) = state.pools.get_key_value(pool)
+            && p.health_check.is_some()
+            && let Some(i) = p.backends.iter().position(|b| b.id == backend)
+        {
+            candidates.insert((name.as_str(), i));
+        }
+    };
+    for (_, seen) in &fresh {
+        for s in seen.iter() {
+            consider(&s.pool, &s.backend);
+        }
+    }
+    for (pool, backends) in state.health.iter() {
+        for (backend, h) in backends.iter() {
+            if !h.up {
+                consider(pool, backend);
+            }
+        }
+    }
+    for (name, i) in candidates {
+        let pool = &state.pools[name];
+        let (Some(check), b) = (&pool.health_check, &pool.backends[i]) else {
             continue;
         };
-        for b in &pool.backends {
-            let seen = SeenDown {
+        let seen = SeenDown {
+            pool: pool.name.clone(),
+            backend: b.id.clone(),
+            address: b.address.clone(),
+        };
+        let down_on: Vec<NodeId> = fresh
+            .iter()
+            .filter(|(_, d)| d.contains(&seen))
+            .map(|(n, _)| **n)
+            .collect();
+        let met = match check.policy {
+            HealthPolicy::Majority => down_on.len() * 2 > members.len(),
+            HealthPolicy::Any => !down_on.is_empty(),
+        };
+        if met != state.is_down(&pool.name, &b.id) {
+            out.push(Decision::Health {
                 pool: pool.name.clone(),
                 backend: b.id.clone(),
-                address: b.address.clone(),
-            };
-            let down_on: Vec<NodeId> = fresh
-                .iter()
-                .filter(|(_, d)| d.contains(&seen))
-                .map(|(n, _)| **n)
-                .collect();
-            let met = match check.policy {
-                HealthPolicy::Majority => down_on.len() * 2 > members.len(),
-                HealthPolicy::Any => !down_on.is_empty(),
-            };
-            if met != state.is_down(&pool.name, &b.id) {
-                out.push(Decision::Health {
-                    pool: pool.name.clone(),
-                    backend: b.id.clone(),
-                    up: !met,
-                    down_on,
-                });
-            }
+                up: !met,
+                down_on,
+            });
         }
     }
     out
@@ -334,6 +357,90 @@ mod tests {
             .map(|(n, r)| (*n, r.clone()))
             .collect();
         assert!(judge(&s, &members, 1, &only_one, now, led).is_empty());
+    }
+
+    #[test]
+    fn only_backends_seen_or_held_down_are_judged_in_pool_and_backend_order() {
+        let mut s = State::default();
+        let backend = |id: &str, port: u16| Backend {
+            id: id.into(),
+            address: format!("127.0.0.1:{port}"),
+            ..Default::default()
+        };
+        let pools = [
+            ("zz", true, vec![backend("a", 1), backend("b", 2)]),
+            ("aa", true, vec![backend("x", 3), backend("y", 4)]),
+            ("plain", false, vec![backend("p", 5)]),
+        ];
+        let filler = (0..2000).map(|i| (format!("f{i}"), false, vec![backend("f", 6)]));
+        for (n, (name, checked, backends)) in pools
+            .into_iter()
+            .map(|(n, c, b)| (n.to_string(), c, b))
+            .chain(filler)
+            .enumerate()
+        {
+            let pool = Pool {
+                name,
+                backends,
+                health_check: checked.then(|| HealthCheck {
+                    policy: HealthPolicy::Any,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            s.apply(&Request {
+                id: format!("p{n}"),
+                command: Command::PutPool { pool, expect: None },
+            });
+        }
+        // zz/b was held down, and nobody sees it down any more: it comes back up.
+        s.apply(&Request {
+            id: "h".into(),
+            command: Command::SetHealth {
+                pool: "zz".into(),
+                backend: "b".into(),
+                up: false,
+                down_on: vec![2],
+                at_ms: 1,
+            },
+        });
+        let down = |pool: &str, backend: &str, port: u16| SeenDown {
+            pool: pool.into(),
+            backend: backend.into(),
+            address: format!("127.0.0.1:{port}"),
+        };
+        let now = Instant::now();
+        let reports = HashMap::from([
+            (
+                1,
+                (
+                    now,
+                    BTreeSet::from([
+                        down("zz", "a", 1),
+                        down("aa", "y", 4),
+                        down("aa", "x", 9), // an old address of x: not x any more
+                        down("plain", "p", 5), // no health check: no verdict
+                        down("gone", "g", 7), // no such pool
+                    ]),
+                ),
+            ),
+            (2, (now, BTreeSet::new())),
+        ]);
+        let members: BTreeSet<NodeId> = [1, 2, 3].into();
+        let health = |pool: &str, backend: &str, up: bool, down_on: Vec<NodeId>| Decision::Health {
+            pool: pool.into(),
+            backend: backend.into(),
+            up,
+            down_on,
+        };
+        assert_eq!(
+            judge(&s, &members, 1, &reports, now, Duration::from_secs(1)),
+            vec![
+                health("aa", "y", false, vec![1]),
+                health("zz", "a", false, vec![1]),
+                health("zz", "b", true, vec![]),
+            ]
+        );
     }
 
     #[test]
