@@ -100,12 +100,12 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 }
 
 /// The client end of a connection, with its address formatted once for the forwarding
-/// headers of every request on it (inline: no allocation per connection).
+/// headers of every request on it (each request takes a reference-counted copy).
 #[derive(Clone, Debug)]
 pub(crate) struct ClientAddr {
     pub(crate) ip: IpAddr,
-    text: [u8; 46],
-    len: u8,
+    /// The address as `X-Forwarded-For` gives it.
+    xff: HeaderValue,
     /// The client came over TLS (the HTTPS listener).
     pub(crate) tls: bool,
 }
@@ -115,11 +115,10 @@ impl ClientAddr {
         let mut text = [0u8; 46];
         let mut cursor = std::io::Cursor::new(&mut text[..]);
         let _ = std::io::Write::write_fmt(&mut cursor, format_args!("{}", peer.to_canonical()));
-        let len = cursor.position() as u8;
+        let len = cursor.position() as usize;
         ClientAddr {
             ip: peer,
-            text,
-            len,
+            xff: HeaderValue::from_bytes(&text[..len]).expect("an address is a valid header value"),
             tls: false,
         }
     }
@@ -136,12 +135,12 @@ impl ClientAddr {
     }
 
     fn text(&self) -> &[u8] {
-        &self.text[..usize::from(self.len)]
+        self.xff.as_bytes()
     }
 
     /// The address as `X-Forwarded-For` gives it.
     fn xff(&self) -> HeaderValue {
-        HeaderValue::from_bytes(self.text()).expect("an address is a valid header value")
+        self.xff.clone()
     }
 
     /// `for=...` of a `Forwarded` element (an IPv6 address quoted and bracketed).
@@ -252,7 +251,10 @@ fn forwarded_element(client: &ClientAddr, host: Option<&HeaderValue>) -> Vec<u8>
     e
 }
 
-fn header_value(v: Vec<u8>) -> Option<HeaderValue> {
+fn header_value(mut v: Vec<u8>) -> Option<HeaderValue> {
+    // A vector with spare room becomes `Bytes` through a second allocation; shrunk, it does
+    // not (and the allocator shrinks a block this small in place).
+    v.shrink_to_fit();
     HeaderValue::from_maybe_shared(bytes::Bytes::from(v)).ok()
 }
 
