@@ -61,15 +61,42 @@ fn always_hop(name: &HeaderName) -> bool {
 /// One pass over the names finds what to remove (usually nothing), so a request without
 /// hop-by-hop headers costs no hashing.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    strip_and_note(headers, upgrade);
+}
+
+/// What `prepare_request` needs to know of a request's headers, noted by the pass that strips
+/// the hop-by-hop ones (instead of a lookup each).
+struct Noted {
+    /// `TE` asked for trailers (the one `TE` value passed on).
+    trailers: bool,
+    host: bool,
+    hop_header: bool,
+}
+
+/// [`strip_hop_by_hop`], noting what `prepare_request` asks of the headers on the way.
+fn strip_and_note(headers: &mut HeaderMap, upgrade: bool) -> Noted {
     let mut doomed: Vec<HeaderName> = Vec::new();
     let mut connection = false;
+    let (mut te, mut host, mut hop_header) = (false, false, false);
     for name in headers.keys() {
-        if name == CONNECTION {
+        if name == HOST {
+            host = true;
+        } else if name == CONNECTION {
             connection = true;
         } else if always_hop(name) && !(upgrade && name == UPGRADE) {
+            te |= name == TE;
             doomed.push(name.clone());
+        } else if name == crate::hop::HOP_HEADER {
+            hop_header = true;
         }
     }
+    let trailers = te
+        && headers
+            .get_all(TE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
     if connection {
         // Headers named by Connection.
         for v in headers.get_all(CONNECTION) {
@@ -92,10 +119,20 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
         }
     }
     for name in doomed {
+        if name == HOST {
+            host = false;
+        } else if name == crate::hop::HOP_HEADER {
+            hop_header = false;
+        }
         headers.remove(name);
     }
     if upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    Noted {
+        trailers,
+        host,
+        hop_header,
     }
 }
 
@@ -309,21 +346,14 @@ pub(crate) fn prepare_request<B>(
 ) {
     let authority = req.uri().authority().cloned();
     let headers = req.headers_mut();
-    let trailers = headers.contains_key(TE)
-        && headers
-            .get_all(TE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
-    strip_hop_by_hop(headers, upgrade);
-    if trailers {
+    let noted = strip_and_note(headers, upgrade);
+    if noted.trailers {
         headers.insert(TE, HeaderValue::from_static("trailers"));
     }
-    if headers.contains_key(&crate::hop::HOP_HEADER) {
+    if noted.hop_header {
         headers.remove(&crate::hop::HOP_HEADER);
     }
-    if !headers.contains_key(HOST)
+    if !noted.host
         && let Some(a) = &authority
         && let Ok(v) = HeaderValue::from_str(a.as_str())
     {
@@ -484,6 +514,29 @@ mod tests {
         assert_eq!(up.get(UPGRADE).unwrap(), "websocket");
         assert_eq!(up.get(CONNECTION).unwrap(), "upgrade");
         assert!(up.get("x-secret").is_none());
+    }
+
+    #[test]
+    fn headers_named_by_connection_go_before_host_and_te_are_looked_at() {
+        // `Connection: host` takes the client's Host away; the target's authority gives it.
+        let mut r = req("http://from-target.test/", Some("from-header.test"));
+        r.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("host, gateway-hop"));
+        r.headers_mut()
+            .insert(&crate::hop::HOP_HEADER, HeaderValue::from_static("1.2.3"));
+        r.headers_mut().insert(TE, HeaderValue::from_static("gzip"));
+        prepare_request(&mut r, &addr("10.0.0.9"), false, false, false);
+        assert_eq!(r.headers()[HOST], "from-target.test");
+        assert!(r.headers().get(&crate::hop::HOP_HEADER).is_none());
+        assert!(r.headers().get(TE).is_none(), "no trailers token: no TE");
+        assert!(r.headers().get(CONNECTION).is_none());
+        // Without an authority there is no Host to give.
+        let mut r = req("/", Some("from-header.test"));
+        r.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("Host"));
+        prepare_request(&mut r, &addr("10.0.0.9"), false, false, false);
+        assert!(r.headers().get(HOST).is_none());
+        assert!(r.headers().get(&X_FORWARDED_HOST).is_none());
     }
 
     #[test]
