@@ -10,7 +10,7 @@
 //! HTTP/1.0, or a malformed chunk size is refused.
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version};
 use std::io;
 use std::mem::MaybeUninit;
@@ -47,6 +47,8 @@ pub(crate) struct RequestHead {
     pub(crate) headers: HeaderMap,
     /// `None`: no body.
     pub(crate) framing: Option<Framing>,
+    /// It has a `Connection` header.
+    pub(crate) connection: bool,
 }
 
 /// Where one header lies in the head's buffer: name offset and length, value offset and length.
@@ -75,15 +77,41 @@ enum BadPart {
 
 /// The header map over the frozen `head`, with room for `spare` headers the proxy adds.
 fn header_map(head: &Bytes, spans: &[Span], spare: usize) -> Result<HeaderMap, BadPart> {
+    header_map_noting(head, spans, spare).map(|(headers, _)| headers)
+}
+
+/// Which of the headers a request's framing and keep-alive depend on a head has (so that a
+/// head without them costs no lookup).
+#[derive(Clone, Copy, Default)]
+struct Present {
+    transfer_encoding: bool,
+    content_length: bool,
+    connection: bool,
+}
+
+/// [`header_map`], noting which of the [`Present`] headers it saw.
+fn header_map_noting(
+    head: &Bytes,
+    spans: &[Span],
+    spare: usize,
+) -> Result<(HeaderMap, Present), BadPart> {
     let mut headers = HeaderMap::with_capacity(spans.len() + spare);
+    let mut present = Present::default();
     for &(name_at, name_len, at, n) in spans {
         let name = HeaderName::from_bytes(&head[name_at..name_at + name_len])
             .map_err(|_| BadPart::Name)?;
+        if name == TRANSFER_ENCODING {
+            present.transfer_encoding = true;
+        } else if name == CONTENT_LENGTH {
+            present.content_length = true;
+        } else if name == CONNECTION {
+            present.connection = true;
+        }
         let value =
             HeaderValue::from_maybe_shared(head.slice(at..at + n)).map_err(|_| BadPart::Value)?;
         headers.append(name, value);
     }
-    Ok(headers)
+    Ok((headers, present))
 }
 
 fn bad(why: &'static str) -> HeadError {
@@ -133,17 +161,22 @@ pub(crate) fn parse_request(
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(path_at..path_at + path_len))
         .map_err(|_| bad("invalid request target"))?;
-    let headers = header_map(&head, spans, 4).map_err(|part| match part {
+    let (headers, present) = header_map_noting(&head, spans, 4).map_err(|part| match part {
         BadPart::Name => bad("invalid header name"),
         BadPart::Value => bad("invalid header value"),
     })?;
-    let framing = request_framing(&headers, version)?;
+    let framing = if present.transfer_encoding || present.content_length {
+        request_framing(&headers, version)?
+    } else {
+        None
+    };
     Ok(Some(RequestHead {
         method,
         uri,
         version,
         headers,
         framing,
+        connection: present.connection,
     }))
 }
 

@@ -469,12 +469,13 @@ fn exchange(
             version,
             headers,
             framing,
+            connection,
         } = head;
         let v10 = version == Version::HTTP_10;
         let mut keep = if v10 {
-            connection_has(&headers, "keep-alive")
+            connection && connection_has(&headers, "keep-alive")
         } else {
-            !connection_has(&headers, "close")
+            !(connection && connection_has(&headers, "close"))
         };
         let is_head = method == Method::HEAD;
         let body = {
