@@ -9,9 +9,11 @@
 //! until it has led for [`NODE_LOST_AFTER`] before it calls anyone lost.
 
 use crate::handle::{Inner, Op, Out};
-use gateway_model::{Command, EventKind, HealthPolicy, NodeId, Request, SeenDown, State};
+use gateway_model::{
+    Command, EventKind, HealthCheck, HealthPolicy, NodeId, Pool, Request, SeenDown, State,
+};
 use openraft::ServerState;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -104,13 +106,13 @@ pub(crate) fn judge(
     // Only a backend some fresh report sees down, or one the state holds down, can change:
     // visiting those alone keeps a tick cheap however many pools there are. Visited in the
     // order of the pools (by name) and of their backends.
-    let mut candidates: BTreeSet<(&str, usize)> = BTreeSet::new();
+    let mut candidates: BTreeMap<(&str, usize), (&Pool, &HealthCheck)> = BTreeMap::new();
     let mut consider = |pool: &str, backend: &str| {
         if let Some((name, p)) = state.pools.get_key_value(pool)
-            && p.health_check.is_some()
+            && let Some(check) = &p.health_check
             && let Some(i) = p.backends.iter().position(|b| b.id == backend)
         {
-            candidates.insert((name.as_str(), i));
+            candidates.insert((name.as_str(), i), (&**p, check));
         }
     };
     for (_, seen) in &fresh {
@@ -125,11 +127,8 @@ pub(crate) fn judge(
             }
         }
     }
-    for (name, i) in candidates {
-        let pool = &state.pools[name];
-        let (Some(check), b) = (&pool.health_check, &pool.backends[i]) else {
-            continue;
-        };
+    for ((_, i), (pool, check)) in candidates {
+        let b = &pool.backends[i];
         let seen = SeenDown {
             pool: pool.name.clone(),
             backend: b.id.clone(),
@@ -292,7 +291,7 @@ async fn propose(inner: &Arc<Inner>, command: Command) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gateway_model::{Backend, HealthCheck, Pool};
+    use gateway_model::Backend;
 
     fn state(policy: HealthPolicy) -> State {
         let mut s = State::default();
