@@ -283,7 +283,7 @@ pub struct NodeArgs {
     /// surviving voter campaigns after 2.5T of silence [default: 100].
     #[arg(long, env = "GATEWAY_ELECTION_TIMEOUT_MS")]
     pub election_timeout_ms: Option<u64>,
-    /// Snapshot (and purge the log) every this many entries [default: 10000].
+    /// Snapshot (and purge the log) every this many entries [default: 100000].
     #[arg(long, env = "GATEWAY_SNAPSHOT_EVERY")]
     pub snapshot_every: Option<u64>,
     /// Data plane threads, each with its own event loop, and as many threads for the control
