@@ -15,8 +15,8 @@ pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8101";
 /// etcd takes one every 100,000 entries, and so do we. With one every 500, a cluster holding
 /// thousands of pools spent a twentieth of its CPU under write load serialising them. With one
 /// every 10,000, 45 s write runs through a follower had a p99 of 78-122 ms against 14-30 ms
-/// at 100,000 (bench/README.md, session 10): all nodes build and write the snapshot at the same
-/// index, and replication stalls meanwhile. Entries carry up to 256 writes.
+/// at 100,000 (bench/README.md, session 10). Every node snapshots at the same index, and the
+/// leader's appends timed out just after (session 9's logs). Entries carry up to 256 writes.
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 100_000;
 
 /// How the node enters the cluster.
