@@ -3,12 +3,14 @@
 //! A follower used to make one `Write` call per write it carried: under load the calls, not
 //! the writes, were most of its work. Now each leader address has a queue: while
 //! [`CALLS_IN_FLIGHT`] calls to it are on their way, newer writes wait and then travel
-//! together in one `WriteBatch` call. An idle node still sends each write at once. The leader
+//! together in one `WriteBatch` call, with the writes that arrive while it is gathered
+//! ([`gather`]). An idle node still sends each write at once. The leader
 //! proposes every write of a batch as if it came alone (so they join its own groups), and
 //! answers each with its own outcome; the caller's retry rules ([`crate::handle`]'s
 //! `leader_call`) apply to each write as before.
 
 use crate::error::{ClusterError, from_failure};
+use crate::gather::gather;
 use crate::handle::{forwarded, timed};
 use crate::network::{MAX_MESSAGE, Peers};
 use bytes::Bytes;
@@ -103,15 +105,16 @@ fn spawn_queue(
             };
             let mut bytes = first.0.len();
             let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                let Ok(p) = rx.try_recv() else { break };
+            gather(&mut rx, |p| {
                 if bytes + p.0.len() > MAX_BATCH_BYTES {
                     next = Some(p);
-                    break;
+                    return false;
                 }
                 bytes += p.0.len();
                 batch.push(p);
-            }
+                batch.len() < MAX_BATCH
+            })
+            .await;
             let (peers, addr) = (peers.clone(), addr.clone());
             calls.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {

@@ -4,6 +4,7 @@ use crate::auth::{ClientAuth, Secret, ServerAuth};
 use crate::elector::{self, Contact, Timing};
 use crate::error::ClusterError;
 use crate::forward::Forwarder;
+use crate::gather::gather;
 use crate::network::{MAX_MESSAGE, Network, Peers};
 use crate::service::{ClusterService, RaftService};
 use gateway_model::{Applied, Command, NodeAddr, NodeId, Proposal, Request, Response, State};
@@ -768,9 +769,10 @@ const PROPOSALS_IN_FLIGHT: usize = 2;
 const MAX_GROUP: usize = 256;
 
 /// Proposes the writes sent on the returned channel: each alone when nothing else waits, else
-/// gathered into groups (see [`PROPOSALS_IN_FLIGHT`]). Every write gets its own response, or
-/// the error of its entry's proposal (not the leader any more, say: the caller then retries
-/// on the new leader with the same request id, which the state machine applies once).
+/// gathered into groups (see [`PROPOSALS_IN_FLIGHT`] and [`gather`]). Every write gets its own
+/// response, or the error of its entry's proposal (not the leader any more, say: the caller
+/// then retries on the new leader with the same request id, which the state machine applies
+/// once).
 fn spawn_proposer(raft: Raft) -> mpsc::UnboundedSender<Pending> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Pending>();
     let slots = Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT));
@@ -783,12 +785,11 @@ fn spawn_proposer(raft: Raft) -> mpsc::UnboundedSender<Pending> {
                 return;
             };
             let mut group = vec![first];
-            while group.len() < MAX_GROUP {
-                match rx.try_recv() {
-                    Ok(p) => group.push(p),
-                    Err(_) => break,
-                }
-            }
+            gather(&mut rx, |p| {
+                group.push(p);
+                group.len() < MAX_GROUP
+            })
+            .await;
             let raft = raft.clone();
             tokio::spawn(async move {
                 propose(&raft, group).await;

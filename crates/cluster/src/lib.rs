@@ -13,6 +13,7 @@ mod auth;
 mod elector;
 mod error;
 mod forward;
+mod gather;
 mod handle;
 mod network;
 pub mod overseer;
