@@ -4,7 +4,7 @@
 //! the writes, were most of its work. Now each leader address has a queue: while
 //! [`CALLS_IN_FLIGHT`] calls to it are on their way, newer writes wait and then travel
 //! together in one `WriteBatch` call, with the writes that arrive while it is gathered
-//! ([`gather`]). An idle node still sends each write at once. The leader
+//! ([`gather`]). An idle node sends each write alone, after those few runtime rounds. The leader
 //! proposes every write of a batch as if it came alone (so they join its own groups), and
 //! answers each with its own outcome; the caller's retry rules ([`crate::handle`]'s
 //! `leader_call`) apply to each write as before.

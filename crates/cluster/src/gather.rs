@@ -17,10 +17,12 @@ use tokio::sync::mpsc;
 
 /// How many rounds [`gather`] waits (a round: every ready task runs, the sockets are polled).
 /// Measured with `SYSTEMS=gateway bench/raft-writes.sh 10`, builds alternated, five runs each
-/// (medians): none gave 2,831 writes/s via the leader and 2,358 via a follower; 6 gave 3,987
-/// and 3,438. Stopping early after a round that brought nothing gave only 3,092 and 2,770: a
-/// quiet round does not mean that nothing is coming (the writes may be on the other worker, or
-/// still being parsed). 12 rounds gave no more than 6.
+/// (medians): 9151e6d (no gathering) gave 2,831 writes/s via the leader and 2,358 via a
+/// follower; 6 rounds gave 3,987 and 3,438. Stopping early after a round that brought nothing
+/// gave only 3,092 and 2,770: a quiet round does not mean that nothing is coming (the writes
+/// may be on the other worker, or still being parsed). 12 rounds gave no more than 6 in two
+/// runs. The variants were uncommitted builds, so only the first row has a commit to rebuild
+/// (bench/README.md, "session 11").
 pub(crate) const GATHER_ROUNDS: usize = 6;
 
 /// Adds queued items to a batch through `take` (which returns `false` once the batch is full),
