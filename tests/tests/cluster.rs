@@ -813,7 +813,8 @@ async fn stopped_follower_and_graceful_stop() -> TestResult {
     Ok(())
 }
 
-/// Zero timings are refused at start with one line naming the flag, before anything is written.
+/// Zero timings and thread counts are refused at start with one line naming the flag, before
+/// anything is written.
 #[tokio::test]
 async fn zero_timings_are_one_error_line() -> TestResult {
     let c = TestCluster::new()?;
@@ -821,6 +822,8 @@ async fn zero_timings_are_one_error_line() -> TestResult {
         "--keep-alive-timeout-ms",
         "--snapshot-every",
         "--heartbeat-ms",
+        "--workers",
+        "--control-threads",
     ] {
         let spec = c.spec(1)?;
         let mut args = c.init_args(&spec);

@@ -286,10 +286,14 @@ pub struct NodeArgs {
     /// Snapshot (and purge the log) every this many entries [default: 100000].
     #[arg(long, env = "GATEWAY_SNAPSHOT_EVERY")]
     pub snapshot_every: Option<u64>,
-    /// Data plane threads, each with its own event loop, and as many threads for the control
-    /// plane's runtime (Raft, admin API, health checks) [default: all cores].
+    /// Data plane threads: HTTP workers, each with its own event loop, and as many threads
+    /// for TCP routes [default: all cores].
     #[arg(long, env = "GATEWAY_WORKERS")]
     pub workers: Option<usize>,
+    /// Threads of the control plane's runtime: Raft, cluster RPC, admin API, health checks
+    /// [default: 1].
+    #[arg(long, env = "GATEWAY_CONTROL_THREADS")]
+    pub control_threads: Option<usize>,
     /// Admin bearer tokens, one `read TOKEN` or `write TOKEN` per line. Kept in the data dir's
     /// settings for restarts. Without it the admin API is open, which is allowed only on a
     /// loopback --admin-addr.
@@ -340,7 +344,7 @@ impl Action {
     /// Runtime worker threads wanted (None: all cores).
     pub fn workers(&self) -> Option<usize> {
         match self {
-            Action::Node(cfg) => cfg.workers,
+            Action::Node(cfg) => Some(cfg.control_threads),
             // A client command makes a few calls: one worker is plenty.
             Action::Ctl(_)
             | Action::Completions(_)

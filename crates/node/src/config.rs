@@ -18,6 +18,14 @@ pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8101";
 /// at 100,000 (bench/README.md, session 10). Every node snapshots at the same index, and the
 /// leader's appends timed out just after (session 9's logs). Entries carry up to 256 writes.
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 100_000;
+/// Threads of the control plane's runtime (Raft, cluster RPC, the admin API, health checks).
+/// The data plane has its own threads (`--workers`), so this work is light and mostly
+/// waiting: one thread does it without handing tasks between threads. With one per core, a
+/// write woke threads on both cores at each step (the flush thread's callback, the Raft core,
+/// the gRPC and REST tasks); on 2 cores holding a 3-node cluster, one thread gave 1.2x the
+/// committed writes/s through the leader and 1.35x through a follower (bench/README.md,
+/// session 12).
+pub const DEFAULT_CONTROL_THREADS: usize = 1;
 
 /// How the node enters the cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,6 +57,7 @@ struct FileConfig {
     election_timeout_ms: Option<u64>,
     snapshot_every: Option<u64>,
     workers: Option<usize>,
+    control_threads: Option<usize>,
     admin_token_file: Option<PathBuf>,
     trusted_proxies: Option<Vec<String>>,
     shutdown_grace_ms: Option<u64>,
@@ -82,6 +91,8 @@ pub struct NodeConfig {
     pub election_timeout: Duration,
     pub snapshot_every: u64,
     pub workers: Option<usize>,
+    /// Threads of the control plane's runtime (see [`DEFAULT_CONTROL_THREADS`]).
+    pub control_threads: usize,
     pub admin_token_file: Option<PathBuf>,
     /// Proxies whose forwarding headers the data plane keeps.
     pub trusted_proxies: Vec<gateway_proxy::Cidr>,
@@ -152,6 +163,13 @@ pub fn resolve(args: NodeArgs, mode: Mode, peers: Vec<String>) -> anyhow::Result
     let workers = args.workers.or(file.workers);
     if workers == Some(0) {
         bail!("--workers must be at least 1");
+    }
+    let control_threads = args
+        .control_threads
+        .or(file.control_threads)
+        .unwrap_or(DEFAULT_CONTROL_THREADS);
+    if control_threads == 0 {
+        bail!("--control-threads must be at least 1");
     }
     let keep_alive_ms = args
         .keep_alive_timeout_ms
@@ -237,6 +255,7 @@ pub fn resolve(args: NodeArgs, mode: Mode, peers: Vec<String>) -> anyhow::Result
         election_timeout: Duration::from_millis(election_ms),
         snapshot_every,
         workers,
+        control_threads,
         admin_token_file: args.admin_token_file.or(file.admin_token_file),
         trusted_proxies,
         shutdown_grace: Duration::from_millis(

@@ -495,7 +495,12 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     ));
     tokio::spawn(crate::alerts::run(cluster.clone(), stop_rx.clone()));
     let proxy_defaults = gateway_proxy::ProxyConfig::new(id, secret_obj.hop_key());
-    let proxy = tokio::spawn(gateway_proxy::serve_all(
+    let workers = cfg.workers.unwrap_or(proxy_defaults.workers);
+    // The data plane's own tasks (TCP routes, the route table's watcher, its timers) get
+    // `workers` threads of their own; the HTTP workers run their own event loops besides.
+    // Nothing of it shares the control plane's thread (`--control-threads`).
+    let data_plane = DataPlaneRuntime::new(workers)?;
+    let proxy = data_plane.spawn(gateway_proxy::serve_all(
         gateway_proxy::Listeners {
             http: http_listener,
             https: https_listener,
@@ -511,7 +516,7 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
             https_port,
             health: Some(monitor.clone()),
             memory: memory.clone(),
-            workers: cfg.workers.unwrap_or(proxy_defaults.workers),
+            workers,
             ..proxy_defaults
         },
         stopped(stop_rx.clone()),
@@ -549,6 +554,39 @@ pub async fn run(cfg: NodeConfig) -> anyhow::Result<()> {
     cluster.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The runtime of the data plane's tasks. Dropping a runtime waits for its threads, which an
+/// async context must not do; this one is let go without waiting (its tasks end with the
+/// process).
+struct DataPlaneRuntime(Option<tokio::runtime::Runtime>);
+
+impl DataPlaneRuntime {
+    fn new(threads: usize) -> anyhow::Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name("gateway-data")
+            .enable_all()
+            .build()
+            .context("cannot start the data plane's runtime")?;
+        Ok(Self(Some(rt)))
+    }
+
+    fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.0.as_ref().expect("present until dropped").spawn(task)
+    }
+}
+
+impl Drop for DataPlaneRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// Sends this node's view of backend health to the leader once a second, and at once when it
