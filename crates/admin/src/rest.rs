@@ -323,6 +323,37 @@ fn with_etag(mut r: Response, revision: u64) -> Response {
     r
 }
 
+/// Answers 200 with what `body` builds, built and encoded on a blocking thread: a list or the
+/// whole configuration can be megabytes (100k pools: tenths of a second of a core), and the
+/// control plane runs on one thread by default (`--control-threads`), whose Raft heartbeats
+/// and other requests must not wait for it.
+async fn ok_aside(
+    revision: u64,
+    body: impl FnOnce() -> Value + Send + 'static,
+) -> Result<Response> {
+    fn failed(e: impl std::fmt::Display) -> ApiError {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding the answer failed: {e}"),
+        )
+    }
+    let encoded = tokio::task::spawn_blocking(move || serde_json::to_vec(&body()))
+        .await
+        .map_err(failed)?
+        .map_err(failed)?;
+    let mut r = (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        encoded,
+    )
+        .into_response();
+    r.headers_mut()
+        .insert(REVISION, HeaderValue::from(revision));
+    Ok(r)
+}
+
 fn ok(revision: u64, body: Value) -> Response {
     let mut r = Json(body).into_response();
     r.headers_mut()
@@ -718,8 +749,7 @@ async fn config(
     q: std::result::Result<Query<ReadParams>, QueryRejection>,
 ) -> Result<Response> {
     let st = app.cluster.read(consistency(q)?).await?;
-    Ok(ok(
-        st.revision,
+    ok_aside(st.revision, move || {
         json!({
             "revision": st.revision,
             "pools": st.pools.values().collect::<Vec<_>>(),
@@ -728,8 +758,9 @@ async fn config(
             "tcp_routes": st.tcp_routes.values().collect::<Vec<_>>(),
             "certs": st.certs.values().map(Cert::redacted).collect::<Vec<_>>(),
             "limits": &st.limits,
-        }),
-    ))
+        })
+    })
+    .await
 }
 
 async fn list_pools(
@@ -737,10 +768,11 @@ async fn list_pools(
     q: std::result::Result<Query<ReadParams>, QueryRejection>,
 ) -> Result<Response> {
     let st = app.cluster.read(consistency(q)?).await?;
-    Ok(ok(
+    ok_aside(
         st.revision,
-        json!({"revision": st.revision, "pools": st.pools.values().collect::<Vec<_>>()}),
-    ))
+        move || json!({"revision": st.revision, "pools": st.pools.values().collect::<Vec<_>>()}),
+    )
+    .await
 }
 
 async fn list_routes(
@@ -748,10 +780,11 @@ async fn list_routes(
     q: std::result::Result<Query<ReadParams>, QueryRejection>,
 ) -> Result<Response> {
     let st = app.cluster.read(consistency(q)?).await?;
-    Ok(ok(
+    ok_aside(
         st.revision,
-        json!({"revision": st.revision, "routes": st.routes.values().collect::<Vec<_>>()}),
-    ))
+        move || json!({"revision": st.revision, "routes": st.routes.values().collect::<Vec<_>>()}),
+    )
+    .await
 }
 
 async fn get_pool(
