@@ -26,9 +26,14 @@ const KEY_COMMITTED: &str = "committed";
 const KEY_LAST_PURGED: &str = "last_purged";
 
 /// `limited_get_log_entries` stops adding entries once their encoded size reaches this many
-/// bytes (it always returns at least one), so an AppendEntries message stays well below
-/// tonic's default 4 MiB message limit unless a single entry is itself that large.
-pub const REPLICATION_BATCH_BYTES: usize = 1024 * 1024;
+/// bytes (it always returns at least one). openraft 0.9 gives one AppendEntries the heartbeat
+/// interval (25 ms) and then sends the same entries again, so a batch must be received,
+/// decoded and flushed well within it, or a follower catching up never does: with 1 MiB, a
+/// node joining after the log was purged, on one control thread of a debug build, decoded
+/// each batch for longer than that, again and again (the cluster test
+/// `node_joining_after_log_purge_gets_a_snapshot`). Under a live write load a round carries
+/// what arrived since the last one: with 16 clients, about 16 writes of a few hundred bytes.
+pub const REPLICATION_BATCH_BYTES: usize = 128 * 1024;
 
 /// The Raft log store: log entries keyed by index, plus vote, committed and last purged log
 /// ids. Cheap to clone; clones share the same sled trees, and a clone is also the log reader
