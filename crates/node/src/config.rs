@@ -22,9 +22,9 @@ pub const DEFAULT_SNAPSHOT_EVERY: u64 = 100_000;
 /// The data plane has its own threads (`--workers`), so this work is light and mostly
 /// waiting: one thread does it without handing tasks between threads. With one per core, a
 /// write woke threads on both cores at each step (the flush thread's callback, the Raft core,
-/// the gRPC and REST tasks); on 2 cores holding a 3-node cluster, one thread gave 1.2x the
-/// committed writes/s through the leader and 1.35x through a follower (bench/README.md,
-/// session 12).
+/// the gRPC and REST tasks); on 2 cores holding a 3-node cluster, one thread was ahead in
+/// each of four alternated pairs of runs, by 1.2x to 1.9x the committed writes/s
+/// (bench/README.md, session 12).
 pub const DEFAULT_CONTROL_THREADS: usize = 1;
 
 /// How the node enters the cluster.
