@@ -152,7 +152,7 @@ impl Connection {
             .raft(&self.addr)
             .map_err(|s| RPCError::Unreachable(Unreachable::new(&Msg(s.message().to_string()))))?;
         let req = tonic::Request::new(RaftPayload { json });
-        // openraft 0.9 gives appends the heartbeat interval (50 ms) to finish. A follower that
+        // openraft 0.9 gives appends the heartbeat interval (25 ms) to finish. A follower that
         // flushes to disk under load can take longer; timing out then only makes the leader send
         // the same entries again. Appends and snapshots get at least a second; votes keep
         // openraft's deadline so elections stay quick.
