@@ -324,9 +324,10 @@ fn with_etag(mut r: Response, revision: u64) -> Response {
 }
 
 /// Answers 200 with what `body` builds, built and encoded on a blocking thread: a list or the
-/// whole configuration can be megabytes (100k pools: tenths of a second of a core), and the
-/// control plane runs on one thread by default (`--control-threads`), whose Raft heartbeats
-/// and other requests must not wait for it.
+/// whole configuration can be megabytes (encoding the same state into a snapshot takes a
+/// thread of its own for that reason, state_machine.rs), and the control plane runs on one
+/// thread by default (`--control-threads`), whose Raft heartbeats and other requests must
+/// not wait for it.
 async fn ok_aside(
     revision: u64,
     body: impl FnOnce() -> Value + Send + 'static,

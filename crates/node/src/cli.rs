@@ -341,8 +341,9 @@ pub enum Action {
 }
 
 impl Action {
-    /// Runtime worker threads wanted (None: all cores).
-    pub fn workers(&self) -> Option<usize> {
+    /// Threads of the process's main runtime (None: all cores). A node's data plane has
+    /// threads of its own (`--workers`); this runtime is its control plane's.
+    pub fn runtime_threads(&self) -> Option<usize> {
         match self {
             Action::Node(cfg) => Some(cfg.control_threads),
             // A client command makes a few calls: one worker is plenty.
