@@ -108,7 +108,7 @@ impl StateMachine {
             }
         };
         let state = Arc::new(state);
-        let (tx, _) = watch::channel(state.clone());
+        let (tx, _) = watch::channel(Arc::new(state.for_readers()));
         Ok(StateMachine {
             db,
             snapshots,
@@ -125,8 +125,10 @@ impl StateMachine {
         self.tx.subscribe()
     }
 
+    /// Publishes the current state without its deduplication window ([`State::for_readers`]),
+    /// so `self.state` stays the only holder of its `Arc` and the next batch changes it in place.
     fn publish(&self) {
-        self.tx.send_replace(self.state.clone());
+        self.tx.send_replace(Arc::new(self.state.for_readers()));
     }
 }
 
@@ -400,7 +402,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .iter()
             .any(|e| matches!(e.payload, EntryPayload::Normal(_)))
         {
-            // Copy-on-write once per batch: subscribers keep the previous version, immutable.
+            // In place: subscribers hold their own versions (`publish`). Only while a snapshot
+            // is being built does this copy the state once (the builder holds the `Arc`).
             let state = Arc::make_mut(&mut self.state);
             for entry in entries {
                 let reply = match record(&mut self.last_applied, &mut self.membership, entry) {
@@ -415,6 +418,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let _no_request = record(&mut self.last_applied, &mut self.membership, entry);
                 replies.push(no_op(&self.state));
             }
+            // Readers are told of the applied entries, and keep the version they have.
+            self.tx.send_modify(|_| {});
+            return Ok(replies);
         }
         self.publish();
         Ok(replies)

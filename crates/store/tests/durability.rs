@@ -119,7 +119,7 @@ async fn reopen_restores_everything_written() -> anyhow::Result<()> {
         (Some(log_id(1, 6)), membership.clone())
     );
     let rx = sm.subscribe();
-    assert_eq!(**rx.borrow(), expected_state(&all, 6));
+    assert_eq!(**rx.borrow(), expected_state(&all, 6).for_readers());
 
     // What openraft does when the node starts: re-apply committed entries 7..=9 from the log.
     let initial = StorageHelper::new(&mut log, &mut sm)
@@ -127,7 +127,18 @@ async fn reopen_restores_everything_written() -> anyhow::Result<()> {
         .await?;
     assert_eq!(initial.committed, Some(log_id(1, 9)));
     assert_eq!(sm.applied_state().await?, (Some(log_id(1, 9)), membership));
-    assert_eq!(**rx.borrow(), expected_state(&all, 9));
+    assert_eq!(**rx.borrow(), expected_state(&all, 9).for_readers());
+    assert_eq!(rx.borrow().revision, 8);
+
+    // The deduplication window came back too (readers do not see it): a retry of request
+    // req-3, applied before the snapshot, gets its first answer and changes nothing.
+    let replies = sm
+        .apply(vec![normal(2, 11, put_pool("req-3", "pool-3"))])
+        .await?;
+    assert!(
+        matches!(&replies[..], [gateway_model::Applied::One(r)] if r.revision == 2 && r.outcome.is_ok()),
+        "a retried request applied again: {replies:?}"
+    );
     assert_eq!(rx.borrow().revision, 8);
     Ok(())
 }
