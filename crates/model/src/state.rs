@@ -538,25 +538,8 @@ impl State {
 
     /// Checks a command against the current state without changing anything.
     pub fn check(&self, cmd: &Command) -> Result<(), ApplyError> {
-        let mut copy = self.clone_config();
+        let mut copy = self.for_readers();
         copy.apply_command(cmd)
-    }
-
-    fn clone_config(&self) -> State {
-        State {
-            revision: self.revision,
-            pools: self.pools.clone(),
-            routes: self.routes.clone(),
-            certs: self.certs.clone(),
-            tcp_routes: self.tcp_routes.clone(),
-            retired: self.retired.clone(),
-            health: self.health.clone(),
-            lost: self.lost.clone(),
-            alerts: self.alerts.clone(),
-            restarts: self.restarts.clone(),
-            limits: self.limits.clone(),
-            ..State::default()
-        }
     }
 
     fn apply_command(&mut self, cmd: &Command) -> Result<(), ApplyError> {
