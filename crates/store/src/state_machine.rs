@@ -447,21 +447,34 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), StorageError> {
         let subject = snapshot_subject(meta);
         let data = snapshot.into_inner();
-        let payload = SnapshotPayload::decode(&data)
-            .map_err(|e| decode_err(subject.clone(), "decode received snapshot", e))?;
-        check_payload(meta, &payload)
-            .map_err(|e| decode_err(subject.clone(), "check received snapshot", e))?;
+        // Decoding, checking and storing a large snapshot takes a while, and the control plane
+        // may have one thread (`--control-threads`): on a blocking thread, this node keeps
+        // answering heartbeats meanwhile instead of looking dead to the leader.
+        let (owned_meta, snapshots, task_subject) =
+            (meta.clone(), self.snapshots.clone(), subject.clone());
+        let payload = tokio::task::spawn_blocking(move || {
+            let (meta, subject) = (&owned_meta, task_subject);
+            let payload = SnapshotPayload::decode(&data)
+                .map_err(|e| decode_err(subject.clone(), "decode received snapshot", e))?;
+            check_payload(meta, &payload)
+                .map_err(|e| decode_err(subject.clone(), "check received snapshot", e))?;
 
-        // Persist first: the snapshot replaces the previous one in a single key write.
-        let stored = encode_stored(meta, &data)?;
-        self.snapshots.insert(KEY_CURRENT, stored).map_err(|e| {
-            sled_err(
+            // Persist first: the snapshot replaces the previous one in a single key write.
+            let stored = encode_stored(meta, &data)?;
+            snapshots
+                .insert(KEY_CURRENT, stored)
+                .map_err(|e| sled_err(subject, ErrorVerb::Write, "save received snapshot", e))?;
+            Ok::<_, StorageError>(payload)
+        })
+        .await
+        .map_err(|e| {
+            io_err(
                 subject.clone(),
                 ErrorVerb::Write,
-                "save received snapshot",
-                e,
+                "install received snapshot",
+                AnyError::new(&e),
             )
-        })?;
+        })??;
         flush(&self.db)
             .await
             .map_err(|e| io_err(subject, ErrorVerb::Write, "flush received snapshot", e))?;
