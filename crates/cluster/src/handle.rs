@@ -20,7 +20,7 @@ use openraft::storage::RaftLogStorage;
 use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
@@ -141,6 +141,8 @@ pub(crate) struct Inner {
     debug_stale_reads: bool,
     /// Set while this leader hands over: new writes wait for the next leader.
     pub(crate) transferring: std::sync::atomic::AtomicBool,
+    /// Writes this leader took and has not answered yet; a handover waits for them to end.
+    in_flight: InFlight,
     /// Nodes' health reports, held while this node leads ([`crate::overseer`]).
     pub(crate) reports: std::sync::Mutex<crate::overseer::Reports>,
     /// Last contact with a leader and any election hold, for the elector.
@@ -257,6 +259,7 @@ impl Cluster {
             counter: AtomicU64::new(0),
             debug_stale_reads: opts.debug_stale_reads,
             transferring: std::sync::atomic::AtomicBool::new(false),
+            in_flight: InFlight::default(),
             reports: std::sync::Mutex::new(Default::default()),
             contact: Contact::new(),
             election_timeout_max: opts.election_timeout * 2,
@@ -758,6 +761,44 @@ pub(crate) fn forwarded<T>(msg: T) -> tonic::Request<T> {
 /// A write waiting to be proposed, and where its response goes.
 type Pending = (Request, oneshot::Sender<Result<Response, ClusterError>>);
 
+/// A count of writes in progress, and a way to wait until there are none.
+#[derive(Default)]
+struct InFlight {
+    count: AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+impl InFlight {
+    /// Counts one write until the returned guard is dropped.
+    fn enter(&self) -> InFlightGuard<'_> {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        InFlightGuard(self)
+    }
+
+    /// Returns once no write is in progress.
+    async fn drained(&self) {
+        loop {
+            let idle = self.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if self.count.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
+struct InFlightGuard<'a>(&'a InFlight);
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
 /// How many log entries of client writes may be in flight (proposed, not yet applied) at once.
 /// While they are, newer writes wait and are then proposed together as one entry: an idle
 /// cluster proposes each write at once, a busy one commits many per entry (one log append,
@@ -1008,7 +1049,10 @@ impl Inner {
     }
 
     async fn write_as_leader(&self, req: Request) -> Result<Response, ClusterError> {
-        if self.transferring.load(Ordering::Acquire) {
+        // Counted before the flag is read (both SeqCst): a handover that sets the flag and then
+        // finds no write in flight knows that none will be proposed after it.
+        let _counted = self.in_flight.enter();
+        if self.transferring.load(Ordering::SeqCst) {
             return Err(ClusterError::NoLeader(
                 "leadership is being handed over".into(),
             ));
@@ -1167,7 +1211,7 @@ impl Inner {
             .map(|n| n.cluster_addr.clone())
             .ok_or_else(|| ClusterError::NotFound(format!("node {target} has no address")))?;
         // Stop taking writes, so nothing new keeps the voters' leader lease alive.
-        self.transferring.store(true, Ordering::Release);
+        self.transferring.store(true, Ordering::SeqCst);
         let result = self.hand_over(target, &addr, &others).await;
         self.raft.runtime_config().heartbeat(true);
         self.transferring.store(false, Ordering::Release);
@@ -1184,9 +1228,20 @@ impl Inner {
         addr: &str,
         others: &[NodeId],
     ) -> Result<NodeId, ClusterError> {
-        // The log end the target must reach. The metrics' `last_log_index` can lag the blank
-        // entry a new leader appends; a target missing it loses every vote and only raises the
-        // term. Once a linearizable read passes, that entry is applied, so the store holds it.
+        // The log end the target must reach, and a target missing any entry of it loses every
+        // vote and only raises the term. Writes taken before the transfer began (a client's,
+        // or the event a new leader records) may not be in the log yet: they end first, else
+        // one appended after the target caught up would beat its campaign.
+        if tokio::time::timeout(Duration::from_secs(3), self.in_flight.drained())
+            .await
+            .is_err()
+        {
+            return Err(ClusterError::Refused(
+                "writes in progress did not finish within 3s; leadership stays here".into(),
+            ));
+        }
+        // The metrics' `last_log_index` can lag the blank entry a new leader appends. Once a
+        // linearizable read passes, that entry is applied, so the store holds it.
         if let Err(e) = self.raft.ensure_linearizable().await {
             return Err(ClusterError::Refused(format!(
                 "this node cannot confirm its leadership ({e}); leadership stays here"

@@ -150,6 +150,29 @@ fn encode_snapshot(meta: &SnapshotMeta, data: &[u8]) -> Result<Vec<u8>, serde_js
     Ok(out)
 }
 
+/// Decodes and checks a received snapshot, then stores it as the current one (not flushed yet).
+#[expect(
+    clippy::result_large_err,
+    reason = "openraft's StorageError is the error type of every storage call"
+)]
+fn store_received(
+    meta: &SnapshotMeta,
+    data: &[u8],
+    snapshots: &sled::Tree,
+) -> Result<SnapshotPayload, StorageError> {
+    let subject = snapshot_subject(meta);
+    let payload = SnapshotPayload::decode(data)
+        .map_err(|e| decode_err(subject.clone(), "decode received snapshot", e))?;
+    check_payload(meta, &payload)
+        .map_err(|e| decode_err(subject.clone(), "check received snapshot", e))?;
+    // Persist first: the snapshot replaces the previous one in a single key write.
+    let stored = encode_stored(meta, data)?;
+    snapshots
+        .insert(KEY_CURRENT, stored)
+        .map_err(|e| sled_err(subject, ErrorVerb::Write, "save received snapshot", e))?;
+    Ok(payload)
+}
+
 /// [`encode_snapshot`] with openraft's error.
 #[expect(
     clippy::result_large_err,
@@ -450,31 +473,22 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // Decoding, checking and storing a large snapshot takes a while, and the control plane
         // may have one thread (`--control-threads`): on a blocking thread, this node keeps
         // answering heartbeats meanwhile instead of looking dead to the leader.
-        let (owned_meta, snapshots, task_subject) =
-            (meta.clone(), self.snapshots.clone(), subject.clone());
-        let payload = tokio::task::spawn_blocking(move || {
-            let (meta, subject) = (&owned_meta, task_subject);
-            let payload = SnapshotPayload::decode(&data)
-                .map_err(|e| decode_err(subject.clone(), "decode received snapshot", e))?;
-            check_payload(meta, &payload)
-                .map_err(|e| decode_err(subject.clone(), "check received snapshot", e))?;
-
-            // Persist first: the snapshot replaces the previous one in a single key write.
-            let stored = encode_stored(meta, &data)?;
-            snapshots
-                .insert(KEY_CURRENT, stored)
-                .map_err(|e| sled_err(subject, ErrorVerb::Write, "save received snapshot", e))?;
-            Ok::<_, StorageError>(payload)
-        })
-        .await
-        .map_err(|e| {
-            io_err(
-                subject.clone(),
-                ErrorVerb::Write,
-                "install received snapshot",
-                AnyError::new(&e),
-            )
-        })??;
+        let (owned_meta, snapshots) = (meta.clone(), self.snapshots.clone());
+        #[expect(
+            clippy::result_large_err,
+            reason = "the blocking task returns openraft's StorageError, as store_received does"
+        )]
+        let payload =
+            tokio::task::spawn_blocking(move || store_received(&owned_meta, &data, &snapshots))
+                .await
+                .map_err(|e| {
+                    io_err(
+                        subject.clone(),
+                        ErrorVerb::Write,
+                        "install received snapshot",
+                        AnyError::new(&e),
+                    )
+                })??;
         flush(&self.db)
             .await
             .map_err(|e| io_err(subject, ErrorVerb::Write, "flush received snapshot", e))?;
