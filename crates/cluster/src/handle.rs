@@ -1458,3 +1458,33 @@ impl Inner {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::InFlight;
+    use std::sync::Arc;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn drained_waits_for_every_counted_write() {
+        let w = Arc::new(InFlight::default());
+        w.drained().await; // nothing in flight: at once
+
+        let (first, second) = (w.enter(), w.enter());
+        let waiter = tokio::spawn({
+            let w = w.clone();
+            async move { w.drained().await }
+        });
+        tokio::task::yield_now().await;
+        drop(first);
+        tokio::task::yield_now().await;
+        assert!(
+            !waiter.is_finished(),
+            "returned with a write still in flight"
+        );
+        drop(second);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("the waiter ends once the last write ends")
+            .expect("the waiter did not panic");
+    }
+}
