@@ -536,12 +536,6 @@ impl State {
         }
     }
 
-    /// Checks a command against the current state without changing anything.
-    pub fn check(&self, cmd: &Command) -> Result<(), ApplyError> {
-        let mut copy = self.for_readers();
-        copy.apply_command(cmd)
-    }
-
     fn apply_command(&mut self, cmd: &Command) -> Result<(), ApplyError> {
         let rev = self.revision + 1;
         let mut changes = Vec::new();
