@@ -2,8 +2,9 @@
 # A/B of gateway builds or settings under the bench/proxy.sh load (wrk -t1 -c64 against one
 # nginx backend), with nginx and HAProxy as references: every variant runs at the same time
 # (idle when not measured), rounds interleave the variants so the machine's drift falls on all
-# alike, and the median of the rounds is printed with the proxy's CPU time per request (and its
-# user-space part) and the backend's wake-ups (voluntary context switches) per request.
+# alike, and the median of the rounds is printed with p99 latency, the proxy's CPU time per
+# request (and its user-space part) and the backend's wake-ups (voluntary context switches) per
+# request.
 #
 #   bench/proxy_ab.sh ROUNDS VARIANT...
 #     VARIANT: NAME=BINARY[:VAR=VALUE[,VAR=VALUE...]]   (environment for that gateway)
@@ -63,7 +64,7 @@ for round in $(seq "$ROUNDS"); do
     for i in "${!names[@]}"; do
         out="$RESULTS/$round-${names[$i]}.txt"
         c0=$(ticks "${pids[$i]}"); u0=$(user_ticks "${pids[$i]}"); v0=$(wakeups "$BACKEND_PID")
-        run_fg "${WRK[@]}" -t1 -c"$CONNECTIONS" -d"${DURATION}s" "http://127.0.0.1:${ports[$i]}/" >"$out"
+        run_fg "${WRK[@]}" -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "http://127.0.0.1:${ports[$i]}/" >"$out"
         c1=$(ticks "${pids[$i]}"); u1=$(user_ticks "${pids[$i]}"); v1=$(wakeups "$BACKEND_PID")
         echo -e "$round\t${names[$i]}\t$((c1 - c0))\t$((v1 - v0))\t$((u1 - u0))" >>"$RESULTS/ab.tsv"
         line="$line  ${names[$i]} $(awk '/Requests\/sec/ {printf "%.1fk", $2 / 1000}' "$out")"
@@ -78,13 +79,14 @@ from proxy_report import parse  # wrk's output: rate, requests, non-2xx and sock
 
 results, hz = Path(sys.argv[2]), int(sys.argv[3])
 rows = [l.split("\t") for l in (results / "ab.tsv").read_text().splitlines() if l]
-print("\nmedian of rounds      req/s   proxy CPU us/req  (of it user)   backend wake-ups/req   errors")
+print("\nmedian of rounds      req/s   p99 ms   proxy CPU us/req  (of it user)   backend wake-ups/req   errors")
 for name in sys.argv[4:]:
     runs = [(parse(results / f"{r[0]}-{name}.txt"), int(r[2]), int(r[3]), int(r[4])) for r in rows if r[1] == name]
     rate = statistics.median(w["rps"] for w, *_ in runs)
+    p99 = statistics.median(w["p99"] for w, *_ in runs)
     cpu = statistics.median(t / hz * 1e6 / w["requests"] for w, t, _, _ in runs)
     user = statistics.median(u / hz * 1e6 / w["requests"] for w, _, _, u in runs)
     wake = statistics.median(v / w["requests"] for w, _, v, _ in runs)
     errors = sum(w["non2xx"] + w["sock"] for w, *_ in runs)
-    print(f"{name:<18} {rate / 1000:8.1f}k {cpu:18.1f} {user:13.1f} {wake:22.3f} {errors:8d}")
+    print(f"{name:<18} {rate / 1000:8.1f}k {p99:8.2f} {cpu:18.1f} {user:13.1f} {wake:22.3f} {errors:8d}")
 PY
