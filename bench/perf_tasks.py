@@ -12,7 +12,7 @@ shares are of those samples. How bench/README.md's "session 13" profile was read
 
   perf record -p <leader pid> -F 299 --call-graph dwarf,16384 -o leader.data -- sleep 6
   bench/perf_tasks.py leader.data
-  bench/perf_tasks.py leader.data State::apply State::remember
+  bench/perf_tasks.py leader.data State::apply imbl::nodes::hamt
 """
 import argparse
 import collections
