@@ -11,6 +11,7 @@
 #              or nginx, haproxy
 #   e.g. bench/proxy_ab.sh 6 base=/tmp/gw-a new=/tmp/gw-b nginx
 #   env: DURATION=5 (s per run)  CONNECTIONS=64  KEEP=1
+#        REF=NAME: the variant the others are paired with, round by round (default: the first)
 #        PIN=1: the proxies on CPU 1, wrk and the backend on CPU 0, so that each proxy's rate
 #        shows its own cost per request rather than how the scheduler placed the processes
 source "$(dirname "${BASH_SOURCE[0]}")/proxy_common.sh"
@@ -72,7 +73,7 @@ for round in $(seq "$ROUNDS"); do
     echo "$line"
 done
 python3 - "$BENCH_DIR" "$RESULTS" "$hz" "${names[@]}" <<'PY'
-import statistics, sys
+import os, statistics, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 from proxy_report import parse  # wrk's output: rate, requests, non-2xx and socket errors
@@ -89,4 +90,24 @@ for name in sys.argv[4:]:
     wake = statistics.median(v / w["requests"] for w, _, v, _ in runs)
     errors = sum(w["non2xx"] + w["sock"] for w, *_ in runs)
     print(f"{name:<18} {rate / 1000:8.1f}k {p99:8.2f} {cpu:18.1f} {user:13.1f} {wake:22.3f} {errors:8d}")
+
+# Paired by round: each variant against the reference measured in the same round, which cancels
+# the drift between rounds that the medians above still carry.
+ref = os.environ.get("REF") or sys.argv[4]
+if ref not in sys.argv[4:]:
+    sys.exit(f"error: REF={ref} is not one of the variants")
+rounds = sorted({r[0] for r in rows}, key=int)
+def run(name, rnd):
+    return parse(results / f"{rnd}-{name}.txt")
+print(f"\npaired with {ref}, per round   req/s ratio (rounds ahead)   p99 ratio (rounds lower)")
+for name in sys.argv[4:]:
+    if name == ref:
+        continue
+    pairs = [(run(name, r), run(ref, r)) for r in rounds]
+    rate = [a["rps"] / b["rps"] for a, b in pairs]
+    p99 = [a["p99"] / b["p99"] for a, b in pairs]
+    ahead = sum(x > 1 for x in rate)
+    lower = sum(x < 1 for x in p99)
+    print(f"{name:<18} {statistics.median(rate):16.3f} ({ahead}/{len(rounds)}) "
+          f"{statistics.median(p99):17.3f} ({lower}/{len(rounds)})")
 PY

@@ -110,8 +110,22 @@ stop_pid() {
     wait "$pid" 2>/dev/null || true
 }
 
+# A port below the ephemeral range (32768 and up here): a port the kernel handed out could be
+# handed out again, to an outgoing connection, before the server that was to listen on it binds.
 free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+    python3 -c '
+import random, socket
+for _ in range(200):
+    port = random.randrange(20000, 32768)
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+    print(port)
+    break
+else:
+    raise SystemExit("error: no free port found in 20000-32767")'
 }
 
 # Waits (up to 10 s) until 127.0.0.1:$1 accepts connections, or fails naming $2's log.

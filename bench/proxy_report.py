@@ -42,6 +42,25 @@ def fmt_ms(v):
     return "-" if v is None else f"{v:.2f}"
 
 
+def paired(ours, theirs):
+    """Round by round ratios (runs of one round share the machine's state): their median, and in
+    how many rounds the gateway was ahead."""
+    pairs = [
+        (a, b)
+        for a, b in zip(ours, theirs)
+        if None not in (a["rps"], b["rps"], a["p99"], b["p99"])
+    ]
+    if not pairs:
+        return ""
+    rate = [a["rps"] / b["rps"] for a, b in pairs]
+    p99 = [a["p99"] / b["p99"] for a, b in pairs]
+    n = len(pairs)
+    return (
+        f" (paired by round: req/s {statistics.median(rate):.2f}, ahead in {sum(x > 1 for x in rate)}"
+        f"/{n}; p99 {statistics.median(p99):.2f}, lower in {sum(x < 1 for x in p99)}/{n})"
+    )
+
+
 def main():
     results = Path(sys.argv[1])
     systems = sys.argv[2].split(",")
@@ -92,6 +111,7 @@ def main():
                 p = med[peer]
                 print(
                     f"gateway/{peer}: req/s {g['rps'] / p['rps']:.2f}, p99 {g['p99'] / p['p99']:.2f}"
+                    + paired(data["gateway"], data[peer])
                 )
         fastest = [p for p in ("nginx", "haproxy") if p in med]
         if fastest:
