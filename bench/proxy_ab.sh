@@ -42,6 +42,10 @@ for v in "$@"; do
         *) echo "error: '$v' is not NAME=BINARY, nginx or haproxy" >&2; exit 2 ;;
     esac
 done
+if [ -n "${REF:-}" ] && [[ " ${names[*]} " != *" $REF "* ]]; then
+    echo "error: REF=$REF is not one of the variants (${names[*]})" >&2
+    exit 2
+fi
 WRK=(wrk)
 if [ "${PIN:-}" = 1 ]; then
     pin() { local p; for p in $(pgrep -P "$2") "$2"; do taskset -a -p -c "$1" "$p" >/dev/null; done; }
@@ -76,7 +80,7 @@ python3 - "$BENCH_DIR" "$RESULTS" "$hz" "${names[@]}" <<'PY'
 import os, statistics, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
-from proxy_report import parse  # wrk's output: rate, requests, non-2xx and socket errors
+from proxy_report import pair_stats, parse  # parse: wrk's output (rate, p99, requests, errors)
 
 results, hz = Path(sys.argv[2]), int(sys.argv[3])
 rows = [l.split("\t") for l in (results / "ab.tsv").read_text().splitlines() if l]
@@ -93,21 +97,17 @@ for name in sys.argv[4:]:
 
 # Paired by round: each variant against the reference measured in the same round, which cancels
 # the drift between rounds that the medians above still carry.
-ref = os.environ.get("REF") or sys.argv[4]
-if ref not in sys.argv[4:]:
-    sys.exit(f"error: REF={ref} is not one of the variants")
+ref = os.environ.get("REF") or sys.argv[4]  # checked before the runs
 rounds = sorted({r[0] for r in rows}, key=int)
-def run(name, rnd):
-    return parse(results / f"{rnd}-{name}.txt")
 print(f"\npaired with {ref}, per round   req/s ratio (rounds ahead)   p99 ratio (rounds lower)")
 for name in sys.argv[4:]:
     if name == ref:
         continue
-    pairs = [(run(name, r), run(ref, r)) for r in rounds]
-    rate = [a["rps"] / b["rps"] for a, b in pairs]
-    p99 = [a["p99"] / b["p99"] for a, b in pairs]
-    ahead = sum(x > 1 for x in rate)
-    lower = sum(x < 1 for x in p99)
-    print(f"{name:<18} {statistics.median(rate):16.3f} ({ahead}/{len(rounds)}) "
-          f"{statistics.median(p99):17.3f} ({lower}/{len(rounds)})")
+    pairs = [(parse(results / f"{r}-{name}.txt"), parse(results / f"{r}-{ref}.txt")) for r in rounds]
+    stats = pair_stats(pairs)
+    if stats is None:
+        print(f"{name:<18} no round with both runs complete")
+        continue
+    rate, ahead, p99, lower, n = stats
+    print(f"{name:<18} {rate:16.3f} ({ahead}/{n}) {p99:17.3f} ({lower}/{n})")
 PY

@@ -42,22 +42,33 @@ def fmt_ms(v):
     return "-" if v is None else f"{v:.2f}"
 
 
-def paired(ours, theirs):
-    """Round by round ratios (runs of one round share the machine's state): their median, and in
-    how many rounds the gateway was ahead."""
-    pairs = [
-        (a, b)
-        for a, b in zip(ours, theirs)
-        if None not in (a["rps"], b["rps"], a["p99"], b["p99"])
-    ]
-    if not pairs:
-        return ""
+def pair_stats(pairs):
+    """Round by round ratios of (ours, theirs) runs of the same rounds (which share the machine's
+    state): the median req/s ratio, the rounds ours was ahead in, the median p99 ratio, the
+    rounds ours was lower in, and the number of pairs."""
+    pairs = [(a, b) for a, b in pairs if None not in (a["rps"], b["rps"], a["p99"], b["p99"])]
     rate = [a["rps"] / b["rps"] for a, b in pairs]
     p99 = [a["p99"] / b["p99"] for a, b in pairs]
-    n = len(pairs)
+    if not pairs:
+        return None
     return (
-        f" (paired by round: req/s {statistics.median(rate):.2f}, ahead in {sum(x > 1 for x in rate)}"
-        f"/{n}; p99 {statistics.median(p99):.2f}, lower in {sum(x < 1 for x in p99)}/{n})"
+        statistics.median(rate),
+        sum(x > 1 for x in rate),
+        statistics.median(p99),
+        sum(x < 1 for x in p99),
+        len(pairs),
+    )
+
+
+def paired(ours, theirs):
+    """`pair_stats` of two systems' runs, keyed by round, as a note for the ratio line."""
+    stats = pair_stats((ours[r], theirs[r]) for r in ours if r in theirs)
+    if stats is None:
+        return ""
+    rate, ahead, p99, lower, n = stats
+    return (
+        f" (paired by round: req/s {rate:.2f}, ahead in {ahead}/{n};"
+        f" p99 {p99:.2f}, lower in {lower}/{n})"
     )
 
 
@@ -67,11 +78,13 @@ def main():
     rounds = int(sys.argv[3])
     load = sys.argv[4] if len(sys.argv) > 4 else "wrk"
     data = {s: [] for s in systems}
+    by_round = {s: {} for s in systems}
     for r in range(1, rounds + 1):
         for s in systems:
             p = results / f"{r}-{s}.txt"
             if p.exists():
-                data[s].append(parse(p))
+                by_round[s][r] = parse(p)
+                data[s].append(by_round[s][r])
 
     print()
     print("per round: req/s (p99 ms)")
@@ -111,7 +124,7 @@ def main():
                 p = med[peer]
                 print(
                     f"gateway/{peer}: req/s {g['rps'] / p['rps']:.2f}, p99 {g['p99'] / p['p99']:.2f}"
-                    + paired(data["gateway"], data[peer])
+                    + paired(by_round["gateway"], by_round[peer])
                 )
         fastest = [p for p in ("nginx", "haproxy") if p in med]
         if fastest:
