@@ -84,9 +84,10 @@ from proxy_report import pair_stats, parse  # parse: wrk's output (rate, p99, re
 
 results, hz = Path(sys.argv[2]), int(sys.argv[3])
 rows = [l.split("\t") for l in (results / "ab.tsv").read_text().splitlines() if l]
+wrk = {(r[0], r[1]): parse(results / f"{r[0]}-{r[1]}.txt") for r in rows}  # (round, name)
 print("\nmedian of rounds      req/s   p99 ms   proxy CPU us/req  (of it user)   backend wake-ups/req   errors")
 for name in sys.argv[4:]:
-    runs = [(parse(results / f"{r[0]}-{name}.txt"), int(r[2]), int(r[3]), int(r[4])) for r in rows if r[1] == name]
+    runs = [(wrk[r[0], name], int(r[2]), int(r[3]), int(r[4])) for r in rows if r[1] == name]
     rate = statistics.median(w["rps"] for w, *_ in runs)
     p99 = statistics.median(w["p99"] for w, *_ in runs)
     cpu = statistics.median(t / hz * 1e6 / w["requests"] for w, t, _, _ in runs)
@@ -103,8 +104,7 @@ print(f"\npaired with {ref}, per round   req/s ratio (rounds ahead)   p99 ratio 
 for name in sys.argv[4:]:
     if name == ref:
         continue
-    pairs = [(parse(results / f"{r}-{name}.txt"), parse(results / f"{r}-{ref}.txt")) for r in rounds]
-    stats = pair_stats(pairs)
+    stats = pair_stats((wrk[r, name], wrk[r, ref]) for r in rounds if (r, name) in wrk and (r, ref) in wrk)
     if stats is None:
         print(f"{name:<18} no round with both runs complete")
         continue

@@ -47,10 +47,10 @@ def pair_stats(pairs):
     state): the median req/s ratio, the rounds ours was ahead in, the median p99 ratio, the
     rounds ours was lower in, and the number of pairs."""
     pairs = [(a, b) for a, b in pairs if None not in (a["rps"], b["rps"], a["p99"], b["p99"])]
-    rate = [a["rps"] / b["rps"] for a, b in pairs]
-    p99 = [a["p99"] / b["p99"] for a, b in pairs]
     if not pairs:
         return None
+    rate = [a["rps"] / b["rps"] for a, b in pairs]
+    p99 = [a["p99"] / b["p99"] for a, b in pairs]
     return (
         statistics.median(rate),
         sum(x > 1 for x in rate),
