@@ -3,8 +3,8 @@
 # nginx backend), with nginx and HAProxy as references: every variant runs at the same time
 # (idle when not measured), rounds interleave the variants so the machine's drift falls on all
 # alike, and the median of the rounds is printed with p99 latency, the proxy's CPU time per
-# request (and its user-space part) and the backend's wake-ups (voluntary context switches) per
-# request.
+# request (and its user-space part), and the wake-ups (voluntary context switches) per request of
+# the backend and of the client (wrk).
 #
 #   bench/proxy_ab.sh ROUNDS VARIANT...
 #     VARIANT: NAME=BINARY[:VAR=VALUE[,VAR=VALUE...]]   (environment for that gateway)
@@ -62,6 +62,13 @@ done
 # Per run: wrk's output in $WORK/ab/ROUND-NAME.txt, and the proxy's CPU ticks, the
 # backend's wake-ups and the proxy's user-space ticks over the run in ab.tsv beside it.
 RESULTS="$WORK/ab"
+# Runs a command and writes how many times it went to sleep (its voluntary context switches,
+# from getrusage) to the file named first: the client's wake-ups.
+COUNT_WAKEUPS='import resource, subprocess, sys
+code = subprocess.run(sys.argv[2:]).returncode
+open(sys.argv[1], "w").write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_nvcsw))
+sys.exit(code)'
+
 mkdir -p "$RESULTS"
 hz=$(getconf CLK_TCK)
 for round in $(seq "$ROUNDS"); do
@@ -69,9 +76,11 @@ for round in $(seq "$ROUNDS"); do
     for i in "${!names[@]}"; do
         out="$RESULTS/$round-${names[$i]}.txt"
         c0=$(ticks "${pids[$i]}"); u0=$(user_ticks "${pids[$i]}"); v0=$(wakeups "$BACKEND_PID")
-        run_fg "${WRK[@]}" -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "http://127.0.0.1:${ports[$i]}/" >"$out"
+        run_fg python3 -c "$COUNT_WAKEUPS" "$out.wakeups" \
+            "${WRK[@]}" -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "http://127.0.0.1:${ports[$i]}/" >"$out"
         c1=$(ticks "${pids[$i]}"); u1=$(user_ticks "${pids[$i]}"); v1=$(wakeups "$BACKEND_PID")
-        echo -e "$round\t${names[$i]}\t$((c1 - c0))\t$((v1 - v0))\t$((u1 - u0))" >>"$RESULTS/ab.tsv"
+        echo -e "$round\t${names[$i]}\t$((c1 - c0))\t$((v1 - v0))\t$((u1 - u0))\t$(cat "$out.wakeups")" \
+            >>"$RESULTS/ab.tsv"
         line="$line  ${names[$i]} $(awk '/Requests\/sec/ {printf "%.1fk", $2 / 1000}' "$out")"
     done
     echo "$line"
@@ -85,16 +94,19 @@ from proxy_report import pair_stats, parse  # parse: wrk's output (rate, p99, re
 results, hz = Path(sys.argv[2]), int(sys.argv[3])
 rows = [l.split("\t") for l in (results / "ab.tsv").read_text().splitlines() if l]
 wrk = {(r[0], r[1]): parse(results / f"{r[0]}-{r[1]}.txt") for r in rows}  # (round, name)
-print("\nmedian of rounds      req/s   p99 ms   proxy CPU us/req  (of it user)   backend wake-ups/req   errors")
+print("\nmedian of rounds      req/s   p99 ms   proxy CPU us/req  (of it user)   backend wake-ups/req"
+      "   client wake-ups/req   errors")
 for name in sys.argv[4:]:
     runs = [(wrk[r[0], name], int(r[2]), int(r[3]), int(r[4])) for r in rows if r[1] == name]
+    client = statistics.median(int(r[5]) / wrk[r[0], name]["requests"] for r in rows if r[1] == name)
     rate = statistics.median(w["rps"] for w, *_ in runs)
     p99 = statistics.median(w["p99"] for w, *_ in runs)
     cpu = statistics.median(t / hz * 1e6 / w["requests"] for w, t, _, _ in runs)
     user = statistics.median(u / hz * 1e6 / w["requests"] for w, _, _, u in runs)
     wake = statistics.median(v / w["requests"] for w, _, v, _ in runs)
     errors = sum(w["non2xx"] + w["sock"] for w, *_ in runs)
-    print(f"{name:<18} {rate / 1000:8.1f}k {p99:8.2f} {cpu:18.1f} {user:13.1f} {wake:22.3f} {errors:8d}")
+    print(f"{name:<18} {rate / 1000:8.1f}k {p99:8.2f} {cpu:18.1f} {user:13.1f} {wake:22.3f}"
+          f" {client:21.3f} {errors:8d}")
 
 # Paired by round: each variant against the reference measured in the same round, which cancels
 # the drift between rounds that the medians above still carry.
