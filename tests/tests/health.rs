@@ -296,6 +296,9 @@ async fn one_node_losing_a_backend_does_not_mark_it_down_under_majority() -> Tes
         .flatten()
         .find(|e| e["backend"] == "a");
     ensure!(a_entry.is_some_and(|e| e["down_on"] == json!([3])), "{h}");
+    // The event that marked a down; a stays down on it (the new policy's probes go on from
+    // what the old ones saw instead of starting from up).
+    let a_transition = a_entry.map(|e| e["transition"].clone());
     // Every backend of the pool is down: it fails open, and requests are still served.
     wait_agreed(&c, "web", "b", "down").await?;
     let (status, _) = get(c.node(2), "app.test").await?;
@@ -309,8 +312,11 @@ async fn one_node_losing_a_backend_does_not_mark_it_down_under_majority() -> Tes
     let listed: Value = serde_json::from_str(&out.stdout).context("backend list --output json")?;
     let first = &listed["backends"][0];
     ensure!(
-        first["backend"] == "a" && first["state"] == "down" && first["down_on"] == json!([3]),
-        "{listed}"
+        first["backend"] == "a"
+            && first["state"] == "down"
+            && first["down_on"] == json!([3])
+            && a_transition.as_ref() == Some(&first["transition"]),
+        "{listed} (a went down as event {a_transition:?})"
     );
     a.refuse_node(3, false);
     wait_agreed(&c, "web", "a", "up").await?;

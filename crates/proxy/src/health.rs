@@ -160,11 +160,20 @@ impl Monitor {
         }
         let mut probes = self.probes.lock().unwrap_or_else(|e| e.into_inner());
         let mut stopped = false;
+        // What a replaced probe saw of a backend at the same address: its verdict stands until
+        // the new probe's own runs overturn it, so a change to the pool (its policy, interval or
+        // check) does not show a down backend as up in between.
+        let mut was_down: BTreeSet<(String, String)> = BTreeSet::new();
         probes.retain(|key, (target, probe)| {
             let keep = !changed.contains(key.0.as_str()) || wanted.get(key) == Some(target);
             if !keep {
                 probe.task.abort();
                 stopped = true;
+                if wanted.get(key).is_some_and(|w| w.address == target.address)
+                    && probe.counts.lock().unwrap_or_else(|e| e.into_inner()).down
+                {
+                    was_down.insert(key.clone());
+                }
             }
             keep
         });
@@ -172,7 +181,10 @@ impl Monitor {
             if probes.contains_key(&key) {
                 continue;
             }
-            let counts = Arc::new(Mutex::new(Counts::default()));
+            let counts = Arc::new(Mutex::new(Counts {
+                down: was_down.contains(&key),
+                ..Counts::default()
+            }));
             let task = tokio::spawn(probe_loop(
                 Arc::downgrade(self),
                 self.node,
@@ -194,7 +206,8 @@ impl Monitor {
             );
         }
         drop(probes);
-        // A new probe starts up; only a stopped one can change the view.
+        // A new probe starts up (or goes on from its predecessor's verdict); only a stopped one
+        // can change the view.
         if stopped {
             self.publish();
         }
@@ -501,6 +514,91 @@ mod tests {
                 .unwrap_err()
                 .contains("connect")
         );
+    }
+
+    /// Whether the monitor's view holds backend `a` of pool `p`.
+    fn sees_a_down(m: &Monitor) -> bool {
+        m.view
+            .borrow()
+            .iter()
+            .any(|d| d.pool == "p" && d.backend == "a")
+    }
+
+    /// Waits until the probe of `a` has failed `n` times in a row.
+    async fn failed_runs(m: &Monitor, n: u32) {
+        let key = ("p".to_string(), "a".to_string());
+        for _ in 0..500 {
+            let runs = m.probes.lock().unwrap().get(&key).map(|(_, p)| {
+                let c = p.counts.lock().unwrap();
+                c.fail_run
+            });
+            if runs.is_some_and(|r| r >= n) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the probe of a did not fail {n} times in a row");
+    }
+
+    #[tokio::test]
+    async fn a_pool_change_keeps_what_the_probes_saw_at_the_same_address() {
+        use gateway_model::{Backend, HealthPolicy, Pool};
+        let closed = || async {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            l.local_addr().unwrap().to_string()
+        };
+        let (dead, other) = (closed().await, closed().await);
+        let pool = |policy: HealthPolicy, address: &str| -> Arc<Pool> {
+            Arc::new(Pool {
+                name: "p".into(),
+                backends: vec![Backend {
+                    id: "a".into(),
+                    address: address.into(),
+                    ..Backend::default()
+                }],
+                health_check: Some(HealthCheck {
+                    kind: CheckKind::Tcp,
+                    interval_ms: 10,
+                    fall: 2,
+                    policy,
+                    ..HealthCheck::default()
+                }),
+                ..Pool::default()
+            })
+        };
+        let m = Monitor::new(1);
+        let mut state = State::default();
+        state
+            .pools
+            .insert("p".into(), pool(HealthPolicy::Majority, &dead));
+        m.sync(&state, state.pools.keys());
+        failed_runs(&m, 2).await;
+        assert!(sees_a_down(&m));
+
+        // Another policy is another probe target, but what the old probe saw stands: the view
+        // keeps a, and the new probe's failures do not flip it.
+        let mut view = m.view();
+        view.mark_unchanged();
+        state
+            .pools
+            .insert("p".into(), pool(HealthPolicy::Any, &dead));
+        m.sync(&state, state.pools.keys());
+        assert!(sees_a_down(&m));
+        failed_runs(&m, 3).await;
+        assert!(sees_a_down(&m));
+        assert!(
+            !view.has_changed().unwrap(),
+            "the view changed: {:?}",
+            view.borrow()
+        );
+
+        // Another address is another backend: its probe starts from nothing.
+        state
+            .pools
+            .insert("p".into(), pool(HealthPolicy::Any, &other));
+        m.sync(&state, state.pools.keys());
+        assert!(!sees_a_down(&m));
+        m.stop();
     }
 
     // ---- TLS to backends (issue 7) ----
