@@ -60,7 +60,8 @@ for i in "${!names[@]}"; do
     run_fg "${WRK[@]}" -t1 -c"$CONNECTIONS" -d2s "http://127.0.0.1:${ports[$i]}/" >/dev/null
 done
 # Per run: wrk's output in $WORK/ab/ROUND-NAME.txt, and the proxy's CPU ticks, the
-# backend's wake-ups and the proxy's user-space ticks over the run in ab.tsv beside it.
+# backend's wake-ups, the proxy's user-space ticks and wrk's wake-ups over the run in ab.tsv
+# beside it.
 RESULTS="$WORK/ab"
 # Runs a command and writes how many times it went to sleep (its voluntary context switches,
 # from getrusage) to the file named first: the client's wake-ups.
@@ -97,13 +98,13 @@ wrk = {(r[0], r[1]): parse(results / f"{r[0]}-{r[1]}.txt") for r in rows}  # (ro
 print("\nmedian of rounds      req/s   p99 ms   proxy CPU us/req  (of it user)   backend wake-ups/req"
       "   client wake-ups/req   errors")
 for name in sys.argv[4:]:
-    runs = [(wrk[r[0], name], int(r[2]), int(r[3]), int(r[4])) for r in rows if r[1] == name]
-    client = statistics.median(int(r[5]) / wrk[r[0], name]["requests"] for r in rows if r[1] == name)
+    runs = [(wrk[r[0], name], *map(int, r[2:6])) for r in rows if r[1] == name]
     rate = statistics.median(w["rps"] for w, *_ in runs)
     p99 = statistics.median(w["p99"] for w, *_ in runs)
-    cpu = statistics.median(t / hz * 1e6 / w["requests"] for w, t, _, _ in runs)
-    user = statistics.median(u / hz * 1e6 / w["requests"] for w, _, _, u in runs)
-    wake = statistics.median(v / w["requests"] for w, _, v, _ in runs)
+    cpu = statistics.median(t / hz * 1e6 / w["requests"] for w, t, _, _, _ in runs)
+    user = statistics.median(u / hz * 1e6 / w["requests"] for w, _, _, u, _ in runs)
+    wake = statistics.median(v / w["requests"] for w, _, v, _, _ in runs)
+    client = statistics.median(c / w["requests"] for w, *_, c in runs)
     errors = sum(w["non2xx"] + w["sock"] for w, *_ in runs)
     print(f"{name:<18} {rate / 1000:8.1f}k {p99:8.2f} {cpu:18.1f} {user:13.1f} {wake:22.3f}"
           f" {client:21.3f} {errors:8d}")

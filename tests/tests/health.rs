@@ -296,8 +296,8 @@ async fn one_node_losing_a_backend_does_not_mark_it_down_under_majority() -> Tes
         .flatten()
         .find(|e| e["backend"] == "a");
     ensure!(a_entry.is_some_and(|e| e["down_on"] == json!([3])), "{h}");
-    // The event that marked a down; a stays down on it (the new policy's probes go on from
-    // what the old ones saw instead of starting from up).
+    // The event that marked a down; a stays down on it (the nodes' probes go on across the
+    // policy change instead of starting again from up).
     let a_transition = a_entry.map(|e| e["transition"].clone());
     // Every backend of the pool is down: it fails open, and requests are still served.
     wait_agreed(&c, "web", "b", "down").await?;

@@ -11,7 +11,7 @@
 //!
 //! This module does not route anything and knows nothing of Raft.
 
-use gateway_model::{CheckKind, HealthCheck, SeenDown, State, StatusRanges};
+use gateway_model::{CheckKind, HealthCheck, HealthPolicy, SeenDown, State, StatusRanges};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -135,6 +135,12 @@ impl Monitor {
             let Some(check) = &pool.health_check else {
                 continue;
             };
+            // The policy is the leader's rule for a verdict, not part of a probe: changing it
+            // leaves the probes running.
+            let check = HealthCheck {
+                policy: HealthPolicy::default(),
+                ..check.clone()
+            };
             let tls = pool.tls.as_ref().map(|t| {
                 use crate::backend_tls::{UpstreamTls, fingerprint};
                 let client = t.client_cert.as_ref().and_then(|n| state.certs.get(n));
@@ -161,8 +167,8 @@ impl Monitor {
         let mut probes = self.probes.lock().unwrap_or_else(|e| e.into_inner());
         let mut stopped = false;
         // What a replaced probe saw of a backend at the same address: its verdict stands until
-        // the new probe's own runs overturn it, so a change to the pool (its policy, interval or
-        // check) does not show a down backend as up in between.
+        // the new probe's own runs overturn it, so a change to the pool's check (its interval,
+        // its path, ...) does not show a down backend as up in between.
         let mut was_down: BTreeSet<(String, String)> = BTreeSet::new();
         probes.retain(|key, (target, probe)| {
             let keep = !changed.contains(key.0.as_str()) || wanted.get(key) == Some(target);
@@ -524,15 +530,16 @@ mod tests {
             .any(|d| d.pool == "p" && d.backend == "a")
     }
 
+    /// The counts of the probe of backend `a` of pool `p` (one per probe started).
+    fn counts_of_a(m: &Monitor) -> Arc<Mutex<Counts>> {
+        let key = ("p".to_string(), "a".to_string());
+        m.probes.lock().unwrap()[&key].1.counts.clone()
+    }
+
     /// Waits until the probe of `a` has failed `n` times in a row.
     async fn failed_runs(m: &Monitor, n: u32) {
-        let key = ("p".to_string(), "a".to_string());
         for _ in 0..500 {
-            let runs = m.probes.lock().unwrap().get(&key).map(|(_, p)| {
-                let c = p.counts.lock().unwrap();
-                c.fail_run
-            });
-            if runs.is_some_and(|r| r >= n) {
+            if counts_of_a(m).lock().unwrap().fail_run >= n {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -548,7 +555,7 @@ mod tests {
             l.local_addr().unwrap().to_string()
         };
         let (dead, other) = (closed().await, closed().await);
-        let pool = |policy: HealthPolicy, address: &str| -> Arc<Pool> {
+        let pool = |policy: HealthPolicy, interval_ms: u64, address: &str| -> Arc<Pool> {
             Arc::new(Pool {
                 name: "p".into(),
                 backends: vec![Backend {
@@ -558,7 +565,7 @@ mod tests {
                 }],
                 health_check: Some(HealthCheck {
                     kind: CheckKind::Tcp,
-                    interval_ms: 10,
+                    interval_ms,
                     fall: 2,
                     policy,
                     ..HealthCheck::default()
@@ -570,19 +577,29 @@ mod tests {
         let mut state = State::default();
         state
             .pools
-            .insert("p".into(), pool(HealthPolicy::Majority, &dead));
+            .insert("p".into(), pool(HealthPolicy::Majority, 10, &dead));
         m.sync(&state, state.pools.keys());
         failed_runs(&m, 2).await;
         assert!(sees_a_down(&m));
 
-        // Another policy is another probe target, but what the old probe saw stands: the view
-        // keeps a, and the new probe's failures do not flip it.
+        // Another policy is not another probe: the same one goes on.
         let mut view = m.view();
         view.mark_unchanged();
+        let before = counts_of_a(&m);
         state
             .pools
-            .insert("p".into(), pool(HealthPolicy::Any, &dead));
+            .insert("p".into(), pool(HealthPolicy::Any, 10, &dead));
         m.sync(&state, state.pools.keys());
+        assert!(Arc::ptr_eq(&before, &counts_of_a(&m)));
+        assert!(sees_a_down(&m));
+
+        // Another interval is another probe, but what the old one saw stands: the view keeps a,
+        // and the new probe's failures do not flip it.
+        state
+            .pools
+            .insert("p".into(), pool(HealthPolicy::Any, 20, &dead));
+        m.sync(&state, state.pools.keys());
+        assert!(!Arc::ptr_eq(&before, &counts_of_a(&m)));
         assert!(sees_a_down(&m));
         failed_runs(&m, 3).await;
         assert!(sees_a_down(&m));
@@ -595,7 +612,7 @@ mod tests {
         // Another address is another backend: its probe starts from nothing.
         state
             .pools
-            .insert("p".into(), pool(HealthPolicy::Any, &other));
+            .insert("p".into(), pool(HealthPolicy::Any, 20, &other));
         m.sync(&state, state.pools.keys());
         assert!(!sees_a_down(&m));
         m.stop();
