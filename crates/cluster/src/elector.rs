@@ -15,6 +15,11 @@
 //! candidate whose campaign failed waits a random backoff before the next. A lone voter elects
 //! itself at once.
 //!
+//! The task has no tick: it sleeps until the moment it could campaign (which a heard leader keeps
+//! moving on), or until the node's Raft state, vote, leader or membership changes. A leader, or a
+//! node that is not a voter, sleeps until such a change. So an idle node's elector wakes a few
+//! times per election timeout at most, not a hundred times a second.
+//!
 //! Before campaigning, a voter holds a pre-vote (Raft thesis 9.6, `PreVote` in raft.proto): it
 //! campaigns only if a majority has not heard from a leader for the lease either and finds its
 //! log up to date. Without it, a node that restarts, or that alone loses its link to the leader,
@@ -28,9 +33,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-
-/// How often the silence is checked.
-const TICK: Duration = Duration::from_millis(10);
 
 /// Last contact with a leader, and any hold on elections, as milliseconds since a base instant.
 pub(crate) struct Contact {
@@ -72,8 +74,12 @@ impl Contact {
         self.held_until.fetch_max(until, Ordering::Relaxed);
     }
 
-    fn held(&self, now: Instant) -> bool {
-        self.millis(now) < self.held_until.load(Ordering::Relaxed)
+    /// When a voter that campaigns after `wait` of silence may campaign: `wait` after the last
+    /// contact, and not before a hold ends.
+    fn campaign_at(&self, wait: Duration) -> Instant {
+        let at =
+            |millis: &AtomicU64| self.base + Duration::from_millis(millis.load(Ordering::Relaxed));
+        (at(&self.last) + wait).max(at(&self.held_until))
     }
 }
 
@@ -116,22 +122,34 @@ fn rank(me: NodeId, voters: &[NodeId], leader: Option<NodeId>) -> usize {
 
 pub(crate) fn spawn(inner: Arc<Inner>, timing: Timing, mut stop: watch::Receiver<bool>) {
     tokio::spawn(async move {
-        let mut metrics = inner.raft.metrics();
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        // Changes of state, vote, leader and membership only (not of the log's progress).
+        let mut server = inner.raft.server_metrics();
         let mut last_vote = None;
+        let mut was_leader = false;
         let mut next_try = Instant::now();
+        // When to look again if nothing changes; `None`: only on a change.
+        let mut due = Some(Instant::now());
         loop {
+            let sleep = async {
+                match due {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                _ = tick.tick() => {}
+                () = sleep => {}
+                changed = server.changed() => {
+                    if changed.is_err() {
+                        return; // Raft has stopped
+                    }
+                }
                 _ = stop.changed() => return,
             }
             if *stop.borrow() {
                 return;
             }
-            let now = Instant::now();
             let (state, vote, leader, voters) = {
-                let m = metrics.borrow_and_update();
+                let m = server.borrow_and_update();
                 let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
                 (m.state, m.vote, m.current_leader, voters)
             };
@@ -139,11 +157,14 @@ pub(crate) fn spawn(inner: Arc<Inner>, timing: Timing, mut stop: watch::Receiver
                 last_vote = Some(vote);
                 inner.contact.touch();
             }
-            if state == ServerState::Leader || state == ServerState::Shutdown {
+            let leads = matches!(state, ServerState::Leader | ServerState::Shutdown);
+            if leads || was_leader {
+                // A leader hears itself; a step-down starts the silence.
                 inner.contact.touch();
-                continue;
             }
-            if !voters.contains(&inner.id) || inner.contact.held(now) || now < next_try {
+            was_leader = leads;
+            if leads || !voters.contains(&inner.id) {
+                due = None;
                 continue;
             }
             let wait = if voters.len() == 1 {
@@ -151,11 +172,15 @@ pub(crate) fn spawn(inner: Arc<Inner>, timing: Timing, mut stop: watch::Receiver
             } else {
                 timing.wait(rank(inner.id, &voters, leader))
             };
-            if inner.contact.silence(now) < wait {
+            let at = inner.contact.campaign_at(wait).max(next_try);
+            let now = Instant::now();
+            if now < at {
+                due = Some(at);
                 continue;
             }
             let jitter = rand::random::<u64>() % (timing.backoff.as_millis() as u64 + 1);
             next_try = now + timing.backoff + Duration::from_millis(jitter);
+            due = Some(next_try);
             // Ask first: a node that merely lost touch (just restarted, or cut off alone) is
             // refused by voters that still hear from a leader, and so never raises the term.
             if voters.len() > 1 && !inner.pre_vote_round(&voters, timing.step).await {
@@ -204,9 +229,19 @@ mod tests {
         c.touch();
         let later = Instant::now() + Duration::from_millis(500);
         assert!(c.silence(later) >= Duration::from_millis(490));
-        assert!(!c.held(Instant::now()));
+        let wait = Duration::from_millis(250);
+        let at = c.campaign_at(wait);
+        let now = Instant::now();
+        assert!(at > now && at <= now + wait, "{at:?} {now:?}");
+        // A hold puts the campaign off to its end.
         c.hold(Duration::from_secs(10));
-        assert!(c.held(Instant::now()));
-        assert!(!c.held(Instant::now() + Duration::from_secs(11)));
+        assert!(c.campaign_at(wait) >= now + Duration::from_millis(9_990));
+        // Contact heard later moves the campaign on, but not before the hold ends.
+        let c = Contact::new();
+        c.touch();
+        let first = c.campaign_at(wait);
+        std::thread::sleep(Duration::from_millis(20));
+        c.touch();
+        assert!(c.campaign_at(wait) >= first + Duration::from_millis(15));
     }
 }
