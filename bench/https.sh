@@ -98,10 +98,11 @@ http {
             proxy_pass http://bench;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
-            proxy_set_header Host \$host;
+            proxy_set_header Host \$http_host;
             proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Proto \$scheme;
-            proxy_set_header X-Forwarded-Host \$host;
+            proxy_set_header X-Forwarded-Host \$http_host;
+            proxy_set_header Forwarded "for=\$remote_addr;host=\\"\$http_host\\";proto=\$scheme";
         }
     }
 }
@@ -132,6 +133,7 @@ frontend bench
     option forwardfor
     http-request set-header X-Forwarded-Proto https
     http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    http-request set-header Forwarded 'for=%[src];host="%[req.hdr(host)]";proto=https'
     default_backend bench
 backend bench
     http-reuse always

@@ -10,9 +10,10 @@
 #   caddy    GOMAXPROCS=1, reverse_proxy with keep-alive
 #   gateway  one-node cluster (--init --workers 1), one pool "bench" with the backend, route "/"
 #
-# Every proxy forwards the same headers (X-Forwarded-For/-Proto/-Host, the client's Host) and
-# logs no access lines. Every process started here is recorded and ended by the EXIT trap, on
-# any exit including Ctrl-C; nothing is ever bound or targeted outside 127.0.0.1.
+# Every proxy forwards the same headers (the client's Host as sent, X-Forwarded-For/-Proto/-Host,
+# and Forwarded as the gateway writes it: for=IP;host="HOST";proto=http) and logs no access lines.
+# Every process started here is recorded and ended by the EXIT trap, on any exit including
+# Ctrl-C; nothing is ever bound or targeted outside 127.0.0.1.
 
 set -euo pipefail
 
@@ -212,10 +213,11 @@ http {
             proxy_pass http://bench;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
-            proxy_set_header Host \$host;
+            proxy_set_header Host \$http_host;
             proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Proto \$scheme;
-            proxy_set_header X-Forwarded-Host \$host;
+            proxy_set_header X-Forwarded-Host \$http_host;
+            proxy_set_header Forwarded "for=\$remote_addr;host=\\"\$http_host\\";proto=\$scheme";
         }
     }
 }
@@ -248,6 +250,7 @@ frontend bench
     option forwardfor
     http-request set-header X-Forwarded-Proto http
     http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    http-request set-header Forwarded 'for=%[src];host="%[req.hdr(host)]";proto=http'
     default_backend bench
 backend bench
     http-reuse always
@@ -272,6 +275,7 @@ start_caddy() {
 http://:$CADDY_PORT {
     bind 127.0.0.1
     reverse_proxy 127.0.0.1:$BACKEND_PORT {
+        header_up Forwarded "for={remote_host};host=\"{hostport}\";proto={scheme}"
         transport http {
             keepalive 300s
             keepalive_idle_conns 256
@@ -280,7 +284,7 @@ http://:$CADDY_PORT {
     }
 }
 EOF
-    # Caddy sets X-Forwarded-For/-Proto/-Host and passes Host by default.
+    # Caddy sets X-Forwarded-For/-Proto/-Host and passes Host by default; Forwarded is set above.
     start_bg caddy env GOMAXPROCS=1 HOME="$dir" XDG_DATA_HOME="$dir/data" XDG_CONFIG_HOME="$dir/config" \
         caddy run --adapter caddyfile --config "$dir/Caddyfile"
     CADDY_PID=$LAST_PID
