@@ -4,7 +4,8 @@
 # (idle when not measured), rounds interleave the variants so the machine's drift falls on all
 # alike, and the median of the rounds is printed with p99 latency, the proxy's CPU time per
 # request (and its user-space part), and the wake-ups (voluntary context switches) per request of
-# the backend and of the client (wrk).
+# the backend and of the client (wrk); then each variant paired with the reference round by
+# round, and the shape of the latency tail (p50 to max, from bench/percentiles.lua).
 #
 #   bench/proxy_ab.sh ROUNDS VARIANT...
 #     VARIANT: NAME=BINARY[:VAR=VALUE[,VAR=VALUE...]]   (environment for that gateway)
@@ -78,7 +79,8 @@ for round in $(seq "$ROUNDS"); do
         out="$RESULTS/$round-${names[$i]}.txt"
         c0=$(ticks "${pids[$i]}"); u0=$(user_ticks "${pids[$i]}"); v0=$(wakeups "$BACKEND_PID")
         run_fg python3 -c "$COUNT_WAKEUPS" "$out.wakeups" \
-            "${WRK[@]}" -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "http://127.0.0.1:${ports[$i]}/" >"$out"
+            "${WRK[@]}" -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency -s "$BENCH_DIR/percentiles.lua" \
+            "http://127.0.0.1:${ports[$i]}/" >"$out"
         c1=$(ticks "${pids[$i]}"); u1=$(user_ticks "${pids[$i]}"); v1=$(wakeups "$BACKEND_PID")
         echo -e "$round\t${names[$i]}\t$((c1 - c0))\t$((v1 - v0))\t$((u1 - u0))\t$(cat "$out.wakeups")" \
             >>"$RESULTS/ab.tsv"
@@ -123,4 +125,20 @@ for name in sys.argv[4:]:
         continue
     rate, ahead, p99, lower, n = stats
     print(f"{name:<18} {rate:16.3f} ({ahead}/{n}) {p99:17.3f} ({lower}/{n})")
+
+# The shape of the tail: bench/percentiles.lua's line in each run's output, medians of rounds.
+cuts = ["p50", "p90", "p95", "p98", "p99", "p99.9", "max"]
+print("\nlatency ms, median of rounds " + "".join(f"{c:>8}" for c in cuts))
+for name in sys.argv[4:]:
+    seen = []
+    for r in rows:
+        if r[1] != name:
+            continue
+        text = (results / f"{r[0]}-{name}.txt").read_text()
+        line = next((l for l in text.splitlines() if l.startswith("rps ")), None)
+        if line:
+            seen.append(dict(f.split("=") for f in line.split()[2:]))
+    if seen:
+        cells = "".join(f"{statistics.median(float(s[c]) for s in seen):8.2f}" for c in cuts)
+        print(f"{name:<30}{cells}")
 PY
