@@ -198,13 +198,23 @@ impl Browser {
         .await
     }
 
+    /// The attribute of the element that `css` matches, read in one step inside the page: the
+    /// page redraws its tables on every poll, so an element found first could be gone (stale)
+    /// by the time its attribute is asked for.
     async fn attr_of(&self, css: &str, attr: &str) -> Result<Option<String>> {
-        Ok(self
+        let read = self
             .client
-            .find(Locator::Css(css))
-            .await?
-            .attr(attr)
-            .await?)
+            .execute(
+                "const e = document.querySelector(arguments[0]);
+                 return e === null ? {missing: true} : {value: e.getAttribute(arguments[1])};",
+                vec![json!(css), json!(attr)],
+            )
+            .await?;
+        ensure!(read.get("missing").is_none(), "no element matches {css}");
+        Ok(read
+            .get("value")
+            .and_then(|v| v.as_str())
+            .map(str::to_owned))
     }
 
     /// Opens the dashboard and logs in with `token`.
