@@ -98,11 +98,7 @@ http {
             proxy_pass http://bench;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
-            proxy_set_header Host \$http_host;
-            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto \$scheme;
-            proxy_set_header X-Forwarded-Host \$http_host;
-            proxy_set_header Forwarded "for=\$remote_addr;host=\\"\$http_host\\";proto=\$scheme";
+            $NGINX_FORWARD
         }
     }
 }
@@ -130,10 +126,7 @@ defaults
 frontend bench
     bind 127.0.0.1:$HAPROXY_TLS_PORT ssl crt $WORK/haproxy.pem
     maxconn 9000
-    option forwardfor
-    http-request set-header X-Forwarded-Proto https
-    http-request set-header X-Forwarded-Host %[req.hdr(host)]
-    http-request set-header Forwarded 'for=%[src];host="%[req.hdr(host)]";proto=https'
+$(haproxy_forward https)
     default_backend bench
 backend bench
     http-reuse always

@@ -163,6 +163,23 @@ NGINX_HTTP_COMMON="access_log off;
     keepalive_requests 10000000;
     keepalive_timeout 300s;"
 
+# The request headers every proxy sends the backend, as the gateway writes them: the client's
+# Host as sent, X-Forwarded-For/-Proto/-Host, and Forwarded (for=IP;host="HOST";proto=SCHEME).
+# For nginx's `location` (also bench/https.sh's), and HAProxy's frontend (its scheme in $1).
+NGINX_FORWARD='proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $http_host;
+            proxy_set_header Forwarded "for=$remote_addr;host=\"$http_host\";proto=$scheme";'
+haproxy_forward() {
+    cat <<EOF
+    option forwardfor
+    http-request set-header X-Forwarded-Proto $1
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    http-request set-header Forwarded 'for=%[src];host="%[req.hdr(host)]";proto=$1'
+EOF
+}
+
 start_backend() {
     BACKEND_PORT=$(free_port)
     local dir="$WORK/backend"
@@ -213,11 +230,7 @@ http {
             proxy_pass http://bench;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
-            proxy_set_header Host \$http_host;
-            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto \$scheme;
-            proxy_set_header X-Forwarded-Host \$http_host;
-            proxy_set_header Forwarded "for=\$remote_addr;host=\\"\$http_host\\";proto=\$scheme";
+            $NGINX_FORWARD
         }
     }
 }
@@ -247,10 +260,7 @@ defaults
 frontend bench
     bind 127.0.0.1:$HAPROXY_PORT
     maxconn 9000
-    option forwardfor
-    http-request set-header X-Forwarded-Proto http
-    http-request set-header X-Forwarded-Host %[req.hdr(host)]
-    http-request set-header Forwarded 'for=%[src];host="%[req.hdr(host)]";proto=http'
+$(haproxy_forward http)
     default_backend bench
 backend bench
     http-reuse always
