@@ -126,19 +126,12 @@ for name in sys.argv[4:]:
     rate, ahead, p99, lower, n = stats
     print(f"{name:<18} {rate:16.3f} ({ahead}/{n}) {p99:17.3f} ({lower}/{n})")
 
-# The shape of the tail: bench/percentiles.lua's line in each run's output, medians of rounds.
+# The shape of the tail (bench/percentiles.lua's line in each run's output), medians of rounds.
 cuts = ["p50", "p90", "p95", "p98", "p99", "p99.9", "max"]
 print("\nlatency ms, median of rounds " + "".join(f"{c:>8}" for c in cuts))
 for name in sys.argv[4:]:
-    seen = []
-    for r in rows:
-        if r[1] != name:
-            continue
-        text = (results / f"{r[0]}-{name}.txt").read_text()
-        line = next((l for l in text.splitlines() if l.startswith("rps ")), None)
-        if line:
-            seen.append(dict(f.split("=") for f in line.split()[2:]))
-    if seen:
-        cells = "".join(f"{statistics.median(float(s[c]) for s in seen):8.2f}" for c in cuts)
+    tails = [w["tail"] for (_, n), w in wrk.items() if n == name and w["tail"]]
+    if tails:
+        cells = "".join(f"{statistics.median(t[c] for t in tails):8.2f}" for c in cuts)
         print(f"{name:<30}{cells}")
 PY

@@ -31,6 +31,9 @@ def parse(path):
     m = re.search(r"(\d+) requests in", text)
     if m:
         r["requests"] = int(m.group(1))
+    # bench/percentiles.lua's line, when the run used it: {"p50": ms, ..., "max": ms}.
+    m = re.search(r"^rps \S+ (.*)$", text, re.M)
+    r["tail"] = {k: float(v) for k, v in (f.split("=") for f in m.group(1).split())} if m else None
     return r
 
 
