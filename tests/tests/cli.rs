@@ -120,6 +120,8 @@ async fn crud_and_compare_and_set_through_a_follower() -> TestResult {
             "a=127.0.0.1:9001",
             "--backend",
             "b=127.0.0.1:9002,weight=3",
+            "--keep-alive-timeout-ms",
+            "4000",
         ],
     )
     .await?;
@@ -163,6 +165,7 @@ async fn crud_and_compare_and_set_through_a_follower() -> TestResult {
     );
     ensure!(app["writes"] == "leader" && app["pool"] == "web", "{app}");
     ensure!(cfg.pool("web").unwrap()["backends"][1]["weight"] == 3);
+    ensure!(cfg.pool("web").unwrap()["keep_alive_timeout_ms"] == 4000);
 
     // list: a table, and JSON.
     let table = ok(s, &["route", "list"]).await?;
@@ -205,7 +208,11 @@ async fn crud_and_compare_and_set_through_a_follower() -> TestResult {
     ensure!(text.contains("pool") && text.contains("web"), "{text}");
     let text = ok(s, &["pool", "get", "web"]).await?;
     ensure!(
-        text.contains("127.0.0.1:9002") && text.contains("round_robin"),
+        text.contains("127.0.0.1:9002")
+            && text.contains("round_robin")
+            && text
+                .lines()
+                .any(|l| l.starts_with("keep_alive_timeout_ms") && l.ends_with(" 4000")),
         "{text}"
     );
 

@@ -144,6 +144,14 @@ pub struct Pool {
     /// (0 to 60,000; 0 answers 503 at once); 1,000 when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_timeout_ms: Option<u64>,
+    /// How long an idle keep-alive connection to a backend is kept for the next request, in
+    /// milliseconds (0 to 3,600,000; 0 closes each connection after its response); 60,000
+    /// when omitted, as nginx's upstream `keepalive_timeout`. Keep it below the backends' own
+    /// idle timeout (Node.js: 5 s) so that a request is seldom written on a connection the
+    /// backend is closing at that moment: an idempotent request is then sent again on a new
+    /// connection, but a POST or PATCH the backend may have received cannot be.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_alive_timeout_ms: Option<u64>,
     /// Retry budget: retries may add at most this percentage on top of the pool's requests
     /// over a sliding 10-second window (0 to 1,000); 20 when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]

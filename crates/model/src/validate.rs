@@ -149,6 +149,16 @@ pub fn validate_pool(pool: &Pool) -> Result<(), Invalid> {
             "use 0 to 60000 milliseconds, or leave it out for the 1000 default",
         ));
     }
+    if let Some(t) = pool.keep_alive_timeout_ms
+        && t > 3_600_000
+    {
+        return Err(Invalid::new(
+            "keep_alive_timeout_ms",
+            format!("{t} is out of range"),
+            "use 0 to 3600000 milliseconds (0: a new connection per request), or leave it out \
+             for the 60000 default",
+        ));
+    }
     if let Some(p) = pool.retry_budget_percent
         && p > 1000
     {
@@ -628,13 +638,14 @@ mod tests {
         assert_eq!(r.request_headers.remove, ["x-c"]);
         let p: Pool = serde_json::from_str(
             r#"{"name":"p","protocol":"h2c","queue_timeout_ms":0,"retry_budget_percent":0,
-                "retry_budget_min_per_second":0,
+                "retry_budget_min_per_second":0,"keep_alive_timeout_ms":0,
                 "backends":[{"id":"a","address":"127.0.0.1:1","max_connections":2}]}"#,
         )
         .unwrap();
         validate_pool(&p).unwrap();
         assert_eq!(p.protocol, crate::config::Protocol::H2c);
         assert_eq!(p.backends[0].max_connections, Some(2));
+        assert_eq!(p.keep_alive_timeout_ms, Some(0));
         // Defaults are not written, so old readers and old JSON keep working.
         let plain = serde_json::to_string(&route()).unwrap();
         for key in [
@@ -777,6 +788,11 @@ mod tests {
             pool(&|p| p.queue_timeout_ms = Some(60_001)),
             Err("queue_timeout_ms".to_string())
         );
+        assert_eq!(
+            pool(&|p| p.keep_alive_timeout_ms = Some(3_600_001)),
+            Err("keep_alive_timeout_ms".to_string())
+        );
+        assert_eq!(pool(&|p| p.keep_alive_timeout_ms = Some(3_600_000)), Ok(()));
         assert_eq!(
             pool(&|p| p.retry_budget_percent = Some(1001)),
             Err("retry_budget_percent".to_string())

@@ -267,6 +267,9 @@ impl CompiledPool {
         let serving: Vec<_> = pool.backends.iter().filter(|b| !b.drain).collect();
         let healthy: Vec<_> = serving.iter().copied().filter(|b| !down(&b.id)).collect();
         let chosen = if healthy.is_empty() { serving } else { healthy };
+        let keep_alive = pool
+            .keep_alive_timeout_ms
+            .map_or(crate::upstream::DEFAULT_KEEP_ALIVE, Duration::from_millis);
         let resting = pool
             .backends
             .iter()
@@ -293,7 +296,9 @@ impl CompiledPool {
                     weight: b.weight.max(1),
                     node: b.node,
                     stats: reg.backend(&pool.name, &b.id),
-                    endpoint: reg.endpoints.get_with(&b.address, pool.protocol, tls),
+                    endpoint: reg
+                        .endpoints
+                        .get_with(&b.address, pool.protocol, tls, keep_alive),
                     max_conns: b.max_connections.map_or(0, |m| m.max(1) as usize),
                     hash_seed: fnv1a(FNV_OFFSET, b.id.as_bytes()),
                     cookie_sig,

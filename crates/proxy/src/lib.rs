@@ -98,7 +98,8 @@
 //!   `request_headers`, `response_headers`, `strip_prefix`, `host_rewrite`, `error_pages`.
 //! * `Pool`: `prefer_local` (false: serve from the receiving node's own backends when it has
 //!   any — "reads go to the local instance"), `protocol` (`http1`), `queue_timeout_ms` (1000),
-//!   `retry_budget_percent` (20), `retry_budget_min_per_second` (10).
+//!   `keep_alive_timeout_ms` (60 000), `retry_budget_percent` (20),
+//!   `retry_budget_min_per_second` (10).
 //! * `Backend::max_connections` (unlimited).
 //!
 //! # Costs and limits

@@ -412,7 +412,12 @@ fn leader_target(leader: &Option<Leader>, registry: &mut Registry) -> Option<Lea
     leader.as_ref().map(|l| LeaderTarget {
         id: l.id,
         address: l.http_addr.as_str().into(),
-        endpoint: registry.endpoints.get(&l.http_addr, Protocol::Http1),
+        endpoint: registry.endpoints.get_with(
+            &l.http_addr,
+            Protocol::Http1,
+            None,
+            crate::upstream::LEADER_KEEP_ALIVE,
+        ),
     })
 }
 

@@ -27,7 +27,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::{Future, poll_fn};
 use std::io::{self, IoSlice};
 use std::path::PathBuf;
@@ -41,11 +41,13 @@ use tokio::net::{TcpStream, UnixStream};
 
 /// How long establishing a connection to a backend may take before it counts as failed.
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// An idle pooled connection older than this is closed instead of reused. Kept below the
-/// idle timeouts servers commonly use (Node.js 5 s), so that a request is rarely written on a
-/// connection the server is closing at that moment (such a request fails and cannot be
-/// retried).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+/// How long an idle pooled connection is kept for reuse when the pool does not say
+/// (`keep_alive_timeout_ms`): nginx's upstream `keepalive_timeout`.
+pub(crate) const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(60);
+/// How long an idle connection to the leader node is kept: the hop carries writes, which
+/// cannot be sent again, so this stays below any client keep-alive time a node is likely to
+/// be given (`--keep-alive-timeout-ms`, 75 s by default).
+pub(crate) const LEADER_KEEP_ALIVE: Duration = Duration::from_secs(4);
 /// Most idle connections kept per endpoint.
 const MAX_IDLE: usize = 256;
 /// Largest request body written together with its head when it is all there.
@@ -376,9 +378,12 @@ pub(crate) struct Endpoint {
     protocol: Protocol,
     /// TLS towards the backend (the pool's `tls`); plain when `None`.
     tls: Option<Arc<UpstreamTls>>,
+    /// How long an idle connection is kept for reuse; zero keeps none.
+    keep_alive: Duration,
     /// Idle connections, one list per data plane worker (see [`set_worker`]): a worker
-    /// reuses the connections it opened, whose readiness its own runtime watches.
-    idle: Box<[Mutex<Vec<Idle>>]>,
+    /// reuses the connections it opened, whose readiness its own runtime watches. The most
+    /// recently used is at the back and is taken first; the oldest is at the front.
+    idle: Box<[Mutex<VecDeque<Idle>>]>,
     /// The shared HTTP/2 connection of an `h2c` endpoint.
     h2: Mutex<Option<http2::SendRequest<ProxyBody>>>,
 }
@@ -389,19 +394,25 @@ struct Idle {
 }
 
 impl Endpoint {
-    pub(crate) fn new(target: Target, protocol: Protocol, tls: Option<Arc<UpstreamTls>>) -> Self {
+    pub(crate) fn new(
+        target: Target,
+        protocol: Protocol,
+        tls: Option<Arc<UpstreamTls>>,
+        keep_alive: Duration,
+    ) -> Self {
         Endpoint {
             target,
             protocol,
             tls,
+            keep_alive,
             idle: (0..WORKERS.load(Ordering::Relaxed).max(1) + 1)
-                .map(|_| Mutex::new(Vec::new()))
+                .map(|_| Mutex::new(VecDeque::new()))
                 .collect(),
             h2: Mutex::new(None),
         }
     }
 
-    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+    fn idle(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
         let list = &self.idle[WORKER.get() % self.idle.len()];
         list.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -410,8 +421,8 @@ impl Endpoint {
     fn checkout(&self) -> Option<H1Conn> {
         let now = Instant::now();
         loop {
-            let idle = self.idle().pop()?;
-            if now.duration_since(idle.since) > IDLE_TIMEOUT {
+            let idle = self.idle().pop_back()?;
+            if now.duration_since(idle.since) > self.keep_alive {
                 // The rest are older still.
                 self.idle().clear();
                 return None;
@@ -424,12 +435,20 @@ impl Endpoint {
     }
 
     fn checkin(&self, conn: H1Conn) {
+        if self.keep_alive.is_zero() {
+            return;
+        }
+        let now = Instant::now();
         let mut idle = self.idle();
+        // The oldest goes when it has outstayed the keep-alive time or the backend closed it,
+        // so that a pool the busiest requests never dig down to does not hold dead sockets.
+        if let Some(oldest) = idle.front_mut()
+            && (now.duration_since(oldest.since) > self.keep_alive || oldest.conn.is_closed())
+        {
+            idle.pop_front();
+        }
         if idle.len() < MAX_IDLE {
-            idle.push(Idle {
-                conn,
-                since: Instant::now(),
-            });
+            idle.push_back(Idle { conn, since: now });
         }
     }
 
@@ -622,8 +641,20 @@ impl Endpoint {
                 while let Some(mut conn) = self.checkout() {
                     // A connection the backend closed meanwhile fails here, before anything of
                     // the request could be taken as sent: the next one is tried.
-                    if conn.io.write_all(&head).await.is_ok() {
-                        return self.exchange(conn, req, framing, dedicated).await;
+                    if conn.io.write_all(&head).await.is_err() {
+                        continue;
+                    }
+                    match self.exchange(conn, req, framing, dedicated).await {
+                        // The backend closed this reused connection as the request reached it
+                        // (its idle timeout ran out at that moment), before any answer. An
+                        // idempotent request goes out once more, on a new connection, as
+                        // browsers and Go's client do; the backend did not fail.
+                        Err(SendError::Resend { req: again, cause }) => {
+                            tracing::debug!(%cause, "a reused backend connection closed; sending again");
+                            req = *again;
+                            break;
+                        }
+                        other => return other,
                     }
                 }
             }
@@ -646,7 +677,14 @@ impl Endpoint {
                     cause: format!("connection closed before the request was sent: {e}"),
                 });
             }
-            self.exchange(conn, req, framing, dedicated).await
+            match self.exchange(conn, req, framing, dedicated).await {
+                // Sent again elsewhere by the caller: with the body that went in the head.
+                Err(SendError::Resend { req, cause }) => Err(SendError::Resend {
+                    req: back(*req),
+                    cause,
+                }),
+                other => other,
+            }
         }
     }
 
@@ -769,23 +807,26 @@ impl Endpoint {
 /// them.
 #[derive(Default)]
 pub(crate) struct Endpoints {
-    /// Keyed by address, protocol and TLS option (0: plain).
-    by_addr: HashMap<(String, Protocol, u64), Weak<Endpoint>>,
+    /// Keyed by address, protocol, TLS option (0: plain) and keep-alive time.
+    by_addr: HashMap<(String, Protocol, u64, Duration), Weak<Endpoint>>,
 }
 
 impl Endpoints {
-    pub(crate) fn get(&mut self, address: &str, protocol: Protocol) -> Arc<Endpoint> {
-        self.get_with(address, protocol, None)
-    }
-
-    /// The endpoint of an address spoken to with `tls` (plain when `None`).
+    /// The endpoint of an address spoken to with `tls` (plain when `None`), whose idle
+    /// connections are kept `keep_alive`.
     pub(crate) fn get_with(
         &mut self,
         address: &str,
         protocol: Protocol,
         tls: Option<&Arc<UpstreamTls>>,
+        keep_alive: Duration,
     ) -> Arc<Endpoint> {
-        let key = (address.to_string(), protocol, tls.map_or(0, |t| t.id));
+        let key = (
+            address.to_string(),
+            protocol,
+            tls.map_or(0, |t| t.id),
+            keep_alive,
+        );
         if let Some(e) = self.by_addr.get(&key).and_then(Weak::upgrade) {
             return e;
         }
@@ -793,6 +834,7 @@ impl Endpoints {
             Target::parse(address),
             protocol,
             tls.cloned(),
+            keep_alive,
         ));
         self.by_addr.insert(key, Arc::downgrade(&e));
         e

@@ -301,6 +301,10 @@ pub struct PoolAdd {
     /// How long a request may wait for a backend below its max_connections, in milliseconds.
     #[arg(long, value_name = "MS")]
     pub queue_timeout_ms: Option<u64>,
+    /// How long an idle connection to a backend is kept for reuse, in milliseconds (0: a new
+    /// connection per request; default 60000). Keep it below the backends' own idle timeout.
+    #[arg(long, value_name = "MS")]
+    pub keep_alive_timeout_ms: Option<u64>,
     // ---- TLS to backends (issue 7) ----
     // Named --backend-* because --tls-ca/--tls-cert/--tls-key are the client's own cluster
     // mTLS options.

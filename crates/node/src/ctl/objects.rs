@@ -306,6 +306,7 @@ pub async fn pool(c: &mut Conn, out: Output, cmd: PoolCmd) -> anyhow::Result<()>
                 prefer_local: a.prefer_local,
                 protocol: a.protocol,
                 queue_timeout_ms: a.queue_timeout_ms,
+                keep_alive_timeout_ms: a.keep_alive_timeout_ms,
                 tls: backend_tls_of(&a)?,
                 ..Pool::default()
             };

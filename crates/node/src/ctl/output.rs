@@ -155,6 +155,9 @@ pub fn pool_detail(p: &Pool) -> String {
     if let Some(t) = p.queue_timeout_ms {
         rows.push(("queue_timeout_ms", t.to_string()));
     }
+    if let Some(t) = p.keep_alive_timeout_ms {
+        rows.push(("keep_alive_timeout_ms", t.to_string()));
+    }
     if let Some(t) = p.retry_budget_percent {
         rows.push(("retry_budget_percent", t.to_string()));
     }

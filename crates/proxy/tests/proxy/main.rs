@@ -5,6 +5,7 @@ mod common;
 mod h1;
 mod h2c;
 mod hygiene;
+mod keepalive;
 mod leader;
 mod limits;
 mod retries;

@@ -1,0 +1,224 @@
+//! Keep-alive connections to backends: how long an idle one is kept (the pool's
+//! `keep_alive_timeout_ms`), and what happens when a backend closes a reused one just as a
+//! request reaches it.
+
+use crate::common::*;
+use gateway_model::{Balance, Pool};
+use http::{Method, StatusCode};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// What a raw backend saw: per request, the connection's number (from 1, in accept order),
+/// the request line and the body.
+type Seen = Arc<Mutex<Vec<(usize, String, String)>>>;
+
+/// A raw HTTP/1.1 backend that answers `200` with the request line as body and keeps the
+/// connection. With `close_at: Some(n)`, it reads the n-th request of every connection and
+/// closes it without an answer: with 2, what a backend whose idle timeout runs out as the
+/// request arrives looks like from the gateway; with 1, a backend that fails every request.
+async fn counting_backend(close_at: Option<usize>) -> (String, Seen) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let seen: Seen = Arc::default();
+    let log = seen.clone();
+    tokio::spawn(async move {
+        let mut conns = 0;
+        while let Ok((mut s, _)) = listener.accept().await {
+            conns += 1;
+            let conn = conns;
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                for n in 1.. {
+                    let end = loop {
+                        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break at;
+                        }
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end + 4);
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse::<usize>().unwrap())
+                        })
+                        .unwrap_or(0);
+                    while buf.len() < length {
+                        let mut chunk = [0u8; 4096];
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                        }
+                    }
+                    let body = String::from_utf8_lossy(&buf[..length]).into_owned();
+                    buf.drain(..length);
+                    let line = head.lines().next().unwrap_or_default().to_string();
+                    log.lock().unwrap().push((conn, line.clone(), body));
+                    if close_at == Some(n) {
+                        return; // closed without an answer
+                    }
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{line}",
+                        line.len()
+                    );
+                    if s.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+fn pool_with(address: &str, keep_alive_timeout_ms: Option<u64>) -> Pool {
+    Pool {
+        keep_alive_timeout_ms,
+        ..pool("p", Balance::RoundRobin, vec![be("a", address, None)])
+    }
+}
+
+async fn proxy_to(pool: Pool) -> TestProxy {
+    proxy(
+        1,
+        state(vec![pool], vec![route("app", &[], "/", "p")]),
+        None,
+    )
+    .await
+}
+
+/// The connections the backend's requests came on, in order.
+fn conns(seen: &Seen) -> Vec<usize> {
+    seen.lock().unwrap().iter().map(|s| s.0).collect()
+}
+
+#[tokio::test]
+async fn idempotent_requests_on_a_connection_the_backend_just_closed_go_out_again() {
+    let (addr, seen) = counting_backend(Some(2)).await;
+    let p = proxy_to(pool_with(&addr, None)).await;
+    let c = client();
+
+    let r = get(&c, &p.url("/one"), None).await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (StatusCode::OK, "GET /one HTTP/1.1")
+    );
+    // On the same connection, which the backend closes as the request arrives: the gateway
+    // sends it again on a new connection, and the client sees only the answer. The pool is the
+    // route's only one, so this is not the route's retry on another backend.
+    let r = get(&c, &p.url("/two"), None).await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (StatusCode::OK, "GET /two HTTP/1.1")
+    );
+    assert_eq!(conns(&seen), [1, 1, 2]);
+
+    // A PUT with a body that went out with its head: sent again whole.
+    let r = send(&c, Method::PUT, &p.url("/put"), None, &[], "hello").await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (StatusCode::OK, "PUT /put HTTP/1.1")
+    );
+    {
+        let seen = seen.lock().unwrap();
+        let puts: Vec<_> = seen.iter().filter(|s| s.1.starts_with("PUT")).collect();
+        assert_eq!(puts.len(), 2, "{seen:?}");
+        assert!(puts.iter().all(|s| s.2 == "hello"), "{seen:?}");
+        assert_eq!((puts[0].0, puts[1].0), (2, 3));
+    }
+
+    // A POST the backend may have acted on is never sent twice: 502, naming the cause.
+    let r = send(&c, Method::POST, &p.url("/post"), None, &[], "once").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.body);
+    assert!(
+        r.body.contains("closed before a response head"),
+        "{}",
+        r.body
+    );
+    let posts = seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|s| s.1.starts_with("POST"))
+        .count();
+    assert_eq!(posts, 1);
+    // The backend did not fail: the next request is served as usual.
+    let r = get(&c, &p.url("/three"), None).await;
+    assert_eq!(r.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn idle_backend_connections_are_kept_for_the_pools_keep_alive_time() {
+    // 300 ms: reused at once, not after 500 ms idle.
+    let (addr, seen) = counting_backend(None).await;
+    let p = proxy_to(pool_with(&addr, Some(300))).await;
+    let c = client();
+    for path in ["/a", "/b"] {
+        assert_eq!(get(&c, &p.url(path), None).await.status, StatusCode::OK);
+    }
+    assert_eq!(conns(&seen), [1, 1]);
+    tokio::time::sleep(Duration::from_millis(500)).await; // idle past the keep-alive time
+    assert_eq!(get(&c, &p.url("/c"), None).await.status, StatusCode::OK);
+    assert_eq!(conns(&seen), [1, 1, 2]);
+
+    // 0: a new connection for every request.
+    let (addr, seen) = counting_backend(None).await;
+    let p = proxy_to(pool_with(&addr, Some(0))).await;
+    for path in ["/a", "/b", "/c"] {
+        assert_eq!(get(&c, &p.url(path), None).await.status, StatusCode::OK);
+    }
+    assert_eq!(conns(&seen), [1, 2, 3]);
+
+    // Left out: 60 s, so a connection idle for longer than the 4 s the gateway used to keep
+    // one is still reused.
+    let (addr, seen) = counting_backend(None).await;
+    let p = proxy_to(pool_with(&addr, None)).await;
+    assert_eq!(get(&c, &p.url("/a"), None).await.status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    assert_eq!(get(&c, &p.url("/b"), None).await.status, StatusCode::OK);
+    assert_eq!(conns(&seen), [1, 1]);
+}
+
+#[tokio::test]
+async fn an_idempotent_request_with_a_small_body_is_retried_on_another_backend_whole() {
+    // `bad` closes every connection on its first request without an answer; the route's retry
+    // carries the PUT, body and all, to `good`.
+    let (bad, bad_seen) = counting_backend(Some(1)).await;
+    let (good, good_seen) = counting_backend(None).await;
+    let p = proxy(
+        1,
+        state(
+            vec![pool(
+                "p",
+                Balance::RoundRobin,
+                vec![be("bad", &bad, None), be("good", &good, None)],
+            )],
+            vec![route("app", &[], "/", "p")],
+        ),
+        None,
+    )
+    .await;
+    let c = client();
+    for _ in 0..2 {
+        let r = send(&c, Method::PUT, &p.url("/put"), None, &[], "hello").await;
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (StatusCode::OK, "PUT /put HTTP/1.1")
+        );
+    }
+    let good_seen = good_seen.lock().unwrap();
+    assert_eq!(good_seen.len(), 2, "{good_seen:?}");
+    assert!(good_seen.iter().all(|s| s.2 == "hello"), "{good_seen:?}");
+    // Round robin sent at least one of them to `bad` first.
+    let bad_seen = bad_seen.lock().unwrap();
+    assert!(!bad_seen.is_empty() && bad_seen.iter().all(|s| s.2 == "hello"));
+}
