@@ -4,7 +4,8 @@
 # over 3 s in the middle of each run. Per run: wrk's rate and p99, then for the proxy's worker,
 # the backend's worker and wrk (and any other task that ran 10 ms or more) how often they were
 # put on a CPU, for how long they ran, how long they waited for one when runnable (the
-# scheduling delay), and how many of those waits were 0.5, 1 and 2 ms or longer.
+# scheduling delay), how many of those waits were 0.5, 1 and 2 ms or longer, and how often it
+# left the CPU asleep (waiting for something) or preempted (still runnable).
 #
 #   bench/experiments/sched.sh [ROUNDS]     (default 2)
 #   env: SYSTEMS=nginx,haproxy,gateway  GATEWAY_BIN=path  KEEP=1
@@ -55,11 +56,12 @@ for round in $(seq "$ROUNDS"); do
         sleep 1
         perf sched record -o "$out.data" -- sleep 3 >/dev/null 2>&1
         wait "$wrk_pid"
-        perf sched timehist -i "$out.data" >"$out.txt" 2>/dev/null
+        perf sched timehist --state -i "$out.data" >"$out.txt" 2>/dev/null
         echo "round $round $sys: $(awk '/Requests\/sec/ {r = $2} $1 == "99%" {p = $2} END {printf "%.1fk req/s, p99 %s", r / 1000, p}' "$out.wrk")"
         python3 - "$out.txt" "$(worker_of "${PID[$sys]}")" "$BACKEND_WORKER" <<'PY'
 import collections, sys
-# perf sched timehist: time, cpu, comm[tid] (or [tid/pid]), wait, scheduling delay, run (ms)
+# perf sched timehist --state: time, cpu, comm[tid] (or [tid/pid]), wait, scheduling delay,
+# run (ms), the state it left the CPU in (S, D: asleep; R: preempted)
 path, proxy, backend = sys.argv[1:]
 runs = collections.defaultdict(list)
 for line in open(path):
@@ -70,17 +72,21 @@ for line in open(path):
     tid = tid.split("/")[0]  # [tid/pid] for threads
     who = {proxy: "proxy worker", backend: "backend worker"}.get(tid, comm)
     try:
-        runs[who].append((float(f[4]), float(f[5])))
+        runs[who].append((float(f[4]), float(f[5]), f[6] if len(f) > 6 else ""))
     except ValueError:
         pass
-print(f"  {'task':<16} {'runs':>6} {'run ms':>8} {'delay ms':>9} {'>=0.5ms':>8} {'>=1ms':>6} {'>=2ms':>6} {'max ms':>7}")
-for who, v in sorted(runs.items(), key=lambda kv: -sum(r for _, r in kv[1])):
-    run = sum(r for _, r in v)
+print(f"  {'task':<16} {'runs':>6} {'run ms':>8} {'delay ms':>9} {'>=0.5ms':>8} {'>=1ms':>6} "
+      f"{'>=2ms':>6} {'max ms':>7} {'slept':>6} {'preempted':>9}")
+for who, v in sorted(runs.items(), key=lambda kv: -sum(r for _, r, _ in kv[1])):
+    run = sum(r for _, r, _ in v)
     if who == "<idle>" or (run < 10 and who not in ("proxy worker", "backend worker", "wrk")):
         continue
-    d = [s for s, _ in v]
+    d = [s for s, _, _ in v]
+    slept = sum(st in ("S", "D", "I") for _, _, st in v)
+    preempted = sum(st == "R" for _, _, st in v)
     print(f"  {who:<16} {len(v):6d} {run:8.1f} {sum(d):9.1f} {sum(s >= 0.5 for s in d):8d} "
-          f"{sum(s >= 1 for s in d):6d} {sum(s >= 2 for s in d):6d} {max(d):7.2f}")
+          f"{sum(s >= 1 for s in d):6d} {sum(s >= 2 for s in d):6d} {max(d):7.2f} {slept:6d} "
+          f"{preempted:9d}")
 PY
     done
 done

@@ -144,9 +144,10 @@ pub struct Pool {
     /// (0 to 60,000; 0 answers 503 at once); 1,000 when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_timeout_ms: Option<u64>,
-    /// How long an idle keep-alive connection to a backend is kept for the next request, in
-    /// milliseconds (0 to 3,600,000; 0 closes each connection after its response); 60,000
-    /// when omitted, as nginx's upstream `keepalive_timeout`. Keep it below the backends' own
+    /// How long an idle HTTP/1.1 keep-alive connection to a backend is kept for the next
+    /// request, in milliseconds (0 to 3,600,000; 0 closes each connection after its response);
+    /// 60,000 when omitted, as nginx's upstream `keepalive_timeout`. (An `h2c` or `h2` pool
+    /// keeps its one connection per backend open.) Keep it below the backends' own
     /// idle timeout (Node.js: 5 s) so that a request is seldom written on a connection the
     /// backend is closing at that moment: an idempotent request is then sent again on a new
     /// connection, but a POST or PATCH the backend may have received cannot be.
