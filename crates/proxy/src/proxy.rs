@@ -66,6 +66,21 @@ impl Shared {
 }
 
 impl Shared {
+    /// Lets go of the backend connections that idled past their pool's keep-alive time or
+    /// that their backend closed.
+    pub(crate) fn sweep_idle_backends(&self) {
+        let live = self.live.load();
+        let now = std::time::Instant::now();
+        for pool in live.table.pools.iter() {
+            for backend in pool.backends.iter() {
+                backend.endpoint.sweep(now);
+            }
+        }
+        if let Some(leader) = &live.leader {
+            leader.endpoint.sweep(now);
+        }
+    }
+
     /// Replaces the live table and leader, waking requests that wait for a change.
     pub(crate) fn swap(&self, live: Live) {
         self.metrics.set_table(live.table.clone());

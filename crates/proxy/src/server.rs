@@ -122,7 +122,8 @@ pub async fn serve_all(
         "data plane listening"
     );
 
-    // Idle connections have no timer each: one tick wakes them to look at their deadlines.
+    // Idle connections have no timer each: one tick wakes the clients' to look at their
+    // deadlines and lets go of the backends' that are stale.
     let ticker = tokio::spawn({
         let shared = shared.clone();
         async move {
@@ -131,6 +132,7 @@ pub async fn serve_all(
             loop {
                 every.tick().await;
                 shared.closing.tick();
+                shared.sweep_idle_backends();
             }
         }
     });

@@ -452,6 +452,27 @@ impl Endpoint {
         }
     }
 
+    /// Closes the idle connections, on every worker's list, that have outstayed the
+    /// keep-alive time or that the backend closed: the data plane's tick runs this about once
+    /// a second, so that idle connections do not wait for the next request to be let go.
+    pub(crate) fn sweep(&self, now: Instant) {
+        for list in self.idle.iter() {
+            let mut idle = list.lock().unwrap_or_else(|e| e.into_inner());
+            let mut gone = Vec::new();
+            let mut at = 0;
+            while at < idle.len() {
+                let i = &mut idle[at];
+                if now.saturating_duration_since(i.since) > self.keep_alive || i.conn.is_closed() {
+                    gone.extend(idle.remove(at));
+                } else {
+                    at += 1;
+                }
+            }
+            drop(idle);
+            drop(gone); // closed outside the lock
+        }
+    }
+
     async fn connect_io(&self, alpn: Alpn) -> io::Result<Stream> {
         let plain = self.connect_plain().await?;
         match &self.tls {

@@ -11,8 +11,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 /// What a raw backend saw: per request, the connection's number (from 1, in accept order),
-/// the request line and the body.
+/// the request line and the body; and [`CLOSED`] when the gateway closed a connection.
 type Seen = Arc<Mutex<Vec<(usize, String, String)>>>;
+
+const CLOSED: &str = "closed by the gateway";
 
 /// A raw HTTP/1.1 backend that answers `200` with the request line as body and keeps the
 /// connection. With `close_at: Some(n)`, it reads the n-th request of every connection and
@@ -38,7 +40,11 @@ async fn counting_backend(close_at: Option<usize>) -> (String, Seen) {
                         }
                         let mut chunk = [0u8; 4096];
                         match s.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
+                            Ok(0) | Err(_) => {
+                                let closed = (conn, CLOSED.to_string(), String::new());
+                                log.lock().unwrap().push(closed);
+                                return;
+                            }
                             Ok(k) => buf.extend_from_slice(&chunk[..k]),
                         }
                     };
@@ -98,7 +104,8 @@ async fn proxy_to(pool: Pool) -> TestProxy {
 
 /// The connections the backend's requests came on, in order.
 fn conns(seen: &Seen) -> Vec<usize> {
-    seen.lock().unwrap().iter().map(|s| s.0).collect()
+    let seen = seen.lock().unwrap();
+    seen.iter().filter(|s| s.1 != CLOSED).map(|s| s.0).collect()
 }
 
 #[tokio::test]
@@ -168,6 +175,26 @@ async fn idle_backend_connections_are_kept_for_the_pools_keep_alive_time() {
     assert_eq!(conns(&seen), [1, 1]);
     tokio::time::sleep(Duration::from_millis(500)).await; // idle past the keep-alive time
     assert_eq!(get(&c, &p.url("/c"), None).await.status, StatusCode::OK);
+    assert_eq!(conns(&seen), [1, 1, 2]);
+
+    // With no request after it, the idle connection is closed by the gateway once its
+    // keep-alive time has passed (within the data plane's tick of about a second).
+    let since = std::time::Instant::now();
+    eventually("the gateway closes the idle backend connection", || {
+        let seen = seen.clone();
+        async move {
+            seen.lock()
+                .unwrap()
+                .iter()
+                .any(|s| s.0 == 2 && s.1 == CLOSED)
+        }
+    })
+    .await;
+    assert!(
+        since.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        since.elapsed()
+    );
     assert_eq!(conns(&seen), [1, 1, 2]);
 
     // 0: a new connection for every request.
