@@ -438,17 +438,13 @@ impl Endpoint {
         if self.keep_alive.is_zero() {
             return;
         }
-        let now = Instant::now();
+        // Stale ones further down are let go by `sweep`, on the data plane's tick.
         let mut idle = self.idle();
-        // The oldest goes when it has outstayed the keep-alive time or the backend closed it,
-        // so that a pool the busiest requests never dig down to does not hold dead sockets.
-        if let Some(oldest) = idle.front_mut()
-            && (now.duration_since(oldest.since) > self.keep_alive || oldest.conn.is_closed())
-        {
-            idle.pop_front();
-        }
         if idle.len() < MAX_IDLE {
-            idle.push_back(Idle { conn, since: now });
+            idle.push_back(Idle {
+                conn,
+                since: Instant::now(),
+            });
         }
     }
 

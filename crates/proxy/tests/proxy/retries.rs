@@ -221,7 +221,7 @@ async fn hang_up_backend() -> (String, Arc<AtomicUsize>) {
 }
 
 #[tokio::test]
-async fn a_request_that_reached_a_backend_is_retried_only_if_idempotent_and_bodiless() {
+async fn a_request_that_reached_a_backend_is_retried_only_if_idempotent_with_a_small_body() {
     let (addr, conns) = hang_up_backend().await;
     let live = backend("live").await;
     let s = state(
@@ -257,4 +257,16 @@ async fn a_request_that_reached_a_backend_is_retried_only_if_idempotent_and_bodi
         "a GET reached the hang-up backend too"
     );
     assert_eq!(live.hits(), 4);
+    // So is a PUT whose small body went out with its head: the body goes with it.
+    let before = conns.load(Ordering::SeqCst);
+    for _ in 0..4 {
+        let r = send(&cl, Method::PUT, &p.url("/put"), None, &[], "hello").await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        assert_eq!(r.headers["x-body-len"], "5");
+    }
+    assert!(
+        conns.load(Ordering::SeqCst) > before,
+        "a PUT reached the hang-up backend too"
+    );
+    assert_eq!(live.hits(), 8);
 }
