@@ -251,6 +251,17 @@ async fn metrics_parse_and_counters_move_with_traffic() -> TestResult {
         "buckets are cumulative"
     );
     ensure!(get(&after, "gateway_http_connections_accepted_total", &[]) >= 1.0);
+    // One gauge per data plane worker; together they hold the open client connections.
+    let workers = after
+        .samples
+        .iter()
+        .filter(|s| s.metric == "gateway_worker_connections" && s.labels.get("worker").is_some())
+        .count();
+    ensure!(workers >= 1, "no gateway_worker_connections");
+    ensure!(
+        get(&after, "gateway_worker_connections", &[])
+            == get(&after, "gateway_http_connections", &[])
+    );
     ensure!(get(&after, "gateway_raft_state", &[("state", "leader")]) == 1.0);
     ensure!(get(&after, "gateway_raft_term", &[]) >= 1.0);
     ensure!(

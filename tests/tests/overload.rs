@@ -253,16 +253,31 @@ async fn node_limits_shed_requests_hold_connections_and_change_at_runtime() -> T
     };
     let busy = wait_for("a request over max_requests to get 503", CHANGE, || async {
         let held = [slow(), slow()];
-        let r = wait_for(
+        // Once the backend serves both (a request sent sooner could overtake one of them and
+        // take its place), a third gets the 503.
+        let under_way = wait_for(
             "the two slow requests to be under way",
             Duration::from_secs(3),
             || async {
-                let r = request_path(n, "/").await?;
-                ensure!(r.starts_with("HTTP/1.1 503"), "{r}");
-                Ok(r)
+                let m = n.get("/metrics").await?.text();
+                ensure!(
+                    m.lines()
+                        .any(|l| l.starts_with("gateway_backend_in_flight_requests{")
+                            && l.contains("backend=\"a\"")
+                            && l.ends_with(" 2")),
+                    "not yet"
+                );
+                Ok(())
             },
         )
         .await;
+        let r = match under_way {
+            Ok(()) => request_path(n, "/").await.and_then(|r| {
+                ensure!(r.starts_with("HTTP/1.1 503"), "{r}");
+                Ok(r)
+            }),
+            Err(e) => Err(e),
+        };
         for h in held {
             let got = h.await??;
             ensure!(

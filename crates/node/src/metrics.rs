@@ -123,6 +123,15 @@ impl Collector for DataPlane {
             "Client connections open now.",
             [(Vec::new(), g(s.connections_open))],
         )?;
+        gauges(
+            &mut enc,
+            "gateway_worker_connections",
+            "Client connections each data plane worker (--workers) serves now.",
+            s.worker_connections
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| (vec![("worker", i.to_string())], g(n))),
+        )?;
         counters(
             &mut enc,
             "gateway_http_connections_accepted",

@@ -211,8 +211,9 @@ pub struct ProxyConfig {
     /// The memory guard (`--memory-limit`): above its soft mark idle connections are closed
     /// and new ones answered 503, above its limit none are accepted. None: no limit.
     pub memory: Option<std::sync::Arc<memory::MemoryGuard>>,
-    /// Data plane threads, each with its own single-threaded runtime, accepting on the same
-    /// listeners and serving what it accepted (`--workers`). Default: one per core.
+    /// Data plane threads, each with its own single-threaded runtime serving the connections
+    /// it is given; the first also accepts and gives each new connection to the worker
+    /// serving the fewest (`--workers`). Default: one per core.
     pub workers: usize,
 }
 

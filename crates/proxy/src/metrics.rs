@@ -12,7 +12,7 @@
 use crate::table::RouteTable;
 use arc_swap::ArcSwapOption;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 /// Upper bounds (seconds) of the request latency histogram's buckets (the last one, `+Inf`,
@@ -114,6 +114,8 @@ struct Global {
 struct Inner {
     global: Global,
     table: ArcSwapOption<RouteTable>,
+    /// Client connections each data plane worker serves now.
+    workers: std::sync::Mutex<Option<Arc<[AtomicUsize]>>>,
 }
 
 /// The data plane's counters, readable from anywhere (cheap to clone).
@@ -164,6 +166,11 @@ impl Metrics {
         self.inner.global.no_route.fetch_add(1, Relaxed);
     }
 
+    /// The per-worker connection counts of the data plane (set when it starts).
+    pub(crate) fn set_workers(&self, load: Arc<[AtomicUsize]>) {
+        *self.inner.workers.lock().unwrap_or_else(|e| e.into_inner()) = Some(load);
+    }
+
     /// Called on every table swap (not on the request path).
     pub(crate) fn set_table(&self, table: Arc<RouteTable>) {
         self.inner.table.store(Some(table));
@@ -178,6 +185,14 @@ impl Metrics {
             websockets_open: g.websockets_open.load(Relaxed).max(0) as u64,
             websockets_total: g.websockets_total.load(Relaxed),
             no_route_total: g.no_route.load(Relaxed),
+            worker_connections: self
+                .inner
+                .workers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .map(|w| w.iter().map(|n| n.load(Relaxed) as u64).collect())
+                .unwrap_or_default(),
             routes: Vec::new(),
             pools: Vec::new(),
         };
@@ -316,6 +331,8 @@ pub struct Snapshot {
     pub websockets_total: u64,
     /// Requests that matched no route.
     pub no_route_total: u64,
+    /// Client connections each data plane worker serves now (`--workers` of them).
+    pub worker_connections: Vec<u64>,
     pub routes: Vec<RouteSnapshot>,
     pub pools: Vec<PoolSnapshot>,
 }

@@ -15,9 +15,10 @@ use gateway_model::TcpListenerStatus;
 use gateway_model::{Protocol, State};
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 
 /// Serves the data plane on `listener` until `shutdown` resolves (then stops accepting, lets in-flight requests finish).
@@ -152,32 +153,57 @@ pub async fn serve_all(
         })
     });
 
-    // The workers: one thread each, with a single-threaded runtime, accepting on the same
-    // listening sockets and serving what they accept to the end (the model of nginx's worker
-    // processes): a connection's requests, its backend connections and their readiness stay
-    // on one thread, with no work stealing and no cross-thread wake-ups in the hot path. A new
-    // connection wakes every idle worker; the first to ask takes it, so a busy worker takes
-    // fewer.
-    let http = listener.into_std()?;
-    let https = https.map(|l| l.into_std()).transpose()?;
-    // When this future ends or is dropped, `stop` goes first, which stops the workers' accept
-    // loops; the guard then tells their connections to close, as a shutdown would.
+    // The workers: one thread each, with a single-threaded runtime that serves the
+    // connections handed to it to the end (the model of nginx's worker processes): a
+    // connection's requests, its backend connections and their readiness stay on one thread,
+    // with no work stealing and no cross-thread wake-ups in the hot path. The first worker
+    // also accepts, and hands each new connection to the worker serving the fewest (itself
+    // when it is among them), as HAProxy's listener queues do: only that worker wakes, where
+    // with every worker watching the listening sockets each new connection woke all the idle
+    // ones and all but one found nothing to accept.
+    // When this future ends or is dropped, `stop` goes first, which stops the accept loop and
+    // so the handing over; the guard then tells the connections to close, as a shutdown would.
     let _close = CloseOnDrop(shared.clone());
     let (stop, stopped) = watch::channel(false);
+    let load: Arc<[AtomicUsize]> = (0..workers).map(|_| AtomicUsize::new(0)).collect();
+    shared.metrics.set_workers(load.clone());
+    let mut inboxes = Vec::new();
+    let mut receivers = Vec::new();
+    for _ in 1..workers {
+        let (tx, rx) = mpsc::unbounded_channel();
+        inboxes.push(tx);
+        receivers.push(rx);
+    }
+    let mut accept = Some(Acceptor {
+        http: listener.into_std()?,
+        https: https.map(|l| l.into_std()).transpose()?,
+        shared: shared.clone(),
+        acceptor: acceptor.clone(),
+        pressure: pressure.clone(),
+        stop: stopped.clone(),
+        workers: Workers {
+            load: load.clone(),
+            inboxes,
+        },
+    });
+    let mut receivers = receivers.into_iter();
     let mut accepting = Vec::new();
     let mut finished = Vec::new();
     for index in 0..workers {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let worker = Worker {
-            http: http.try_clone()?,
-            https: https.as_ref().map(|l| l.try_clone()).transpose()?,
-            shared: shared.clone(),
-            acceptor: acceptor.clone(),
-            pressure: pressure.clone(),
-            stop: stopped.clone(),
+        let role = match accept.take() {
+            Some(a) => Role::Accept(a),
+            None => Role::Serve(Inbox {
+                from: receivers
+                    .next()
+                    .expect("one inbox per worker after the first"),
+                index,
+                acceptor: acceptor.clone(),
+            }),
         };
+        let shared = shared.clone();
         let (accept_done, accept_rx) = tokio::sync::oneshot::channel::<()>();
         let (all_done, all_rx) = tokio::sync::oneshot::channel::<()>();
         std::thread::Builder::new()
@@ -185,12 +211,16 @@ pub async fn serve_all(
             .spawn(move || {
                 crate::upstream::set_worker(index + 1);
                 runtime.block_on(async move {
-                    let shared = worker.shared.clone();
-                    if let Err(e) = worker.run().await {
-                        tracing::error!(error = %e, "a data plane worker could not listen");
+                    match role {
+                        Role::Accept(a) => {
+                            if let Err(e) = a.run().await {
+                                tracing::error!(error = %e, "the data plane could not listen");
+                            }
+                        }
+                        Role::Serve(inbox) => inbox.run().await,
                     }
                     drop(accept_done);
-                    // Serve what this worker accepted until every connection is gone.
+                    // Serve what this worker was given until every connection is gone.
                     shared.closing.all_gone().await;
                 });
                 drop(all_done);
@@ -198,7 +228,6 @@ pub async fn serve_all(
         accepting.push(accept_rx);
         finished.push(all_rx);
     }
-    drop((http, https));
 
     shutdown.await;
     let _ = stop.send(true);
@@ -228,26 +257,172 @@ impl Drop for CloseOnDrop {
     }
 }
 
-/// One data plane worker's accept loop and what it needs.
-struct Worker {
+/// What a data plane worker does besides serving: accept, or take what the acceptor hands it.
+enum Role {
+    Accept(Acceptor),
+    Serve(Inbox),
+}
+
+/// The accept loop (on the first worker) and what it needs.
+struct Acceptor {
     http: std::net::TcpListener,
     https: Option<std::net::TcpListener>,
     shared: Arc<Shared>,
     acceptor: TlsAcceptor,
     pressure: Option<watch::Receiver<Pressure>>,
     stop: watch::Receiver<bool>,
+    workers: Workers,
 }
 
-impl Worker {
-    /// Accepts until the server stops, spawning each connection on this worker's runtime.
+/// The connections each worker serves now, and the way to the workers after the first.
+struct Workers {
+    load: Arc<[AtomicUsize]>,
+    inboxes: Vec<mpsc::UnboundedSender<Handoff>>,
+}
+
+/// A connection accepted for another worker, its place already counted.
+struct Handoff {
+    stream: std::net::TcpStream,
+    peer: std::net::SocketAddr,
+    tls: bool,
+    tracked: Tracked,
+    load: Load,
+}
+
+/// Counts a connection on its worker until dropped.
+struct Load {
+    all: Arc<[AtomicUsize]>,
+    index: usize,
+}
+
+impl Load {
+    fn new(all: &Arc<[AtomicUsize]>, index: usize) -> Load {
+        all[index].fetch_add(1, Relaxed);
+        Load {
+            all: all.clone(),
+            index,
+        }
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.all[self.index].fetch_sub(1, Relaxed);
+    }
+}
+
+/// Serves `stream` on the current worker: TLS first for the HTTPS listener's connections.
+fn spawn_conn(
+    tracked: Tracked,
+    load: Load,
+    acceptor: &TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    tls: bool,
+) {
+    if tls {
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let _load = load;
+            handshake(tracked, acceptor, stream, peer).await;
+        });
+    } else {
+        tokio::spawn(async move {
+            let _load = load;
+            crate::conn::serve(tracked, ClientStream::Plain(stream), peer).await;
+        });
+    }
+}
+
+impl Workers {
+    /// The worker serving the fewest connections now; the first of them (the acceptor's own
+    /// worker before the others) on a tie.
+    fn pick(&self) -> usize {
+        let mut best = (usize::MAX, 0);
+        for (i, n) in self.load.iter().enumerate() {
+            let n = n.load(Relaxed);
+            if n < best.0 {
+                best = (n, i);
+            }
+        }
+        best.1
+    }
+
+    /// Serves a new connection on the worker with the fewest.
+    fn place(
+        &self,
+        tracked: Tracked,
+        acceptor: &TlsAcceptor,
+        stream: tokio::net::TcpStream,
+        peer: std::net::SocketAddr,
+        tls: bool,
+    ) {
+        let index = self.pick();
+        if index > 0 {
+            // Out of this runtime's reactor, into the other worker's when it takes it.
+            match stream.into_std() {
+                Ok(stream) => {
+                    let load = Load::new(&self.load, index);
+                    let handoff = Handoff {
+                        stream,
+                        peer,
+                        tls,
+                        tracked,
+                        load,
+                    };
+                    if self.inboxes[index - 1].send(handoff).is_err() {
+                        // Its worker stopped (only a panic stops one before the acceptor): the
+                        // connection closes as the hand-off is dropped.
+                        tracing::error!(%peer, worker = index, "a data plane worker is gone");
+                    }
+                }
+                Err(e) => tracing::warn!(%peer, error = %e, "could not hand a connection over"),
+            }
+            return;
+        }
+        spawn_conn(
+            tracked,
+            Load::new(&self.load, 0),
+            acceptor,
+            stream,
+            peer,
+            tls,
+        );
+    }
+}
+
+/// The connections handed to a worker after the first.
+struct Inbox {
+    from: mpsc::UnboundedReceiver<Handoff>,
+    index: usize,
+    acceptor: TlsAcceptor,
+}
+
+impl Inbox {
+    /// Serves what the acceptor hands over until it stops.
+    async fn run(mut self) {
+        while let Some(h) = self.from.recv().await {
+            match tokio::net::TcpStream::from_std(h.stream) {
+                Ok(stream) => spawn_conn(h.tracked, h.load, &self.acceptor, stream, h.peer, h.tls),
+                Err(e) => {
+                    tracing::warn!(peer = %h.peer, worker = self.index, error = %e, "could not take a connection over");
+                }
+            }
+        }
+    }
+}
+
+impl Acceptor {
+    /// Accepts until the server stops, placing each connection on a worker.
     async fn run(self) -> std::io::Result<()> {
-        let Worker {
+        let Acceptor {
             http,
             https,
             shared,
             acceptor,
             mut pressure,
             mut stop,
+            workers,
         } = self;
         let listener = TcpListener::from_std(http)?;
         let https = https.map(TcpListener::from_std).transpose()?;
@@ -302,9 +477,8 @@ impl Worker {
                 continue;
             }
             // The cluster's connection limit (as HAProxy's maxconn): a connection past it is
-            // held unserved, as the kernel's backlog would hold it, and this worker accepts
-            // nothing more until one closes or the limit changes. The place is taken
-            // atomically, since every worker accepts.
+            // held unserved, as the kernel's backlog would hold it, and nothing more is
+            // accepted until one closes or the limit changes.
             let tracked = loop {
                 let room = shared.limits.room.notified();
                 let mut room = std::pin::pin!(room);
@@ -318,15 +492,7 @@ impl Worker {
                 }
             };
             let Some(tracked) = tracked else { break };
-            if tls {
-                tokio::spawn(handshake(tracked, acceptor.clone(), stream, peer));
-            } else {
-                tokio::spawn(crate::conn::serve(
-                    tracked,
-                    ClientStream::Plain(stream),
-                    peer,
-                ));
-            }
+            workers.place(tracked, &acceptor, stream, peer, tls);
         }
         Ok(())
     }

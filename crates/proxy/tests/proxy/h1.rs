@@ -597,6 +597,57 @@ async fn shutdown_closes_idle_connections_and_lets_a_request_finish() {
         .unwrap();
 }
 
+/// Sends `GET /` on `c` and checks that it is answered 200.
+async fn get_ok(c: &mut TcpStream) {
+    c.write_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
+    let r = read_response(c, &mut Vec::new(), false).await;
+    assert_eq!(r.status(), 200);
+}
+
+/// The first worker accepts and hands each new connection to the worker serving the fewest
+/// (itself on a tie), so only that worker wakes; each then serves what it was given.
+#[tokio::test]
+async fn new_connections_go_to_the_worker_serving_the_fewest() {
+    let a = backend("a").await;
+    let metrics = gateway_proxy::Metrics::new();
+    let config = ProxyConfig {
+        workers: 3,
+        metrics: metrics.clone(),
+        ..ProxyConfig::new(1, KEY)
+    };
+    let p = proxy_to(&a.address, config).await;
+    let workers = || metrics.snapshot().worker_connections;
+    eventually("the workers to start", || async { workers() == [0, 0, 0] }).await;
+    let mut open = Vec::new();
+    for _ in 0..7 {
+        let mut c = TcpStream::connect(p.addr).await.unwrap();
+        get_ok(&mut c).await;
+        open.push(c);
+    }
+    assert_eq!(workers(), [3, 2, 2]);
+    // Closed connections leave their worker's count; the next goes where there are fewest.
+    drop(open.drain(..4));
+    eventually("the closed connections to leave the counts", || async {
+        workers().iter().sum::<u64>() == 3
+    })
+    .await;
+    let before = workers();
+    let mut c = TcpStream::connect(p.addr).await.unwrap();
+    get_ok(&mut c).await;
+    let fewest = before.iter().min().unwrap();
+    let mut expect = before.clone();
+    expect[before.iter().position(|n| n == fewest).unwrap()] += 1;
+    assert_eq!(workers(), expect);
+    // Keep-alive requests stay on their connection's worker.
+    for _ in 0..3 {
+        get_ok(&mut c).await;
+    }
+    assert_eq!(workers(), expect);
+    assert_eq!(a.hits(), 11);
+}
+
 /// The workers run on threads of their own: when the `serve` future is dropped (its task
 /// aborted), they stop accepting and close their idle connections, as at a shutdown.
 #[tokio::test]
