@@ -317,7 +317,7 @@ start_gateway() {
     start_bg "$name" env RUST_LOG="${GATEWAY_RUST_LOG:-warn}" ${GATEWAY_WRAP:-} "$GATEWAY_BIN" serve \
         --id 1 --data-dir "$dir/data" --cluster-addr "127.0.0.1:$cluster_port" \
         --admin-addr "127.0.0.1:$GATEWAY_ADMIN_PORT" --http-addr "127.0.0.1:$GATEWAY_PORT" \
-        --init --workers 1 ${GATEWAY_EXTRA_ARGS:-}
+        --init --workers "${WORKERS:-1}" ${GATEWAY_EXTRA_ARGS:-}
     GATEWAY_PID=$LAST_PID
     local ready=""
     for _ in $(seq 600); do
