@@ -124,10 +124,33 @@ impl NodeSpec {
     }
 }
 
-/// A port that was free a moment ago: bind port 0, read it, let it go. Ports handed out in
+/// A free port for a node to bind later. It is taken below the kernel's ephemeral range
+/// (`ip_local_port_range`), where the kernel never picks the local port of an outgoing
+/// connection or of a port-0 bind, so a port found free here stays free until the node binds
+/// it; one from the ephemeral range could be taken meanwhile by any connection on the machine
+/// (a node once failed to start with "Address already in use" that way). Ports handed out in
 /// this process are never handed out twice, so tests running in parallel do not collide.
 pub fn free_port() -> Result<u16> {
     static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    const LOW: u16 = 10_000;
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    if ephemeral > LOW + 1000 {
+        let span = ephemeral - LOW;
+        // Test binaries run one after another, but start each at its own place.
+        let start = (std::process::id() % u32::from(span)) as u16;
+        let mut given = GIVEN.lock().unwrap();
+        for i in 0..span {
+            let port = LOW + (start + i) % span;
+            if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                given.insert(port);
+                return Ok(port);
+            }
+        }
+    }
+    // No room below the ephemeral range: a port the kernel picks, as before.
     for _ in 0..1000 {
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         if GIVEN.lock().unwrap().insert(port) {
