@@ -356,10 +356,25 @@ admin_put() {
 ticks() { local t=0 p; for p in $(pgrep -P "$1") "$1"; do t=$((t + $(awk '{print $14+$15}' "/proc/$p/stat"))); done; echo "$t"; }
 # The user-space part of ticks (utime).
 user_ticks() { local t=0 p; for p in $(pgrep -P "$1") "$1"; do t=$((t + $(awk '{print $14}' "/proc/$p/stat"))); done; echo "$t"; }
+# Voluntary context switches (wake-ups) of every thread of PID and its children; with a second
+# argument, of the threads whose name matches that pattern only (e.g. 'gateway-http-*').
 wakeups() {
-    local t=0 p f
+    local t=0 p task
     for p in $(pgrep -P "$1") "$1"; do
-        for f in /proc/"$p"/task/*/status; do t=$((t + $(awk '/^voluntary_ctxt/ {print $2}' "$f"))); done
+        for task in /proc/"$p"/task/*; do
+            # shellcheck disable=SC2053
+            [ -z "${2:-}" ] || [[ $(cat "$task/comm") == $2 ]] || continue
+            t=$((t + $(awk '/^voluntary_ctxt/ {print $2}' "$task/status")))
+        done
+    done
+    echo "$t"
+}
+# CPU ticks (user + system) of PID's threads whose name matches the pattern $2.
+thread_ticks() {
+    local t=0 task
+    for task in /proc/"$1"/task/*; do
+        # shellcheck disable=SC2053
+        [[ $(cat "$task/comm") == $2 ]] && t=$((t + $(awk '{print $14 + $15}' "$task/stat")))
     done
     echo "$t"
 }

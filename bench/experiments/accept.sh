@@ -36,15 +36,6 @@ done
 print_context
 echo "command: bench/experiments/accept.sh $ROUNDS $*  (WORKERS=$WORKERS DURATION=$DURATION CONNECTIONS=$CONNECTIONS)"
 
-http_threads() {
-    local t
-    for t in /proc/"$1"/task/*; do
-        case "$(cat "$t/comm")" in gateway-http-*) echo "$t" ;; esac
-    done
-}
-# Voluntary context switches and CPU ticks (user + system) of the data plane threads.
-switches() { local s=0 t; for t in $(http_threads "$1"); do s=$((s + $(awk '/^voluntary_ctxt_switches/ {print $2}' "$t/status"))); done; echo "$s"; }
-ticks_of() { local s=0 t; for t in $(http_threads "$1"); do s=$((s + $(awk '{print $14 + $15}' "$t/stat"))); done; echo "$s"; }
 HZ=$(getconf CLK_TCK)
 
 for name in "${names[@]}"; do
@@ -54,11 +45,11 @@ for round in $(seq "$ROUNDS"); do
     line="round $round:"
     for name in "${names[@]}"; do
         pid=${PID[$name]} out="$WORK/accept-$round-$name"
-        s0=$(switches "$pid") t0=$(ticks_of "$pid")
+        s0=$(wakeups "$pid" "gateway-http-*") t0=$(thread_ticks "$pid" "gateway-http-*")
         perf stat -x, -e syscalls:sys_enter_accept4 -p "$pid" -o "$out.perf" -- \
             wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" -H "Connection: close" \
             "http://127.0.0.1:${PORT[$name]}/" >"$out.wrk" 2>&1
-        s1=$(switches "$pid") t1=$(ticks_of "$pid")
+        s1=$(wakeups "$pid" "gateway-http-*") t1=$(thread_ticks "$pid" "gateway-http-*")
         conns=$(awk '/requests in/ {print $1}' "$out.wrk")
         accepts=$(awk -F, '/accept4/ {print $1}' "$out.perf")
         errors=$(awk '/Socket errors|Non-2xx/ {print}' "$out.wrk" | tr -s ' ')

@@ -335,20 +335,8 @@ fn spawn_conn(
 }
 
 impl Workers {
-    /// The worker serving the fewest connections now; the first of them (the acceptor's own
-    /// worker before the others) on a tie.
-    fn pick(&self) -> usize {
-        let mut best = (usize::MAX, 0);
-        for (i, n) in self.load.iter().enumerate() {
-            let n = n.load(Relaxed);
-            if n < best.0 {
-                best = (n, i);
-            }
-        }
-        best.1
-    }
-
-    /// Serves a new connection on the worker with the fewest.
+    /// Serves a new connection on the worker serving the fewest now: the first of them (the
+    /// acceptor's own worker before the others) on a tie.
     fn place(
         &self,
         tracked: Tracked,
@@ -357,37 +345,37 @@ impl Workers {
         peer: std::net::SocketAddr,
         tls: bool,
     ) {
-        let index = self.pick();
-        if index > 0 {
-            // Out of this runtime's reactor, into the other worker's when it takes it.
-            match stream.into_std() {
-                Ok(stream) => {
-                    let load = Load::new(&self.load, index);
-                    let handoff = Handoff {
-                        stream,
-                        peer,
-                        tls,
-                        tracked,
-                        load,
-                    };
-                    if self.inboxes[index - 1].send(handoff).is_err() {
-                        // Its worker stopped (only a panic stops one before the acceptor): the
-                        // connection closes as the hand-off is dropped.
-                        tracing::error!(%peer, worker = index, "a data plane worker is gone");
-                    }
-                }
-                Err(e) => tracing::warn!(%peer, error = %e, "could not hand a connection over"),
-            }
+        let index = self
+            .load
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, n)| n.load(Relaxed))
+            .map_or(0, |(i, _)| i);
+        let load = Load::new(&self.load, index);
+        if index == 0 {
+            spawn_conn(tracked, load, acceptor, stream, peer, tls);
             return;
         }
-        spawn_conn(
-            tracked,
-            Load::new(&self.load, 0),
-            acceptor,
+        // Out of this runtime's reactor, into the other worker's when it takes it.
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "could not hand a connection over");
+                return;
+            }
+        };
+        let handoff = Handoff {
             stream,
             peer,
             tls,
-        );
+            tracked,
+            load,
+        };
+        if self.inboxes[index - 1].send(handoff).is_err() {
+            // Its worker stopped (only a panic stops one before the acceptor): the connection
+            // closes as the hand-off is dropped.
+            tracing::error!(%peer, worker = index, "a data plane worker is gone");
+        }
     }
 }
 
