@@ -351,7 +351,9 @@ pub(crate) fn serve(
         let mut pending: Option<Box<BytesMut>> = None;
         let mut first = true;
         loop {
-            let deadline = if pending.is_none() {
+            // When the request's head began to arrive: its read's deadline runs from here, and
+            // so does the request's duration in the metrics.
+            let arrived = if pending.is_none() {
                 // Idle: wait for the next request's first bytes, holding no buffer.
                 let wait = if first {
                     opts.header_timeout
@@ -366,10 +368,7 @@ pub(crate) fn serve(
                     ticked.as_mut().enable();
                     // Under memory pressure, keep-alive connections close between requests
                     // (a new connection was let in by the listener, which decides on those).
-                    if shared.closing.is_closing()
-                        || (!first && shared.closing.is_shedding())
-                        || Instant::now() >= idle_until
-                    {
+                    if shared.closing.is_closing() || (!first && shared.closing.is_shedding()) {
                         return;
                     }
                     let readable = poll_fn(|cx| stream.poll_read_ready(cx));
@@ -380,16 +379,21 @@ pub(crate) fn serve(
                             }
                             break;
                         }
-                        () = ticked => {}
+                        // The clock is read on ticks only: not again for each request.
+                        () = ticked => {
+                            if Instant::now() >= idle_until {
+                                return;
+                            }
+                        }
                     }
                 }
                 // From the first byte (nginx counts a first request's from the accept).
-                Instant::now() + opts.header_timeout
+                Instant::now()
             } else {
                 if shared.closing.is_closing() {
                     return;
                 }
-                Instant::now() + opts.header_timeout // pipelined
+                Instant::now() // pipelined
             };
             let buf = pending.take().map_or_else(BytesMut::new, |b| *b);
             let conn = Arc::new(Conn {
@@ -405,7 +409,7 @@ pub(crate) fn serve(
             // KB, twice).
             let next = Box::write(
                 Box::new_uninit(),
-                exchange(&shared, &conn, &client, opts, deadline, first),
+                exchange(&shared, &conn, &client, opts, arrived, first),
             );
             let next = Box::into_pin(next).await;
             first = false;
@@ -444,10 +448,11 @@ fn exchange(
     conn: &Arc<Conn>,
     client: &ClientAddr,
     opts: &ConnOpts,
-    deadline: Instant,
+    arrived: Instant,
     first: bool,
 ) -> impl Future<Output = Next> {
     async move {
+        let deadline = arrived + opts.header_timeout;
         let head =
             match tokio::time::timeout_at(deadline, read_head(conn, opts.max_head, first)).await {
                 Ok(head) => head,
@@ -499,7 +504,7 @@ fn exchange(
         *req.version_mut() = version;
         *req.headers_mut() = headers;
 
-        let resp = handle(shared, client, req).await;
+        let resp = handle(shared, client, req, arrived).await;
 
         let body_error = std::mem::take(&mut conn.lock().body_error);
         let resp = if body_error {
@@ -943,7 +948,13 @@ async fn serve_h2_io(tracked: Tracked, io: Prefixed, client: ClientAddr) {
     let service = service_fn(move |req: Request<Incoming>| {
         let (shared, client) = (shared.clone(), client.clone());
         async move {
-            let mut resp = handle(&shared, &client, req.map(ProxyBody::incoming)).await;
+            let mut resp = handle(
+                &shared,
+                &client,
+                req.map(ProxyBody::incoming),
+                Instant::now(),
+            )
+            .await;
             materialize(&mut resp); // hyper writes the map
             Ok::<_, Infallible>(resp)
         }
@@ -1012,7 +1023,7 @@ mod tests {
         // forwarding, replay, queueing, connecting, h2) are boxed apart, keeping it small.
         let client = ClientAddr::new(peer.ip());
         let req = Request::new(ProxyBody::Empty);
-        let size = std::mem::size_of_val(&handle(&shared, &client, req));
+        let size = std::mem::size_of_val(&handle(&shared, &client, req, Instant::now()));
         eprintln!("handle future: {size} bytes");
         assert!(size <= 8192, "the request future grew to {size} bytes");
         let tracked = Tracked::within(&shared, 0).expect("no limit");

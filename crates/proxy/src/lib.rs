@@ -147,11 +147,13 @@ mod limits;
 pub mod memory;
 mod metrics;
 mod proxy;
+mod rawio;
 mod rules;
 mod server;
 mod stream;
 mod table;
 mod tcp;
+mod timer;
 mod tls;
 mod upstream;
 

@@ -104,15 +104,16 @@ pub(crate) struct LeaderTarget {
 
 /// Serves one request; every failure becomes a response naming the route and the cause (or
 /// the route's custom error page). HTTP/1 framing was checked when the head was parsed.
+/// `start` is when the request began to arrive: its duration is counted from there.
 // Not an `async fn`, whose arguments would take room twice in the future.
 #[allow(clippy::manual_async_fn)]
 pub(crate) fn handle(
     shared: &Shared,
     client: &ClientAddr,
     req: Request<ProxyBody>,
+    start: Instant,
 ) -> impl Future<Output = Response<ProxyBody>> {
     async move {
-        let start = Instant::now();
         let _slot = match shared.limits.enter() {
             Ok(slot) => slot,
             Err(limit) => return ProxyError::NodeBusy { limit }.into_response(None),
@@ -728,7 +729,7 @@ fn dispatch(
                 address: backend.address.to_string(),
                 cause,
             };
-            match tokio::time::timeout(route.timeout, backend.endpoint.send(req, upgrade)).await {
+            match crate::timer::within(route.timeout, backend.endpoint.send(req, upgrade)).await {
                 Ok(Ok(resp)) => {
                     if pool.answered(picked.idx, resp.status().as_u16()) {
                         shared.ejected(pool, picked.idx, "a run of 5xx responses");
@@ -825,7 +826,7 @@ async fn forward_to_leader(
         address: leader.address.to_string(),
         cause,
     };
-    match tokio::time::timeout(route.timeout, leader.endpoint.send(req, false)).await {
+    match crate::timer::within(route.timeout, leader.endpoint.send(req, false)).await {
         Ok(Ok(mut resp)) => {
             prepare_response(resp.headers_mut(), false);
             Ok(resp.map(|body| ProxyBody::Upstream {

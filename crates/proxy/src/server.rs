@@ -210,6 +210,7 @@ pub async fn serve_all(
             .name(format!("gateway-http-{index}"))
             .spawn(move || {
                 crate::upstream::set_worker(index + 1);
+                let _timers = crate::timer::keep_on_this_thread();
                 runtime.block_on(async move {
                     match role {
                         Role::Accept(a) => {

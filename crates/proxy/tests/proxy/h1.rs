@@ -289,6 +289,46 @@ async fn chunked_request_bodies_stream_and_chunked_answers_keep_their_trailers()
     assert_eq!((r.status(), r.text().as_str()), (200, "hello world"));
 }
 
+/// 32 MiB of bytes that show where each one belongs.
+const LARGE: usize = 32 << 20;
+
+fn large_byte(i: usize) -> u8 {
+    (i % 251) as u8
+}
+
+fn large_answer(_head: &str) -> Vec<u8> {
+    let mut out = format!("HTTP/1.1 200 OK\r\nContent-Length: {LARGE}\r\n\r\n").into_bytes();
+    out.extend((0..LARGE).map(large_byte));
+    out
+}
+
+#[tokio::test]
+async fn a_large_answer_to_a_client_that_reads_late_arrives_whole() {
+    // Far more than the sockets on both sides hold: the gateway's writes to the client come
+    // back short, and it must wait for room and go on where it stopped, twice on the same
+    // connection.
+    let (addr, mut seen) = raw_backend(large_answer).await;
+    let p = proxy_to(&addr, ProxyConfig::new(1, KEY)).await;
+    let mut c = TcpStream::connect(p.addr).await.unwrap();
+    for _ in 0..2 {
+        c.write_all(b"GET /large HTTP/1.1\r\nHost: h\r\n\r\n")
+            .await
+            .unwrap();
+        // Not read until the backend has the request and is answering.
+        next_seen(&mut seen).await;
+        let mut buf = Vec::new();
+        let at = read_until(&mut c, &mut buf, b"\r\n\r\n").await;
+        let head = String::from_utf8_lossy(&buf[..at]).into_owned();
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        buf.drain(..at + 4);
+        read_exact_into(&mut c, &mut buf, LARGE).await;
+        assert_eq!(buf.len(), LARGE, "nothing more than the body");
+        if let Some(i) = (0..LARGE).find(|&i| buf[i] != large_byte(i)) {
+            panic!("byte {i} of the answer is wrong");
+        }
+    }
+}
+
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order() {
     let a = backend("a").await;
