@@ -342,6 +342,15 @@ start_gateway() {
     check_proxy "$GATEWAY_PORT" "$name"
 }
 
+# A fresh work folder with the backend, and nginx, HAProxy and the gateway in front of it.
+start_backend_and_proxies() {
+    make_workdir
+    start_backend
+    start_nginx
+    start_haproxy
+    start_gateway
+}
+
 admin_put() {
     local path=$1 body=$2 code
     code=$(curl -s -o "$WORK/admin.out" -w '%{http_code}' -m 10 -XPUT "http://127.0.0.1:$GATEWAY_ADMIN_PORT$path" -d "$body")

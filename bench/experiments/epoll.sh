@@ -16,11 +16,7 @@ command -v perf >/dev/null || { echo "error: perf is needed (apt-get install lin
 
 ensure_peers
 build_gateway
-make_workdir
-start_backend
-start_nginx
-start_haproxy
-start_gateway
+start_backend_and_proxies
 print_context
 echo "command: bench/experiments/epoll.sh $ROUNDS  (DURATION=$DURATION CONNECTIONS=$CONNECTIONS)"
 

@@ -21,11 +21,7 @@ pinfo "building the client: cargo build --release (bench/experiments/moments)"
 CARGO_TARGET_DIR="$REPO/target/moments" cargo build --release -q \
     --manifest-path "$BENCH_DIR/experiments/moments/Cargo.toml" >&2
 CLIENT="$REPO/target/moments/release/moments"
-make_workdir
-start_backend
-start_nginx
-start_haproxy
-start_gateway
+start_backend_and_proxies
 print_context
 for round in $(seq "$ROUNDS"); do
     for sys in direct:$BACKEND_PORT gateway:$GATEWAY_PORT nginx:$NGINX_PORT haproxy:$HAPROXY_PORT; do

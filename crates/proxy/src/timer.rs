@@ -2,14 +2,16 @@
 //!
 //! `tokio::time::timeout` files a new timer in the runtime's wheel for each request and takes
 //! it out again when the answer comes, two trips through the wheel's lock: 1.5 % of the data
-//! plane's CPU time per proxied request (bench/README.md, session 21). A timer that stays filed can instead be moved to a later
-//! deadline with one atomic operation: the wheel finds the new deadline when it reaches the old
-//! one, and files it again then (once per timeout at most). So each data plane worker keeps the
-//! timers of its finished requests, and a new request takes one and moves it forward.
+//! plane's CPU time per proxied request (bench/README.md, session 21). A timer that stays
+//! filed can instead be moved to a later deadline with one atomic operation: the wheel finds
+//! the new deadline when it reaches the old one, and files it again then (once per timeout at
+//! most). So each data plane worker keeps the timers of its finished requests, and a new
+//! request takes one and moves it forward.
 //!
 //! A kept timer that reaches its deadline while unused wakes the task that used it last, which
-//! then finds nothing to do. Threads that are not data plane workers (tests' runtimes, for one)
-//! keep nothing, since a timer belongs to the runtime it was made on.
+//! then finds nothing to do (until then it holds that task's memory: at most `KEEP` tasks).
+//! Threads that are not data plane workers (tests' runtimes, for one) keep nothing, since a
+//! timer belongs to the runtime it was made on.
 
 use std::cell::RefCell;
 use std::future::Future;
