@@ -89,8 +89,17 @@ async fn token_matrix_on_rest() -> TestResult {
     let node = secured_node(&c).await?;
     let a = node.admin_addr;
     for open in ["/leader", "/healthz", "/readyz"] {
-        let (s, b) = call("GET", a, open, None, None).await?;
-        ensure!(s == 200, "{open} without a token: {s} {b}");
+        // Waited for: `/readyz` answers 503 for a moment while a write is applied.
+        wait_for(
+            &format!("{open} to answer without a token"),
+            ELECTION,
+            || async {
+                let (s, b) = call("GET", a, open, None, None).await?;
+                ensure!(s == 200, "{open} without a token: {s} {b}");
+                Ok(())
+            },
+        )
+        .await?;
     }
     let pool = || Some(br#"{"backends":[]}"#.to_vec());
     // (token, read status, write status)
