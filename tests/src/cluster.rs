@@ -10,8 +10,8 @@ use serde_json::Value;
 use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use tempfile::TempDir;
 
 /// GET /leader.
@@ -132,18 +132,24 @@ impl NodeSpec {
 /// this process are never handed out twice, so tests running in parallel do not collide.
 pub fn free_port() -> Result<u16> {
     static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
-    const LOW: u16 = 10_000;
-    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32_768);
+    static EPHEMERAL: OnceLock<u32> = OnceLock::new();
+    const LOW: u32 = 10_000;
+    let ephemeral = *EPHEMERAL.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+            .map_or(32_768, u32::from)
+    });
     if ephemeral > LOW + 1000 {
         let span = ephemeral - LOW;
         // Test binaries run one after another, but start each at its own place.
-        let start = (std::process::id() % u32::from(span)) as u16;
+        let start = std::process::id() % span;
         let mut given = GIVEN.lock().unwrap();
         for i in 0..span {
-            let port = LOW + (start + i) % span;
+            // Below `ephemeral`, itself a u16: the conversion does not fail.
+            let Ok(port) = u16::try_from(LOW + (start + i) % span) else {
+                continue;
+            };
             if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
                 given.insert(port);
                 return Ok(port);

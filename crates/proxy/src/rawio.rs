@@ -17,29 +17,21 @@ use std::task::{Context, Poll, ready};
 use tokio::io::Interest;
 use tokio::net::{TcpStream, UnixStream};
 
-/// A tokio socket whose readiness can be awaited and used for calls of one's own.
+/// A tokio socket whose write readiness can be awaited and used for calls of one's own.
 pub(crate) trait Socket: AsFd {
-    fn poll_ready(&self, cx: &mut Context<'_>, interest: Interest) -> Poll<io::Result<()>>;
-    fn try_io<R>(&self, interest: Interest, f: impl FnOnce() -> io::Result<R>) -> io::Result<R>;
+    fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    fn try_write_io<R>(&self, f: impl FnOnce() -> io::Result<R>) -> io::Result<R>;
 }
 
 macro_rules! socket {
     ($t:ty) => {
         impl Socket for $t {
-            fn poll_ready(&self, cx: &mut Context<'_>, interest: Interest) -> Poll<io::Result<()>> {
-                if interest.is_readable() {
-                    self.poll_read_ready(cx)
-                } else {
-                    self.poll_write_ready(cx)
-                }
+            fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                <$t>::poll_write_ready(self, cx)
             }
 
-            fn try_io<R>(
-                &self,
-                interest: Interest,
-                f: impl FnOnce() -> io::Result<R>,
-            ) -> io::Result<R> {
-                <$t>::try_io(self, interest, f)
+            fn try_write_io<R>(&self, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
+                <$t>::try_io(self, Interest::WRITABLE, f)
             }
         }
     };
@@ -47,20 +39,19 @@ macro_rules! socket {
 socket!(TcpStream);
 socket!(UnixStream);
 
-/// Runs one call when the socket is ready for `interest`. The call returns how many bytes it
-/// moved and how many it was given; a short count clears the readiness (see the module's note).
+/// Runs one write when the socket is ready. The call returns how many bytes it wrote and how
+/// many it was given; a short count clears the readiness (see the module's note).
 fn poll_call<S: Socket>(
     s: &S,
     cx: &mut Context<'_>,
-    interest: Interest,
     mut call: impl FnMut() -> io::Result<(usize, usize)>,
 ) -> Poll<io::Result<usize>> {
     loop {
-        ready!(s.poll_ready(cx, interest))?;
+        ready!(s.poll_write_ready(cx))?;
         let mut moved = None;
         // `try_io` clears the readiness when the closure answers `WouldBlock`: for the kernel's
         // own EAGAIN, and for a short count, whose bytes are kept in `moved`.
-        let r = s.try_io(interest, || {
+        let r = s.try_write_io(|| {
             let (n, asked) = call()?;
             moved = Some(n);
             if n > 0 && n < asked {
@@ -85,7 +76,7 @@ pub(crate) fn poll_write<S: Socket>(
     cx: &mut Context<'_>,
     data: &[u8],
 ) -> Poll<io::Result<usize>> {
-    poll_call(s, cx, Interest::WRITABLE, || {
+    poll_call(s, cx, || {
         let n = rustix::net::send(s.as_fd(), data, rustix::net::SendFlags::NOSIGNAL)?;
         Ok((n, data.len()))
     })
@@ -98,7 +89,7 @@ pub(crate) fn poll_write_vectored<S: Socket>(
     bufs: &[IoSlice<'_>],
 ) -> Poll<io::Result<usize>> {
     let asked = bufs.iter().map(|b| b.len()).sum();
-    poll_call(s, cx, Interest::WRITABLE, || {
+    poll_call(s, cx, || {
         let n = rustix::io::writev(s.as_fd(), bufs)?;
         Ok((n, asked))
     })

@@ -39,8 +39,7 @@ pub(crate) struct KeepGuard(());
 
 impl Drop for KeepGuard {
     fn drop(&mut self) {
-        let kept = IDLE.with_borrow_mut(Option::take);
-        drop(kept);
+        drop(IDLE.take());
     }
 }
 
