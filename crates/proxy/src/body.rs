@@ -80,7 +80,7 @@ pub(crate) fn materialize<B: RawHead>(resp: &mut Response<B>) {
     let Some(raw) = resp.body_mut().take_raw() else {
         return;
     };
-    let added = std::mem::replace(resp.headers_mut(), raw.into_map());
+    let added = std::mem::replace(resp.headers_mut(), raw.into_map(2));
     let headers = resp.headers_mut();
     let mut last = None;
     for (name, value) in added {

@@ -473,7 +473,7 @@ pub(crate) async fn serve(
     served: &AtomicU32,
 ) -> Response<ProxyBody> {
     let direct = |req| async move {
-        match proxy(shared, live, route, client, req, served).await {
+        match proxy(shared, live, route, client, req, None, served).await {
             Ok(resp) => resp,
             Err(e) => e.into_response(Some(route)),
         }
@@ -527,7 +527,7 @@ pub(crate) async fn serve(
             let _landing = Landing(cache, &key, id);
             count(&counters.misses);
             let req_headers = req.headers().clone();
-            let mut resp = match proxy(shared, live, route, client, req, served).await {
+            let mut resp = match proxy(shared, live, route, client, req, None, served).await {
                 Ok(resp) => resp,
                 Err(e) => {
                     tx.send_replace(Some(Outcome::Alone));

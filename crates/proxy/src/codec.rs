@@ -1,8 +1,9 @@
 //! HTTP/1.1 wire format, shared by the client side (`conn`) and the backend side
 //! (`upstream`): heads parsed with `httparse` into `http` types without copying header values
 //! (a backend's response headers stay in its bytes, [`RawHeaders`], until something needs
-//! them as a map), heads written into one buffer, and the body [`Decoder`] (fixed length,
-//! chunked with trailers, or until the connection closes) and chunked encoding.
+//! them as a map, and so do the common client request's, [`RawRequest`]), heads written into
+//! one buffer, and the body [`Decoder`] (fixed length, chunked with trailers, or until the
+//! connection closes) and chunked encoding.
 //!
 //! Framing is strict where a proxy must be (RFC 9112 §6.3, request smuggling): a request with
 //! both `Content-Length` and `Transfer-Encoding`, either one twice, a `Content-Length` that is
@@ -44,11 +45,143 @@ pub(crate) struct RequestHead {
     pub(crate) method: Method,
     pub(crate) uri: Uri,
     pub(crate) version: Version,
+    /// The headers, unless they are kept as received in `raw` (then empty).
     pub(crate) headers: HeaderMap,
+    /// The headers as the client wrote them, when the head is the common kind that the proxy
+    /// can pass on as it came ([`RawRequest`]).
+    pub(crate) raw: Option<RawRequest>,
     /// `None`: no body.
     pub(crate) framing: Option<Framing>,
     /// It has a `Connection` header.
     pub(crate) connection: bool,
+}
+
+/// The headers of a client's request kept in the bytes it sent, to be written to the backend
+/// as they came, followed by the forwarding headers, without building a header map. Kept for
+/// the common head only: an origin-form target, one `Host`, no body, and no header the proxy
+/// must remove, replace or read for framing (hop-by-hop, `Expect`, the forwarding headers, the
+/// gateway's hop marker). Anything else, and any route or feature that reads or changes the
+/// request's headers, turns it into a map first ([`RawRequest::into_map`]).
+#[derive(Clone)]
+pub(crate) struct RawRequest {
+    headers: RawHeaders,
+    /// Which of the headers is `Host`.
+    host: usize,
+}
+
+impl RawRequest {
+    /// The `Host` header's value.
+    pub(crate) fn host(&self) -> &[u8] {
+        let (_, _, at, n) = self.headers.spans[self.host];
+        &self.headers.head[at..at + n]
+    }
+
+    /// The values of every header called `name` (lowercase), in order.
+    pub(crate) fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> {
+        let h = &self.headers.head[..];
+        self.headers
+            .spans
+            .iter()
+            .filter(move |&&(name_at, name_len, _, _)| {
+                h[name_at..name_at + name_len].eq_ignore_ascii_case(name.as_bytes())
+            })
+            .map(move |&(_, _, at, n)| &h[at..at + n])
+    }
+
+    /// Appends `name: value\r\n` for every header (see [`RawHeaders::write`]).
+    pub(crate) fn write(&self, out: &mut Vec<u8>) {
+        self.headers.write(out);
+    }
+
+    /// The headers as a map, with room for the few the proxy adds.
+    pub(crate) fn into_map(self) -> HeaderMap {
+        self.headers.into_map(4)
+    }
+}
+
+/// A request's headers, in a map or still raw, for the lookups of routing and balancing.
+#[derive(Clone, Copy)]
+pub(crate) enum Headers<'a> {
+    Map(&'a HeaderMap),
+    Raw(&'a RawRequest),
+}
+
+impl<'a> From<&'a HeaderMap> for Headers<'a> {
+    fn from(map: &'a HeaderMap) -> Self {
+        Headers::Map(map)
+    }
+}
+
+impl<'a> Headers<'a> {
+    /// Whether a header `name` has exactly `value`.
+    pub(crate) fn has(self, name: &HeaderName, value: &HeaderValue) -> bool {
+        match self {
+            Headers::Map(m) => m.get_all(name).iter().any(|v| v == value),
+            Headers::Raw(r) => r.values(name.as_str()).any(|v| v == value.as_bytes()),
+        }
+    }
+
+    /// The first value of a header `name` (lowercase) for which `f` gives an answer.
+    pub(crate) fn find_map<T>(
+        self,
+        name: &'a HeaderName,
+        f: impl FnMut(&'a [u8]) -> Option<T>,
+    ) -> Option<T> {
+        match self {
+            Headers::Map(m) => m
+                .get_all(name)
+                .iter()
+                .map(HeaderValue::as_bytes)
+                .find_map(f),
+            Headers::Raw(r) => r.values(name.as_str()).find_map(f),
+        }
+    }
+}
+
+/// How a request header bears on keeping the head raw ([`RawRequest`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum RequestKind {
+    Plain,
+    Host,
+    /// Hop-by-hop, framing, `Expect`, forwarding or the hop marker: the head goes into a map.
+    Special,
+}
+
+fn request_kind(name: &[u8]) -> RequestKind {
+    let is = |s: &[u8]| name.eq_ignore_ascii_case(s);
+    let special = match name.len() {
+        2 => is(b"te"),
+        4 if is(b"host") => return RequestKind::Host,
+        6 => is(b"expect"),
+        7 => is(b"upgrade"),
+        9 => is(b"forwarded"),
+        10 => is(b"connection") || is(b"keep-alive"),
+        11 => is(b"gateway-hop"),
+        14 => is(b"content-length"),
+        15 => is(b"x-forwarded-for"),
+        16 => is(b"x-forwarded-host"),
+        17 => is(b"transfer-encoding") || is(b"x-forwarded-proto"),
+        _ => false,
+    };
+    if special || (name.len() >= 6 && name[..6].eq_ignore_ascii_case(b"proxy-")) {
+        RequestKind::Special
+    } else {
+        RequestKind::Plain
+    }
+}
+
+/// Which header of a head is its one `Host`, when nothing in it keeps the head from staying
+/// raw.
+fn raw_host(headers: &[httparse::Header<'_>]) -> Option<usize> {
+    let mut host = None;
+    for (i, h) in headers.iter().enumerate() {
+        match request_kind(h.name.as_bytes()) {
+            RequestKind::Plain => {}
+            RequestKind::Host if host.is_none() => host = Some(i),
+            _ => return None,
+        }
+    }
+    host
 }
 
 /// Where one header lies in the head's buffer: name offset and length, value offset and length.
@@ -158,9 +291,33 @@ pub(crate) fn parse_request(
         many = spans(req.headers, base);
         &many
     };
+    let raw_host = raw_host(req.headers);
     let head = buf.split_to(len).freeze();
     let uri = Uri::from_maybe_shared(head.slice(path_at..path_at + path_len))
         .map_err(|_| bad("invalid request target"))?;
+    if let Some(host) = raw_host
+        && uri.scheme().is_none()
+        && uri.authority().is_none()
+    {
+        // httparse admits the same name and value bytes as `http`'s types (tchar names; tab,
+        // visible and obs-text values), so the map built from these later cannot fail.
+        return Ok(Some(RequestHead {
+            method,
+            uri,
+            version,
+            headers: HeaderMap::new(),
+            raw: Some(RawRequest {
+                headers: RawHeaders {
+                    head,
+                    spans: spans.to_vec(),
+                    length: false,
+                },
+                host,
+            }),
+            framing: None,
+            connection: false,
+        }));
+    }
     let (headers, present) = header_map_noting(&head, spans, 4).map_err(|part| match part {
         BadPart::Name => bad("invalid header name"),
         BadPart::Value => bad("invalid header value"),
@@ -175,6 +332,7 @@ pub(crate) fn parse_request(
         uri,
         version,
         headers,
+        raw: None,
         framing,
         connection: present.connection,
     }))
@@ -239,6 +397,7 @@ pub(crate) struct ResponseHead {
 /// without building a header map: hop-by-hop headers are already left out (and a
 /// `Content-Length` the framing overrides). Turned into a map ([`RawHeaders::into_map`]) only
 /// where something reads or changes them.
+#[derive(Clone)]
 pub(crate) struct RawHeaders {
     head: Bytes,
     spans: Vec<Span>,
@@ -254,9 +413,12 @@ impl RawHeaders {
         let mut run = 0..0;
         for &(name_at, name_len, at, n) in &self.spans {
             let end = at + n;
-            let plain = at == name_at + name_len + 2
-                && h.get(name_at + name_len..at) == Some(b": ")
-                && h.get(end..end + 2) == Some(b"\r\n");
+            let colon = name_at + name_len;
+            let plain = at == colon + 2
+                && h[colon] == b':'
+                && h[colon + 1] == b' '
+                && h.get(end) == Some(&b'\r')
+                && h.get(end + 1) == Some(&b'\n');
             if plain && run.end == name_at && !run.is_empty() {
                 run.end = end + 2;
                 continue;
@@ -275,9 +437,9 @@ impl RawHeaders {
         out.extend_from_slice(&h[run]);
     }
 
-    /// The headers as a map (sharing the head's bytes).
-    pub(crate) fn into_map(self) -> HeaderMap {
-        let mut headers = HeaderMap::with_capacity(self.spans.len() + 2);
+    /// The headers as a map (sharing the head's bytes), with room for `spare` more.
+    pub(crate) fn into_map(self, spare: usize) -> HeaderMap {
+        let mut headers = HeaderMap::with_capacity(self.spans.len() + spare);
         for &(name_at, name_len, at, n) in &self.spans {
             // Both were checked when the head was parsed.
             if let (Ok(name), Ok(value)) = (
@@ -809,6 +971,84 @@ mod tests {
     }
 
     #[test]
+    fn the_common_request_head_stays_raw() {
+        let parse = |s: &str| {
+            parse_request(&mut BytesMut::from(s), 4096)
+                .unwrap()
+                .unwrap()
+        };
+        let head = parse(
+            "GET /a?b HTTP/1.1\r\nHost: Example.COM:8080\r\nAccept: */*\r\nCookie: a=1\r\n\
+             cookie:gw_sticky=x \r\n\r\n",
+        );
+        assert!(head.headers.is_empty());
+        assert_eq!(head.framing, None);
+        let raw = head.raw.expect("kept raw");
+        assert_eq!(raw.host(), b"Example.COM:8080");
+        let cookies: Vec<&[u8]> = raw.values("cookie").collect();
+        assert_eq!(cookies, [&b"a=1"[..], b"gw_sticky=x"]);
+        let mut out = Vec::new();
+        raw.write(&mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "Host: Example.COM:8080\r\nAccept: */*\r\nCookie: a=1\r\ncookie: gw_sticky=x\r\n"
+        );
+        let map = raw.clone().into_map();
+        assert_eq!(map.len(), 4);
+        assert_eq!(map["host"], "Example.COM:8080");
+        assert_eq!(map.get_all("cookie").iter().count(), 2);
+        let accept = HeaderName::from_static("accept");
+        for headers in [Headers::Raw(&raw), Headers::Map(&map)] {
+            assert!(headers.has(&accept, &HeaderValue::from_static("*/*")));
+            assert!(!headers.has(&accept, &HeaderValue::from_static("*/")));
+            let name = http::header::COOKIE;
+            let second = headers.find_map(&name, |v| v.strip_prefix(b"gw_sticky="));
+            assert_eq!(second, Some(&b"x"[..]));
+        }
+
+        // What the proxy removes, replaces or reads for framing puts the head in a map.
+        assert_eq!(crate::hop::HOP_HEADER.as_str(), "gateway-hop");
+        for extra in [
+            "TE: trailers",
+            "Connection: close",
+            "Keep-Alive: 5",
+            "Upgrade: websocket",
+            "Transfer-Encoding: chunked",
+            "Content-Length: 3",
+            "Expect: 100-continue",
+            "X-Forwarded-For: 1.2.3.4",
+            "X-Forwarded-Proto: https",
+            "X-Forwarded-Host: h",
+            "Forwarded: for=1.2.3.4",
+            "Gateway-Hop: x",
+            "Proxy-Authorization: y",
+            "proxy-connection: close",
+            "Host: second",
+        ] {
+            let head = parse(&format!("GET / HTTP/1.1\r\nHost: a\r\n{extra}\r\n\r\n"));
+            assert!(head.raw.is_none(), "{extra}");
+            assert_eq!(head.headers.len(), 2, "{extra}");
+        }
+        assert!(parse("GET / HTTP/1.0\r\nAccept: */*\r\n\r\n").raw.is_none());
+        assert!(
+            parse("GET http://a/x HTTP/1.1\r\nHost: a\r\n\r\n")
+                .raw
+                .is_none()
+        );
+        // Near misses stay raw.
+        for extra in [
+            "Proxy: x",
+            "X-Forwarded-Port: 80",
+            "Tee: 1",
+            "Hosts: b",
+            "Connections: 2",
+        ] {
+            let head = parse(&format!("GET / HTTP/1.1\r\nHost: a\r\n{extra}\r\n\r\n"));
+            assert!(head.raw.is_some(), "{extra}");
+        }
+    }
+
+    #[test]
     fn request_framing_refuses_ambiguous_shapes() {
         let parse =
             |s: &str| parse_request(&mut BytesMut::from(s), 1024).map(|h| h.map(|h| h.framing));
@@ -878,7 +1118,7 @@ mod tests {
             written(&raw),
             "Server: x\r\nContent-Length: 3\r\nX-Two: a\r\nX-Two: b\r\nETag: \"e\"\r\n"
         );
-        let map = raw.into_map();
+        let map = raw.into_map(2);
         assert_eq!(map.len(), 5);
         let two: Vec<_> = map.get_all("x-two").iter().collect();
         assert_eq!(two, ["a", "b"]);
@@ -899,7 +1139,7 @@ mod tests {
             written(&raw),
             "A: 1\r\nB: 2\r\nC: 3\r\nD: 4\r\nE: \r\nF: \r\nContent-Length: 0\r\n"
         );
-        let map = raw.into_map();
+        let map = raw.into_map(2);
         assert_eq!(map["e"], "");
         assert_eq!(map["f"], "");
     }

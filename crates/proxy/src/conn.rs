@@ -473,6 +473,7 @@ fn exchange(
             uri,
             version,
             headers,
+            raw,
             framing,
             connection,
         } = head;
@@ -504,7 +505,7 @@ fn exchange(
         *req.version_mut() = version;
         *req.headers_mut() = headers;
 
-        let resp = handle(shared, client, req, arrived).await;
+        let resp = handle(shared, client, req, raw, arrived).await;
 
         let body_error = std::mem::take(&mut conn.lock().body_error);
         let resp = if body_error {
@@ -952,6 +953,7 @@ async fn serve_h2_io(tracked: Tracked, io: Prefixed, client: ClientAddr) {
                 &shared,
                 &client,
                 req.map(ProxyBody::incoming),
+                None,
                 Instant::now(),
             )
             .await;
@@ -1023,7 +1025,7 @@ mod tests {
         // forwarding, replay, queueing, connecting, h2) are boxed apart, keeping it small.
         let client = ClientAddr::new(peer.ip());
         let req = Request::new(ProxyBody::Empty);
-        let size = std::mem::size_of_val(&handle(&shared, &client, req, Instant::now()));
+        let size = std::mem::size_of_val(&handle(&shared, &client, req, None, Instant::now()));
         eprintln!("handle future: {size} bytes");
         assert!(size <= 8192, "the request future grew to {size} bytes");
         let tracked = Tracked::within(&shared, 0).expect("no limit");

@@ -16,6 +16,10 @@
 //! `Forwarded` gains an element, while `X-Forwarded-Proto`/`-Host` are only set when absent.
 //! A request relayed by another gateway node (authenticated hop marker) keeps what that node
 //! set.
+//!
+//! A request whose head stays raw ([`crate::codec::RawRequest`]: none of these headers, nothing
+//! hop-by-hop) gets the same four headers as lines written after its own
+//! ([`write_forwarding`]) instead of through [`prepare_request`]'s map.
 
 use crate::cidr::{Cidr, any_contains};
 use http::header::{CONNECTION, FORWARDED, HOST, TE, TRANSFER_ENCODING, UPGRADE};
@@ -263,14 +267,29 @@ static TCHAR: [bool; 256] = {
 /// A `Forwarded` element (RFC 7239) for a request from `client` with `host`.
 fn forwarded_element(client: &ClientAddr, host: Option<&HeaderValue>) -> Vec<u8> {
     let mut e = Vec::with_capacity(64);
-    client.push_forwarded_for(&mut e);
+    push_forwarded_element(&mut e, client, host.map(HeaderValue::as_bytes));
+    e
+}
+
+/// Appends [`forwarded_element`] to `e`.
+fn push_forwarded_element(e: &mut Vec<u8>, client: &ClientAddr, host: Option<&[u8]>) {
+    client.push_forwarded_for(e);
     if let Some(host) = host {
-        let host = host.as_bytes();
-        if !host.is_empty() && host.iter().all(|&b| TCHAR[usize::from(b)]) {
+        // One pass: whether the host is a token, and whether quoting it needs escapes.
+        let (mut token, mut escapes) = (!host.is_empty(), false);
+        for &b in host {
+            token &= TCHAR[usize::from(b)];
+            escapes |= b == b'"' || b == b'\\';
+        }
+        if token {
             e.extend_from_slice(b";host=");
             e.extend_from_slice(host);
-        } else {
+        } else if !escapes {
             // A quoted string; a host with a port (":") is the common case.
+            e.extend_from_slice(b";host=\"");
+            e.extend_from_slice(host);
+            e.push(b'"');
+        } else {
             e.extend_from_slice(b";host=\"");
             let mut rest = host;
             while let Some(at) = rest.iter().position(|&c| c == b'"' || c == b'\\') {
@@ -285,7 +304,22 @@ fn forwarded_element(client: &ClientAddr, host: Option<&HeaderValue>) -> Vec<u8>
     }
     e.extend_from_slice(b";proto=");
     e.extend_from_slice(client.proto().as_bytes());
-    e
+}
+
+/// Appends, as HTTP/1.1 header lines, the forwarding headers that [`prepare_request`] sets
+/// for a request from `client` (not a trusted proxy) with the `Host` value `host` and none of
+/// these headers of its own: the same names, values and order, for a head passed on raw
+/// ([`crate::codec::RawRequest`]).
+pub(crate) fn write_forwarding(out: &mut Vec<u8>, client: &ClientAddr, host: &[u8]) {
+    out.extend_from_slice(b"x-forwarded-for: ");
+    out.extend_from_slice(client.text());
+    out.extend_from_slice(b"\r\nx-forwarded-proto: ");
+    out.extend_from_slice(client.proto().as_bytes());
+    out.extend_from_slice(b"\r\nx-forwarded-host: ");
+    out.extend_from_slice(host);
+    out.extend_from_slice(b"\r\nforwarded: ");
+    push_forwarded_element(out, client, Some(host));
+    out.extend_from_slice(b"\r\n");
 }
 
 fn header_value(mut v: Vec<u8>) -> Option<HeaderValue> {
@@ -384,6 +418,11 @@ pub(crate) fn request_host<'a, B>(req: &'a Request<B>, buf: &'a mut [u8; 256]) -
         Some(a) => a.as_str().as_bytes(),
         None => req.headers().get(HOST).map_or(&b""[..], |v| v.as_bytes()),
     };
+    routing_host(raw, buf)
+}
+
+/// [`request_host`] of a `Host` value or authority.
+pub(crate) fn routing_host<'a>(raw: &'a [u8], buf: &'a mut [u8; 256]) -> &'a str {
     // One pass over the usual `name[:port]`: where the name ends, and what it holds.
     let (mut end, mut upper, mut bad) = (raw.len(), false, false);
     for (i, &b) in raw.iter().enumerate() {

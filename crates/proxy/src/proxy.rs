@@ -5,16 +5,17 @@
 use crate::balance::{CompiledPool, InFlight, PickCtx, Picked, Scope, Tried};
 use crate::body::{ProxyBody, Recorder, Source, materialize};
 use crate::cidr::{Cidr, any_contains};
+use crate::codec::{Headers, RawRequest};
 use crate::error::ProxyError;
 use crate::headers::{
     ClientAddr, REPLAY_HEADER, client_ip, is_upgrade_request, prepare_request, prepare_response,
-    relayed_client_ip, request_host,
+    relayed_client_ip, request_host, routing_host,
 };
 use crate::hop::{COOKIE_NAME, HOP_HEADER, HopKey, unix_now};
 use crate::limits::RouteGuard;
 use crate::rules::strip_prefix;
 use crate::table::{CompiledRoute, RouteTable};
-use crate::upstream::{Endpoint, SendError, Tunnel};
+use crate::upstream::{Endpoint, SendError, Tunnel, Verbatim};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use gateway_model::{Balance, WritePolicy};
@@ -104,13 +105,16 @@ pub(crate) struct LeaderTarget {
 
 /// Serves one request; every failure becomes a response naming the route and the cause (or
 /// the route's custom error page). HTTP/1 framing was checked when the head was parsed.
-/// `start` is when the request began to arrive: its duration is counted from there.
+/// `start` is when the request began to arrive: its duration is counted from there. `raw`:
+/// the request's headers as the client sent them (its map is empty then), passed on as they
+/// came when the route allows ([`passes_raw`]).
 // Not an `async fn`, whose arguments would take room twice in the future.
 #[allow(clippy::manual_async_fn)]
 pub(crate) fn handle(
     shared: &Shared,
     client: &ClientAddr,
-    req: Request<ProxyBody>,
+    mut req: Request<ProxyBody>,
+    mut raw: Option<RawRequest>,
     start: Instant,
 ) -> impl Future<Output = Response<ProxyBody>> {
     async move {
@@ -124,7 +128,10 @@ pub(crate) fn handle(
         let mut logged = None;
         let route = {
             let mut buf = [0u8; 256];
-            let host = request_host(&req, &mut buf);
+            let (host, headers) = match &raw {
+                Some(raw) => (routing_host(raw.host(), &mut buf), Headers::Raw(raw)),
+                None => (request_host(&req, &mut buf), Headers::Map(req.headers())),
+            };
             if shared.access_log.is_some() {
                 logged = Some(Logged {
                     method: req.method().clone(),
@@ -135,7 +142,7 @@ pub(crate) fn handle(
             }
             match live
                 .table
-                .find(host, req.uri().path(), req.method(), req.headers())
+                .find(host, req.uri().path(), req.method(), headers)
             {
                 Some(route) => route,
                 None => {
@@ -152,6 +159,9 @@ pub(crate) fn handle(
                 }
             }
         };
+        if let Some(r) = raw.take_if(|_| !passes_raw(shared, client, route)) {
+            *req.headers_mut() = r.into_map();
+        }
         if let Some(status) = route.https_redirect
             && !client.tls
         {
@@ -159,7 +169,7 @@ pub(crate) fn handle(
         }
         let served = AtomicU32::new(SERVED_NOBODY);
         let mut resp = match &route.cache {
-            None => match proxy(shared, &live, route, client, req, &served).await {
+            None => match proxy(shared, &live, route, client, req, raw.as_ref(), &served).await {
                 Ok(resp) => resp,
                 Err(e) => e.into_response(Some(route)),
             },
@@ -193,6 +203,19 @@ pub(crate) fn handle(
         }
         resp
     }
+}
+
+/// Whether a request whose headers are still raw can be served so: nothing on its way reads
+/// or changes them but routing and balancing, which read them raw, and the write to an HTTP/1.1
+/// backend, which passes them on as they came, followed by the forwarding headers.
+fn passes_raw(shared: &Shared, client: &ClientAddr, route: &CompiledRoute) -> bool {
+    route.cache.is_none()
+        && route.https_redirect.is_none()
+        && route.writes != WritePolicy::Leader
+        && route.host_rewrite.is_none()
+        && route.request_ops.is_empty()
+        // A trusted proxy's forwarding headers are read and extended.
+        && (shared.trusted.is_empty() || !any_contains(&shared.trusted, client.ip))
 }
 
 /// `served` when no backend was reached.
@@ -248,13 +271,13 @@ fn is_write(m: &Method) -> bool {
 }
 
 /// The value of the `gw_sticky` cookie, if the request has one.
-fn sticky_cookie(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|c| c.trim().strip_prefix(COOKIE_NAME)?.strip_prefix('='))
+fn sticky_cookie(headers: Headers<'_>) -> Option<&str> {
+    headers.find_map(&COOKIE, |v| {
+        std::str::from_utf8(v)
+            .ok()?
+            .split(';')
+            .find_map(|c| c.trim().strip_prefix(COOKIE_NAME)?.strip_prefix('='))
+    })
 }
 
 /// Applies a route's rewrites to a prepared upstream request: prefix stripping, `Host`
@@ -364,6 +387,7 @@ pub(crate) fn proxy(
     route: &CompiledRoute,
     client: &ClientAddr,
     mut req: Request<ProxyBody>,
+    raw: Option<&RawRequest>,
     served: &AtomicU32,
 ) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> {
     async move {
@@ -479,11 +503,22 @@ pub(crate) fn proxy(
             client_ip(req.headers(), peer, &shared.trusted)
         };
         let pinned = match pool.balance {
-            Balance::Cookie => sticky_cookie(req.headers()).and_then(|v| pool.resolve_cookie(v)),
+            Balance::Cookie => {
+                let headers = raw.map_or(Headers::Map(req.headers()), Headers::Raw);
+                sticky_cookie(headers).and_then(|v| pool.resolve_cookie(v))
+            }
             _ => None,
         };
         let upgrade = is_upgrade_request(&req);
-        prepare_request(&mut req, client, trusted_peer, relayed, upgrade);
+        // A raw head has none of the headers `prepare_request` removes or replaces; the
+        // forwarding headers are written after it (`Verbatim`).
+        let verbatim = match raw {
+            Some(headers) => Some(Verbatim { headers, client }),
+            None => {
+                prepare_request(&mut req, client, trusted_peer, relayed, upgrade);
+                None
+            }
+        };
 
         // On a leader route, keep what is needed to replay the request if the backend asks
         // (before the route's rewrites, which the leader applies itself).
@@ -499,7 +534,10 @@ pub(crate) fn proxy(
         };
 
         let ctx = PickCtx { client_ip, pinned };
-        let sent = dispatch(shared, route, pool, scope, &ctx, req, upgrade, served).await;
+        let sent = dispatch(
+            shared, route, pool, scope, &ctx, req, upgrade, verbatim, served,
+        )
+        .await;
         let (mut resp, picked, in_flight) = match sent {
             Err(_) if over.as_ref().is_some_and(|o| o.load(Ordering::Acquire)) => {
                 return Err(ProxyError::TooLarge {
@@ -531,9 +569,18 @@ pub(crate) fn proxy(
                     drop((resp, in_flight));
                     apply_route(route, &mut req);
                     return Box::pin(async {
-                        let (resp, picked, in_flight) =
-                            dispatch(shared, route, pool, Scope::Local, &ctx, req, false, served)
-                                .await?;
+                        let (resp, picked, in_flight) = dispatch(
+                            shared,
+                            route,
+                            pool,
+                            Scope::Local,
+                            &ctx,
+                            req,
+                            false,
+                            None,
+                            served,
+                        )
+                        .await?;
                         Ok(finish(resp, route, pool, picked, in_flight))
                     })
                     .await;
@@ -695,6 +742,7 @@ fn dispatch(
     ctx: &PickCtx,
     mut req: Request<ProxyBody>,
     upgrade: bool,
+    verbatim: Option<Verbatim<'_>>,
     served: &AtomicU32,
 ) -> impl Future<Output = Result<(Response<Source>, Picked, InFlight), ProxyError>> {
     async move {
@@ -729,7 +777,9 @@ fn dispatch(
                 address: backend.address.to_string(),
                 cause,
             };
-            match crate::timer::within(route.timeout, backend.endpoint.send(req, upgrade)).await {
+            match crate::timer::within(route.timeout, backend.endpoint.send(req, upgrade, verbatim))
+                .await
+            {
                 Ok(Ok(resp)) => {
                     if pool.answered(picked.idx, resp.status().as_u16()) {
                         shared.ejected(pool, picked.idx, "a run of 5xx responses");
@@ -826,7 +876,7 @@ async fn forward_to_leader(
         address: leader.address.to_string(),
         cause,
     };
-    match crate::timer::within(route.timeout, leader.endpoint.send(req, false)).await {
+    match crate::timer::within(route.timeout, leader.endpoint.send(req, false, None)).await {
         Ok(Ok(mut resp)) => {
             prepare_response(resp.headers_mut(), false);
             Ok(resp.map(|body| ProxyBody::Upstream {

@@ -23,12 +23,13 @@
 //! whose name sorts first.
 
 use crate::balance::{BackendStats, CompiledPool, PoolShared};
+use crate::codec::Headers;
 use crate::hop::HopKey;
 use crate::metrics::{Classes, RouteStats};
 use crate::rules::{ErrorPages, HeaderOps};
 use crate::upstream::Endpoints;
 use gateway_model::{State, WritePolicy};
-use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use http::{HeaderName, HeaderValue, Method};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,13 +77,13 @@ pub(crate) struct CompiledRoute {
 }
 
 impl CompiledRoute {
-    fn matches(&self, path: &str, method: &Method, headers: &HeaderMap) -> bool {
+    fn matches(&self, path: &str, method: &Method, headers: Headers<'_>) -> bool {
         prefix_matches(&self.prefix, path)
             && (self.methods.is_empty() || self.methods.contains(method))
             && self
                 .header_matches
                 .iter()
-                .all(|(name, value)| headers.get_all(name).iter().any(|v| v == value))
+                .all(|(name, value)| headers.has(name, value))
     }
 
     /// The route's path prefix.
@@ -311,7 +312,7 @@ impl RouteTable {
         ids: &[u32],
         path: &str,
         method: &Method,
-        headers: &HeaderMap,
+        headers: Headers<'_>,
     ) -> Option<&CompiledRoute> {
         ids.iter()
             .map(|&i| &self.routes[i as usize])
@@ -329,13 +330,14 @@ impl RouteTable {
     }
 
     /// The route serving a request. `host` must already be lower case without port.
-    pub(crate) fn find(
+    pub(crate) fn find<'a>(
         &self,
         host: &str,
         path: &str,
         method: &Method,
-        headers: &HeaderMap,
+        headers: impl Into<Headers<'a>>,
     ) -> Option<&CompiledRoute> {
+        let headers = headers.into();
         if let Some(ids) = self.exact.get(host)
             && let Some(r) = self.first(ids, path, method, headers)
         {
@@ -450,6 +452,7 @@ impl Registry {
 mod tests {
     use super::*;
     use gateway_model::{Backend, Pool, Route};
+    use http::HeaderMap;
 
     fn state(routes: &[(&str, &[&str], &str, &[&str])]) -> State {
         let mut s = State::default();

@@ -18,7 +18,8 @@
 use crate::backend_tls::{Alpn, UpstreamTls};
 use crate::balance::InFlight;
 use crate::body::{BoxError, ProxyBody, Source};
-use crate::codec::{self, Decoded, Decoder, Framing, RawHeaders};
+use crate::codec::{self, Decoded, Decoder, Framing, RawHeaders, RawRequest};
+use crate::headers::{ClientAddr, prepare_request, write_forwarding};
 use bytes::{Bytes, BytesMut};
 use gateway_model::Protocol;
 use http::header::{CONTENT_LENGTH, HOST};
@@ -229,8 +230,20 @@ impl BackendBody {
     }
 }
 
+/// A request's headers still as the client sent them (its map is empty), to be written to an
+/// HTTP/1.1 backend as they came, followed by the forwarding headers for `client`; turned into
+/// the map `prepare_request` would have made for anything else.
+#[derive(Clone, Copy)]
+pub(crate) struct Verbatim<'a> {
+    pub(crate) headers: &'a RawRequest,
+    pub(crate) client: &'a ClientAddr,
+}
+
 /// The request head as written to a backend, with the framing of its body.
-fn encode_request(req: &Request<ProxyBody>) -> (Vec<u8>, Option<Framing>) {
+fn encode_request(
+    req: &Request<ProxyBody>,
+    verbatim: Option<Verbatim<'_>>,
+) -> (Vec<u8>, Option<Framing>) {
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(req.method().as_str().as_bytes());
     out.push(b' ');
@@ -242,6 +255,10 @@ fn encode_request(req: &Request<ProxyBody>) -> (Vec<u8>, Option<Framing>) {
     });
     out.extend_from_slice(b" HTTP/1.1\r\n");
     codec::write_headers(&mut out, req.headers());
+    if let Some(v) = verbatim {
+        v.headers.write(&mut out);
+        write_forwarding(&mut out, v.client, v.headers.host());
+    }
     let body = req.body();
     let framing = if req.headers().contains_key(CONTENT_LENGTH) {
         match req
@@ -613,12 +630,17 @@ impl Endpoint {
         self: &Arc<Self>,
         mut req: Request<ProxyBody>,
         dedicated: bool,
+        verbatim: Option<Verbatim<'_>>,
     ) -> impl Future<Output = Result<Response<Source>, SendError>> {
         async move {
             if matches!(self.protocol, Protocol::H2c | Protocol::H2) && !dedicated {
+                if let Some(v) = verbatim {
+                    *req.headers_mut() = v.headers.clone().into_map();
+                    prepare_request(&mut req, v.client, false, false, false);
+                }
                 return Box::pin(self.send_h2(req)).await;
             }
-            let (mut head, mut framing) = encode_request(&req);
+            let (mut head, mut framing) = encode_request(&req, verbatim);
             // A small body that is already here goes out in the same write as the head, as a
             // client would send it: a backend that answers before reading the body may otherwise
             // read the head alone, answer, find no body to drain and close the connection just
@@ -930,6 +952,80 @@ impl AsyncWrite for Stream {
             Stream::Tcp(_) => true,
             Stream::Unix(_) => true,
             Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The header lines of a written request head, lowercased names, grouped by name in a
+    /// stable order (the order of one name's values is what HTTP keeps).
+    fn lines(head: &[u8]) -> (String, Vec<(String, String)>) {
+        let text = String::from_utf8(head.to_vec()).unwrap();
+        let (head, rest) = text.split_once("\r\n\r\n").unwrap();
+        assert!(rest.is_empty(), "{text}");
+        let mut lines = head.split("\r\n");
+        let start = lines.next().unwrap().to_string();
+        let mut fields: Vec<(String, String)> = lines
+            .map(|l| {
+                let (n, v) = l.split_once(": ").unwrap();
+                (n.to_ascii_lowercase(), v.to_string())
+            })
+            .collect();
+        fields.sort_by(|a, b| a.0.cmp(&b.0));
+        (start, fields)
+    }
+
+    /// A head kept raw reaches an HTTP/1.1 backend with the request line and the headers (the
+    /// forwarding ones included) that the map path gives it.
+    #[test]
+    fn a_raw_head_goes_out_as_the_map_path_writes_it() {
+        let heads = [
+            "GET /a HTTP/1.1\r\nHost: example.com\r\n\r\n",
+            "GET /a?x=1 HTTP/1.1\r\nhost: Example.com:8080\r\nAccept: */*\r\n\
+             X-Forwarded-Port: 1\r\nAccept: text/html\r\n\r\n",
+            "HEAD / HTTP/1.0\r\nUser-Agent: t\r\nHost: [::1]:80\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\"b\\c\r\nCookie: x=1\r\n\r\n",
+            "DELETE /x HTTP/1.1\r\nHost:\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost:    spaced   \r\nX-A:b\r\n\r\n",
+        ];
+        let clients = [
+            ClientAddr::new("10.0.0.9".parse().unwrap()),
+            ClientAddr::new("::1".parse().unwrap()).over_tls(true),
+            ClientAddr::new("::ffff:10.1.2.3".parse().unwrap()),
+        ];
+        for head in heads {
+            for client in &clients {
+                let parsed = codec::parse_request(&mut BytesMut::from(head), 4096)
+                    .unwrap()
+                    .unwrap();
+                let raw = parsed.raw.expect(head);
+                let request = || {
+                    let mut req = Request::new(ProxyBody::Empty);
+                    *req.method_mut() = parsed.method.clone();
+                    *req.uri_mut() = parsed.uri.clone();
+                    *req.version_mut() = parsed.version;
+                    req
+                };
+                let via_raw = request();
+                let verbatim = Verbatim {
+                    headers: &raw,
+                    client,
+                };
+                let (raw_head, raw_framing) = encode_request(&via_raw, Some(verbatim));
+                let mut via_map = request();
+                *via_map.headers_mut() = raw.clone().into_map();
+                prepare_request(&mut via_map, client, false, false, false);
+                let (map_head, map_framing) = encode_request(&via_map, None);
+                assert_eq!(raw_framing, map_framing);
+                assert_eq!(
+                    lines(&raw_head),
+                    lines(&map_head),
+                    "{head:?} from {client:?}"
+                );
+            }
         }
     }
 }
