@@ -395,7 +395,7 @@ pub(crate) fn serve(
                 }
                 Instant::now() // pipelined
             };
-            let buf = pending.take().map_or_else(BytesMut::new, |b| *b);
+            let buf = pending.take().map_or_else(crate::spare::take, |b| *b);
             let conn = Arc::new(Conn {
                 io: Mutex::new(ConnIo {
                     stream,
@@ -421,7 +421,9 @@ pub(crate) fn serve(
                     };
                     let io = conn.io.into_inner().unwrap_or_else(|e| e.into_inner());
                     stream = io.stream;
-                    if !io.buf.is_empty() {
+                    if io.buf.is_empty() {
+                        crate::spare::give(io.buf, FIRST_BUF);
+                    } else {
                         pending = Some(Box::new(io.buf));
                     }
                 }

@@ -150,6 +150,7 @@ mod proxy;
 mod rawio;
 mod rules;
 mod server;
+mod spare;
 mod stream;
 mod table;
 mod tcp;

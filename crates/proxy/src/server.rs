@@ -211,6 +211,7 @@ pub async fn serve_all(
             .spawn(move || {
                 crate::upstream::set_worker(index + 1);
                 let _timers = crate::timer::keep_on_this_thread();
+                let _buffers = crate::spare::keep_on_this_thread();
                 runtime.block_on(async move {
                     match role {
                         Role::Accept(a) => {
