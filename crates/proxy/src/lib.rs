@@ -151,6 +151,7 @@ mod rawio;
 mod rules;
 mod server;
 mod spare;
+mod stash;
 mod stream;
 mod table;
 mod tcp;

@@ -8,10 +8,10 @@
 //! read into those, warm in its cache. It keeps at most `KEEP` (what it has in flight at once,
 //! under the benchmark's load), so memory does not grow with the idle connections.
 //!
-//! Threads that are not data plane workers keep nothing (as with `timer`).
+//! Threads that are not data plane workers keep nothing (`crate::stash`, as for `timer`).
 
+use crate::stash::{KeepGuard, Stash};
 use bytes::BytesMut;
-use std::cell::RefCell;
 
 /// How many spare buffers a worker keeps.
 const KEEP: usize = 64;
@@ -19,30 +19,19 @@ const KEEP: usize = 64;
 const MAX_KEPT: usize = 16 * 1024;
 
 thread_local! {
-    /// This worker's spare buffers; `None` on threads that are not data plane workers.
-    static SPARE: RefCell<Option<Vec<BytesMut>>> = const { RefCell::new(None) };
+    /// This worker's spare buffers.
+    static SPARE: Stash<BytesMut> = const { Stash::new() };
 }
 
 /// Keeps spare buffers on this thread until the guard drops (a data plane worker, for its
 /// runtime's life).
-pub(crate) fn keep_on_this_thread() -> KeepGuard {
-    SPARE.with_borrow_mut(|spare| *spare = Some(Vec::new()));
-    KeepGuard(())
-}
-
-pub(crate) struct KeepGuard(());
-
-impl Drop for KeepGuard {
-    fn drop(&mut self) {
-        drop(SPARE.take());
-    }
+pub(crate) fn keep_on_this_thread() -> KeepGuard<BytesMut> {
+    crate::stash::keep_on_this_thread(&SPARE)
 }
 
 /// An empty buffer to read a request into: a kept one, or a new one (not yet allocated).
 pub(crate) fn take() -> BytesMut {
-    SPARE
-        .with_borrow_mut(|spare| spare.as_mut().and_then(Vec::pop))
-        .unwrap_or_default()
+    SPARE.with(Stash::pop).unwrap_or_default()
 }
 
 /// Gives back an empty buffer of a finished request: kept when nothing else refers to its
@@ -51,13 +40,7 @@ pub(crate) fn give(mut buf: BytesMut, first: usize) {
     if !buf.is_empty() || !buf.try_reclaim(first) || buf.capacity() > MAX_KEPT {
         return;
     }
-    SPARE.with_borrow_mut(|spare| {
-        if let Some(spare) = spare
-            && spare.len() < KEEP
-        {
-            spare.push(buf);
-        }
-    });
+    SPARE.with(|spare| spare.push(buf, KEEP));
 }
 
 #[cfg(test)]

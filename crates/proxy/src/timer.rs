@@ -13,7 +13,7 @@
 //! Threads that are not data plane workers (tests' runtimes, for one) keep nothing, since a
 //! timer belongs to the runtime it was made on.
 
-use std::cell::RefCell;
+use crate::stash::{KeepGuard, Stash};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -24,23 +24,14 @@ use tokio::time::{Instant, Sleep};
 const KEEP: usize = 256;
 
 thread_local! {
-    /// This worker's idle timers; `None` on threads that are not data plane workers.
-    static IDLE: RefCell<Option<Vec<Pin<Box<Sleep>>>>> = const { RefCell::new(None) };
+    /// This worker's idle timers.
+    static IDLE: Stash<Pin<Box<Sleep>>> = const { Stash::new() };
 }
 
 /// Keeps timers on this thread until the guard drops (a data plane worker, for its runtime's
 /// life).
-pub(crate) fn keep_on_this_thread() -> KeepGuard {
-    IDLE.with_borrow_mut(|idle| *idle = Some(Vec::new()));
-    KeepGuard(())
-}
-
-pub(crate) struct KeepGuard(());
-
-impl Drop for KeepGuard {
-    fn drop(&mut self) {
-        drop(IDLE.take());
-    }
+pub(crate) fn keep_on_this_thread() -> KeepGuard<Pin<Box<Sleep>>> {
+    crate::stash::keep_on_this_thread(&IDLE)
 }
 
 /// The wait for `fut` ran out after `after`.
@@ -91,7 +82,7 @@ impl<F: Future> Future for Within<F> {
 
 /// One of this worker's idle timers set to `deadline`, or a new one.
 fn take(deadline: Instant) -> Pin<Box<Sleep>> {
-    match IDLE.with_borrow_mut(|idle| idle.as_mut().and_then(Vec::pop)) {
+    match IDLE.with(Stash::pop) {
         Some(mut sleep) => {
             // Later than the deadline it holds (the usual case): one atomic operation.
             sleep.as_mut().reset(deadline);
@@ -102,13 +93,7 @@ fn take(deadline: Instant) -> Pin<Box<Sleep>> {
 }
 
 fn give_back(sleep: Pin<Box<Sleep>>) {
-    IDLE.with_borrow_mut(|idle| {
-        if let Some(idle) = idle
-            && idle.len() < KEEP
-        {
-            idle.push(sleep);
-        }
-    });
+    IDLE.with(|idle| idle.push(sleep, KEEP));
 }
 
 #[cfg(test)]
@@ -117,7 +102,7 @@ mod tests {
     use std::time::Instant as StdInstant;
 
     fn kept() -> usize {
-        IDLE.with_borrow(|idle| idle.as_ref().map_or(0, Vec::len))
+        IDLE.with(Stash::len)
     }
 
     #[tokio::test(flavor = "current_thread")]
