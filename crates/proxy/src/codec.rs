@@ -106,12 +106,6 @@ pub(crate) enum Headers<'a> {
     Raw(&'a RawRequest),
 }
 
-impl<'a> From<&'a HeaderMap> for Headers<'a> {
-    fn from(map: &'a HeaderMap) -> Self {
-        Headers::Map(map)
-    }
-}
-
 impl<'a> Headers<'a> {
     /// Whether a header `name` has exactly `value`.
     pub(crate) fn has(self, name: &HeaderName, value: &HeaderValue) -> bool {
@@ -139,7 +133,6 @@ impl<'a> Headers<'a> {
 }
 
 /// How a request header bears on keeping the head raw ([`RawRequest`]).
-#[derive(Clone, Copy, PartialEq, Eq)]
 enum RequestKind {
     Plain,
     Host,
@@ -148,25 +141,22 @@ enum RequestKind {
 }
 
 fn request_kind(name: &[u8]) -> RequestKind {
+    // Hop-by-hop and framing headers: as for a response (`treat`).
+    if !matches!(treat(name), Treat::Keep) {
+        return RequestKind::Special;
+    }
+    // `Expect`, the forwarding headers and the hop marker (`crate::hop::HOP_HEADER`), by
+    // length first: this runs for every header of every request.
     let is = |s: &[u8]| name.eq_ignore_ascii_case(s);
-    let special = match name.len() {
-        2 => is(b"te"),
-        4 if is(b"host") => return RequestKind::Host,
-        6 => is(b"expect"),
-        7 => is(b"upgrade"),
-        9 => is(b"forwarded"),
-        10 => is(b"connection") || is(b"keep-alive"),
-        11 => is(b"gateway-hop"),
-        14 => is(b"content-length"),
-        15 => is(b"x-forwarded-for"),
-        16 => is(b"x-forwarded-host"),
-        17 => is(b"transfer-encoding") || is(b"x-forwarded-proto"),
-        _ => false,
-    };
-    if special || (name.len() >= 6 && name[..6].eq_ignore_ascii_case(b"proxy-")) {
-        RequestKind::Special
-    } else {
-        RequestKind::Plain
+    match name.len() {
+        4 if is(b"host") => RequestKind::Host,
+        6 if is(b"expect") => RequestKind::Special,
+        9 if is(b"forwarded") => RequestKind::Special,
+        11 if is(b"gateway-hop") => RequestKind::Special,
+        15 if is(b"x-forwarded-for") => RequestKind::Special,
+        16 if is(b"x-forwarded-host") => RequestKind::Special,
+        17 if is(b"x-forwarded-proto") => RequestKind::Special,
+        _ => RequestKind::Plain,
     }
 }
 
@@ -464,6 +454,8 @@ enum Treat {
     Connection,
 }
 
+// Inlined: it runs for every header of every head, requests' and responses'.
+#[inline(always)]
 fn treat(name: &[u8]) -> Treat {
     let is = |s: &[u8]| name.eq_ignore_ascii_case(s);
     match name.len() {

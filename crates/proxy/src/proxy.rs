@@ -56,6 +56,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Whether `peer` is one of the trusted proxies, whose forwarding headers are kept.
+    fn trusts(&self, peer: IpAddr) -> bool {
+        !self.trusted.is_empty() && any_contains(&self.trusted, peer)
+    }
+
     /// Backend `idx` of `pool` was just ejected here: count it as a failed probe too.
     fn ejected(&self, pool: &CompiledPool, idx: usize, why: &str) {
         let b = &pool.backends[idx];
@@ -215,7 +220,7 @@ fn passes_raw(shared: &Shared, client: &ClientAddr, route: &CompiledRoute) -> bo
         && route.host_rewrite.is_none()
         && route.request_ops.is_empty()
         // A trusted proxy's forwarding headers are read and extended.
-        && (shared.trusted.is_empty() || !any_contains(&shared.trusted, client.ip))
+        && !shared.trusts(client.ip)
 }
 
 /// `served` when no backend was reached.
@@ -408,7 +413,7 @@ pub(crate) fn proxy(
             }
         };
         let peer = client.ip;
-        let trusted_peer = !shared.trusted.is_empty() && any_contains(&shared.trusted, peer);
+        let trusted_peer = shared.trusts(peer);
 
         // Limits, on the node that received the request (a relayed one was counted there).
         let mut slot = None;

@@ -330,14 +330,13 @@ impl RouteTable {
     }
 
     /// The route serving a request. `host` must already be lower case without port.
-    pub(crate) fn find<'a>(
+    pub(crate) fn find(
         &self,
         host: &str,
         path: &str,
         method: &Method,
-        headers: impl Into<Headers<'a>>,
+        headers: Headers<'_>,
     ) -> Option<&CompiledRoute> {
-        let headers = headers.into();
         if let Some(ids) = self.exact.get(host)
             && let Some(r) = self.first(ids, path, method, headers)
         {
@@ -551,7 +550,7 @@ mod tests {
         ];
         for (host, path, method, want) in cases {
             let got = t
-                .find(host, path, method, &HeaderMap::new())
+                .find(host, path, method, Headers::Map(&HeaderMap::new()))
                 .map(|r| &*r.name);
             assert_eq!(got, *want, "{method} {host}{path}");
         }
@@ -561,10 +560,14 @@ mod tests {
             ("w", &["*.test"], "/w", &[]),
         ]));
         let none = HeaderMap::new();
-        assert!(t.find("only.test", "/y", &get, &none).is_none());
-        assert!(t.find("test", "/w", &get, &none).is_none());
+        assert!(
+            t.find("only.test", "/y", &get, Headers::Map(&none))
+                .is_none()
+        );
+        assert!(t.find("test", "/w", &get, Headers::Map(&none)).is_none());
         assert_eq!(
-            t.find("only.test", "/w/1", &get, &none).map(|r| &*r.name),
+            t.find("only.test", "/w/1", &get, Headers::Map(&none))
+                .map(|r| &*r.name),
             Some("w")
         );
     }
@@ -593,7 +596,7 @@ mod tests {
                     HeaderValue::from_str(v).unwrap(),
                 );
             }
-            t.find("h.test", path, &Method::GET, &h)
+            t.find("h.test", path, &Method::GET, Headers::Map(&h))
                 .map(|r| r.name.to_string())
         };
         assert_eq!(find("/api", &[]).as_deref(), Some("a-plain"));
@@ -636,13 +639,17 @@ mod tests {
             },
         );
         let t = compile(&s);
-        let r = t.find("h", "/o", &Method::GET, &HeaderMap::new()).unwrap();
+        let r = t
+            .find("h", "/o", &Method::GET, Headers::Map(&HeaderMap::new()))
+            .unwrap();
         assert_eq!(&*r.name, "r", "a route whose pool is missing is left out");
         assert_eq!(r.timeout, Duration::from_millis(250));
         assert_eq!(r.retries, 0);
         assert_eq!(&*t.pools[r.pool].name, "p");
         let t = compile(&state(&[("d", &[], "/", &[])]));
-        let r = t.find("h", "/", &Method::GET, &HeaderMap::new()).unwrap();
+        let r = t
+            .find("h", "/", &Method::GET, Headers::Map(&HeaderMap::new()))
+            .unwrap();
         assert_eq!((r.timeout, r.retries), (DEFAULT_TIMEOUT, DEFAULT_RETRIES));
     }
 
