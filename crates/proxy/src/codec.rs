@@ -376,7 +376,7 @@ pub(crate) struct ResponseHead {
     /// The headers, unless they are kept as received in `raw`.
     pub(crate) headers: HeaderMap,
     /// The end-to-end headers, as the backend wrote them (see [`RawHeaders`]).
-    pub(crate) raw: Option<Box<RawHeaders>>,
+    pub(crate) raw: Option<RawHeaders>,
     /// `None`: no body.
     pub(crate) framing: Option<Framing>,
     /// The backend said `Connection: close`.
@@ -586,11 +586,11 @@ pub(crate) fn parse_response(
         status,
         version,
         headers: HeaderMap::new(),
-        raw: Some(Box::new(RawHeaders {
+        raw: Some(RawHeaders {
             head,
             spans,
             length,
-        })),
+        }),
         framing,
         close,
     }))

@@ -144,11 +144,11 @@ pub(crate) struct BackendBody {
     upgraded: bool,
     endpoint: Arc<Endpoint>,
     /// The response's headers, while they are kept as the backend sent them.
-    raw: Option<Box<RawHeaders>>,
+    raw: Option<RawHeaders>,
 }
 
 impl BackendBody {
-    pub(crate) fn take_raw(&mut self) -> Option<Box<RawHeaders>> {
+    pub(crate) fn take_raw(&mut self) -> Option<RawHeaders> {
         self.raw.take()
     }
 
@@ -604,7 +604,7 @@ impl Endpoint {
                 },
             };
             match tx.try_send_request(req).await {
-                Ok(resp) => return Ok(resp.map(Source::H2)),
+                Ok(resp) => return Ok(resp.map(|b| Source::H2(Box::new(b)))),
                 Err(mut e) => match e.take_message() {
                     Some(back) if reused => req = back, // stale connection: open a new one
                     Some(back) => {
@@ -834,7 +834,7 @@ impl Endpoint {
                 body.release();
             }
             let headers = head.headers;
-            let mut resp = Response::new(Source::Backend(body));
+            let mut resp = Response::new(Source::Backend(Box::new(body)));
             *resp.status_mut() = head.status;
             *resp.headers_mut() = headers;
             Ok(resp)
