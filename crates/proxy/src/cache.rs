@@ -469,7 +469,7 @@ pub(crate) async fn serve(
     route: &CompiledRoute,
     cache: &Cache,
     client: &ClientAddr,
-    req: Request<ProxyBody>,
+    req: Box<Request<ProxyBody>>,
     served: &AtomicU32,
 ) -> Response<ProxyBody> {
     let direct = |req| async move {

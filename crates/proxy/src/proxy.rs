@@ -118,7 +118,7 @@ pub(crate) struct LeaderTarget {
 pub(crate) fn handle(
     shared: &Shared,
     client: &ClientAddr,
-    mut req: Request<ProxyBody>,
+    mut req: Box<Request<ProxyBody>>,
     mut raw: Option<RawRequest>,
     start: Instant,
 ) -> impl Future<Output = Response<ProxyBody>> {
@@ -391,7 +391,7 @@ pub(crate) fn proxy(
     live: &Arc<Live>,
     route: &CompiledRoute,
     client: &ClientAddr,
-    mut req: Request<ProxyBody>,
+    mut req: Box<Request<ProxyBody>>,
     raw: Option<&RawRequest>,
     served: &AtomicU32,
 ) -> impl Future<Output = Result<Response<ProxyBody>, ProxyError>> {
@@ -457,7 +457,8 @@ pub(crate) fn proxy(
                     }
                     None => {
                         let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
-                        req = req.map(|b| b.limited(max, flag.clone()));
+                        let body = std::mem::replace(req.body_mut(), ProxyBody::Empty);
+                        *req.body_mut() = body.limited(max, flag.clone());
                         over = Some(flag);
                     }
                 }
@@ -533,10 +534,10 @@ pub(crate) fn proxy(
             None
         };
         apply_route(route, &mut req);
-        let req = match replay.as_ref().and_then(|r| r.body.clone()) {
-            Some(rec) => req.map(|b| b.recorded(rec)),
-            None => req,
-        };
+        if let Some(rec) = replay.as_ref().and_then(|r| r.body.clone()) {
+            let body = std::mem::replace(req.body_mut(), ProxyBody::Empty);
+            *req.body_mut() = body.recorded(rec);
+        }
 
         let ctx = PickCtx { client_ip, pinned };
         let sent = dispatch(
@@ -629,9 +630,9 @@ pub(crate) fn proxy(
 enum ReplayAction<'a> {
     /// Pass the answer on (already the leader's own backend, or the body was not kept).
     Keep,
-    ToLeader(&'a LeaderTarget, Request<ProxyBody>),
+    ToLeader(&'a LeaderTarget, Box<Request<ProxyBody>>),
     /// This node leads: serve it again from its own backends.
-    Local(Request<ProxyBody>),
+    Local(Box<Request<ProxyBody>>),
 }
 
 fn replay_action<'a>(
@@ -658,11 +659,11 @@ fn replay_action<'a>(
         }),
         Some(leader) if leader.id != shared.node_id => Ok(ReplayAction::ToLeader(
             leader,
-            replay.head.into_request(body),
+            Box::new(replay.head.into_request(body)),
         )),
-        Some(_) if !served_by_own && pool.has_local() => {
-            Ok(ReplayAction::Local(replay.head.into_request(body)))
-        }
+        Some(_) if !served_by_own && pool.has_local() => Ok(ReplayAction::Local(Box::new(
+            replay.head.into_request(body),
+        ))),
         Some(_) => Ok(ReplayAction::Keep),
     }
 }
@@ -745,7 +746,7 @@ fn dispatch(
     pool: &CompiledPool,
     scope: Scope,
     ctx: &PickCtx,
-    mut req: Request<ProxyBody>,
+    mut req: Box<Request<ProxyBody>>,
     upgrade: bool,
     verbatim: Option<Verbatim<'_>>,
     served: &AtomicU32,
@@ -820,7 +821,7 @@ fn dispatch(
                     let error = failed(cause);
                     tracing::debug!("{error}; retrying");
                     last_error = Some(error);
-                    req = *back;
+                    req = back;
                     if !route.retry_delay.is_zero() {
                         Box::pin(tokio::time::sleep(route.retry_delay)).await;
                     }
@@ -868,7 +869,7 @@ async fn forward_to_leader(
     shared: &Shared,
     route: &CompiledRoute,
     leader: &LeaderTarget,
-    mut req: Request<ProxyBody>,
+    mut req: Box<Request<ProxyBody>>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let marker = shared

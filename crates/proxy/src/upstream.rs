@@ -628,7 +628,7 @@ impl Endpoint {
     #[allow(clippy::manual_async_fn)]
     pub(crate) fn send(
         self: &Arc<Self>,
-        mut req: Request<ProxyBody>,
+        mut req: Box<Request<ProxyBody>>,
         dedicated: bool,
         verbatim: Option<Verbatim<'_>>,
     ) -> impl Future<Output = Result<Response<Source>, SendError>> {
@@ -638,7 +638,7 @@ impl Endpoint {
                     *req.headers_mut() = v.headers.clone().into_map();
                     prepare_request(&mut req, v.client, false, false, false);
                 }
-                return Box::pin(self.send_h2(req)).await;
+                return Box::pin(self.send_h2(*req)).await;
             }
             let (mut head, mut framing) = encode_request(&req, verbatim);
             // A small body that is already here goes out in the same write as the head, as a
@@ -662,11 +662,11 @@ impl Endpoint {
                 }
             }
             // A request handed back gets its body back.
-            let back = |mut req: Request<ProxyBody>| {
+            let back = |mut req: Box<Request<ProxyBody>>| {
                 if let Some(data) = &inline {
                     *req.body_mut() = ProxyBody::full(data.clone());
                 }
-                Box::new(req)
+                req
             };
             if !dedicated {
                 // Step aside once before writing: tokio resumes this task after the worker has
@@ -690,7 +690,7 @@ impl Endpoint {
                         // browsers and Go's client do; the backend did not fail.
                         Err(SendError::Resend { req: again, cause }) => {
                             tracing::debug!(%cause, "a reused backend connection closed; sending again");
-                            req = *again;
+                            req = again;
                             break;
                         }
                         other => return other,
@@ -719,7 +719,7 @@ impl Endpoint {
             match self.exchange(conn, req, framing, dedicated).await {
                 // Sent again elsewhere by the caller: with the body that went in the head.
                 Err(SendError::Resend { req, cause }) => Err(SendError::Resend {
-                    req: back(*req),
+                    req: back(req),
                     cause,
                 }),
                 other => other,
@@ -733,7 +733,7 @@ impl Endpoint {
     fn exchange(
         self: &Arc<Self>,
         mut conn: H1Conn,
-        req: Request<ProxyBody>,
+        mut req: Box<Request<ProxyBody>>,
         framing: Option<Framing>,
         dedicated: bool,
     ) -> impl Future<Output = Result<Response<Source>, SendError>> {
@@ -755,8 +755,8 @@ impl Endpoint {
                     | Method::PUT
                     | Method::DELETE
             );
-            let (parts, body) = req.into_parts();
-            let mut again = (idempotent && framing.is_none()).then_some(parts);
+            let body = std::mem::replace(req.body_mut(), ProxyBody::Empty);
+            let mut again = (idempotent && framing.is_none()).then_some(req);
             let mut pump = Pump {
                 body: framing.is_some().then_some(body),
                 chunked: framing == Some(Framing::Chunked),
@@ -803,10 +803,7 @@ impl Endpoint {
             })
             .await
             .map_err(|cause| match again.take() {
-                Some(parts) => SendError::Resend {
-                    req: Box::new(Request::from_parts(parts, ProxyBody::Empty)),
-                    cause,
-                },
+                Some(req) => SendError::Resend { req, cause },
                 None => SendError::Failed(cause),
             })?;
             drop(again);
