@@ -645,6 +645,10 @@ async fn write_all(conn: &Conn, parts: &[&[u8]]) -> io::Result<()> {
     .await
 }
 
+/// Bodies up to this size that are ready with their head are copied after it and go out in
+/// the same buffer.
+const INLINE_BODY: usize = 1024;
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Out {
     None,
@@ -753,7 +757,17 @@ fn write_response(
                     if data.is_empty() {
                         continue;
                     }
-                    let h = pending_head.take();
+                    let mut h = pending_head.take();
+                    if out != Out::Chunked
+                        && data.len() <= INLINE_BODY
+                        && let Some(mut h) = h.take()
+                    {
+                        // A small body joins its head: one buffer is one `send`, where two
+                        // take a `writev` that the kernel first copies the list of.
+                        h.extend_from_slice(&data);
+                        write_all(conn, &[&h]).await?;
+                        continue;
+                    }
                     let h = h.as_deref().unwrap_or(&[]);
                     if out == Out::Chunked {
                         let size = codec::chunk_head(data.len());

@@ -82,12 +82,15 @@ pub(crate) fn poll_write<S: Socket>(
     })
 }
 
-/// `writev` of all `bufs`.
+/// `writev` of all `bufs` (`send` when there is one).
 pub(crate) fn poll_write_vectored<S: Socket>(
     s: &S,
     cx: &mut Context<'_>,
     bufs: &[IoSlice<'_>],
 ) -> Poll<io::Result<usize>> {
+    if let [one] = bufs {
+        return poll_write(s, cx, one);
+    }
     let asked = bufs.iter().map(|b| b.len()).sum();
     poll_call(s, cx, || {
         let n = rustix::io::writev(s.as_fd(), bufs)?;
