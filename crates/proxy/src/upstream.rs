@@ -669,14 +669,9 @@ impl Endpoint {
                 req
             };
             if !dedicated {
-                // Step aside once before writing: tokio resumes this task after the worker has
-                // run the other ready connections and looked at the sockets again, so the
-                // requests read in one pass go to the backends together instead of one between
-                // each. A backend then finds several requests per wake-up rather than being
-                // woken for each, and each wake-up costs the writer kernel time (bench/README.md,
-                // session 14: the backend's wake-ups per request 0.18-0.28 -> 0.04). The price is
-                // the wait, 0.86-1.04 ms at the median under 64 connections (session 15).
-                tokio::task::yield_now().await;
+                // Written at once. A step aside first (tokio's yield), so that the requests of
+                // one pass reach the backends together, was measured both ways: it gave the
+                // lower rate and the higher p99 (bench/README.md, session 23).
                 while let Some(mut conn) = self.checkout() {
                     // A connection the backend closed meanwhile fails here, before anything of
                     // the request could be taken as sent: the next one is tried.
